@@ -1,0 +1,151 @@
+"""Checkpoints with orbax's CheckpointManager: periodic, keep-N, keep-best, restore-or-init.
+
+Two managers live under the workdir:
+
+* `checkpoints/`: the full train state every `every` steps, the newest `keep` kept; a rerun
+  of the same command restores the newest and continues.
+* `best/`: the parameters with the best validation metric so far (one kept).
+
+Orbax writes each checkpoint to a temporary folder and renames it when complete, so a run
+killed while saving never leaves a half-written checkpoint that looks finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging as absl_logging
+
+
+class _DropOrbaxInfo(logging.Filter):
+    """Orbax logs several INFO lines per save and restore; keep its warnings and errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
+def quiet_orbax_logs() -> None:
+    """Drops orbax's INFO records from the absl logger (idempotent)."""
+    logger = absl_logging.get_absl_logger()
+    if not any(isinstance(f, _DropOrbaxInfo) for f in logger.filters):
+        logger.addFilter(_DropOrbaxInfo())
+
+
+def _abstract(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) describing `tree`, for restoring into its layout."""
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        tree,
+    )
+
+
+class Checkpointer:
+    """Saves and restores the train state and the best parameters of a run.
+
+    Args:
+      workdir: the run's folder.
+      every: save the train state every this many steps (and at the end).
+      keep: how many train-state checkpoints to keep.
+      best_metric: validation metric that selects `best/`; empty disables it.
+      best_mode: `"max"` or `"min"`.
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        every: int,
+        keep: int = 2,
+        best_metric: str = "",
+        best_mode: str = "max",
+    ):
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"ckpt.best_mode={best_mode!r}; valid: ['max', 'min']")
+        quiet_orbax_logs()
+        self.every = every
+        self.best_metric = best_metric
+        self._latest = ocp.CheckpointManager(
+            os.path.join(os.path.abspath(workdir), "checkpoints"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
+        self._best = None
+        if best_metric:
+            self._best = ocp.CheckpointManager(
+                os.path.join(os.path.abspath(workdir), "best"),
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=1,
+                    best_fn=lambda m: m[best_metric],
+                    best_mode=best_mode,
+                    keep_checkpoints_without_metrics=False,
+                    create=True,
+                ),
+            )
+
+    def latest_step(self) -> int | None:
+        return self._latest.latest_step()
+
+    def restore_or_init(self, init_state: Any) -> tuple[Any, int | None]:
+        """Restores the newest train state into `init_state`'s structure and shardings.
+
+        Args:
+          init_state: a freshly initialised state (returned as is if nothing is saved).
+
+        Returns:
+          `(state, restored_step)`, `restored_step` None when starting fresh.
+        """
+        step = self._latest.latest_step()
+        if step is None:
+            return init_state, None
+        state = self._latest.restore(
+            step, args=ocp.args.StandardRestore(_abstract(init_state))
+        )
+        return state, step
+
+    def save(self, step: int, state: Any, *, force: bool = False) -> bool:
+        """Saves the train state if `step` is a multiple of `every` (or `force`)."""
+        if not force and step % self.every:
+            return False
+        if self._latest.latest_step() == step:
+            return False
+        return self._latest.save(step, args=ocp.args.StandardSave(state), force=True)
+
+    def save_best(self, step: int, params: Any, metrics: dict[str, float]) -> None:
+        """Offers `params` evaluated at `step`; kept only if `best_metric` improved."""
+        if self._best is None:
+            return
+        if self.best_metric not in metrics:
+            raise KeyError(
+                f"ckpt.best_metric={self.best_metric!r} is not among the evaluated metrics "
+                f"{sorted(metrics)}"
+            )
+        self._best.save(
+            step,
+            args=ocp.args.StandardSave(params),
+            metrics={k: float(v) for k, v in metrics.items()},
+            force=True,
+        )
+
+    def best_step(self) -> int | None:
+        return None if self._best is None else self._best.best_step()
+
+    def restore_best(self, params_like: Any) -> Any | None:
+        """The best parameters (in `params_like`'s layout), or None if none were saved."""
+        step = self.best_step()
+        if step is None:
+            return None
+        return self._best.restore(step, args=ocp.args.StandardRestore(_abstract(params_like)))
+
+    def wait(self) -> None:
+        """Blocks until asynchronous saves have finished."""
+        self._latest.wait_until_finished()
+        if self._best is not None:
+            self._best.wait_until_finished()
+
+    def close(self) -> None:
+        self._latest.close()
+        if self._best is not None:
+            self._best.close()

@@ -1,0 +1,53 @@
+"""Config arguments in big_vision's form: `configs/x.py:key=value,flag`.
+
+`get_config(arg)` calls `parse_arg(arg, key=default, ...)`; the defaults fix each key's type.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def _convert(key: str, value: str, default):
+    if isinstance(default, bool):
+        if value.lower() in ("1", "true", "yes", ""):
+            return True
+        if value.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"config argument {key}={value!r}: expected a boolean")
+    if isinstance(default, int | float):
+        try:
+            return type(default)(value)
+        except ValueError:
+            raise ValueError(
+                f"config argument {key}={value!r}: expected {type(default).__name__}"
+            ) from None
+    return value
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parses `"key=value,flag"` against `defaults`.
+
+    Args:
+      arg: the text after `:` in `--config=path.py:arg` (None or empty for none).
+      **defaults: every accepted key with its default value (which fixes its type).
+
+    Returns:
+      A ConfigDict with every default, overridden by `arg`. A bare `flag` sets a boolean key.
+
+    Raises:
+      ValueError: an unknown key (listing the valid ones) or a value of the wrong type.
+    """
+    out = dict(defaults)
+    for part in (arg or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r}; valid: {sorted(defaults)}")
+        if not sep and not isinstance(defaults[key], bool):
+            raise ValueError(f"config argument {key!r} needs a value: {key}=...")
+        out[key] = _convert(key, value.strip(), defaults[key])
+    return ml_collections.ConfigDict(out)

@@ -1,0 +1,379 @@
+"""Ranking lists: the in-memory dataset, padding to `[batch, list_size]`, splits and batches.
+
+Every reader returns a `RankingDataset`: items stored flat (`[num_items, ...]`) with list
+boundaries in `list_offsets`, so lists of any length cost no padding until a batch is made.
+Batches are dicts of NumPy arrays with the list axis last but one:
+
+  features [batch, list_size, num_features] float32
+  labels   [batch, list_size] float32
+  where    [batch, list_size] bool   (False on padding)
+
+plus any per-item extras (e.g. `oracle`) padded the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class RankingDataset:
+    """Lists of items with features and graded labels, stored flat.
+
+    Attributes:
+      features: `[num_items, num_features]` float32.
+      labels: `[num_items]` float32 graded relevance.
+      list_offsets: `[num_lists + 1]` int64; list `i` holds items
+        `list_offsets[i]:list_offsets[i + 1]`.
+      query_ids: `[num_lists]` identifiers of the lists (str or int).
+      feature_names: one name per feature column.
+      extras: per-item arrays `[num_items, ...]` carried along (e.g. `oracle`, `item_id`).
+      source: where the data came from, used in error messages.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    list_offsets: np.ndarray
+    query_ids: np.ndarray
+    feature_names: tuple[str, ...]
+    extras: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    source: str = "<memory>"
+
+    def __post_init__(self):
+        n = self.labels.shape[0]
+        if self.features.ndim != 2 or self.features.shape[0] != n:
+            raise ValueError(
+                f"{self.source}: features must be [num_items={n}, num_features], "
+                f"got shape {self.features.shape}"
+            )
+        if self.list_offsets[0] != 0 or self.list_offsets[-1] != n:
+            raise ValueError(
+                f"{self.source}: list_offsets must run from 0 to num_items={n}, "
+                f"got {self.list_offsets[0]}..{self.list_offsets[-1]}"
+            )
+        if np.any(np.diff(self.list_offsets) < 0):
+            raise ValueError(f"{self.source}: list_offsets must be non-decreasing")
+        if len(self.query_ids) != self.num_lists:
+            raise ValueError(
+                f"{self.source}: {len(self.query_ids)} query ids for {self.num_lists} lists"
+            )
+        if len(self.feature_names) != self.num_features:
+            raise ValueError(
+                f"{self.source}: {len(self.feature_names)} feature names for "
+                f"{self.num_features} features"
+            )
+        for key, value in self.extras.items():
+            if value.shape[0] != n:
+                raise ValueError(f"{self.source}: extra {key!r} has {value.shape[0]} rows, not {n}")
+
+    @property
+    def num_lists(self) -> int:
+        return len(self.list_offsets) - 1
+
+    @property
+    def num_items(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_features(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def list_sizes(self) -> np.ndarray:
+        """`[num_lists]` number of items in each list."""
+        return np.diff(self.list_offsets)
+
+    def item_list_index(self) -> np.ndarray:
+        """`[num_items]` the index of the list each item belongs to."""
+        return np.repeat(np.arange(self.num_lists), self.list_sizes)
+
+    def select(self, list_indices: np.ndarray) -> RankingDataset:
+        """Returns the lists `list_indices` (in that order) as a new dataset."""
+        list_indices = np.asarray(list_indices, dtype=np.int64)
+        sizes = self.list_sizes[list_indices]
+        starts = self.list_offsets[list_indices]
+        items = _ranges(starts, sizes)
+        return dataclasses.replace(
+            self,
+            features=self.features[items],
+            labels=self.labels[items],
+            list_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+            query_ids=self.query_ids[list_indices],
+            extras={k: v[items] for k, v in self.extras.items()},
+        )
+
+    def with_features(self, features: np.ndarray) -> RankingDataset:
+        """Returns a copy with the feature matrix replaced (same shape)."""
+        return dataclasses.replace(self, features=features.astype(np.float32))
+
+
+def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Concatenation of `arange(start, start + size)` for each pair, vectorised."""
+    total = int(sizes.sum())
+    if total == 0:
+        return np.zeros([0], np.int64)
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
+    return np.arange(total, dtype=np.int64) + offsets
+
+
+def from_groups(
+    features: np.ndarray,
+    labels: np.ndarray,
+    group_sizes: Sequence[int],
+    *,
+    query_ids: Sequence | None = None,
+    feature_names: Sequence[str] | None = None,
+    extras: Mapping[str, np.ndarray] | None = None,
+    source: str = "<memory>",
+) -> RankingDataset:
+    """Builds a dataset from flat items and the size of each consecutive group."""
+    sizes = np.asarray(group_sizes, dtype=np.int64)
+    if query_ids is None:
+        query_ids = np.arange(len(sizes))
+    if feature_names is None:
+        feature_names = tuple(f"f{i}" for i in range(features.shape[1]))
+    return RankingDataset(
+        features=np.asarray(features, np.float32),
+        labels=np.asarray(labels, np.float32),
+        list_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        query_ids=np.asarray(query_ids),
+        feature_names=tuple(feature_names),
+        extras=dict(extras or {}),
+        source=source,
+    )
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def query_hash_fraction(query_ids: np.ndarray, seed: int) -> np.ndarray:
+    """Maps each query id to a stable pseudo-random number in [0, 1).
+
+    Stable across processes and Python versions (unlike `hash`), so every host of a
+    multi-process job and every rerun puts a query in the same split.
+    """
+    out = np.empty(len(query_ids), np.float64)
+    for i, qid in enumerate(query_ids):
+        digest = hashlib.blake2b(f"{seed}:{qid}".encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(digest, "little") / 2.0**64
+    return out
+
+
+def split_by_query(
+    dataset: RankingDataset, fractions: Mapping[str, float], seed: int
+) -> dict[str, RankingDataset]:
+    """Splits lists into named parts by query, deterministically.
+
+    Args:
+      dataset: the lists to split.
+      fractions: e.g. `{"train": 0.8, "valid": 0.1, "test": 0.1}`; must sum to 1.
+      seed: changes the assignment; the same seed always gives the same split.
+
+    Returns:
+      One dataset per name. All lists of one query id go to the same part.
+    """
+    total = sum(fractions.values())
+    if not np.isclose(total, 1.0) or min(fractions.values()) < 0:
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {dict(fractions)}")
+    u = query_hash_fraction(dataset.query_ids, seed)
+    bounds = np.cumsum(list(fractions.values()))
+    bounds[-1] = 1.0 + 1e-12
+    part = np.searchsorted(bounds, u, side="right")
+    return {name: dataset.select(np.flatnonzero(part == i)) for i, name in enumerate(fractions)}
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureTransform:
+    """Per-feature transforms fitted on the training split only.
+
+    Attributes:
+      log1p: apply `sign(x) * log1p(|x|)` first (tames heavy-tailed counts and prices).
+      mean: `[num_features]` subtracted after log1p, or None.
+      std: `[num_features]` divided by after centring, or None.
+    """
+
+    log1p: bool = False
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        x = np.asarray(features, np.float32)
+        if self.log1p:
+            x = np.sign(x) * np.log1p(np.abs(x))
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x.astype(np.float32)
+
+    def to_json(self) -> dict:
+        return {
+            "log1p": self.log1p,
+            "mean": None if self.mean is None else self.mean.tolist(),
+            "std": None if self.std is None else self.std.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> FeatureTransform:
+        def arr(v):
+            return None if v is None else np.asarray(v, np.float32)
+
+        return cls(log1p=bool(d["log1p"]), mean=arr(d["mean"]), std=arr(d["std"]))
+
+
+VALID_TRANSFORMS = ("log1p", "standardize")
+
+
+def fit_transform(train_features: np.ndarray, names: Sequence[str]) -> FeatureTransform:
+    """Fits the named transforms (a subset of `VALID_TRANSFORMS`, in order) on training items."""
+    unknown = [n for n in names if n not in VALID_TRANSFORMS]
+    if unknown:
+        raise ValueError(f"unknown feature transform(s) {unknown}; valid: {list(VALID_TRANSFORMS)}")
+    t = FeatureTransform(log1p="log1p" in names)
+    if "standardize" in names:
+        x = t(train_features).astype(np.float64)
+        mean = x.mean(axis=0)
+        std = x.std(axis=0)
+        # Constant features would divide by zero; leave them centred at 0 instead.
+        std = np.where(std > 1e-12, std, 1.0)
+        t = dataclasses.replace(t, mean=mean.astype(np.float32), std=std.astype(np.float32))
+    return t
+
+
+# ----------------------------------------------------------------------------- padding
+
+
+def pad_lists(
+    dataset: RankingDataset,
+    list_size: int,
+    *,
+    rng: np.random.Generator | None = None,
+) -> dict[str, np.ndarray]:
+    """Pads (or truncates) every list of `dataset` to `list_size` items.
+
+    Args:
+      dataset: the lists.
+      list_size: items per padded list.
+      rng: if given, items are shuffled within each list and lists longer than
+        `list_size` keep a uniformly random subset (training); if None, items keep their
+        order and longer lists keep their first `list_size` items (use a `list_size` of at
+        least the longest list for evaluation, see `max_list_size`).
+
+    Returns:
+      A batch dict: `features [n, list_size, F]`, `labels [n, list_size]`,
+      `where [n, list_size]` and each extra `[n, list_size, ...]`; padding is zero.
+    """
+    n = dataset.num_lists
+    sizes = dataset.list_sizes
+    if rng is None:
+        order = np.arange(dataset.num_items)
+    else:
+        # Sort items by (list, random key): a random permutation within every list.
+        list_index = dataset.item_list_index()
+        order = np.lexsort((rng.random(dataset.num_items), list_index))
+    pos = np.arange(list_size)
+    where = pos[None, :] < np.minimum(sizes, list_size)[:, None]
+    flat = dataset.list_offsets[:-1, None] + pos[None, :]
+    index = order[np.where(where, flat, 0)] if dataset.num_items else np.zeros_like(flat)
+
+    def take(a: np.ndarray) -> np.ndarray:
+        if a.shape[0] == 0:
+            return np.zeros((n, list_size) + a.shape[1:], a.dtype)
+        out = a[index]
+        mask = where.reshape(where.shape + (1,) * (a.ndim - 1))
+        return np.where(mask, out, np.zeros((), a.dtype))
+
+    batch = {"features": take(dataset.features), "labels": take(dataset.labels), "where": where}
+    for key, value in dataset.extras.items():
+        if value.dtype.kind in "biuf":
+            batch[key] = take(value)
+    return batch
+
+
+def max_list_size(*datasets: RankingDataset, multiple: int = 8) -> int:
+    """The longest list over `datasets`, rounded up to `multiple` (fewer recompilations)."""
+    longest = max((int(d.list_sizes.max()) for d in datasets if d.num_lists), default=1)
+    return int(-(-longest // multiple) * multiple)
+
+
+def pad_batch_count(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """Appends empty lists (`where` all False) so the leading axis is `batch_size`."""
+    n = batch["where"].shape[0]
+    if n > batch_size:
+        raise ValueError(f"batch has {n} lists, more than batch_size={batch_size}")
+    return {
+        k: np.concatenate([v, np.zeros((batch_size - n,) + v.shape[1:], v.dtype)])
+        for k, v in batch.items()
+    }
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+class TrainBatches:
+    """Deterministic, resumable training batches: batch `step` is a pure function of
+    `(seed, step)`, so a resumed run sees exactly the data an uninterrupted run sees.
+
+    Each epoch visits every list once in a fresh random order; the last partial batch of an
+    epoch is dropped. Items are shuffled within lists and long lists are subsampled.
+    """
+
+    def __init__(self, dataset: RankingDataset, batch_size: int, list_size: int, seed: int):
+        if dataset.num_lists == 0:
+            raise ValueError(f"{dataset.source}: the training split has no lists")
+        if dataset.num_lists < batch_size:
+            raise ValueError(
+                f"{dataset.source}: training split has {dataset.num_lists} lists, fewer than "
+                f"batch_size={batch_size}; lower train.batch_size"
+            )
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.list_size = list_size
+        self.seed = seed
+        self.steps_per_epoch = dataset.num_lists // batch_size
+        self._epoch = -1
+        self._perm = np.zeros([0], np.int64)
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        """Returns the batch for global training step `step`."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(
+                self.dataset.num_lists
+            )
+        lists = self._perm[index * self.batch_size : (index + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, epoch, index, 1])
+        return pad_lists(self.dataset.select(lists), self.list_size, rng=rng)
+
+
+def eval_batches(
+    dataset: RankingDataset, batch_size: int, list_size: int | None = None
+) -> list[dict[str, np.ndarray]]:
+    """Pads every list of `dataset` in file order into full batches for evaluation.
+
+    Args:
+      dataset: the lists to evaluate.
+      batch_size: lists per batch; the last batch is filled with empty lists, which every
+        metric ignores.
+      list_size: items per list; defaults to the longest list (rounded up to 8) so no item is
+        ever cut off. A smaller value raises, since truncation would change the metrics.
+    """
+    longest = max_list_size(dataset, multiple=1)
+    if list_size is None:
+        list_size = max_list_size(dataset)
+    elif list_size < longest:
+        raise ValueError(
+            f"{dataset.source}: eval list_size={list_size} would truncate lists of up to "
+            f"{longest} items and change the metrics; use a list_size of at least {longest}"
+        )
+    batches = []
+    for start in range(0, dataset.num_lists, batch_size):
+        part = dataset.select(np.arange(start, min(start + batch_size, dataset.num_lists)))
+        batches.append(pad_batch_count(pad_lists(part, list_size), batch_size))
+    return batches

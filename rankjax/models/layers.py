@@ -1,0 +1,65 @@
+"""The one dense-layer seam of rankjax's models.
+
+Every matrix product with a learned weight goes through `Dense`, so quantization (a
+`dot_general` module factory from `rankjax.compression.quantization`) and, later, sparsity
+reach every model without touching model code. Parameters are stored in `param_dtype`
+(float32); the product runs in `dtype` (e.g. bfloat16 for mixed precision).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+# A factory returning a `lax.dot_general`-compatible callable (a function or a flax module,
+# such as AQT's `AqtDotGeneral`); called once per layer inside its scope.
+DotGeneralFactory = Callable[[], Callable[..., jax.Array]]
+
+
+def dtype_of(name: str) -> Any:
+    """Maps a config string such as `"bfloat16"` to a JAX dtype, listing valid names."""
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; valid: {list(DTYPES)}")
+    return DTYPES[name]
+
+
+class Dense(nn.Module):
+    """`y = x @ kernel + bias` over the last axis of `x`.
+
+    Attributes:
+      features: output width.
+      use_bias: add a bias.
+      dtype: computation dtype; inputs and kernel are cast to it.
+      param_dtype: storage dtype of parameters.
+      kernel_init: kernel initializer.
+      dot_general_cls: the quantization seam; None means `jax.lax.dot_general`.
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    dot_general_cls: DotGeneralFactory | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Maps `[..., in_features]` to `[..., features]`."""
+        kernel = self.param(
+            "kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype
+        )
+        dot_general = self.dot_general_cls() if self.dot_general_cls else jax.lax.dot_general
+        x = jnp.asarray(x, self.dtype)
+        y = dot_general(
+            x, jnp.asarray(kernel, self.dtype), (((x.ndim - 1,), (0,)), ((), ()))
+        )
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+            y = y + jnp.asarray(bias, self.dtype)
+        return y

@@ -1,0 +1,88 @@
+"""Device mesh and shardings from the config: data parallelism with `jax.jit`.
+
+The batch is split over the mesh's `data` axis; parameters and optimizer state follow
+`[(regex, PartitionSpec)]` rules matched against their path (the first match wins, the
+default replicates), so model parallel layouts are a config change, not a code change.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def make_mesh(num_devices: int = -1) -> Mesh:
+    """A 1-D mesh with axis `data` over the first `num_devices` devices (-1: all)."""
+    devices = jax.devices()
+    if num_devices == -1:
+        num_devices = len(devices)
+    if not 1 <= num_devices <= len(devices):
+        raise ValueError(
+            f"mesh.num_devices={num_devices}, but {len(devices)} device(s) are available"
+        )
+    return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over `data`, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def path_str(path: tuple) -> str:
+    """`('params', 'Dense_0', 'kernel')`-style key path as `params/Dense_0/kernel`."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Sequence]] = ()) -> Any:
+    """A `NamedSharding` for every leaf of `tree` (arrays or ShapeDtypeStructs).
+
+    Args:
+      tree: the pytree, e.g. the train state.
+      mesh: the device mesh.
+      rules: `(regex, spec)` pairs; `spec` is a tuple of mesh axis names or None per array
+        axis; the first regex that `re.search`es the leaf's path wins; unmatched leaves are
+        replicated.
+    """
+    compiled = [(re.compile(r), PartitionSpec(*spec)) for r, spec in rules]
+
+    def one(path, leaf):
+        name = path_str(path)
+        for regex, spec in compiled:
+            if regex.search(name):
+                if len(spec) > np.ndim(leaf):
+                    raise ValueError(f"sharding rule {regex.pattern!r} has {len(spec)} axes, "
+                                     f"but {name} has shape {np.shape(leaf)}")
+                return NamedSharding(mesh, spec)
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Places a host batch on the mesh, split along the batch axis."""
+    n = next(iter(batch.values())).shape[0]
+    if n % mesh.size:
+        raise ValueError(
+            f"batch of {n} lists cannot be split evenly over {mesh.size} devices; "
+            f"use a batch size divisible by {mesh.size}"
+        )
+    return jax.device_put(batch, batch_sharding(mesh))

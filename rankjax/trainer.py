@@ -1,0 +1,295 @@
+"""`train_and_evaluate(config, workdir)`: the whole run, top to bottom.
+
+data -> model -> loss -> optimizer -> state (restored or initialised) -> jitted, donated,
+data-parallel train step -> periodic evaluation and checkpoints -> final evaluation of the
+best parameters beside a random and an oracle ranker -> `results.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from rankjax import checkpoint, losses, models, optim, sharding
+from rankjax import data as data_lib
+from rankjax.data import lists
+from rankjax.evaluators import ranking
+from rankjax.metric_writer import MetricWriter
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs. The data position is `step` itself: batch `s` is a
+    pure function of `(seed, s)` (see `lists.TrainBatches`)."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def make_train_step(model, loss_fn: losses.LossFn, tx: optax.GradientTransformation) -> Callable:
+    """The pure step `(state, batch) -> (state, metrics)`.
+
+    Metrics are the loss and the global norms of gradients, parameters and updates.
+    """
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+        def loss_of(params):
+            scores = model.apply(
+                {"params": params},
+                batch["features"],
+                batch["where"],
+                train=True,
+                rngs={"dropout": dropout_rng},
+            )
+            return loss_fn(scores, batch["labels"], where=batch["where"])
+
+        loss, grads = jax.value_and_grad(loss_of)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "param_norm": optax.global_norm(params),
+            "update_norm": optax.global_norm(updates),
+        }
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def _prepare_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(f"workdir {workdir!r} is not writable: {e.strerror}") from None
+
+
+def _write_json(path: str, obj: Any) -> None:
+    """Writes JSON atomically: a reader never sees a half-written file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _format_table(rows: dict[str, dict[str, float]], metrics: tuple[str, ...]) -> str:
+    head = f"| {'ranker':<16} | " + " | ".join(f"{m:>9}" for m in metrics) + " |"
+    sep = "|" + "-" * 18 + "|" + "|".join("-" * 11 for _ in metrics) + "|"
+    body = [
+        f"| {name:<16} | " + " | ".join(f"{vals.get(m, float('nan')):9.4f}" for m in metrics) + " |"
+        for name, vals in rows.items()
+    ]
+    return "\n".join([head, sep, *body])
+
+
+class _StepMetrics:
+    """Train-step metrics kept on device between syncs; checked for NaN step by step."""
+
+    def __init__(self):
+        self.pending: list[tuple[int, dict]] = []
+        self.totals: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.pending.append((step, metrics))
+
+    def sync(self) -> None:
+        """Fetches pending metrics; raises `TrainingDiverged` naming the first bad step."""
+        fetched = jax.device_get(self.pending)
+        self.pending = []
+        for step, m in fetched:
+            if not np.isfinite(m["loss"]):
+                raise TrainingDiverged(f"training loss is {m['loss']} at step {step}")
+            for k, v in m.items():
+                self.totals[k] = self.totals.get(k, 0.0) + float(v)
+            self.count += 1
+
+    def means(self) -> dict[str, float]:
+        out = {k: v / max(self.count, 1) for k, v in self.totals.items()}
+        self.totals, self.count = {}, 0
+        return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains the ranker described by `config`, evaluates it and writes `workdir`.
+
+    Rerunning with the same workdir resumes from the newest checkpoint.
+
+    Args:
+      config: the experiment config (see `configs/`).
+      workdir: output folder: `config.json`, `metrics.jsonl`, `tensorboard/`,
+        `checkpoints/`, `best/`, `feature_transform.json`, `results.json`.
+
+    Returns:
+      The contents of `results.json`.
+    """
+    _prepare_workdir(workdir)
+    if jax.process_index() == 0:
+        _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    tcfg, ecfg = config.train, config.eval
+    num_steps = int(tcfg.num_steps)
+
+    # Data: splits, the transform fitted on train, deterministic batches.
+    splits = data_lib.load(config.data)
+    _write_json(os.path.join(workdir, "feature_transform.json"), splits.transform.to_json())
+    train_batches = lists.TrainBatches(
+        splits.train, int(tcfg.batch_size), int(config.data.list_size), int(config.seed)
+    )
+    mesh = sharding.make_mesh(int(config.mesh.num_devices))
+    logging.info(
+        "data: %s | train %d lists, valid %d, test %d | %d features | %d device(s)",
+        config.data.source, splits.train.num_lists, splits.valid.num_lists,
+        splits.test.num_lists, splits.train.num_features, mesh.size,
+    )
+
+    # Model, loss, optimizer.
+    model = models.get(config.model)
+    loss_fn = losses.get(**config.loss)
+    tx, lr_schedule = optim.make(config.optim, num_steps)
+
+    # State: restore the newest checkpoint, or initialise.
+    def init(rng):
+        sample = jnp.zeros([1, int(config.data.list_size), splits.train.num_features])
+        params = model.init(rng, sample, jnp.ones(sample.shape[:2], bool))["params"]
+        return TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                          opt_state=tx.init(params), rng=rng)
+
+    rng = jax.random.PRNGKey(int(config.seed))
+    rules = [tuple(r) for r in config.mesh.get("rules", ())]
+    state_shardings = sharding.tree_shardings(jax.eval_shape(init, rng), mesh, rules)
+    state = jax.jit(init, out_shardings=state_shardings)(rng)
+    ckpt = checkpoint.Checkpointer(
+        workdir, every=int(config.ckpt.every), keep=int(config.ckpt.keep),
+        best_metric=config.ckpt.best_metric, best_mode=config.ckpt.best_mode,
+    )
+    state, restored = ckpt.restore_or_init(state)
+    if restored is not None:
+        logging.info("resumed from %s/checkpoints at step %d", workdir, restored)
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+    logging.info("model %s: %d parameters", config.model.name, n_params)
+
+    batch_sharding = sharding.batch_sharding(mesh)
+    train_step = jax.jit(
+        make_train_step(model, loss_fn, tx),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    predict = jax.jit(
+        lambda params, batch: model.apply(
+            {"params": params}, batch["features"], batch["where"], train=False
+        ),
+        in_shardings=(state_shardings.params, batch_sharding),
+    )
+    evaluators = {
+        name: ranking.RankingEvaluator(
+            splits[name], mesh=mesh, batch_size=int(ecfg.batch_size),
+            metrics=tuple(ecfg.metrics), no_relevant=ecfg.no_relevant, gain=ecfg.gain,
+        )
+        for name in ("valid", "test")
+    }
+
+    def model_scores(params):
+        return lambda batch, i: predict(params, batch)
+
+    writer = MetricWriter(workdir)
+    step_metrics = _StepMetrics()
+    first_step = int(state.step)
+    t_last, steps_since = time.perf_counter(), 0
+    try:
+        for step in range(first_step, num_steps):
+            batch = sharding.put_batch(train_batches(step), mesh)
+            state, m = train_step(state, batch)
+            step_metrics.add(step, m)
+            done = step + 1
+            steps_since += 1
+            is_log = done % int(tcfg.log_every) == 0 or done == num_steps
+            is_eval = done % int(tcfg.eval_every) == 0 or done == num_steps
+            is_ckpt = done % ckpt.every == 0 or done == num_steps
+            if not (is_log or is_eval or is_ckpt):
+                continue
+            step_metrics.sync()  # nothing non-finite is ever logged as good or checkpointed
+            if is_log:
+                elapsed = time.perf_counter() - t_last
+                rate = steps_since * int(tcfg.batch_size) / elapsed
+                eta = (num_steps - done) * elapsed / steps_since
+                values = {**step_metrics.means(), "learning_rate": float(lr_schedule(done)),
+                          "examples_per_sec": rate}
+                logging.info(
+                    "step %d/%d | loss %.4f | grad_norm %.3f | lr %.2e | %.0f examples/s | "
+                    "ETA %s", done, num_steps, values["loss"], values["grad_norm"],
+                    values["learning_rate"], rate, time.strftime("%H:%M:%S", time.gmtime(eta)),
+                )
+                writer.write(done, "train", values)
+                t_last, steps_since = time.perf_counter(), 0
+            if is_eval:
+                valid = evaluators["valid"].run(model_scores(state.params))
+                logging.info("step %d | valid %s", done, _fmt(valid))
+                writer.write(done, "valid", valid)
+                ckpt.save_best(done, state.params, valid)
+            if is_ckpt:
+                ckpt.save(done, state, force=done == num_steps)
+    except TrainingDiverged as e:
+        ckpt.wait()
+        raise TrainingDiverged(
+            f"{e}; stopping. The last good checkpoint (step {ckpt.latest_step()}) in "
+            f"{os.path.join(workdir, 'checkpoints')} is intact"
+        ) from None
+    finally:
+        ckpt.wait()
+        writer.close()
+
+    # Final evaluation: the best parameters by validation metric (else the last).
+    params, params_from = state.params, f"last (step {int(state.step)})"
+    best = ckpt.restore_best(state.params) if ecfg.use_best else None
+    if best is not None:
+        params, params_from = best, f"best {ckpt.best_metric} (step {ckpt.best_step()})"
+    ckpt.close()
+    results: dict[str, Any] = {"step": int(state.step), "params": params_from}
+    for name, ev in evaluators.items():
+        results[name] = ev.run(model_scores(params))
+    results["baselines"] = {
+        "random": {"test": evaluators["test"].run(ranking.random_scores(int(config.seed)))},
+        "oracle": {"test": evaluators["test"].run(ranking.oracle_scores)},
+    }
+    if jax.process_index() == 0:
+        _write_json(os.path.join(workdir, "results.json"), results)
+    table = _format_table(
+        {
+            f"{config.model.name} (test)": results["test"],
+            "random (test)": results["baselines"]["random"]["test"],
+            "oracle (test)": results["baselines"]["oracle"]["test"],
+        },
+        tuple(ecfg.report),
+    )
+    logging.info("final evaluation of %s parameters:\n%s", params_from, table)
+    print(f"\nTest metrics ({params_from} parameters), workdir {workdir}:\n{table}", flush=True)
+    return results
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.4f}" for k, v in values.items())

@@ -1,0 +1,35 @@
+"""Packaging for rankjax. The wheel ships only the `rankjax` package."""
+
+import setuptools
+
+setuptools.setup(
+    name="rankjax",
+    version="0.1.0",
+    description="JAX research framework for compressed rankers in search and recommendation.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["rankjax", "rankjax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "absl-py>=2.1.0",
+        "aqtp>=0.8.0",
+        "flax>=0.10.2",
+        "jax>=0.4.38",
+        "ml-collections>=1.0.0",
+        "numpy>=1.26",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11.0",
+        "rax>=0.4.0",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        # Independent metric implementation, linter and test runner.
+        "dev": ["pytest>=8.0", "pytrec-eval-terrier>=0.5.6", "ruff>=0.6"],
+        # Tokenizers and safetensors for the text rankers.
+        "text": ["safetensors>=0.4", "tokenizers>=0.19"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
