@@ -39,7 +39,9 @@ class MetricWriter:
         self._jsonl.flush()
         if self._tb is not None:
             for k, v in values.items():
-                self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+                # TensorBoard tags may not contain '@'.
+                tag = f"{split}/{k}".replace("@", "_at_")
+                self._tb.add_scalar(tag, float(v), int(step))
 
     def close(self) -> None:
         if self._jsonl is not None:

@@ -61,14 +61,16 @@ _NAME = re.compile(r"^([a-z_]+)(?:@(\d+))?$")
 def parse_metric(name: str) -> tuple[str, int | None]:
     """Splits `"ndcg@10"` into `("ndcg", 10)`; raises with the valid names if unknown."""
     m = _NAME.match(name.strip().lower())
-    if not m or m.group(1) not in METRICS:
+    kind, k = (m.group(1), m.group(2)) if m else (None, None)
+    if (
+        kind not in METRICS
+        or k is not None
+        and (kind in ("rmse", "pairwise_accuracy") or int(k) < 1)
+    ):
         raise ValueError(
-            f"unknown metric {name!r}; valid: {', '.join(METRICS)}, each optionally with @k "
-            "(e.g. 'ndcg@10'; not for rmse or pairwise_accuracy)"
+            f"unknown metric {name!r}; valid: {', '.join(METRICS)}, the ranking ones "
+            "optionally with a cutoff @k, k >= 1 (e.g. 'ndcg@10')"
         )
-    kind, k = m.group(1), m.group(2)
-    if k is not None and (kind in ("rmse", "pairwise_accuracy") or int(k) < 1):
-        raise ValueError(f"metric {name!r}: @k needs a positive k and a top-k metric")
     return kind, None if k is None else int(k)
 
 

@@ -1,0 +1,74 @@
+"""Losses by name: each is rax's, with the documented options."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import rax
+
+from rankjax import losses
+
+SCORES = jnp.array([[0.5, 2.0, -1.0, 0.3], [1.0, 0.0, 0.2, 3.0]])
+LABELS = jnp.array([[1.0, 3.0, 0.0, 0.0], [0.0, 2.0, 1.0, 0.0]])
+WHERE = jnp.array([[True, True, True, False], [True, True, True, True]])
+
+
+@pytest.mark.parametrize(
+    "name, reference",
+    [
+        ("softmax", rax.softmax_loss),
+        ("pairwise_logistic", rax.pairwise_logistic_loss),
+        ("pairwise_hinge", rax.pairwise_hinge_loss),
+        ("listmle", rax.listmle_loss),
+        ("mse", rax.pointwise_mse_loss),
+    ],
+)
+def test_named_losses_are_rax_losses(name, reference):
+    got = losses.get(name)(SCORES, LABELS, where=WHERE)
+    np.testing.assert_allclose(got, reference(SCORES, LABELS, where=WHERE), rtol=1e-6)
+
+
+def test_lambdaweight_is_passed_to_pairwise_loss():
+    got = losses.get("pairwise_logistic", lambdaweight="dcg")(SCORES, LABELS, where=WHERE)
+    want = rax.pairwise_logistic_loss(
+        SCORES, LABELS, where=WHERE, lambdaweight_fn=rax.dcg_lambdaweight
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert not np.isclose(got, losses.get("pairwise_logistic")(SCORES, LABELS, where=WHERE))
+
+
+def test_sigmoid_loss_scales_labels_to_unit_interval():
+    got = losses.get("sigmoid", max_label=3.0)(SCORES, LABELS, where=WHERE)
+    want = rax.pointwise_sigmoid_loss(SCORES, LABELS / 3.0, where=WHERE)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_approx_ndcg_approaches_minus_ndcg_at_low_temperature():
+    scores = jnp.array([[3.0, 1.0, 2.0, 0.0]])
+    labels = jnp.array([[1.0, 3.0, 0.0, 2.0]])
+    ndcg = rax.ndcg_metric(scores, labels)
+    got = losses.get("approx_ndcg", temperature=1e-3)(scores, labels)
+    np.testing.assert_allclose(got, -ndcg, rtol=1e-4)
+    smooth = losses.get("approx_ndcg", temperature=1.0)(scores, labels)
+    assert not np.isclose(smooth, -ndcg, rtol=1e-3)
+
+
+def test_approx_ndcg_has_useful_gradients():
+    import jax
+
+    g = jax.grad(lambda s: losses.approx_ndcg_loss(s, LABELS, where=WHERE))(SCORES)
+    assert np.all(np.isfinite(g)) and np.abs(g).sum() > 0
+    assert g[0, 3] == 0  # padding gets no gradient
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"name": "hinge"}, "valid"),
+        ({"name": "softmax", "lambdaweight": "dcg"}, "pairwise"),
+        ({"name": "pairwise_logistic", "lambdaweight": "ndcg"}, "lambdaweight"),
+        ({"name": "sigmoid", "max_label": 0.0}, "max_label"),
+    ],
+)
+def test_bad_loss_config_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        losses.get(**kwargs)
