@@ -19,6 +19,18 @@ from rankjax.data import lists
 from rankjax.data.libsvm import FormatError
 
 
+def _decoded_lines(f, path: str, encoding: str):
+    """Decodes a binary file line by line, so a bad byte is reported with its line."""
+    for lineno, raw in enumerate(f, 1):
+        try:
+            yield raw.decode(encoding)
+        except UnicodeDecodeError as e:
+            raise FormatError(
+                f"{path}:{lineno}: cannot decode as {encoding} ({e.reason} at byte {e.start}); "
+                "set the encoding (e.g. latin-1)"
+            ) from None
+
+
 def read(
     path: str,
     *,
@@ -59,29 +71,17 @@ def read(
     features: list[list[float]] = []
     texts: dict[str, list[str]] = {c: [] for c in text_columns}
     items: list[str] = []
-    with open(path, encoding=encoding, newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise FormatError(f"{path}: empty file, expected a header row") from None
-        except UnicodeDecodeError as e:
-            raise FormatError(f"{path}:1: cannot decode as {encoding}: {e.reason}") from None
+    with open(path, "rb") as f:
+        reader = csv.reader(_decoded_lines(f, path, encoding), delimiter=delimiter)
+        header = next(reader, None)
+        if header is None:
+            raise FormatError(f"{path}: empty file, expected a header row")
         missing = [c for c in wanted if c not in header]
         if missing:
             raise FormatError(f"{path}:1: missing column(s) {missing}; the header has {header}")
         col = {c: header.index(c) for c in wanted}
         row_index = 0
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except UnicodeDecodeError as e:
-                raise FormatError(
-                    f"{path}:{reader.line_num + 1}: cannot decode as {encoding}: {e.reason}; "
-                    "set the encoding (e.g. latin-1)"
-                ) from None
+        for row in reader:
             lineno = reader.line_num
             if not row:
                 continue

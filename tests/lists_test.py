@@ -1,0 +1,127 @@
+"""Ranking lists: padding, masks, truncation, splits, transforms and batches."""
+
+import numpy as np
+import pytest
+
+from rankjax.data import lists
+
+
+def dataset(sizes=(3, 1, 5, 2), num_features=2):
+    n = sum(sizes)
+    features = np.arange(n * num_features, dtype=np.float32).reshape(n, num_features)
+    labels = np.arange(n, dtype=np.float32) % 4
+    return lists.from_groups(
+        features, labels, sizes, query_ids=[f"q{i}" for i in range(len(sizes))],
+        extras={"oracle": labels * 2},
+    )
+
+
+def test_pad_lists_pads_with_mask_and_zeros():
+    b = lists.pad_lists(dataset(), 4)
+    assert b["features"].shape == (4, 4, 2)
+    np.testing.assert_array_equal(
+        b["where"], [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]]
+    )
+    np.testing.assert_array_equal(b["labels"][0], [0, 1, 2, 0])
+    np.testing.assert_array_equal(b["features"][1], [[6, 7], [0, 0], [0, 0], [0, 0]])
+    np.testing.assert_array_equal(b["oracle"][3], [2, 4, 0, 0])  # labels 1, 2 doubled
+    assert b["labels"][2].tolist() == [0, 1, 2, 3]  # items 4..7, head-truncated from 5
+
+
+def test_sampled_padding_keeps_items_of_the_same_list():
+    d = dataset()
+    b = lists.pad_lists(d, 4, rng=np.random.default_rng(0))
+    list_of_item = d.item_list_index()
+    for i in range(d.num_lists):
+        rows = b["features"][i][b["where"][i]][:, 0] / 2  # feature 0 is 2 * item index
+        assert set(list_of_item[rows.astype(int)]) == {i}
+        assert len(set(rows)) == min(d.list_sizes[i], 4)
+
+
+def test_sampled_truncation_varies_with_rng():
+    d = dataset(sizes=(9,))
+    picks = {
+        tuple(sorted(lists.pad_lists(d, 3, rng=np.random.default_rng(s))["labels"][0]))
+        for s in range(20)
+    }
+    assert len(picks) > 1
+
+
+def test_select_reorders_lists():
+    d = dataset().select(np.array([2, 0]))
+    assert d.list_sizes.tolist() == [5, 3]
+    assert d.query_ids.tolist() == ["q2", "q0"]
+    assert d.features[0, 0] == 8  # first item of list 2
+
+
+def test_split_by_query_is_deterministic_disjoint_and_complete():
+    d = lists.from_groups(np.zeros((300, 1)), np.zeros(300), [3] * 100)
+    fr = {"train": 0.6, "valid": 0.2, "test": 0.2}
+    a, b = lists.split_by_query(d, fr, seed=0), lists.split_by_query(d, fr, seed=0)
+    ids = {k: set(v.query_ids.tolist()) for k, v in a.items()}
+    assert ids == {k: set(v.query_ids.tolist()) for k, v in b.items()}
+    assert not (ids["train"] & ids["valid"]) and not (ids["train"] & ids["test"])
+    assert sum(len(v) for v in ids.values()) == 100
+    assert 40 < len(ids["train"]) < 80
+    other = lists.split_by_query(d, fr, seed=1)
+    assert set(other["train"].query_ids.tolist()) != ids["train"]
+
+
+def test_split_fractions_must_sum_to_one():
+    with pytest.raises(ValueError, match="sum to 1"):
+        lists.split_by_query(dataset(), {"train": 0.5, "test": 0.2}, 0)
+
+
+def test_transform_is_fitted_on_train_only():
+    train = np.array([[0.0, 10.0], [2.0, 10.0]])
+    t = lists.fit_transform(train, ("standardize",))
+    np.testing.assert_allclose(t(train)[:, 0], [-1, 1])
+    np.testing.assert_allclose(t(train)[:, 1], [0, 0])  # constant feature: centred, not NaN
+    np.testing.assert_allclose(t(np.array([[4.0, 10.0]]))[0, 0], 3.0)
+
+
+def test_log1p_is_signed_and_round_trips_json():
+    t = lists.fit_transform(np.array([[-3.0], [3.0], [100.0]]), ("log1p", "standardize"))
+    x = lists.FeatureTransform(log1p=True)(np.array([[-np.e + 1]]))
+    np.testing.assert_allclose(x, [[-1.0]], rtol=1e-6)
+    again = lists.FeatureTransform.from_json(t.to_json())
+    np.testing.assert_allclose(again(np.array([[5.0]])), t(np.array([[5.0]])))
+
+
+def test_unknown_transform_raises():
+    with pytest.raises(ValueError, match="standardize"):
+        lists.fit_transform(np.zeros((2, 1)), ("zscore",))
+
+
+def test_train_batches_are_a_function_of_step():
+    d = lists.from_groups(np.arange(40.0)[:, None], np.zeros(40), [4] * 10)
+    fresh = lists.TrainBatches(d, 3, 4, seed=7)
+    resumed = lists.TrainBatches(d, 3, 4, seed=7)
+    seq = [fresh(s) for s in range(8)]
+    np.testing.assert_array_equal(resumed(5)["features"], seq[5]["features"])
+    # One epoch (3 batches of 3 from 10 lists) visits 9 distinct lists.
+    firsts = {int(b["features"][i][b["where"][i]].min()) // 4 for b in seq[:3] for i in range(3)}
+    assert len(firsts) == 9
+
+
+def test_train_batches_need_enough_lists():
+    with pytest.raises(ValueError, match="batch_size"):
+        lists.TrainBatches(dataset(), 8, 4, seed=0)
+
+
+def test_eval_batches_never_truncate_and_fill_with_empty_lists():
+    d = dataset()
+    batches = lists.eval_batches(d, batch_size=3)
+    assert len(batches) == 2
+    assert batches[0]["where"].shape == (3, 8)  # longest list 5, rounded up to 8
+    assert batches[1]["where"][1:].sum() == 0
+    assert sum(b["where"].sum() for b in batches) == d.num_items
+    with pytest.raises(ValueError, match="truncate"):
+        lists.eval_batches(d, batch_size=3, list_size=4)
+
+
+def test_inconsistent_dataset_raises():
+    with pytest.raises(ValueError, match="features"):
+        lists.from_groups(np.zeros((3, 2)), np.zeros(4), [4])
+    with pytest.raises(ValueError, match="list_offsets"):
+        lists.from_groups(np.zeros((4, 2)), np.zeros(4), [2, 1])
