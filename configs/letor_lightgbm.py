@@ -2,7 +2,8 @@ r"""A feature ranker on LightGBM's lambdarank example data (rank.train / rank.te
 
 Command (about a minute on 2 CPU cores):
 
-  python -m experiments.train --config=configs/letor_lightgbm.py:data_dir=../shared/data/letor_lightgbm \
+  python -m experiments.train \
+      --config=configs/letor_lightgbm.py:data_dir=../shared/data/letor_lightgbm \
       --workdir=/tmp/rankjax/letor
 
 `data_dir` defaults to `$RANKJAX_SHARED/data/letor_lightgbm`. 201 training queries (20% held

@@ -52,8 +52,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train = dict(num_steps=1500, batch_size=64, log_every=100, eval_every=500)
     c.eval = dict(
         batch_size=128,
-        metrics=("ndcg@1", "ndcg@5", "ndcg@10", "mrr", "map", "recall@10", "precision@5",
-                 "pairwise_accuracy"),
+        metrics=(
+            "ndcg@1",
+            "ndcg@5",
+            "ndcg@10",
+            "mrr",
+            "map",
+            "recall@10",
+            "precision@5",
+            "pairwise_accuracy",
+        ),
         report=("ndcg@5", "ndcg@10", "mrr"),
         no_relevant="zero",
         gain="exp2",

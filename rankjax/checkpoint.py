@@ -100,9 +100,7 @@ class Checkpointer:
         step = self._latest.latest_step()
         if step is None:
             return init_state, None
-        state = self._latest.restore(
-            step, args=ocp.args.StandardRestore(_abstract(init_state))
-        )
+        state = self._latest.restore(step, args=ocp.args.StandardRestore(_abstract(init_state)))
         return state, step
 
     def save(self, step: int, state: Any, *, force: bool = False) -> bool:

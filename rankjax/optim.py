@@ -30,7 +30,9 @@ def schedule(cfg: Mapping[str, Any], num_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
-def make(cfg: Mapping[str, Any], num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make(
+    cfg: Mapping[str, Any], num_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Builds the optimizer.
 
     Args:

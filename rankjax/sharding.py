@@ -69,8 +69,10 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Sequence]] 
         for regex, spec in compiled:
             if regex.search(name):
                 if len(spec) > np.ndim(leaf):
-                    raise ValueError(f"sharding rule {regex.pattern!r} has {len(spec)} axes, "
-                                     f"but {name} has shape {np.shape(leaf)}")
+                    raise ValueError(
+                        f"sharding rule {regex.pattern!r} has {len(spec)} axes, "
+                        f"but {name} has shape {np.shape(leaf)}"
+                    )
                 return NamedSharding(mesh, spec)
         return NamedSharding(mesh, PartitionSpec())
 

@@ -122,8 +122,9 @@ class _StepMetrics:
         fetched = jax.device_get(self.pending)
         self.pending = []
         for step, m in fetched:
-            if not np.isfinite(m["loss"]):
-                raise TrainingDiverged(f"training loss is {m['loss']} at step {step}")
+            for name in ("loss", "grad_norm", "param_norm"):
+                if not np.isfinite(m[name]):
+                    raise TrainingDiverged(f"training {name} is {m[name]} at step {step}")
             for k, v in m.items():
                 self.totals[k] = self.totals.get(k, 0.0) + float(v)
             self.count += 1
@@ -162,8 +163,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh = sharding.make_mesh(int(config.mesh.num_devices))
     logging.info(
         "data: %s | train %d lists, valid %d, test %d | %d features | %d device(s)",
-        config.data.source, splits.train.num_lists, splits.valid.num_lists,
-        splits.test.num_lists, splits.train.num_features, mesh.size,
+        config.data.source,
+        splits.train.num_lists,
+        splits.valid.num_lists,
+        splits.test.num_lists,
+        splits.train.num_features,
+        mesh.size,
     )
 
     # Model, loss, optimizer.
@@ -175,16 +180,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     def init(rng):
         sample = jnp.zeros([1, int(config.data.list_size), splits.train.num_features])
         params = model.init(rng, sample, jnp.ones(sample.shape[:2], bool))["params"]
-        return TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                          opt_state=tx.init(params), rng=rng)
+        return TrainState(
+            step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params), rng=rng
+        )
 
     rng = jax.random.PRNGKey(int(config.seed))
     rules = [tuple(r) for r in config.mesh.get("rules", ())]
     state_shardings = sharding.tree_shardings(jax.eval_shape(init, rng), mesh, rules)
     state = jax.jit(init, out_shardings=state_shardings)(rng)
     ckpt = checkpoint.Checkpointer(
-        workdir, every=int(config.ckpt.every), keep=int(config.ckpt.keep),
-        best_metric=config.ckpt.best_metric, best_mode=config.ckpt.best_mode,
+        workdir,
+        every=int(config.ckpt.every),
+        keep=int(config.ckpt.keep),
+        best_metric=config.ckpt.best_metric,
+        best_mode=config.ckpt.best_mode,
     )
     state, restored = ckpt.restore_or_init(state)
     if restored is not None:
@@ -207,8 +216,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     evaluators = {
         name: ranking.RankingEvaluator(
-            splits[name], mesh=mesh, batch_size=int(ecfg.batch_size),
-            metrics=tuple(ecfg.metrics), no_relevant=ecfg.no_relevant, gain=ecfg.gain,
+            splits[name],
+            mesh=mesh,
+            batch_size=int(ecfg.batch_size),
+            metrics=tuple(ecfg.metrics),
+            no_relevant=ecfg.no_relevant,
+            gain=ecfg.gain,
         )
         for name in ("valid", "test")
     }
@@ -224,8 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         for step in range(first_step, num_steps):
             batch = sharding.put_batch(train_batches(step), mesh)
             state, m = train_step(state, batch)
-            step_metrics.add(step, m)
-            done = step + 1
+            done = step + 1  # steps completed; logs and checkpoints count this way
+            step_metrics.add(done, m)
             steps_since += 1
             is_log = done % int(tcfg.log_every) == 0 or done == num_steps
             is_eval = done % int(tcfg.eval_every) == 0 or done == num_steps
@@ -237,12 +250,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 elapsed = time.perf_counter() - t_last
                 rate = steps_since * int(tcfg.batch_size) / elapsed
                 eta = (num_steps - done) * elapsed / steps_since
-                values = {**step_metrics.means(), "learning_rate": float(lr_schedule(done)),
-                          "examples_per_sec": rate}
+                values = {
+                    **step_metrics.means(),
+                    "learning_rate": float(lr_schedule(done)),
+                    "examples_per_sec": rate,
+                }
                 logging.info(
-                    "step %d/%d | loss %.4f | grad_norm %.3f | lr %.2e | %.0f examples/s | "
-                    "ETA %s", done, num_steps, values["loss"], values["grad_norm"],
-                    values["learning_rate"], rate, time.strftime("%H:%M:%S", time.gmtime(eta)),
+                    "step %d/%d | loss %.4f | grad_norm %.3f | lr %.2e | %.0f examples/s | ETA %s",
+                    done,
+                    num_steps,
+                    values["loss"],
+                    values["grad_norm"],
+                    values["learning_rate"],
+                    rate,
+                    time.strftime("%H:%M:%S", time.gmtime(eta)),
                 )
                 writer.write(done, "train", values)
                 t_last, steps_since = time.perf_counter(), 0
@@ -255,10 +276,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 ckpt.save(done, state, force=done == num_steps)
     except TrainingDiverged as e:
         ckpt.wait()
-        raise TrainingDiverged(
-            f"{e}; stopping. The last good checkpoint (step {ckpt.latest_step()}) in "
-            f"{os.path.join(workdir, 'checkpoints')} is intact"
-        ) from None
+        last = ckpt.latest_step()
+        where = os.path.join(workdir, "checkpoints")
+        kept = (
+            f"the last good checkpoint (step {last}) in {where} is intact"
+            if last
+            else ("no checkpoint had been saved yet")
+        )
+        raise TrainingDiverged(f"{e}; stopping: {kept}") from None
     finally:
         ckpt.wait()
         writer.close()

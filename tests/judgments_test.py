@@ -23,9 +23,14 @@ def write(tmp_path, text, encoding="utf-8"):
 
 
 def test_groups_rows_by_query_in_first_appearance_order(tmp_path):
-    d = judgments.read(write(tmp_path, CSV), query_column="query", label_column="relevance",
-                       item_column="product", feature_columns=("price",),
-                       text_columns=("title",))
+    d = judgments.read(
+        write(tmp_path, CSV),
+        query_column="query",
+        label_column="relevance",
+        item_column="product",
+        feature_columns=("price",),
+        text_columns=("title",),
+    )
     assert d.query_ids.tolist() == ["drill", "saw"]
     assert d.list_sizes.tolist() == [2, 1]
     np.testing.assert_array_equal(d.labels, [3, 2.5, 2])
@@ -38,8 +43,13 @@ def test_latin1_needs_the_encoding(tmp_path):
     path = write(tmp_path, CSV.replace("Hand Saw", "Hand S\u00e4w"), encoding="latin-1")
     with pytest.raises(FormatError, match="cannot decode as utf-8.*latin-1"):
         judgments.read(path, query_column="query", label_column="relevance")
-    d = judgments.read(path, query_column="query", label_column="relevance",
-                       text_columns=("title",), encoding="latin-1")
+    d = judgments.read(
+        path,
+        query_column="query",
+        label_column="relevance",
+        text_columns=("title",),
+        encoding="latin-1",
+    )
     assert "Hand S\u00e4w" in d.extras["text:title"].tolist()
 
 
@@ -56,15 +66,22 @@ def test_latin1_needs_the_encoding(tmp_path):
 )
 def test_bad_tables_name_file_and_line(tmp_path, text, match):
     with pytest.raises(FormatError, match=match):
-        judgments.read(write(tmp_path, text), query_column="query", label_column="relevance",
-                       feature_columns=("price",))
+        judgments.read(
+            write(tmp_path, text),
+            query_column="query",
+            label_column="relevance",
+            feature_columns=("price",),
+        )
 
 
 def test_real_home_depot_table(shared_data):
     d = judgments.read(
         os.path.join(shared_data, "homedepot", "train.csv"),
-        query_column="search_term", label_column="relevance", item_column="product_uid",
-        text_columns=("product_title",), encoding="latin-1",
+        query_column="search_term",
+        label_column="relevance",
+        item_column="product_uid",
+        text_columns=("product_title",),
+        encoding="latin-1",
     )
     assert d.num_items == 74_067
     assert d.num_lists == 11_795

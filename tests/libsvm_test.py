@@ -27,9 +27,7 @@ def test_reads_qid_format(tmp_path):
     assert d.query_ids.tolist() == ["10", "7"]
     assert d.list_sizes.tolist() == [2, 2]
     np.testing.assert_array_equal(d.labels, [2, 0, 1, 0])
-    np.testing.assert_array_equal(
-        d.features, [[0.5, 0, 1.5], [0, -1, 0], [2, 3, 4], [0, 0, 0]]
-    )
+    np.testing.assert_array_equal(d.features, [[0.5, 0, 1.5], [0, -1, 0], [2, 3, 4], [0, 0, 0]])
 
 
 def test_reads_lightgbm_query_file(tmp_path):

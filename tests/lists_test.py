@@ -11,7 +11,10 @@ def dataset(sizes=(3, 1, 5, 2), num_features=2):
     features = np.arange(n * num_features, dtype=np.float32).reshape(n, num_features)
     labels = np.arange(n, dtype=np.float32) % 4
     return lists.from_groups(
-        features, labels, sizes, query_ids=[f"q{i}" for i in range(len(sizes))],
+        features,
+        labels,
+        sizes,
+        query_ids=[f"q{i}" for i in range(len(sizes))],
         extras={"oracle": labels * 2},
     )
 

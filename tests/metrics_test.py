@@ -52,8 +52,12 @@ def test_precision_divides_by_retrieved_items_on_short_lists():
 
 def test_rmse_over_items_not_lists():
     # List 1 has one item with error 2; list 2 has three items with error 0.
-    out = ev([[2.0, 0, 0], [1, 1, 1]], [[0.0, 0, 0], [1, 1, 1]], where=[[1, 0, 0], [1, 1, 1]],
-             metrics=("rmse",))
+    out = ev(
+        [[2.0, 0, 0], [1, 1, 1]],
+        [[0.0, 0, 0], [1, 1, 1]],
+        where=[[1, 0, 0], [1, 1, 1]],
+        metrics=("rmse",),
+    )
     assert out["rmse"] == pytest.approx(math.sqrt(4 / 4))
 
 
@@ -71,9 +75,7 @@ def test_pairwise_accuracy_skips_lists_without_label_differences():
     assert out["pairwise_accuracy"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize(
-    "convention, expected", [("zero", 0.25), ("one", 0.75), ("skip", 0.5)]
-)
+@pytest.mark.parametrize("convention, expected", [("zero", 0.25), ("one", 0.75), ("skip", 0.5)])
 def test_no_relevant_conventions(convention, expected):
     # List 0: the relevant item is ranked second (MRR 0.5); list 1 has no relevant item.
     out = ev([[2, 1], [2, 1]], [[0, 1], [0, 0]], metrics=("mrr",), no_relevant=convention)
@@ -82,16 +84,24 @@ def test_no_relevant_conventions(convention, expected):
 
 def test_no_relevant_does_not_touch_dcg_and_precision():
     for convention in metrics.NO_RELEVANT:
-        out = ev([[2, 1], [2, 1]], [[1, 0], [0, 0]], metrics=("dcg@2", "precision@1"),
-                 no_relevant=convention)
+        out = ev(
+            [[2, 1], [2, 1]],
+            [[1, 0], [0, 0]],
+            metrics=("dcg@2", "precision@1"),
+            no_relevant=convention,
+        )
         assert out["dcg@2"] == pytest.approx(0.5)
         assert out["precision@1"] == pytest.approx(0.5)
 
 
 def test_padding_items_are_ignored_even_with_high_scores():
     base = ev([[1, 2, 3]], [[1, 0, 2]], metrics=("ndcg@10", "mrr", "map"))
-    padded = ev([[1, 2, 3, 100, 100]], [[1, 0, 2, 3, 3]], where=[[1, 1, 1, 0, 0]],
-                metrics=("ndcg@10", "mrr", "map"))
+    padded = ev(
+        [[1, 2, 3, 100, 100]],
+        [[1, 0, 2, 3, 3]],
+        where=[[1, 1, 1, 0, 0]],
+        metrics=("ndcg@10", "mrr", "map"),
+    )
     assert padded == pytest.approx(base)
 
 
@@ -163,15 +173,46 @@ def test_agrees_with_trec_eval():
     labels[:, 0] = np.maximum(labels[:, 0], 1)  # trec_eval drops queries with no relevant doc
     scores = rng.permutation(n * size).reshape(n, size).astype(float)  # no ties
     ours = metrics.evaluate(
-        scores, labels,
-        metrics=("ndcg@5", "ndcg@10", "ndcg", "mrr", "map", "recall@5", "recall@10",
-                 "precision@5", "precision@10"),
+        scores,
+        labels,
+        metrics=(
+            "ndcg@5",
+            "ndcg@10",
+            "ndcg",
+            "mrr",
+            "map",
+            "recall@5",
+            "recall@10",
+            "precision@5",
+            "precision@10",
+        ),
         gain="linear",
     )
-    trec = _trec(scores, labels, ["ndcg_cut_5", "ndcg_cut_10", "ndcg", "recip_rank", "map",
-                                  "recall_5", "recall_10", "P_5", "P_10"])
-    pairs = {"ndcg@5": "ndcg_cut_5", "ndcg@10": "ndcg_cut_10", "ndcg": "ndcg",
-             "mrr": "recip_rank", "map": "map", "recall@5": "recall_5",
-             "recall@10": "recall_10", "precision@5": "P_5", "precision@10": "P_10"}
+    trec = _trec(
+        scores,
+        labels,
+        [
+            "ndcg_cut_5",
+            "ndcg_cut_10",
+            "ndcg",
+            "recip_rank",
+            "map",
+            "recall_5",
+            "recall_10",
+            "P_5",
+            "P_10",
+        ],
+    )
+    pairs = {
+        "ndcg@5": "ndcg_cut_5",
+        "ndcg@10": "ndcg_cut_10",
+        "ndcg": "ndcg",
+        "mrr": "recip_rank",
+        "map": "map",
+        "recall@5": "recall_5",
+        "recall@10": "recall_10",
+        "precision@5": "P_5",
+        "precision@10": "P_10",
+    }
     for ours_name, trec_name in pairs.items():
         assert ours[ours_name] == pytest.approx(trec[trec_name], rel=1e-5), ours_name

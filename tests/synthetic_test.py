@@ -17,8 +17,9 @@ def world():
 def _ndcg10(world, scores):
     d = world.judgments
     b = lists.pad_lists(
-        lists.RankingDataset(d.features, d.labels, d.list_offsets, d.query_ids, d.feature_names,
-                             {"s": scores}),
+        lists.RankingDataset(
+            d.features, d.labels, d.list_offsets, d.query_ids, d.feature_names, {"s": scores}
+        ),
         lists.max_list_size(d),
     )
     return metrics.evaluate(b["s"], b["labels"], where=b["where"], metrics=("ndcg@10",))["ndcg@10"]

@@ -29,7 +29,10 @@ def shared_dir() -> str:
     if env:
         return env
     here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.join(os.getcwd(), "..", "shared"), os.path.join(here, *[".."] * 3, "shared")):
+    for candidate in (
+        os.path.join(os.getcwd(), "..", "shared"),
+        os.path.join(here, *[".."] * 3, "shared"),
+    ):
         if os.path.isdir(candidate):
             return os.path.normpath(candidate)
     return os.path.normpath(os.path.join(os.getcwd(), "..", "shared"))

@@ -86,9 +86,7 @@ def read(
             if not row:
                 continue
             if len(row) < len(header):
-                raise FormatError(
-                    f"{path}:{lineno}: expected {len(header)} fields, got {len(row)}"
-                )
+                raise FormatError(f"{path}:{lineno}: expected {len(header)} fields, got {len(row)}")
 
             def number(c: str, row=row, lineno=lineno) -> float:
                 try:

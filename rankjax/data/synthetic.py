@@ -123,7 +123,9 @@ def _words(rng: np.random.Generator, n: int, syllables: int) -> list[str]:
     out: set[str] = set()
     while len(out) < n:
         k = rng.integers(1, syllables + 1)
-        out.add("".join(str(rng.choice(list(cons))) + str(rng.choice(list(vows))) for _ in range(k)))
+        out.add(
+            "".join(str(rng.choice(list(cons))) + str(rng.choice(list(vows))) for _ in range(k))
+        )
     return sorted(out)
 
 
@@ -146,7 +148,9 @@ def _catalog(rng: np.random.Generator, cfg: WorldConfig, words: dict, token_of: 
     category = rng.integers(0, c, size=p)
     # Each category sells a handful of brands with Zipf-like shares.
     brands_per_cat = 6
-    cat_brands = np.stack([rng.choice(cfg.num_brands, brands_per_cat, replace=False) for _ in range(c)])
+    cat_brands = np.stack(
+        [rng.choice(cfg.num_brands, brands_per_cat, replace=False) for _ in range(c)]
+    )
     share = 1.0 / np.arange(1, brands_per_cat + 1)
     brand_slot = rng.choice(brands_per_cat, size=p, p=share / share.sum())
     brand = cat_brands[category, brand_slot]
@@ -228,7 +232,11 @@ def _candidates(rng: np.random.Generator, cfg: WorldConfig, prod: dict, queries:
     for i in range(cfg.num_queries):
         n = int(rng.integers(cfg.min_list_size, cfg.max_list_size + 1))
         cat = queries["category"][i]
-        pools = [by_cat[cat], by_cat[comp[cat]], by_brand[prod["brand"][queries["seed_product"][i]]]]
+        pools = [
+            by_cat[cat],
+            by_cat[comp[cat]],
+            by_brand[prod["brand"][queries["seed_product"][i]]],
+        ]
         shares = rng.dirichlet([3.0, 1.5, 1.5, 4.0])
         picks = [queries["seed_product"][i : i + 1]]
         for pool, share in zip(pools, shares[:3], strict=True):
@@ -253,9 +261,7 @@ def _latent_grade(cfg, prod, queries, qi, pi, comp):
     attrs_ok = ((q_brand < 0) | (q_brand == prod["brand"][pi])) & (
         (q_color < 0) | (q_color == prod["color"][pi])
     )
-    cls = np.where(
-        p_cat == q_cat, np.where(attrs_ok, 3, 2), np.where(p_cat == comp[q_cat], 1, 0)
-    )
+    cls = np.where(p_cat == q_cat, np.where(attrs_ok, 3, 2), np.where(p_cat == comp[q_cat], 1, 0))
     grade = cls + cfg.quality_effect * (prod["quality"][pi] - 0.5)
     return cls, grade
 
@@ -292,7 +298,11 @@ def _features(rng, cfg, prod, queries, qi, pi, comp, idf, list_index, offsets):
     t_len = (t_tokens > 0).sum(-1)
     k1, b = 1.2, 0.75
     bm25 = (
-        idf[q_tokens] * (q_tokens > 0) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * t_len[:, None] / 5.0))
+        idf[q_tokens]
+        * (q_tokens > 0)
+        * tf
+        * (k1 + 1)
+        / (tf + k1 * (1 - b + b * t_len[:, None] / 5.0))
     ).sum(-1)
 
     # A query-category classifier with noisy logits, as trained on past clicks.
@@ -310,12 +320,16 @@ def _features(rng, cfg, prod, queries, qi, pi, comp, idf, list_index, offsets):
     color_named = queries["color"][qi] >= 0
     color_seen = rng.random(n) < 0.85  # colour often missing from the listing
     color_match = np.where(
-        color_named & color_seen, np.where(prod["color"][pi] == queries["color"][qi], 1.0, -1.0), 0.0
+        color_named & color_seen,
+        np.where(prod["color"][pi] == queries["color"][qi], 1.0, -1.0),
+        0.0,
     )
 
     price = prod["price"][pi]
     log_price = np.log(price)
-    med = np.array([np.median(log_price[s:e]) for s, e in zip(offsets[:-1], offsets[1:], strict=True)])
+    med = np.array(
+        [np.median(log_price[s:e]) for s, e in zip(offsets[:-1], offsets[1:], strict=True)]
+    )
     price_ratio = np.exp(log_price - med[list_index])
 
     # A click log from an earlier production ranker: position-biased clicks on shown items.

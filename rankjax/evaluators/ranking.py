@@ -97,4 +97,3 @@ def oracle_scores(batch: dict[str, jax.Array], i: int) -> jax.Array:
     """The data's oracle: its `oracle` scores where the data has them, else the labels."""
     del i
     return batch["oracle"] if "oracle" in batch else batch["labels"]
-

@@ -56,9 +56,7 @@ class Dense(nn.Module):
         )
         dot_general = self.dot_general_cls() if self.dot_general_cls else jax.lax.dot_general
         x = jnp.asarray(x, self.dtype)
-        y = dot_general(
-            x, jnp.asarray(kernel, self.dtype), (((x.ndim - 1,), (0,)), ((), ()))
-        )
+        y = dot_general(x, jnp.asarray(kernel, self.dtype), (((x.ndim - 1,), (0,)), ((), ())))
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
             y = y + jnp.asarray(bias, self.dtype)

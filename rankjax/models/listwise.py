@@ -116,5 +116,13 @@ class Model(nn.Module):
 
 def tiny(**overrides) -> Model:
     """A one-block variant for fast tests."""
-    return Model(**{"d_model": 8, "num_layers": 1, "num_heads": 2, "mlp_dim": 16,
-                    "head_hidden": 8, **overrides})
+    return Model(
+        **{
+            "d_model": 8,
+            "num_layers": 1,
+            "num_heads": 2,
+            "mlp_dim": 16,
+            "head_hidden": 8,
+            **overrides,
+        }
+    )
