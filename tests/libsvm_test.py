@@ -48,7 +48,7 @@ def test_num_features_pads_missing_columns(tmp_path):
     [
         ("1 qid:1 a:1\n", r":1: expected 'index:value'"),
         ("1 qid:1 1:x\n", r":1: expected 'index:value'"),
-        ("1 qid:1 0:1\n", r":1: expected 'index:value' with index >= 1"),
+        ("1 qid:1 0:1\n", r":1: expected 'index:value' with an integer index >= 1"),
         ("1 qid:1 1:1\nzz qid:1 1:1\n", r":2: expected a numeric label"),
         ("1 qid:1 1:1\n1 qid:2 1:1\n1 qid:1 1:1\n", r":3: lines of qid 1 are not contiguous"),
         ("1 qid:1 1:1\n1 1:1\n", r":2: expected 'qid:<id>'"),

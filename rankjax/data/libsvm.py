@@ -47,6 +47,42 @@ def read_group_file(path: str) -> np.ndarray:
     return np.asarray(sizes, np.int64)
 
 
+def _parse_features(
+    tokens: list[str], path: str, lineno: int, num_features: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Parses `["3:0.5", "7:1", ...]` into (1-based indices, values).
+
+    The fast path lets NumPy parse the whole line; anything it cannot take goes through a
+    token-by-token check that names the offending token.
+    """
+    try:
+        numbers = np.array(" ".join(tokens).replace(":", " ").split(), dtype=np.float64)
+    except ValueError:
+        numbers = None
+    if numbers is not None and len(numbers) == 2 * len(tokens):
+        idx, val = numbers[0::2], numbers[1::2]
+        if np.all(idx >= 1) and np.all(idx == np.floor(idx)):
+            idx = idx.astype(np.int64)
+            if num_features is not None and idx.max() > num_features:
+                raise FormatError(
+                    f"{path}:{lineno}: feature index {idx.max()} exceeds "
+                    f"num_features={num_features}"
+                )
+            return idx, val
+    for tok in tokens:
+        i, sep, v = tok.partition(":")
+        try:
+            good = bool(sep) and ":" not in v and int(i) >= 1 and float(v) is not None
+        except ValueError:
+            good = False
+        if not good:
+            raise FormatError(
+                f"{path}:{lineno}: expected 'index:value' with an integer index >= 1 and a "
+                f"number, got {tok!r}"
+            )
+    raise FormatError(f"{path}:{lineno}: could not parse the features")
+
+
 def read(
     path: str,
     *,
@@ -105,24 +141,12 @@ def read(
                 sizes[-1] += 1
             elif qids:
                 raise FormatError(f"{path}:{lineno}: expected 'qid:<id>' after the label")
-            for tok in feats:
-                idx, sep, val = tok.partition(":")
-                try:
-                    i, v = int(idx), float(val)
-                except ValueError:
-                    i, v = -1, 0.0
-                if not sep or i < 1:
-                    raise FormatError(
-                        f"{path}:{lineno}: expected 'index:value' with index >= 1, got {tok!r}"
-                    )
-                if num_features is not None and i > num_features:
-                    raise FormatError(
-                        f"{path}:{lineno}: feature index {i} exceeds num_features={num_features}"
-                    )
-                max_index = max(max_index, i)
-                rows.append(n)
-                cols.append(i - 1)
-                vals.append(v)
+            if feats:
+                idx, val = _parse_features(feats, path, lineno, num_features)
+                max_index = max(max_index, int(idx.max()))
+                rows.extend([n] * len(idx))
+                cols.frombytes((idx - 1).astype(np.int32).tobytes())
+                vals.frombytes(val.astype(np.float32).tobytes())
             labels.append(label)
             n += 1
     if n == 0:

@@ -1,0 +1,56 @@
+r"""Runs one config over several seeds and prints mean ± std of the test metrics.
+
+  python scripts/run_seeds.py --config=configs/letor_lightgbm.py --seeds=5 \
+      --workdir=/tmp/rankjax/letor_seeds [--config.model.hidden_sizes='()']
+
+Each seed trains in WORKDIR/seed_N (an existing finished run is reused); the table compares
+the model with the random and oracle rankers of the same evaluation.
+"""
+
+import json
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from rankjax import trainer
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=False)
+flags.DEFINE_string("workdir", None, "Folder holding one run per seed.")
+flags.DEFINE_integer("seeds", 5, "Number of seeds (0 .. seeds-1).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    runs = []
+    for seed in range(FLAGS.seeds):
+        config = FLAGS.config.copy_and_resolve_references()
+        config.seed = seed
+        runs.append(trainer.train_and_evaluate(config, f"{FLAGS.workdir}/seed_{seed}"))
+    rows = {
+        "model": [r["test"] for r in runs],
+        "random": [r["baselines"]["random"]["test"] for r in runs],
+        "oracle": [r["baselines"]["oracle"]["test"] for r in runs],
+    }
+    names = list(FLAGS.config.eval.report)
+    print(f"\n{FLAGS.seeds} seeds, test split, mean ± std")
+    print("| ranker | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    summary = {}
+    for ranker, results in rows.items():
+        cells = []
+        for m in names:
+            values = np.array([r[m] for r in results])
+            cells.append(
+                f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0:.4f}"
+            )
+            summary.setdefault(ranker, {})[m] = values.tolist()
+        print(f"| {ranker} | " + " | ".join(cells) + " |")
+    with open(f"{FLAGS.workdir}/seeds.json", "w") as f:
+        json.dump(summary, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
