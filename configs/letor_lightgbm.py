@@ -1,6 +1,6 @@
 r"""A feature ranker on LightGBM's lambdarank example data (rank.train / rank.test).
 
-Command (about a minute on 2 CPU cores):
+Command (about 15 s on 2 CPU cores):
 
   python -m experiments.train \
       --config=configs/letor_lightgbm.py:data_dir=../shared/data/letor_lightgbm \
@@ -9,7 +9,8 @@ Command (about a minute on 2 CPU cores):
 `data_dir` defaults to `$RANKJAX_SHARED/data/letor_lightgbm`. 201 training queries (20% held
 out by query for validation), 50 test queries, 300 features in [0, 1], labels 0-4.
 Known reference figures on rank.test: LightGBM LGBMRanker NDCG@10 0.740, ridge 0.704,
-random 0.619; docs/results.md has this config's measured figures (mean over seeds).
+random 0.619. This config, mean ± std over 5 seeds (docs/results.md): NDCG@1/5/10 =
+0.570 / 0.658 / 0.738 (± 0.012 on NDCG@10); random 0.581.
 
 Arguments: `data_dir=PATH`, `runlocal`, `steps=N`.
 """

@@ -9,7 +9,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rankjax import trainer
+from rankjax import preemption, trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -26,6 +26,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except preemption.Preempted as e:
+        logging.warning("%s", e)
+        print(f"rankjax: {e}", file=sys.stderr)
+        sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process
     except _USER_ERRORS as e:
         if FLAGS.traceback:
             raise

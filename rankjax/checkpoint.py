@@ -89,25 +89,49 @@ class Checkpointer:
         return self._latest.latest_step()
 
     def restore_or_init(self, init_state: Any) -> tuple[Any, int | None]:
-        """Restores the newest train state into `init_state`'s structure and shardings.
+        """Restores the newest readable train state into `init_state`'s structure and layout.
+
+        A checkpoint that cannot be read (a file deleted or truncated after it was written)
+        is skipped with a warning and the one before it is tried.
 
         Args:
           init_state: a freshly initialised state (returned as is if nothing is saved).
 
         Returns:
           `(state, restored_step)`, `restored_step` None when starting fresh.
+
+        Raises:
+          RuntimeError: checkpoints exist but none of them can be read.
         """
-        step = self._latest.latest_step()
-        if step is None:
-            return init_state, None
-        state = self._latest.restore(step, args=ocp.args.StandardRestore(_abstract(init_state)))
-        return state, step
+        steps = sorted(self._latest.all_steps(), reverse=True)
+        errors = []
+        for step in steps:
+            try:
+                state = self._latest.restore(
+                    step, args=ocp.args.StandardRestore(_abstract(init_state))
+                )
+            except Exception as e:  # noqa: BLE001 - any failure means "unreadable"
+                errors.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
+                absl_logging.warning(
+                    "checkpoint at step %d in %s is unreadable (%s); trying an older one",
+                    step,
+                    self._latest.directory,
+                    errors[-1],
+                )
+                continue
+            return state, step
+        if steps:
+            raise RuntimeError(
+                f"no checkpoint in {self._latest.directory} can be read: {'; '.join(errors)}. "
+                "Move the folder away to start afresh."
+            )
+        return init_state, None
 
     def save(self, step: int, state: Any, *, force: bool = False) -> bool:
         """Saves the train state if `step` is a multiple of `every` (or `force`)."""
         if not force and step % self.every:
             return False
-        if self._latest.latest_step() == step:
+        if step in self._latest.all_steps():
             return False
         return self._latest.save(step, args=ocp.args.StandardSave(state), force=True)
 
@@ -120,6 +144,8 @@ class Checkpointer:
                 f"ckpt.best_metric={self.best_metric!r} is not among the evaluated metrics "
                 f"{sorted(metrics)}"
             )
+        if step in self._best.all_steps():
+            return  # a resumed run re-evaluating a step it already offered
         self._best.save(
             step,
             args=ocp.args.StandardSave(params),

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from rankjax import checkpoint, losses, models, optim, sharding
+from rankjax import checkpoint, losses, models, optim, preemption, sharding
 from rankjax import data as data_lib
 from rankjax.data import lists
 from rankjax.evaluators import ranking
@@ -229,51 +229,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     def model_scores(params):
         return lambda batch, i: predict(params, batch)
 
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, resume_step=restored)
     step_metrics = _StepMetrics()
     first_step = int(state.step)
+    multi_process = jax.process_count() > 1
     t_last, steps_since = time.perf_counter(), 0
     try:
-        for step in range(first_step, num_steps):
-            batch = sharding.put_batch(train_batches(step), mesh)
-            state, m = train_step(state, batch)
-            done = step + 1  # steps completed; logs and checkpoints count this way
-            step_metrics.add(done, m)
-            steps_since += 1
-            is_log = done % int(tcfg.log_every) == 0 or done == num_steps
-            is_eval = done % int(tcfg.eval_every) == 0 or done == num_steps
-            is_ckpt = done % ckpt.every == 0 or done == num_steps
-            if not (is_log or is_eval or is_ckpt):
-                continue
-            step_metrics.sync()  # nothing non-finite is ever logged as good or checkpointed
-            if is_log:
-                elapsed = time.perf_counter() - t_last
-                rate = steps_since * int(tcfg.batch_size) / elapsed
-                eta = (num_steps - done) * elapsed / steps_since
-                values = {
-                    **step_metrics.means(),
-                    "learning_rate": float(lr_schedule(done)),
-                    "examples_per_sec": rate,
-                }
-                logging.info(
-                    "step %d/%d | loss %.4f | grad_norm %.3f | lr %.2e | %.0f examples/s | ETA %s",
-                    done,
-                    num_steps,
-                    values["loss"],
-                    values["grad_norm"],
-                    values["learning_rate"],
-                    rate,
-                    time.strftime("%H:%M:%S", time.gmtime(eta)),
+        with preemption.SigtermFlag() as sigterm:
+            for step in range(first_step, num_steps):
+                batch = sharding.put_batch(train_batches(step), mesh)
+                state, m = train_step(state, batch)
+                done = step + 1  # steps completed; logs and checkpoints count this way
+                step_metrics.add(done, m)
+                steps_since += 1
+                is_log = done % int(tcfg.log_every) == 0 or done == num_steps
+                is_eval = done % int(tcfg.eval_every) == 0 or done == num_steps
+                is_ckpt = done % ckpt.every == 0 or done == num_steps
+                boundary = is_log or is_eval or is_ckpt
+                # Processes must agree on stopping; a single process checks every step.
+                stop = (
+                    sigterm.anywhere()
+                    if multi_process and boundary
+                    else (not multi_process and sigterm.local)
                 )
-                writer.write(done, "train", values)
-                t_last, steps_since = time.perf_counter(), 0
-            if is_eval:
-                valid = evaluators["valid"].run(model_scores(state.params))
-                logging.info("step %d | valid %s", done, _fmt(valid))
-                writer.write(done, "valid", valid)
-                ckpt.save_best(done, state.params, valid)
-            if is_ckpt:
-                ckpt.save(done, state, force=done == num_steps)
+                if not (boundary or stop):
+                    continue
+                step_metrics.sync()  # nothing non-finite is ever logged as good or saved
+                if is_log:
+                    elapsed = time.perf_counter() - t_last
+                    rate = steps_since * int(tcfg.batch_size) / elapsed
+                    eta = (num_steps - done) * elapsed / steps_since
+                    values = {
+                        **step_metrics.means(),
+                        "learning_rate": float(lr_schedule(done)),
+                        "examples_per_sec": rate,
+                    }
+                    logging.info(
+                        "step %d/%d | loss %.4f | grad_norm %.3f | lr %.2e | %.0f examples/s | "
+                        "ETA %s",
+                        done,
+                        num_steps,
+                        values["loss"],
+                        values["grad_norm"],
+                        values["learning_rate"],
+                        rate,
+                        time.strftime("%H:%M:%S", time.gmtime(eta)),
+                    )
+                    writer.write(done, "train", values)
+                    t_last, steps_since = time.perf_counter(), 0
+                if is_eval:
+                    valid = evaluators["valid"].run(model_scores(state.params))
+                    logging.info("step %d | valid %s", done, _fmt(valid))
+                    writer.write(done, "valid", valid)
+                    ckpt.save_best(done, state.params, valid)
+                if is_ckpt or stop:
+                    ckpt.save(done, state, force=True)
+                if stop:
+                    ckpt.wait()
+                    raise preemption.Preempted(done, os.path.join(workdir, "checkpoints"))
     except TrainingDiverged as e:
         ckpt.wait()
         last = ckpt.latest_step()
