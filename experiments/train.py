@@ -9,12 +9,15 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rankjax import preemption, trainer
+from rankjax import distributed, preemption, trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Output folder; rerunning with it resumes the run.")
 flags.DEFINE_bool("traceback", False, "Show full tracebacks for input and config errors.")
+flags.DEFINE_string("coordinator_address", "", "Multi-process: host:port of process 0.")
+flags.DEFINE_integer("num_processes", 0, "Multi-process: number of processes.")
+flags.DEFINE_integer("process_id", -1, "Multi-process: index of this process.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors caused by the user's input: reported in one line, not as a traceback.
@@ -25,6 +28,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
+        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except preemption.Preempted as e:
         logging.warning("%s", e)

@@ -79,12 +79,45 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Sequence]] 
     return jax.tree_util.tree_map_with_path(one, tree)
 
 
-def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Places a host batch on the mesh, split along the batch axis."""
-    n = next(iter(batch.values())).shape[0]
-    if n % mesh.size:
+def local_rows(mesh: Mesh, batch_size: int) -> np.ndarray:
+    """The rows of a global batch that this process holds (all rows in a single process).
+
+    Each process builds only these rows on its host; `put_batch` assembles the global array.
+    """
+    check_divisible(batch_size, mesh)
+    index_map = batch_sharding(mesh).addressable_devices_indices_map((batch_size,))
+    rows = sorted({r for (sl,) in index_map.values() for r in range(*sl.indices(batch_size))})
+    if rows != list(range(rows[0], rows[-1] + 1)):
+        raise ValueError(f"this process's batch rows are not contiguous: {rows}")
+    return np.asarray(rows)
+
+
+def check_divisible(batch_size: int, mesh: Mesh) -> None:
+    if batch_size % mesh.size:
         raise ValueError(
-            f"batch of {n} lists cannot be split evenly over {mesh.size} devices; "
+            f"batch of {batch_size} lists cannot be split evenly over {mesh.size} devices; "
             f"use a batch size divisible by {mesh.size}"
         )
-    return jax.device_put(batch, batch_sharding(mesh))
+
+
+def put_batch(
+    batch: dict[str, np.ndarray], mesh: Mesh, global_size: int | None = None
+) -> dict[str, jax.Array]:
+    """Places a batch on the mesh, split along the batch axis.
+
+    Args:
+      batch: this process's rows (`local_rows`) of the global batch; all of it in a single
+        process.
+      mesh: the device mesh.
+      global_size: lists in the global batch; defaults to this batch's size (one process).
+    """
+    n = next(iter(batch.values())).shape[0]
+    global_size = global_size or n
+    check_divisible(global_size, mesh)
+    sharding = batch_sharding(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v, (global_size,) + v.shape[1:])
+        for k, v in batch.items()
+    }

@@ -80,7 +80,7 @@ def make_train_step(model, loss_fn: losses.LossFn, tx: optax.GradientTransformat
 def _prepare_workdir(workdir: str) -> None:
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
+        probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
@@ -156,7 +156,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # Data: splits, the transform fitted on train, deterministic batches.
     splits = data_lib.load(config.data)
-    _write_json(os.path.join(workdir, "feature_transform.json"), splits.transform.to_json())
+    if jax.process_index() == 0:
+        _write_json(os.path.join(workdir, "feature_transform.json"), splits.transform.to_json())
     train_batches = lists.TrainBatches(
         splits.train, int(tcfg.batch_size), int(config.data.list_size), int(config.seed)
     )
@@ -202,6 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("model %s: %d parameters", config.model.name, n_params)
 
     batch_sharding = sharding.batch_sharding(mesh)
+    batch_size = int(tcfg.batch_size)
+    rows = sharding.local_rows(mesh, batch_size)  # this process builds only its rows
     train_step = jax.jit(
         make_train_step(model, loss_fn, tx),
         in_shardings=(state_shardings, batch_sharding),
@@ -237,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
         with preemption.SigtermFlag() as sigterm:
             for step in range(first_step, num_steps):
-                batch = sharding.put_batch(train_batches(step), mesh)
+                batch = sharding.put_batch(train_batches(step, rows), mesh, batch_size)
                 state, m = train_step(state, batch)
                 done = step + 1  # steps completed; logs and checkpoints count this way
                 step_metrics.add(done, m)
@@ -325,7 +328,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         tuple(ecfg.report),
     )
     logging.info("final evaluation of %s parameters:\n%s", params_from, table)
-    print(f"\nTest metrics ({params_from} parameters), workdir {workdir}:\n{table}", flush=True)
+    if jax.process_index() == 0:
+        print(f"\nTest metrics ({params_from} parameters), workdir {workdir}:\n{table}", flush=True)
     return results
 
 

@@ -33,7 +33,7 @@ def test_pad_lists_pads_with_mask_and_zeros():
 
 def test_sampled_padding_keeps_items_of_the_same_list():
     d = dataset()
-    b = lists.pad_lists(d, 4, rng=np.random.default_rng(0))
+    b = lists.pad_lists(d, 4, item_keys=np.random.default_rng(0).random(d.num_items))
     list_of_item = d.item_list_index()
     for i in range(d.num_lists):
         rows = b["features"][i][b["where"][i]][:, 0] / 2  # feature 0 is 2 * item index
@@ -44,7 +44,9 @@ def test_sampled_padding_keeps_items_of_the_same_list():
 def test_sampled_truncation_varies_with_rng():
     d = dataset(sizes=(9,))
     picks = {
-        tuple(sorted(lists.pad_lists(d, 3, rng=np.random.default_rng(s))["labels"][0]))
+        tuple(
+            sorted(lists.pad_lists(d, 3, item_keys=np.random.default_rng(s).random(9))["labels"][0])
+        )
         for s in range(20)
     }
     assert len(picks) > 1
@@ -128,3 +130,27 @@ def test_inconsistent_dataset_raises():
         lists.from_groups(np.zeros((3, 2)), np.zeros(4), [4])
     with pytest.raises(ValueError, match="list_offsets"):
         lists.from_groups(np.zeros((4, 2)), np.zeros(4), [2, 1])
+
+
+def test_a_process_share_of_a_batch_equals_those_rows_of_the_whole_batch():
+    d = lists.from_groups(
+        np.arange(80.0)[:, None], np.arange(80.0) % 3, [5, 7, 3, 9, 6] * 2 + [5] * 4
+    )
+    batches = lists.TrainBatches(d, 8, 4, seed=3)
+    for step in (0, 3):
+        whole = batches(step)
+        for rows in (np.arange(0, 4), np.arange(4, 8)):
+            part = batches(step, rows)
+            for k in whole:
+                np.testing.assert_array_equal(part[k], whole[k][rows])
+
+
+def test_eval_rows_split_the_global_batches():
+    d = dataset()
+    whole = lists.eval_batches(d, batch_size=4)
+    halves = [lists.eval_batches(d, batch_size=4, rows=r) for r in (np.arange(2), np.arange(2, 4))]
+    for i, batch in enumerate(whole):
+        for k in batch:
+            np.testing.assert_array_equal(
+                np.concatenate([halves[0][i][k], halves[1][i][k]]), batch[k]
+            )

@@ -252,30 +252,30 @@ def pad_lists(
     dataset: RankingDataset,
     list_size: int,
     *,
-    rng: np.random.Generator | None = None,
+    item_keys: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Pads (or truncates) every list of `dataset` to `list_size` items.
 
     Args:
       dataset: the lists.
       list_size: items per padded list.
-      rng: if given, items are shuffled within each list and lists longer than
-        `list_size` keep a uniformly random subset (training); if None, items keep their
-        order and longer lists keep their first `list_size` items (use a `list_size` of at
-        least the longest list for evaluation, see `max_list_size`).
+      item_keys: `[num_items]` random numbers; if given, items are ordered by them within
+        each list, so lists longer than `list_size` keep a uniformly random subset
+        (training). If None, items keep their order and longer lists keep their first
+        `list_size` items (for evaluation use a `list_size` of at least the longest list,
+        see `max_list_size`).
 
     Returns:
       A batch dict: `features [n, list_size, F]`, `labels [n, list_size]`,
-      `where [n, list_size]` and each extra `[n, list_size, ...]`; padding is zero.
+      `where [n, list_size]` and each numeric extra `[n, list_size, ...]`; padding is zero.
     """
     n = dataset.num_lists
     sizes = dataset.list_sizes
-    if rng is None:
+    if item_keys is None:
         order = np.arange(dataset.num_items)
     else:
         # Sort items by (list, random key): a random permutation within every list.
-        list_index = dataset.item_list_index()
-        order = np.lexsort((rng.random(dataset.num_items), list_index))
+        order = np.lexsort((item_keys, dataset.item_list_index()))
     pos = np.arange(list_size)
     where = pos[None, :] < np.minimum(sizes, list_size)[:, None]
     flat = dataset.list_offsets[:-1, None] + pos[None, :]
@@ -339,8 +339,15 @@ class TrainBatches:
         self._epoch = -1
         self._perm = np.zeros([0], np.int64)
 
-    def __call__(self, step: int) -> dict[str, np.ndarray]:
-        """Returns the batch for global training step `step`."""
+    def __call__(self, step: int, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Returns the batch for global training step `step`.
+
+        Args:
+          step: the global step.
+          rows: the rows of the global batch to build (this process's share in a
+            multi-process run); None builds all `batch_size` rows. Row `r` is the same
+            whichever rows are asked for.
+        """
         epoch, index = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             self._epoch = epoch
@@ -348,21 +355,32 @@ class TrainBatches:
                 self.dataset.num_lists
             )
         lists = self._perm[index * self.batch_size : (index + 1) * self.batch_size]
-        rng = np.random.default_rng([self.seed, epoch, index, 1])
-        return pad_lists(self.dataset.select(lists), self.list_size, rng=rng)
+        sizes = self.dataset.list_sizes[lists]
+        # One random key per item of the global batch, so a row's item order and subsample
+        # do not depend on which other rows this process builds.
+        keys = np.random.default_rng([self.seed, epoch, index, 1]).random(int(sizes.sum()))
+        if rows is not None:
+            offsets = np.concatenate([[0], np.cumsum(sizes)])
+            keys = np.concatenate([keys[offsets[r] : offsets[r + 1]] for r in rows])
+            lists = lists[rows]
+        return pad_lists(self.dataset.select(lists), self.list_size, item_keys=keys)
 
 
 def eval_batches(
-    dataset: RankingDataset, batch_size: int, list_size: int | None = None
+    dataset: RankingDataset,
+    batch_size: int,
+    list_size: int | None = None,
+    rows: np.ndarray | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Pads every list of `dataset` in file order into full batches for evaluation.
 
     Args:
       dataset: the lists to evaluate.
-      batch_size: lists per batch; the last batch is filled with empty lists, which every
-        metric ignores.
+      batch_size: lists per (global) batch; the last batch is filled with empty lists,
+        which every metric ignores.
       list_size: items per list; defaults to the longest list (rounded up to 8) so no item is
         ever cut off. A smaller value raises, since truncation would change the metrics.
+      rows: the rows of each global batch to build (this process's share); None: all.
     """
     longest = max_list_size(dataset, multiple=1)
     if list_size is None:
@@ -372,8 +390,10 @@ def eval_batches(
             f"{dataset.source}: eval list_size={list_size} would truncate lists of up to "
             f"{longest} items and change the metrics; use a list_size of at least {longest}"
         )
+    rows = np.arange(batch_size) if rows is None else np.asarray(rows)
     batches = []
     for start in range(0, dataset.num_lists, batch_size):
-        part = dataset.select(np.arange(start, min(start + batch_size, dataset.num_lists)))
-        batches.append(pad_batch_count(pad_lists(part, list_size), batch_size))
+        ids = start + rows
+        part = dataset.select(ids[ids < dataset.num_lists])
+        batches.append(pad_batch_count(pad_lists(part, list_size), len(rows)))
     return batches

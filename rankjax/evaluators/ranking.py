@@ -46,7 +46,8 @@ class RankingEvaluator:
             metrics_lib.parse_metric(name)
         self.dataset = dataset
         self.mesh = mesh
-        self.batches = eval_batches(dataset, batch_size)
+        self.batch_size = batch_size
+        self.batches = eval_batches(dataset, batch_size, rows=sharding.local_rows(mesh, batch_size))
         self._sums = jax.jit(
             functools.partial(
                 _sums_and_nonfinite,
@@ -65,7 +66,7 @@ class RankingEvaluator:
         acc = metrics_lib.MetricAccumulator()
         nonfinite = 0
         for i, host_batch in enumerate(self.batches):
-            batch = sharding.put_batch(host_batch, self.mesh)
+            batch = sharding.put_batch(host_batch, self.mesh, self.batch_size)
             sums, bad = self._sums(score_fn(batch, i), batch["labels"], batch["where"])
             acc.update(sums)
             nonfinite += int(bad)
@@ -86,9 +87,14 @@ def _sums_and_nonfinite(scores, labels, where, *, metrics, no_relevant, gain):
 def random_scores(seed: int) -> ScoreFn:
     """A random ranker: uniform scores, the same for the same seed and batch."""
 
-    def score(batch, i):
+    @jax.jit
+    def uniform(i, labels):
+        # Inside jit the scores are one global array, the same in any number of processes.
         key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
-        return jax.random.uniform(key, batch["labels"].shape)
+        return jax.random.uniform(key, labels.shape)
+
+    def score(batch, i):
+        return uniform(i, batch["labels"])
 
     return score
 
