@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from rankjax import checkpoint, losses, models, optim, preemption, sharding
+from rankjax import checkpoint, config_schema, losses, models, optim, preemption, sharding
 from rankjax import data as data_lib
 from rankjax.data import lists
 from rankjax.evaluators import ranking
@@ -148,6 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns:
       The contents of `results.json`.
     """
+    config_schema.validate(config)
     _prepare_workdir(workdir)
     if jax.process_index() == 0:
         _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))

@@ -16,6 +16,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+from absl import logging
+
 from rankjax.data import judgments, libsvm, lists, synthetic
 from rankjax.data.lists import FeatureTransform, RankingDataset
 
@@ -64,13 +67,16 @@ def _raw_splits(cfg: Mapping[str, Any]) -> dict[str, RankingDataset]:
     if source == "synthetic":
         world = synthetic.make_world(**dict(cfg.get("world", {})))
         return lists.split_by_query(world.judgments, _fractions(cfg), seed)
+    label_range = tuple(cfg["label_range"]) if cfg.get("label_range") else None
+    missing = cfg.get("missing", "reject")
     if source == "libsvm":
         nf = int(cfg.get("num_features", 0)) or None
-        train = libsvm.read(cfg["train_file"], num_features=nf)
+        kw = dict(label_range=label_range, missing=missing)
+        train = libsvm.read(cfg["train_file"], num_features=nf, **kw)
         nf = nf or train.num_features
-        test = libsvm.read(cfg["test_file"], num_features=nf)
+        test = libsvm.read(cfg["test_file"], num_features=nf, **kw)
         if cfg.get("valid_file"):
-            valid = libsvm.read(cfg["valid_file"], num_features=nf)
+            valid = libsvm.read(cfg["valid_file"], num_features=nf, **kw)
         else:
             vf = float(cfg.get("valid_fraction", 0.1))
             parts = lists.split_by_query(train, {"train": 1 - vf, "valid": vf}, seed)
@@ -85,17 +91,38 @@ def _raw_splits(cfg: Mapping[str, Any]) -> dict[str, RankingDataset]:
             feature_columns=tuple(cfg.get("feature_columns", ())),
             text_columns=tuple(cfg.get("text_columns", ())),
             encoding=cfg.get("encoding", "utf-8"),
+            label_range=label_range,
+            missing=missing,
         )
         return lists.split_by_query(table, _fractions(cfg), seed)
     raise ValueError(f"data.source={source!r}; valid: {list(SOURCES)}")
 
 
 def load(cfg: Mapping[str, Any]) -> Splits:
-    """Reads, splits and transforms the data named by `cfg` (= `config.data`)."""
+    """Reads, splits and transforms the data named by `cfg` (= `config.data`).
+
+    Missing feature values (`cfg.missing="impute"`) are filled with the training mean and
+    flagged by indicator features; every split is described in the log, including its
+    single-item lists and lists without a relevant item.
+    """
     raw = _raw_splits(cfg)
     for name in SPLITS:
         if raw[name].num_lists == 0:
             raise ValueError(f"data: the {name} split of {raw['train'].source} has no lists")
-    transform = lists.fit_transform(raw["train"].features, tuple(cfg.get("transforms", ())))
-    out = {name: d.with_features(transform(d.features)) for name, d in raw.items()}
+    transform = lists.fit_transform(
+        raw["train"].features,
+        tuple(cfg.get("transforms", ())),
+        impute=cfg.get("missing", "reject") == "impute",
+    )
+    out = {}
+    for name, d in raw.items():
+        n_missing = int(np.isnan(d.features).sum())
+        logging.info(
+            "data %s (%s): %s%s",
+            name,
+            d.source,
+            lists.describe(d),
+            f"; {n_missing} missing feature values imputed" if n_missing else "",
+        )
+        out[name] = d.with_features(transform(d.features), transform.feature_names(d.feature_names))
     return Splits(**out, transform=transform)

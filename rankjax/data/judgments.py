@@ -10,25 +10,16 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
 
 from rankjax.data import lists
-from rankjax.data.libsvm import FormatError
+from rankjax.data.libsvm import MISSING_POLICIES
+from rankjax.data.textio import FormatError, decoded_lines, open_binary
 
-
-def _decoded_lines(f, path: str, encoding: str):
-    """Decodes a binary file line by line, so a bad byte is reported with its line."""
-    for lineno, raw in enumerate(f, 1):
-        try:
-            yield raw.decode(encoding)
-        except UnicodeDecodeError as e:
-            raise FormatError(
-                f"{path}:{lineno}: cannot decode as {encoding} ({e.reason} at byte {e.start}); "
-                "set the encoding (e.g. latin-1)"
-            ) from None
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_MISSING = {"null", "nan", "na", "none", "inf", "+inf", "-inf", "infinity", "-infinity"}
 
 
 def read(
@@ -41,6 +32,8 @@ def read(
     text_columns: Sequence[str] = (),
     encoding: str = "utf-8",
     delimiter: str = ",",
+    label_range: tuple[float, float] | None = None,
+    missing: str = "reject",
 ) -> lists.RankingDataset:
     """Reads a judgments table into ranking lists, one list per distinct query.
 
@@ -53,6 +46,9 @@ def read(
       text_columns: columns kept as string extras (e.g. product titles) for text rankers.
       encoding: file encoding (Home Depot's is `latin-1`).
       delimiter: field separator.
+      label_range: `(low, high)`; a label outside raises. None accepts any finite label.
+      missing: `"reject"` raises on an empty, `NULL`, `NaN` or infinite feature value;
+        `"impute"` reads it as NaN for `lists.fit_transform` to impute.
 
     Returns:
       The lists; `query_ids` are the query strings.
@@ -61,8 +57,8 @@ def read(
       FormatError: missing columns, short rows, non-numeric labels or features, or bytes
         that do not decode, each with `path:line`.
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"data.missing={missing!r}; valid: {list(MISSING_POLICIES)}")
     wanted = [query_column, label_column, *feature_columns, *text_columns]
     if item_column:
         wanted.append(item_column)
@@ -71,14 +67,14 @@ def read(
     features: list[list[float]] = []
     texts: dict[str, list[str]] = {c: [] for c in text_columns}
     items: list[str] = []
-    with open(path, "rb") as f:
-        reader = csv.reader(_decoded_lines(f, path, encoding), delimiter=delimiter)
+    with open_binary(path) as f:
+        reader = csv.reader(decoded_lines(f, path, encoding), delimiter=delimiter)
         header = next(reader, None)
         if header is None:
             raise FormatError(f"{path}: empty file, expected a header row")
-        missing = [c for c in wanted if c not in header]
-        if missing:
-            raise FormatError(f"{path}:1: missing column(s) {missing}; the header has {header}")
+        absent = [c for c in wanted if c not in header]
+        if absent:
+            raise FormatError(f"{path}:1: missing column(s) {absent}; the header has {header}")
         col = {c: header.index(c) for c in wanted}
         row_index = 0
         for row in reader:
@@ -88,19 +84,29 @@ def read(
             if len(row) < len(header):
                 raise FormatError(f"{path}:{lineno}: expected {len(header)} fields, got {len(row)}")
 
-            def number(c: str, row=row, lineno=lineno) -> float:
+            def number(c: str, row=row, lineno=lineno, is_feature=True) -> float:
+                text = row[col[c]].strip()
                 try:
-                    v = float(row[col[c]])
-                except ValueError:
-                    v = math.nan
-                if not math.isfinite(v):
-                    raise FormatError(
-                        f"{path}:{lineno}: column {c!r} must be a finite number, got "
-                        f"{row[col[c]]!r}"
-                    )
-                return v
+                    v = float(text)
+                except ValueError:  # None: not a number, nor a recognised missing marker
+                    v = math.nan if not text or text.lower() in _MISSING else None
+                if v is not None and math.isfinite(v) and abs(v) <= _FLOAT32_MAX:
+                    return v
+                if v is not None and is_feature and missing == "impute":
+                    return math.nan
+                hint = "; set data.missing='impute' to impute it" if is_feature else ""
+                raise FormatError(
+                    f"{path}:{lineno}: column {c!r} must be a finite number within float32 range, "
+                    f"got {text!r}{hint}"
+                )
 
-            labels.append(number(label_column))
+            label = number(label_column, is_feature=False)
+            if label_range is not None and not label_range[0] <= label <= label_range[1]:
+                raise FormatError(
+                    f"{path}:{lineno}: label {label} in column {label_column!r} is outside "
+                    f"data.label_range={tuple(label_range)}"
+                )
+            labels.append(label)
             features.append([number(c) for c in feature_columns])
             for c in text_columns:
                 texts[c].append(row[col[c]])

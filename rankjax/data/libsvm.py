@@ -15,23 +15,16 @@ from array import array
 import numpy as np
 
 from rankjax.data import lists
+from rankjax.data.textio import FormatError, decoded_lines, open_binary
 
-
-class FormatError(ValueError):
-    """A malformed input file; the message names the file, the line and what was expected."""
-
-
-def _open(path: str):
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    return open(path, encoding="utf-8", errors="strict")
+__all__ = ["FormatError", "read", "read_group_file"]
 
 
 def read_group_file(path: str) -> np.ndarray:
     """Reads a `.query` group file: one positive integer (a list size) per line."""
     sizes = []
-    with _open(path) as f:
-        for lineno, line in enumerate(f, 1):
+    with open_binary(path) as f:
+        for lineno, line in enumerate(decoded_lines(f, path, "utf-8"), 1):
             line = line.strip()
             if not line:
                 continue
@@ -47,40 +40,76 @@ def read_group_file(path: str) -> np.ndarray:
     return np.asarray(sizes, np.int64)
 
 
+MISSING_POLICIES = ("reject", "impute")
+_MISSING_TOKENS = {"null", "nan", "na", "none", "inf", "+inf", "-inf", "infinity", "-infinity"}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_FEATURES = 1_000_000  # a wider inferred width is far more likely a typo than real data
+
+
 def _parse_features(
-    tokens: list[str], path: str, lineno: int, num_features: int | None
+    tokens: list[str], path: str, lineno: int, num_features: int | None, missing: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Parses `["3:0.5", "7:1", ...]` into (1-based indices, values).
 
     The fast path lets NumPy parse the whole line; anything it cannot take goes through a
-    token-by-token check that names the offending token.
+    token-by-token check that names the offending token. Missing values (`NULL`, `NaN`,
+    `Inf`) raise under `missing="reject"` and become NaN under `"impute"`.
     """
     try:
         numbers = np.array(" ".join(tokens).replace(":", " ").split(), dtype=np.float64)
     except ValueError:
         numbers = None
-    if numbers is not None and len(numbers) == 2 * len(tokens):
-        idx, val = numbers[0::2], numbers[1::2]
-        if np.all(idx >= 1) and np.all(idx == np.floor(idx)):
-            idx = idx.astype(np.int64)
-            if num_features is not None and idx.max() > num_features:
-                raise FormatError(
-                    f"{path}:{lineno}: feature index {idx.max()} exceeds "
-                    f"num_features={num_features}"
-                )
-            return idx, val
+    if numbers is None or len(numbers) != 2 * len(tokens):
+        numbers = _parse_slowly(tokens, path, lineno)
+    idx, val = numbers[0::2], numbers[1::2]
+    if not (np.all(idx >= 1) and np.all(idx == np.floor(idx))):
+        bad = tokens[int(np.flatnonzero((idx < 1) | (idx != np.floor(idx)))[0])]
+        raise FormatError(
+            f"{path}:{lineno}: expected 'index:value' with an integer index >= 1, got {bad!r}"
+        )
+    idx = idx.astype(np.int64)
+    limit = num_features or MAX_FEATURES
+    if idx.max() > limit:
+        raise FormatError(
+            f"{path}:{lineno}: feature index {idx.max()} exceeds "
+            + (
+                f"num_features={num_features}"
+                if num_features
+                else f"{MAX_FEATURES}; set data.num_features if that is really meant"
+            )
+        )
+    if len(np.unique(idx)) != len(idx):
+        raise FormatError(f"{path}:{lineno}: a feature index appears twice on the line")
+    too_big = np.isfinite(val) & (np.abs(val) > _FLOAT32_MAX)
+    if np.any(too_big):
+        bad = tokens[int(np.flatnonzero(too_big)[0])]
+        raise FormatError(f"{path}:{lineno}: value {bad!r} does not fit in float32")
+    if missing == "reject" and not np.all(np.isfinite(val)):
+        bad = tokens[int(np.flatnonzero(~np.isfinite(val))[0])]
+        raise FormatError(
+            f"{path}:{lineno}: missing or non-finite feature value {bad!r}; set "
+            "data.missing='impute' to impute such values and add missing-indicator features"
+        )
+    return idx, np.where(np.isfinite(val), val, np.nan)
+
+
+def _parse_slowly(tokens: list[str], path: str, lineno: int) -> np.ndarray:
+    """Token by token: `[index, value, index, value, ...]`, missing values as NaN."""
+    out = []
     for tok in tokens:
         i, sep, v = tok.partition(":")
         try:
-            good = bool(sep) and ":" not in v and int(i) >= 1 and float(v) is not None
+            if not sep or ":" in v:
+                raise ValueError
+            index = int(i)
+            value = np.nan if v.lower() in _MISSING_TOKENS else float(v)
         except ValueError:
-            good = False
-        if not good:
             raise FormatError(
                 f"{path}:{lineno}: expected 'index:value' with an integer index >= 1 and a "
                 f"number, got {tok!r}"
-            )
-    raise FormatError(f"{path}:{lineno}: could not parse the features")
+            ) from None
+        out += [index, value]
+    return np.asarray(out, np.float64)
 
 
 def read(
@@ -88,6 +117,8 @@ def read(
     *,
     group_file: str | None = None,
     num_features: int | None = None,
+    label_range: tuple[float, float] | None = None,
+    missing: str = "reject",
 ) -> lists.RankingDataset:
     """Reads a LibSVM ranking file.
 
@@ -96,6 +127,9 @@ def read(
       group_file: a `.query` file giving list sizes when lines have no `qid:`; if None and
         `path + ".query"` exists it is used.
       num_features: feature count; indices above it raise. None infers the largest index.
+      label_range: `(low, high)`; a label outside raises. None accepts any finite label.
+      missing: `"reject"` raises on `NULL`, `NaN` or `Inf` feature values; `"impute"` reads
+        them as NaN for `lists.fit_transform` to impute.
 
     Returns:
       The lists, in file order, with `qid`s (or group numbers) as `query_ids`.
@@ -104,6 +138,8 @@ def read(
       FormatError: a line that does not parse, with `path:line` and the offending token;
         lines of one `qid` that are not contiguous; group sizes that do not match the lines.
     """
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"data.missing={missing!r}; valid: {list(MISSING_POLICIES)}")
     if group_file is None and os.path.exists(path + ".query"):
         group_file = path + ".query"
     labels = array("f")
@@ -113,18 +149,31 @@ def read(
     seen: set[str] = set()
     max_index = 0
     n = 0
-    with _open(path) as f:
+    with open_binary(path) as f:
+        # Comments may hold any bytes (document titles, URLs): only the data part is decoded.
         for lineno, raw in enumerate(f, 1):
-            line = raw.split("#", 1)[0].strip()
+            try:
+                line = raw.split(b"#", 1)[0].decode("ascii").strip()
+            except UnicodeDecodeError as e:
+                raise FormatError(
+                    f"{path}:{lineno}: non-ASCII byte {raw[e.start]:#04x} before any '#' comment"
+                ) from None
             if not line:
                 continue
             tokens = line.split()
             try:
                 label = float(tokens[0])
             except ValueError:
+                label = np.nan
+            if not np.isfinite(label) or abs(label) > _FLOAT32_MAX:
                 raise FormatError(
                     f"{path}:{lineno}: expected a numeric label first, got {tokens[0]!r}"
-                ) from None
+                )
+            if label_range is not None and not label_range[0] <= label <= label_range[1]:
+                raise FormatError(
+                    f"{path}:{lineno}: label {tokens[0]} is outside data.label_range="
+                    f"{tuple(label_range)}"
+                )
             feats = tokens[1:]
             if feats and feats[0].startswith("qid:"):
                 qid = feats[0][4:]
@@ -142,7 +191,7 @@ def read(
             elif qids:
                 raise FormatError(f"{path}:{lineno}: expected 'qid:<id>' after the label")
             if feats:
-                idx, val = _parse_features(feats, path, lineno, num_features)
+                idx, val = _parse_features(feats, path, lineno, num_features, missing)
                 max_index = max(max_index, int(idx.max()))
                 rows.extend([n] * len(idx))
                 cols.frombytes((idx - 1).astype(np.int32).tobytes())

@@ -106,9 +106,15 @@ class RankingDataset:
             extras={k: v[items] for k, v in self.extras.items()},
         )
 
-    def with_features(self, features: np.ndarray) -> RankingDataset:
-        """Returns a copy with the feature matrix replaced (same shape)."""
-        return dataclasses.replace(self, features=features.astype(np.float32))
+    def with_features(
+        self, features: np.ndarray, feature_names: Sequence[str] | None = None
+    ) -> RankingDataset:
+        """Returns a copy with the feature matrix (and, if its width changes, names) replaced."""
+        return dataclasses.replace(
+            self,
+            features=features.astype(np.float32),
+            feature_names=tuple(feature_names or self.feature_names),
+        )
 
 
 def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -191,31 +197,52 @@ def split_by_query(
 
 @dataclasses.dataclass(frozen=True)
 class FeatureTransform:
-    """Per-feature transforms fitted on the training split only.
+    """Per-feature transforms fitted on the training split only, applied in this order.
 
     Attributes:
-      log1p: apply `sign(x) * log1p(|x|)` first (tames heavy-tailed counts and prices).
-      mean: `[num_features]` subtracted after log1p, or None.
-      std: `[num_features]` divided by after centring, or None.
+      fill: `[num_features]` value that replaces NaN (a missing value), or None when
+        missing values were rejected at reading time.
+      indicators: columns that had missing values in training; a 0/1 "was missing" feature
+        is appended for each, so a model can tell an imputed value from a real one.
+      log1p: apply `sign(x) * log1p(|x|)` (tames heavy-tailed counts and prices).
+      mean: `[num_features_out]` subtracted after log1p, or None.
+      std: `[num_features_out]` divided by after centring, or None.
     """
 
+    fill: np.ndarray | None = None
+    indicators: tuple[int, ...] = ()
     log1p: bool = False
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
+        """Maps `[n, num_features]` to `[n, num_features + len(indicators)]`."""
         x = np.asarray(features, np.float32)
+        if self.fill is not None:
+            nan = np.isnan(x)
+            flags = nan[:, list(self.indicators)].astype(np.float32)
+            x = np.concatenate([np.where(nan, self.fill, x), flags], axis=1)
+        elif np.isnan(x).any():
+            raise ValueError("features contain missing values (NaN) but imputation is off")
         if self.log1p:
             x = np.sign(x) * np.log1p(np.abs(x))
         if self.mean is not None:
             x = (x - self.mean) / self.std
         return x.astype(np.float32)
 
+    def feature_names(self, names: Sequence[str]) -> tuple[str, ...]:
+        return tuple(names) + tuple(f"{names[i]}_missing" for i in self.indicators)
+
     def to_json(self) -> dict:
+        def lst(v):
+            return None if v is None else np.asarray(v).tolist()
+
         return {
+            "fill": lst(self.fill),
+            "indicators": list(self.indicators),
             "log1p": self.log1p,
-            "mean": None if self.mean is None else self.mean.tolist(),
-            "std": None if self.std is None else self.std.tolist(),
+            "mean": lst(self.mean),
+            "std": lst(self.std),
         }
 
     @classmethod
@@ -223,18 +250,41 @@ class FeatureTransform:
         def arr(v):
             return None if v is None else np.asarray(v, np.float32)
 
-        return cls(log1p=bool(d["log1p"]), mean=arr(d["mean"]), std=arr(d["std"]))
+        return cls(
+            fill=arr(d.get("fill")),
+            indicators=tuple(d.get("indicators", ())),
+            log1p=bool(d["log1p"]),
+            mean=arr(d["mean"]),
+            std=arr(d["std"]),
+        )
 
 
 VALID_TRANSFORMS = ("log1p", "standardize")
 
 
-def fit_transform(train_features: np.ndarray, names: Sequence[str]) -> FeatureTransform:
-    """Fits the named transforms (a subset of `VALID_TRANSFORMS`, in order) on training items."""
+def fit_transform(
+    train_features: np.ndarray, names: Sequence[str], *, impute: bool = False
+) -> FeatureTransform:
+    """Fits transforms on training items.
+
+    Args:
+      train_features: `[num_items, num_features]`, NaN where a value is missing.
+      names: a subset of `VALID_TRANSFORMS`, applied in the order of that tuple.
+      impute: replace missing values by the training mean of their feature and append
+        missing-indicator features for the features that had any.
+    """
     unknown = [n for n in names if n not in VALID_TRANSFORMS]
     if unknown:
         raise ValueError(f"unknown feature transform(s) {unknown}; valid: {list(VALID_TRANSFORMS)}")
     t = FeatureTransform(log1p="log1p" in names)
+    if impute:
+        nan = np.isnan(train_features)
+        counts = (~nan).sum(axis=0)
+        sums = np.where(nan, 0.0, train_features).sum(axis=0, dtype=np.float64)
+        fill = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0).astype(np.float32)
+        t = dataclasses.replace(
+            t, fill=fill, indicators=tuple(int(i) for i in np.flatnonzero(nan.any(axis=0)))
+        )
     if "standardize" in names:
         x = t(train_features).astype(np.float64)
         mean = x.mean(axis=0)
@@ -243,6 +293,20 @@ def fit_transform(train_features: np.ndarray, names: Sequence[str]) -> FeatureTr
         std = np.where(std > 1e-12, std, 1.0)
         t = dataclasses.replace(t, mean=mean.astype(np.float32), std=std.astype(np.float32))
     return t
+
+
+def describe(dataset: RankingDataset) -> str:
+    """One line on what a split holds, including the lists that need a policy."""
+    sizes = dataset.list_sizes
+    relevant = np.zeros(dataset.num_lists)
+    np.add.at(relevant, dataset.item_list_index(), dataset.labels >= 1)
+    return (
+        f"{dataset.num_lists} lists, {dataset.num_items} items (list size "
+        f"{sizes.min() if len(sizes) else 0}-{sizes.max(initial=0)}); "
+        f"{int((sizes == 1).sum())} single-item lists (no pairs to learn from; kept), "
+        f"{int((relevant == 0).sum())} lists without a relevant item (metrics: "
+        "eval.no_relevant)"
+    )
 
 
 # ----------------------------------------------------------------------------- padding

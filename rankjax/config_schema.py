@@ -1,0 +1,74 @@
+"""Checks an experiment config before anything runs: unknown or missing keys are errors
+that name the key and list the valid ones (a typo must never be silently ignored)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from rankjax import metrics
+from rankjax.data import SOURCES
+from rankjax.data.synthetic import WorldConfig
+
+# section -> (required keys, optional keys)
+_SECTIONS: dict[str, tuple[set[str], set[str]]] = {
+    "loss": ({"name"}, {"lambdaweight", "temperature", "max_label"}),
+    "optim": (
+        {"name", "learning_rate"},
+        {"schedule", "warmup_steps", "weight_decay", "grad_clip_norm", "momentum", "b1", "b2"},
+    ),
+    "train": ({"num_steps", "batch_size", "log_every", "eval_every"}, set()),
+    "eval": ({"batch_size", "metrics"}, {"report", "no_relevant", "gain", "use_best"}),
+    "ckpt": ({"every", "keep"}, {"best_metric", "best_mode"}),
+    "mesh": ({"num_devices"}, {"rules"}),
+}
+_DATA_COMMON = ({"source", "list_size"}, {"split_seed", "transforms", "missing", "label_range"})
+_DATA_BY_SOURCE = {
+    "synthetic": ({"split"}, {"world"}),
+    "libsvm": ({"train_file", "test_file"}, {"valid_file", "valid_fraction", "num_features"}),
+    "judgments": (
+        {"file", "query_column", "label_column", "split"},
+        {"item_column", "feature_columns", "text_columns", "encoding"},
+    ),
+}
+_TOP = {"seed", "data", "model", *_SECTIONS}
+
+
+def _check_keys(where: str, given: Mapping, required: set[str], optional: set[str]) -> None:
+    valid = sorted(required | optional)
+    for key in given:
+        if key not in required | optional:
+            raise ValueError(f"unknown config key {where}.{key}; valid keys of {where}: {valid}")
+    missing = sorted(required - set(given))
+    if missing:
+        raise ValueError(f"config {where} is missing {missing}; valid keys of {where}: {valid}")
+
+
+def validate(config: Mapping[str, Any]) -> None:
+    """Raises ValueError naming the first unknown, missing or inconsistent config key.
+
+    The model section is checked by `rankjax.models.get` against the model's attributes.
+    """
+    _check_keys("config", config, _TOP, set())
+    for name, (required, optional) in _SECTIONS.items():
+        _check_keys(name, config[name], required, optional)
+    data = config["data"]
+    source = data.get("source")
+    if source not in _DATA_BY_SOURCE:
+        raise ValueError(f"data.source={source!r}; valid: {list(SOURCES)}")
+    required, optional = _DATA_BY_SOURCE[source]
+    _check_keys("data", data, _DATA_COMMON[0] | required, _DATA_COMMON[1] | optional)
+    world_fields = {f.name for f in dataclasses.fields(WorldConfig)}
+    _check_keys("data.world", data.get("world", {}), set(), world_fields)
+
+    ev = config["eval"]
+    for name in ev["metrics"]:
+        metrics.parse_metric(name)
+    for key in ("report",):
+        extra = [m for m in ev.get(key, ()) if m not in ev["metrics"]]
+        if extra:
+            raise ValueError(f"eval.{key} names {extra}, which are not in eval.metrics")
+    best = config["ckpt"].get("best_metric")
+    if best and best not in ev["metrics"]:
+        raise ValueError(f"ckpt.best_metric={best!r} is not in eval.metrics {list(ev['metrics'])}")

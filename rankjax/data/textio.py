@@ -1,0 +1,32 @@
+"""Reading text files line by line with errors that name the file and line."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import BinaryIO
+
+
+class FormatError(ValueError):
+    """A malformed input file; the message names the file, the line and what was expected."""
+
+
+def open_binary(path: str) -> BinaryIO:
+    """Opens `path` for reading, with a one-line error if it does not exist."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: is a folder, expected a file")
+    return open(path, "rb")
+
+
+def decoded_lines(f: BinaryIO, path: str, encoding: str) -> Iterator[str]:
+    """Decodes a binary file line by line, so a bad byte is reported with its line number."""
+    for lineno, raw in enumerate(f, 1):
+        try:
+            yield raw.decode(encoding)
+        except UnicodeDecodeError as e:
+            raise FormatError(
+                f"{path}:{lineno}: cannot decode as {encoding} ({e.reason} at byte {e.start}); "
+                "set the encoding (e.g. latin-1)"
+            ) from None

@@ -1,0 +1,224 @@
+"""Bad input gets a one-line error naming the file and line or config key, or a documented,
+logged cleaning policy; a fuzz test throws random corruptions at the readers."""
+
+import numpy as np
+import pytest
+from helpers import load_config
+
+from rankjax import config_schema, trainer
+from rankjax import data as data_lib
+from rankjax.data import judgments, libsvm, lists
+from rankjax.data.libsvm import FormatError
+
+LIBSVM = "2 qid:1 1:0.5 2:1\n0 qid:1 1:0.1 2:3\n1 qid:2 1:0.7 2:2\n0 qid:2 1:0.2 2:5\n"
+CSV = "query,label,price\na,1,3.5\na,0,2\nb,2,7\nb,0,1\n"
+
+
+def write(tmp_path, text, name="f.txt"):
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text)
+    return str(path)
+
+
+@pytest.mark.parametrize("value", ["NULL", "nan", "inf", "-Inf"])
+def test_missing_libsvm_values_are_rejected_by_default(tmp_path, value):
+    path = write(tmp_path, LIBSVM.replace("2:3", f"2:{value}"))
+    with pytest.raises(FormatError, match=rf"f.txt:2: missing or non-finite .*'2:{value}'"):
+        libsvm.read(path)
+
+
+def test_missing_libsvm_values_can_be_imputed(tmp_path):
+    path = write(tmp_path, LIBSVM.replace("2:3", "2:NULL"))
+    d = libsvm.read(path, missing="impute")
+    assert np.isnan(d.features[1, 1]) and np.isfinite(np.delete(d.features.ravel(), 3)).all()
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        (LIBSVM.replace("1 qid:2", "7 qid:2"), r"f.txt:3: label 7 is outside data.label_range"),
+        (LIBSVM.replace("1 qid:2", "nan qid:2"), r"f.txt:3: expected a numeric label"),
+        (LIBSVM.replace("2:1\n", "2:1 1:4\n"), r"f.txt:1: a feature index appears twice"),
+        (LIBSVM.replace("2:5", "2000000:5"), r"f.txt:4: feature index 2000000 exceeds"),
+        (LIBSVM.replace("1:0.1", "1.5:0.1"), r"f.txt:2: expected 'index:value'"),
+    ],
+)
+def test_more_bad_libsvm_lines(tmp_path, text, match):
+    with pytest.raises(FormatError, match=match):
+        libsvm.read(write(tmp_path, text), label_range=(0, 4))
+
+
+def test_csv_missing_features_reject_or_impute(tmp_path):
+    path = write(tmp_path, CSV.replace("a,0,2", "a,0,"), "j.csv")
+    kw = dict(query_column="query", label_column="label", feature_columns=("price",))
+    with pytest.raises(FormatError, match=r"j.csv:3: column 'price' must be a finite number"):
+        judgments.read(path, **kw)
+    d = judgments.read(path, missing="impute", **kw)
+    assert np.isnan(d.features[1, 0])
+
+
+def test_csv_labels_outside_range(tmp_path):
+    path = write(tmp_path, CSV.replace("b,2,7", "b,5,7"), "j.csv")
+    with pytest.raises(FormatError, match=r"j.csv:4: label 5.0 in column 'label' is outside"):
+        judgments.read(path, query_column="query", label_column="label", label_range=(0, 3))
+
+
+def test_imputation_uses_train_means_and_adds_indicators():
+    train = np.array([[1.0, np.nan], [3.0, 4.0], [5.0, 8.0]], np.float32)
+    t = lists.fit_transform(train, (), impute=True)
+    assert t.indicators == (1,)
+    out = t(np.array([[np.nan, np.nan], [2.0, 1.0]], np.float32))
+    # Column 0 had no missing value in training: filled, but gets no indicator.
+    np.testing.assert_allclose(out, [[3.0, 6.0, 1.0], [2.0, 1.0, 0.0]])
+    assert t.feature_names(("a", "b")) == ("a", "b", "b_missing")
+    assert lists.FeatureTransform.from_json(t.to_json()).indicators == (1,)
+
+
+def test_nan_without_imputation_is_an_error():
+    with pytest.raises(ValueError, match="imputation is off"):
+        lists.fit_transform(np.ones((2, 1)), ())(np.array([[np.nan]]))
+
+
+def test_load_imputes_and_logs_when_configured(tmp_path):
+    train = write(tmp_path, LIBSVM.replace("2:3", "2:NULL") * 1, "train.txt")
+    test = write(tmp_path, LIBSVM.replace("qid:1", "qid:8").replace("qid:2", "qid:9"), "test.txt")
+    cfg = dict(
+        source="libsvm",
+        train_file=train,
+        test_file=test,
+        valid_file=test,
+        list_size=2,
+        missing="impute",
+        transforms=(),
+    )
+    splits = data_lib.load(cfg)
+    assert splits.train.feature_names == ("1", "2", "2_missing")
+    # Feature 2 of line 2 was NULL: the training mean of 1, 2 and 5, flagged as missing.
+    np.testing.assert_allclose(splits.train.features[1], [0.1, 8 / 3, 1.0], rtol=1e-6)
+    assert splits.test.features[:, 2].tolist() == [0, 0, 0, 0]
+
+
+def test_describe_counts_lists_that_need_a_policy():
+    d = lists.from_groups(np.zeros((6, 1)), np.array([0, 1, 0, 0, 0, 2.0]), [1, 2, 3])
+    text = lists.describe(d)
+    assert "3 lists, 6 items (list size 1-3)" in text
+    assert "1 single-item lists" in text and "1 lists without a relevant item" in text
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda c: c.data.update(tranforms=()), r"unknown config key data.tranforms; valid"),
+        (lambda c: c.optim.update(lr=0.1), r"unknown config key optim.lr; valid keys of optim"),
+        (lambda c: c.train.update(steps=3), r"unknown config key train.steps"),
+        (lambda c: c.data.world.update(num_query=3), r"unknown config key data.world.num_query"),
+        (lambda c: c.update(extra=1), r"unknown config key config.extra"),
+        (lambda c: c.train.__delattr__("batch_size"), r"config train is missing \['batch_size'\]"),
+        (lambda c: c.data.update(source="parquet"), r"data.source='parquet'; valid"),
+        (lambda c: c.eval.update(metrics=("ndgc@10",)), r"unknown metric 'ndgc@10'"),
+        (lambda c: c.ckpt.update(best_metric="map@3"), r"ckpt.best_metric='map@3' is not in"),
+        (lambda c: c.model.update(depth=3), r"unknown model.depth for model 'listwise'"),
+    ],
+)
+def test_config_mistakes_name_the_key(edit, match, tmp_path):
+    config = load_config("synthetic_listwise", "runlocal")
+    edit(config)
+    with pytest.raises(ValueError, match=match):
+        trainer.train_and_evaluate(config, str(tmp_path))
+
+
+def test_every_shipped_config_validates():
+    for name in ("synthetic_listwise", "letor_lightgbm"):
+        config_schema.validate(load_config(name))
+        config_schema.validate(load_config(name, "runlocal"))
+
+
+def _corrupt(text: bytes, rng: np.random.Generator) -> bytes:
+    """One random edit: delete, insert, replace a byte or a token, duplicate or swap lines."""
+    pieces = [
+        b":",
+        b" ",
+        b"#",
+        b"\n",
+        b"qid:",
+        b"x",
+        b"-",
+        b"1e9",
+        b"NULL",
+        b"nan",
+        b"\xff",
+        b"0:",
+        b"99999999:1",
+        b"",
+        b"\t",
+        b"3:3:3",
+        b"+",
+        b".",
+    ]
+    kind = rng.integers(6)
+    i = int(rng.integers(len(text) + 1))
+    if kind == 0 and text:
+        return text[:i] + text[i + 1 :]
+    if kind in (1, 2):
+        piece = pieces[rng.integers(len(pieces))]
+        return text[:i] + piece + text[i + (kind == 2) :]
+    lines = text.split(b"\n")
+    j, k = rng.integers(len(lines), size=2)
+    if kind == 3:
+        lines.insert(int(j), lines[int(k)])
+    elif kind == 4:
+        lines[j], lines[k] = lines[k], lines[j]
+    else:
+        lines = lines[: int(j)]
+    return b"\n".join(lines)
+
+
+def _fuzz(tmp_path, text: bytes, read, rounds: int, seed: int):
+    rng = np.random.default_rng(seed)
+    outcomes = {"parsed": 0, "rejected": 0}
+    for r in range(rounds):
+        data = text
+        for _ in range(int(rng.integers(1, 4))):
+            data = _corrupt(data, rng)
+        path = tmp_path / f"fuzz{r}"
+        path.write_bytes(data)
+        try:
+            d = read(str(path))
+        except FormatError as e:
+            assert str(e).startswith(str(path)), e  # names the file
+            assert "\n" not in str(e)  # one line
+            outcomes["rejected"] += 1
+        else:
+            assert np.isfinite(d.labels).all() and np.isfinite(d.features).all()
+            assert d.list_offsets[-1] == d.num_items
+            outcomes["parsed"] += 1
+    assert outcomes["parsed"] > 0 and outcomes["rejected"] > 0, outcomes
+
+
+def test_fuzz_libsvm_reader(tmp_path):
+    text = (LIBSVM * 3).replace("qid:1", "qid:a").encode()
+    text = b"".join(
+        line.replace(b"qid:2", b"qid:%d" % i) + b"\n" for i, line in enumerate(text.splitlines())
+    )
+    _fuzz(tmp_path, text, lambda p: libsvm.read(p, label_range=(0, 4)), rounds=400, seed=0)
+
+
+def test_fuzz_judgments_reader(tmp_path):
+    text = (
+        "id,query,label,price,title\n"
+        + "".join(f'{i},q{i % 5},{i % 4},{i * 1.5},"item, {i}"\n' for i in range(30))
+    ).encode()
+    _fuzz(
+        tmp_path,
+        text,
+        lambda p: judgments.read(
+            p,
+            query_column="query",
+            label_column="label",
+            feature_columns=("price",),
+            text_columns=("title",),
+            label_range=(0, 3),
+        ),
+        rounds=400,
+        seed=1,
+    )
