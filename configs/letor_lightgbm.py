@@ -12,7 +12,7 @@ Known reference figures on rank.test: LightGBM LGBMRanker NDCG@10 0.740, ridge 0
 random 0.619. This config, mean ± std over 5 seeds (docs/results.md): NDCG@1/5/10 =
 0.570 / 0.658 / 0.738 (± 0.012 on NDCG@10); random 0.581.
 
-Arguments: `data_dir=PATH`, `runlocal`, `steps=N`.
+Arguments: `data_dir=PATH`, `model=mlp|listwise`, `runlocal`, `steps=N`.
 """
 
 import os
@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = config_args.parse_arg(
         arg,
         data_dir=os.path.join(shared_dir(), "data", "letor_lightgbm"),
+        model="mlp",
         runlocal=False,
         steps=0,
     )
@@ -44,8 +45,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         transforms=("log1p", "standardize"),
     )
     c.model = dict(
-        name="mlp", hidden_sizes=(256, 128), dropout_rate=0.3, layer_norm=True, dtype="float32"
+        name="mlp",
+        hidden_sizes=(256, 128),
+        dropout_rate=0.3,
+        input_noise=0.0,
+        layer_norm=True,
+        dtype="float32",
     )
+    if arg.model == "listwise":
+        c.model = dict(
+            name="listwise",
+            d_model=64,
+            num_layers=2,
+            num_heads=4,
+            mlp_dim=128,
+            head_hidden=64,
+            dropout_rate=0.3,
+            input_noise=0.0,
+            dtype="float32",
+        )
+    elif arg.model != "mlp":
+        raise ValueError(f"config argument model={arg.model!r}; valid: mlp, listwise")
     c.loss = dict(name="softmax", lambdaweight="none", temperature=1.0, max_label=4.0)
     c.optim = dict(
         name="adamw",
@@ -69,7 +89,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.steps:
         c.train.num_steps = arg.steps
     if arg.runlocal:
-        c.model.hidden_sizes = (8,)
+        if arg.model == "mlp":
+            c.model.hidden_sizes = (8,)
+        else:
+            c.model.update(d_model=8, num_layers=1, num_heads=2, mlp_dim=16, head_hidden=8)
         c.train = dict(num_steps=arg.steps or 2, batch_size=8, log_every=1, eval_every=2)
         c.eval.batch_size = 8
         c.ckpt.every = 2

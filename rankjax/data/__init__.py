@@ -61,7 +61,8 @@ def _fractions(cfg: Mapping[str, Any]) -> dict[str, float]:
     return dict(zip(SPLITS, fr, strict=True))
 
 
-def _raw_splits(cfg: Mapping[str, Any]) -> dict[str, RankingDataset]:
+def read_splits(cfg: Mapping[str, Any]) -> dict[str, RankingDataset]:
+    """The train/valid/test lists of `cfg` (= `config.data`) as read, before transforms."""
     source = cfg["source"]
     seed = int(cfg.get("split_seed", 0))
     if source == "synthetic":
@@ -105,7 +106,7 @@ def load(cfg: Mapping[str, Any]) -> Splits:
     flagged by indicator features; every split is described in the log, including its
     single-item lists and lists without a relevant item.
     """
-    raw = _raw_splits(cfg)
+    raw = read_splits(cfg)
     for name in SPLITS:
         if raw[name].num_lists == 0:
             raise ValueError(f"data: the {name} split of {raw['train'].source} has no lists")

@@ -61,3 +61,11 @@ class Dense(nn.Module):
             bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
             y = y + jnp.asarray(bias, self.dtype)
         return y
+
+
+def add_noise(module: nn.Module, x: jax.Array, std: float, train: bool) -> jax.Array:
+    """`x + N(0, std^2)` while training (drawn from the module's `dropout` RNG stream)."""
+    if not train or std <= 0:
+        return x
+    noise = jax.random.normal(module.make_rng("dropout"), x.shape, jnp.float32) * std
+    return x + noise.astype(x.dtype)

@@ -80,6 +80,7 @@ class Model(nn.Module):
       mlp_dim: hidden width of each block's feed-forward layer.
       head_hidden: hidden width of the scoring head.
       dropout_rate: dropout in blocks and head while training.
+      input_noise: std of Gaussian noise added to the features while training (DASALC).
       dtype: computation dtype name; parameters stay float32.
       dot_general_cls: the quantization seam passed to every `layers.Dense`.
     """
@@ -90,6 +91,7 @@ class Model(nn.Module):
     mlp_dim: int = 128
     head_hidden: int = 64
     dropout_rate: float = 0.0
+    input_noise: float = 0.0
     dtype: str = "float32"
     dot_general_cls: layers.DotGeneralFactory | None = None
 
@@ -101,7 +103,8 @@ class Model(nn.Module):
             width, dtype=dtype, dot_general_cls=self.dot_general_cls
         )
         where = jnp.asarray(where, bool)
-        x0 = nn.relu(dense(self.d_model)(jnp.asarray(features, dtype)))
+        features = layers.add_noise(self, jnp.asarray(features, dtype), self.input_noise, train)
+        x0 = nn.relu(dense(self.d_model)(features))
         x = x0
         for _ in range(self.num_layers):
             x = EncoderBlock(

@@ -1,0 +1,82 @@
+"""Load a trained ranker from its workdir and score lists of raw features with it.
+
+    ranker = rankjax.serving.load("/tmp/rankjax/quickstart")
+    scores = ranker.score(features, where)     # [batch, list_size, num_raw_features] -> [batch, list_size]
+
+The ranker applies the feature transform fitted at training time (`feature_transform.json`),
+so it takes features as the data files hold them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from rankjax import models
+from rankjax.checkpoint import quiet_orbax_logs
+from rankjax.data.lists import FeatureTransform
+
+
+@dataclasses.dataclass
+class Ranker:
+    """A model, its parameters and its feature transform."""
+
+    model: nn.Module
+    params: Any
+    transform: FeatureTransform
+    config: ml_collections.ConfigDict
+
+    def __post_init__(self):
+        self._apply = jax.jit(
+            lambda params, x, where: self.model.apply({"params": params}, x, where, train=False)
+        )
+
+    def score(self, features: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+        """Scores `features [batch, list_size, num_features]` (raw) -> `[batch, list_size]`."""
+        features = np.asarray(features, np.float32)
+        b, n, f = features.shape
+        if where is None:
+            where = np.ones((b, n), bool)
+        x = self.transform(features.reshape(b * n, f)).reshape(b, n, -1)
+        return np.asarray(self._apply(self.params, x, np.asarray(where, bool)))
+
+
+def load(workdir: str, params: str = "best") -> Ranker:
+    """Loads the ranker trained in `workdir`.
+
+    Args:
+      workdir: a finished (or interrupted) training run's folder.
+      params: `"best"` (the best validation checkpoint) or `"latest"` (the newest train
+        state).
+
+    Raises:
+      FileNotFoundError: the workdir lacks the config, transform or checkpoint.
+    """
+    if params not in ("best", "latest"):
+        raise ValueError(f"params={params!r}; valid: 'best', 'latest'")
+    quiet_orbax_logs()
+    paths = {n: os.path.join(workdir, n) for n in ("config.json", "feature_transform.json")}
+    for path in paths.values():
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such file; is {workdir} a rankjax workdir?")
+    with open(paths["config.json"]) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    with open(paths["feature_transform.json"]) as f:
+        transform = FeatureTransform.from_json(json.load(f))
+    folder = os.path.join(workdir, "best" if params == "best" else "checkpoints")
+    manager = ocp.CheckpointManager(folder)
+    step = manager.best_step() if params == "best" else manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"{folder}: no checkpoint to load")
+    restored = manager.restore(step)
+    manager.close()
+    weights = restored if params == "best" else restored["params"]
+    return Ranker(models.get(config.model), weights, transform, config)

@@ -1,0 +1,28 @@
+"""A trained ranker loaded from its workdir scores raw features as the trainer evaluated it."""
+
+import numpy as np
+import pytest
+from helpers import load_config
+
+from rankjax import data, metrics, serving, trainer
+from rankjax.data import lists
+
+
+def test_loaded_ranker_reproduces_the_final_test_metrics(tmp_path):
+    config = load_config("synthetic_listwise", "runlocal,steps=4")
+    config.mesh.num_devices = 1
+    results = trainer.train_and_evaluate(config, str(tmp_path))
+    ranker = serving.load(str(tmp_path))
+    test = data.read_splits(config.data)["test"]
+    batch = lists.pad_lists(test, lists.max_list_size(test))
+    scores = ranker.score(batch["features"], batch["where"])
+    got = metrics.evaluate(
+        scores, batch["labels"], where=batch["where"], metrics=tuple(config.eval.metrics)
+    )
+    assert got == pytest.approx(results["test"], rel=1e-5)
+    assert np.asarray(ranker.score(batch["features"][:1])).shape == (1, batch["where"].shape[1])
+
+
+def test_loading_a_folder_that_is_not_a_workdir_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json: no such file"):
+        serving.load(str(tmp_path))
