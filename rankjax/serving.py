@@ -1,7 +1,7 @@
 """Load a trained ranker from its workdir and score lists of raw features with it.
 
     ranker = rankjax.serving.load("/tmp/rankjax/quickstart")
-    scores = ranker.score(features, where)     # [batch, list_size, num_raw_features] -> [batch, list_size]
+    scores = ranker.score(features, where)  # [batch, list_size, F] -> [batch, list_size]
 
 The ranker applies the feature transform fitted at training time (`feature_transform.json`),
 so it takes features as the data files hold them.
