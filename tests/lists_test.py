@@ -115,14 +115,15 @@ def test_train_batches_need_enough_lists():
 
 
 def test_eval_batches_never_truncate_and_fill_with_empty_lists():
-    d = dataset()
+    d = dataset(sizes=(3, 1, 20, 2))
     batches = lists.eval_batches(d, batch_size=3)
     assert len(batches) == 2
-    assert batches[0]["where"].shape == (3, 8)  # longest list 5, rounded up to 8
+    # Grouped by length: sizes 1, 2, 3 padded to 8; then 20 padded to 32.
+    assert batches[0]["where"].shape == (3, 8) and batches[1]["where"].shape == (3, 32)
+    assert batches[0]["where"].sum(1).tolist() == [1, 2, 3]
     assert batches[1]["where"][1:].sum() == 0
     assert sum(b["where"].sum() for b in batches) == d.num_items
-    with pytest.raises(ValueError, match="truncate"):
-        lists.eval_batches(d, batch_size=3, list_size=4)
+    assert sorted(np.concatenate([b["labels"][b["where"]] for b in batches])) == sorted(d.labels)
 
 
 def test_inconsistent_dataset_raises():
