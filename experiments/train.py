@@ -9,7 +9,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rankjax import distributed, preemption, trainer
+from rankjax import checkpoint, distributed, preemption, trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -21,7 +21,14 @@ flags.DEFINE_integer("process_id", -1, "Multi-process: index of this process.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors caused by the user's input: reported in one line, not as a traceback.
-_USER_ERRORS = (ValueError, KeyError, FileNotFoundError, PermissionError, FloatingPointError)
+_USER_ERRORS = (
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    PermissionError,
+    FloatingPointError,
+    checkpoint.CheckpointError,
+)
 
 
 def main(argv):

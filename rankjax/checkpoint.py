@@ -43,6 +43,10 @@ def _abstract(tree: Any) -> Any:
     )
 
 
+class CheckpointError(RuntimeError):
+    """Checkpoints exist but none can be restored."""
+
+
 class Checkpointer:
     """Saves and restores the train state and the best parameters of a run.
 
@@ -101,7 +105,7 @@ class Checkpointer:
           `(state, restored_step)`, `restored_step` None when starting fresh.
 
         Raises:
-          RuntimeError: checkpoints exist but none of them can be read.
+          CheckpointError: checkpoints exist but none of them can be read.
         """
         steps = sorted(self._latest.all_steps(), reverse=True)
         errors = []
@@ -121,7 +125,7 @@ class Checkpointer:
                 continue
             return state, step
         if steps:
-            raise RuntimeError(
+            raise CheckpointError(
                 f"no checkpoint in {self._latest.directory} can be read: {'; '.join(errors)}. "
                 "Move the folder away to start afresh."
             )

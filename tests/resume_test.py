@@ -127,7 +127,7 @@ def test_all_checkpoints_unreadable_is_an_error(tmp_path):
     _saved(tmp_path, [1]).close()
     _corrupt(tmp_path, 1)
     ckpt = checkpoint.Checkpointer(str(tmp_path), every=1, keep=5)
-    with pytest.raises(RuntimeError, match="no checkpoint .* can be read"):
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint .* can be read"):
         ckpt.restore_or_init({"w": jnp.zeros([3])})
 
 
