@@ -4,14 +4,12 @@ localhost give the results of 1 process x 4 devices."""
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
+from helpers import start_training
 
 from rankjax import distributed
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = [
     "--config=configs/synthetic_listwise.py:runlocal,steps=6",
     "--config.train.batch_size=8",
@@ -21,19 +19,7 @@ ARGS = [
 
 
 def launch(workdir, devices, *extra):
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "experiments.train", *ARGS, f"--workdir={workdir}", *extra],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_training(*ARGS, f"--workdir={workdir}", *extra, devices=devices)
 
 
 def free_port():

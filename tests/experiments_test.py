@@ -1,22 +1,15 @@
 """The command line: `python -m experiments.train` as a user runs it."""
 
 import json
-import os
 import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import start_training
 
 
 def run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.train", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
+    p = start_training(*args)
+    out, err = p.communicate(timeout=300)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
 def test_cli_trains_with_overrides_and_prints_the_table(tmp_path):

@@ -1,9 +1,12 @@
-"""Shared test helpers: loading configs from configs/ by file name."""
+"""Shared test helpers: configs from configs/ by name, and the training command line."""
 
 import importlib.util
 import os
+import subprocess
+import sys
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(ROOT, "configs")
 
 
 def load_config(name: str, arg: str | None = None):
@@ -12,3 +15,23 @@ def load_config(name: str, arg: str | None = None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
+
+
+def start_training(*args: str, devices: int | None = None) -> subprocess.Popen:
+    """Starts `python -m experiments.train ARGS` from the repository root on the CPU.
+
+    Args:
+      *args: command-line arguments.
+      devices: number of virtual CPU devices; None leaves JAX's default (one).
+    """
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    if devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiments.train", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -4,18 +4,15 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import load_config
+from helpers import load_config, start_training
 
 from rankjax import checkpoint, trainer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = [
     "--config=configs/synthetic_listwise.py:runlocal,steps=300",
     "--config.ckpt.every=20",
@@ -25,14 +22,7 @@ ARGS = [
 
 
 def start(workdir):
-    return subprocess.Popen(
-        [sys.executable, "-m", "experiments.train", *ARGS, f"--workdir={workdir}"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
+    return start_training(*ARGS, f"--workdir={workdir}")
 
 
 def finish(workdir):
