@@ -19,15 +19,22 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=False)
 flags.DEFINE_string("workdir", None, "Folder holding one run per seed.")
 flags.DEFINE_integer("seeds", 5, "Number of seeds (0 .. seeds-1).")
+flags.DEFINE_integer("first_seed", 0, "Seeds run from first_seed to first_seed + seeds - 1.")
+flags.DEFINE_bool(
+    "vary_split", False, "Also set data.split_seed to the seed: each run holds out other "
+    "validation queries (for cross-validation bagging with scripts/ensemble.py)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     del argv
     runs = []
-    for seed in range(FLAGS.seeds):
+    for seed in range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds):
         config = FLAGS.config.copy_and_resolve_references()
         config.seed = seed
+        if FLAGS.vary_split:
+            config.data.split_seed = seed
         runs.append(trainer.train_and_evaluate(config, f"{FLAGS.workdir}/seed_{seed}"))
     rows = {
         "model": [r["test"] for r in runs],
