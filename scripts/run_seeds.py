@@ -21,8 +21,10 @@ flags.DEFINE_string("workdir", None, "Folder holding one run per seed.")
 flags.DEFINE_integer("seeds", 5, "Number of seeds (0 .. seeds-1).")
 flags.DEFINE_integer("first_seed", 0, "Seeds run from first_seed to first_seed + seeds - 1.")
 flags.DEFINE_bool(
-    "vary_split", False, "Also set data.split_seed to the seed: each run holds out other "
-    "validation queries (for cross-validation bagging with scripts/ensemble.py)."
+    "vary_split",
+    False,
+    "Also set data.split_seed to the seed: each run holds out other "
+    "validation queries (for cross-validation bagging with scripts/ensemble.py).",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
