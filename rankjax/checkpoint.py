@@ -177,3 +177,21 @@ class Checkpointer:
         self._latest.close()
         if self._best is not None:
             self._best.close()
+
+
+def save_tree(path: str, tree: Any) -> None:
+    """Saves one pytree to `path` atomically (orbax writes a temporary folder, then renames).
+
+    An existing folder is replaced, so re-running a finished experiment rewrites it.
+    """
+    quiet_orbax_logs()
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.abspath(path), tree, force=True)
+        ckptr.wait_until_finished()
+
+
+def load_tree(path: str) -> Any:
+    """Restores a pytree saved by `save_tree`, with the dtypes it was saved with."""
+    quiet_orbax_logs()
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(os.path.abspath(path))

@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 
@@ -51,3 +54,15 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
             raise ValueError(f"config argument {key!r} needs a value: {key}=...")
         out[key] = _convert(key, value.strip(), defaults[key])
     return ml_collections.ConfigDict(out)
+
+
+def base_config(config_file: str, name: str, arg: str | None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of the config `name` beside `config_file`, for derived configs.
+
+    Loaded by path, so a derived config works from any working directory.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name + ".py")
+    spec = importlib.util.spec_from_file_location(f"rankjax_base_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rankjax import metrics
+from rankjax.compression import quantization
 from rankjax.data import SOURCES
 from rankjax.data.synthetic import WorldConfig
 
@@ -33,6 +34,7 @@ _DATA_BY_SOURCE = {
     ),
 }
 _TOP = {"seed", "data", "model", *_SECTIONS}
+_OPTIONAL_TOP = {"quant"}  # checked by rankjax.compression.quantization.from_config
 
 
 def _check_keys(where: str, given: Mapping, required: set[str], optional: set[str]) -> None:
@@ -50,7 +52,7 @@ def validate(config: Mapping[str, Any]) -> None:
 
     The model section is checked by `rankjax.models.get` against the model's attributes.
     """
-    _check_keys("config", config, _TOP, set())
+    _check_keys("config", config, _TOP, _OPTIONAL_TOP)
     for name, (required, optional) in _SECTIONS.items():
         _check_keys(name, config[name], required, optional)
     data = config["data"]
@@ -69,6 +71,7 @@ def validate(config: Mapping[str, Any]) -> None:
         extra = [m for m in ev.get(key, ()) if m not in ev["metrics"]]
         if extra:
             raise ValueError(f"eval.{key} names {extra}, which are not in eval.metrics")
+    quantization.from_config(config.get("quant"))
     best = config["ckpt"].get("best_metric")
     if best and best not in ev["metrics"]:
         raise ValueError(f"ckpt.best_metric={best!r} is not in eval.metrics {list(ev['metrics'])}")

@@ -23,6 +23,7 @@ from absl import logging
 
 from rankjax import checkpoint, config_schema, losses, models, optim, preemption, sharding
 from rankjax import data as data_lib
+from rankjax.compression import quantization
 from rankjax.data import lists
 from rankjax.evaluators import ranking
 from rankjax.metric_writer import MetricWriter
@@ -97,10 +98,10 @@ def _write_json(path: str, obj: Any) -> None:
 
 
 def _format_table(rows: dict[str, dict[str, float]], metrics: tuple[str, ...]) -> str:
-    head = f"| {'ranker':<16} | " + " | ".join(f"{m:>9}" for m in metrics) + " |"
-    sep = "|" + "-" * 18 + "|" + "|".join("-" * 11 for _ in metrics) + "|"
+    head = f"| {'ranker':<26} | " + " | ".join(f"{m:>9}" for m in metrics) + " |"
+    sep = "|" + "-" * 28 + "|" + "|".join("-" * 11 for _ in metrics) + "|"
     body = [
-        f"| {name:<16} | " + " | ".join(f"{vals.get(m, float('nan')):9.4f}" for m in metrics) + " |"
+        f"| {name:<26} | " + " | ".join(f"{vals.get(m, float('nan')):9.4f}" for m in metrics) + " |"
         for name, vals in rows.items()
     ]
     return "\n".join([head, sep, *body])
@@ -174,7 +175,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
 
     # Model, loss, optimizer.
-    model = models.get(config.model)
+    quantizer = quantization.from_config(config.get("quant"))
+    model = models.get(config.model, **_seam(quantizer, "train"))
     loss_fn = losses.get(**config.loss)
     tx, lr_schedule = optim.make(config.optim, num_steps)
 
@@ -314,6 +316,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     results: dict[str, Any] = {"step": int(state.step), "params": params_from}
     for name, ev in evaluators.items():
         results[name] = ev.run(model_scores(params))
+    rows = {f"{config.model.name} (test)": results["test"]}
+    if quantizer is not None:
+        served = _serve_quantized(config, quantizer, params, splits.train, evaluators, workdir)
+        results.update(served)
+        rows[f"{config.model.name} served (test)"] = served["test_served"]
     results["baselines"] = {
         "random": {"test": evaluators["test"].run(ranking.random_scores(int(config.seed)))},
         "oracle": {"test": evaluators["test"].run(ranking.oracle_scores)},
@@ -322,7 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _write_json(os.path.join(workdir, "results.json"), results)
     table = _format_table(
         {
-            f"{config.model.name} (test)": results["test"],
+            **rows,
             "random (test)": results["baselines"]["random"]["test"],
             "oracle (test)": results["baselines"]["oracle"]["test"],
         },
@@ -332,6 +339,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if jax.process_index() == 0:
         print(f"\nTest metrics ({params_from} parameters), workdir {workdir}:\n{table}", flush=True)
     return results
+
+
+def _seam(quantizer: quantization.Quantizer | None, phase: str) -> dict[str, Any]:
+    """Model keyword arguments for the quantization seam in `phase` (none without quant)."""
+    return {} if quantizer is None else {"dot_general_cls": quantizer.dot_general_factory(phase)}
+
+
+def _serve_quantized(config, quantizer, params, train, evaluators, workdir) -> dict[str, Any]:
+    """Converts `params` to integer weights, saves them to `workdir/served/` and evaluates
+    the served model (which holds no float kernels) on valid and test."""
+    sample = (
+        jnp.zeros([1, int(config.data.list_size), train.num_features]),
+        jnp.ones([1, int(config.data.list_size)], bool),
+    )
+    convert_model = models.get(config.model, **_seam(quantizer, "convert"))
+    served = jax.jit(lambda p: quantizer.convert(convert_model, p, sample))(params)
+    checkpoint.save_tree(os.path.join(workdir, "served"), served)
+    serve_model = models.get(config.model, **_seam(quantizer, "serve"))
+    predict = jax.jit(
+        lambda v, batch: serve_model.apply(v, batch["features"], batch["where"], train=False)
+    )
+    out = {
+        f"{name}_served": ev.run(lambda batch, i: predict(served, batch))
+        for name, ev in evaluators.items()
+    }
+    out["bytes"] = {
+        "float_params": quantization.array_bytes(params),
+        "served": quantization.array_bytes(served),
+    }
+    logging.info(
+        "served %d-bit model: %d bytes (float parameters: %d bytes) in %s/served",
+        quantizer.weight_bits,
+        out["bytes"]["served"],
+        out["bytes"]["float_params"],
+        workdir,
+    )
+    return out
 
 
 def _fmt(values: dict[str, float]) -> str:

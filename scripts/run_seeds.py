@@ -40,6 +40,7 @@ def main(argv):
         runs.append(trainer.train_and_evaluate(config, f"{FLAGS.workdir}/seed_{seed}"))
     rows = {
         "model": [r["test"] for r in runs],
+        **({"served": [r["test_served"] for r in runs]} if "test_served" in runs[0] else {}),
         "random": [r["baselines"]["random"]["test"] for r in runs],
         "oracle": [r["baselines"]["oracle"]["test"] for r in runs],
     }

@@ -75,7 +75,7 @@ def test_bfloat16_computes_in_bf16_with_float32_params(factory):
 def test_every_weight_product_goes_through_the_seam(factory, num_dense):
     calls = []
 
-    def counting_dot_general():
+    def counting_dot_general(path):
         def dg(lhs, rhs, dims, **kw):
             calls.append(rhs.shape)
             return jax.lax.dot_general(lhs, rhs, dims, **kw)

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
-# A factory returning a `lax.dot_general`-compatible callable (a function or a flax module,
-# such as AQT's `AqtDotGeneral`); called once per layer inside its scope.
-DotGeneralFactory = Callable[[], Callable[..., jax.Array]]
+# The quantization seam: called once per layer, inside its scope, with the layer's path
+# (e.g. "EncoderBlock_0/SelfAttention_0/query"); returns a `lax.dot_general`-compatible
+# callable (a function or a flax module such as AQT's), or None to stay in float.
+DotGeneralFactory = Callable[[str], Callable[..., jax.Array] | None]
 
 
 def dtype_of(name: str) -> Any:
@@ -38,7 +39,9 @@ class Dense(nn.Module):
       dtype: computation dtype; inputs and kernel are cast to it.
       param_dtype: storage dtype of parameters.
       kernel_init: kernel initializer.
-      dot_general_cls: the quantization seam; None means `jax.lax.dot_general`.
+      dot_general_cls: the quantization seam; None means `jax.lax.dot_general`. A
+        dot_general with `reads_frozen_weights` (a served quantized layer) brings its own
+        integer weights, and the layer then declares no float kernel.
     """
 
     features: int
@@ -51,12 +54,17 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Maps `[..., in_features]` to `[..., features]`."""
-        kernel = self.param(
-            "kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype
-        )
-        dot_general = self.dot_general_cls() if self.dot_general_cls else jax.lax.dot_general
+        shape = (x.shape[-1], self.features)
+        dot_general = self.dot_general_cls("/".join(self.path)) if self.dot_general_cls else None
+        if getattr(dot_general, "reads_frozen_weights", False):
+            # Served quantized layer: a placeholder the dot_general ignores (XLA drops it).
+            kernel = jnp.zeros(shape, self.param_dtype)
+        else:
+            kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        dot_general = dot_general or jax.lax.dot_general
         x = jnp.asarray(x, self.dtype)
-        y = dot_general(x, jnp.asarray(kernel, self.dtype), (((x.ndim - 1,), (0,)), ((), ())))
+        dims = (((x.ndim - 1,), (0,)), ((), ()))
+        y = dot_general(x, jnp.asarray(kernel, self.dtype), dims, precision=None)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
             y = y + jnp.asarray(bias, self.dtype)

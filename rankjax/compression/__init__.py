@@ -1,0 +1,1 @@
+"""Compression: quantization (AQT) now; sparsity, distillation and the report to follow."""

@@ -1,0 +1,200 @@
+"""Quantization through AQT (`aqtp`, `aqt.jax.v2`); AQT is imported nowhere else.
+
+The `quant` config section turns it on for any model built on `models/layers.py`:
+
+* `mode="qat"`: train with quantized forward products (weights per output channel,
+  activations per row, dynamic ranges, straight-through gradients in float).
+* `mode="ptq"`: train in float, then quantize the trained weights for serving (post-training
+  quantization with dynamic activation ranges: no training, no calibration data needed).
+* Either way the run ends with **conversion**: each quantized layer's weights are stored as
+  integers plus float scales (AQT's freezer), the float kernels are dropped, the result is
+  saved to `WORKDIR/served/` and evaluated as `valid_served` / `test_served`.
+
+The interface the rest of rankjax sees is small: `from_config(cfg)` -> `Quantizer` or None,
+`Quantizer.dot_general_factory(mode)` for the model seam, `Quantizer.convert(...)` and
+`served_param_bytes(...)`. Another backend (e.g. Qwix) would implement the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+from aqt.jax.v2 import aqt_dot_general
+from aqt.jax.v2 import utils as aqt_utils
+from aqt.jax.v2.flax import aqt_flax
+
+MODES = ("qat", "ptq")
+PHASES = ("train", "convert", "serve")
+_QUANT_MODE = {
+    "train": aqt_utils.QuantMode.TRAIN,
+    "convert": aqt_utils.QuantMode.CONVERT,
+    "serve": aqt_utils.QuantMode.SERVE,
+}
+FROZEN_COLLECTION = "aqt"
+_DG_NAME = "quant_dot_general"
+
+
+class ServedAqtDotGeneral(aqt_flax.AqtDotGeneral):
+    """AQT's dot_general in serving mode: it reads the frozen integer weights, so the layer
+    passes no float kernel (see `models.layers.Dense`)."""
+
+    reads_frozen_weights = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantizer:
+    """Quantization settings and the factories that apply them.
+
+    Attributes:
+      mode: `"qat"` or `"ptq"`.
+      weight_bits: 8 or 4 (integers, symmetric, one scale per output channel).
+      activation_bits: 8 or 4, or 0 to leave activations in float (weight-only).
+      backward_bits: 0 keeps the backward pass in float (straight-through estimator); 8
+        quantizes the gradient products too.
+      layers: regex over layer paths (`Dense_0`, `EncoderBlock_0/SelfAttention_0/query`);
+        matching layers are quantized.
+      exclude: regex of layer paths left in float (e.g. the final scoring layer `Dense_1`).
+    """
+
+    mode: str = "qat"
+    weight_bits: int = 8
+    activation_bits: int = 8
+    backward_bits: int = 0
+    layers: str = ".*"
+    exclude: str = ""
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"quant.mode={self.mode!r}; valid: {list(MODES)}")
+        for key in ("weight_bits", "activation_bits", "backward_bits"):
+            value = getattr(self, key)
+            allowed = (4, 8) if key == "weight_bits" else (0, 4, 8)
+            if value not in allowed:
+                raise ValueError(f"quant.{key}={value}; valid: {list(allowed)}")
+        for key in ("layers", "exclude"):
+            try:
+                re.compile(getattr(self, key))
+            except re.error as e:
+                raise ValueError(
+                    f"quant.{key}={getattr(self, key)!r} is not a regex: {e}"
+                ) from None
+
+    def quantizes(self, path: str) -> bool:
+        """Whether the layer at `path` is quantized."""
+        return bool(re.search(self.layers, path)) and not (
+            self.exclude and re.search(self.exclude, path)
+        )
+
+    def _aqt_config(self) -> aqt_dot_general.DotGeneral:
+        return aqt_dot_general.dot_general_make(
+            lhs_bits=self.activation_bits or None,
+            rhs_bits=self.weight_bits,
+            bwd_bits=self.backward_bits or None,
+            use_fwd_quant=False,
+        )
+
+    def dot_general_factory(self, phase: str) -> Callable[[str], Any]:
+        """The model seam for `phase` (`"train"`, `"convert"` or `"serve"`).
+
+        Returns:
+          `factory(layer_path) -> dot_general or None` (None: the layer stays float). In
+          training under PTQ every layer stays float.
+        """
+        if phase not in PHASES:
+            raise ValueError(f"phase={phase!r}; valid: {list(PHASES)}")
+        if phase == "train" and self.mode == "ptq":
+            return lambda path: None
+        cls = ServedAqtDotGeneral if phase == "serve" else aqt_flax.AqtDotGeneral
+        make = functools.partial(
+            cls,
+            self._aqt_config(),
+            prng_name=None,  # no stochastic rounding: deterministic, no RNG plumbing
+            rhs_quant_mode=_QUANT_MODE[phase],
+            rhs_freeze_mode=aqt_flax.FreezerMode.CALIBRATION_AND_VALUE,
+            quant_collection=FROZEN_COLLECTION,
+        )
+        # A fixed name, so the serving module finds what the converting module froze.
+        return lambda path: make(name=_DG_NAME) if self.quantizes(path) else None
+
+    def convert(
+        self, convert_model, params: Any, sample: tuple[jax.Array, jax.Array]
+    ) -> dict[str, Any]:
+        """Freezes integer weights: returns the served variables.
+
+        Args:
+          convert_model: the model built with `dot_general_factory("convert")`.
+          params: trained float parameters.
+          sample: `(features, where)`, any batch of the right feature width.
+
+        Returns:
+          `{"params": float parameters without the kernels of quantized layers,
+          "aqt": {layer: {"qrhs": {"value": int8 [in, out], "scale": float}}}}`.
+        """
+        _, variables = convert_model.apply({"params": params}, *sample, mutable=True)
+        frozen = flax.core.unfreeze(variables[FROZEN_COLLECTION])
+        quantized_layers = {_layer_of(path) for path in _paths(frozen)}
+        kept = {
+            path: leaf
+            for path, leaf in _paths(flax.core.unfreeze(params)).items()
+            if not (path.endswith("/kernel") and path[: -len("/kernel")] in quantized_layers)
+        }
+        return {"params": _unflatten(kept), FROZEN_COLLECTION: frozen}
+
+
+def _paths(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(_paths(value, path))
+        else:
+            out[path] = value
+    return out
+
+
+def _unflatten(flat: Mapping[str, Any]) -> dict:
+    out: dict = {}
+    for path, value in flat.items():
+        node = out
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _layer_of(frozen_path: str) -> str:
+    """`Dense_0/quant_dot_general/qrhs/value` -> `Dense_0` (the layer owning the weights)."""
+    return frozen_path.split(f"/{_DG_NAME}/")[0]
+
+
+def from_config(cfg: Mapping[str, Any] | None) -> Quantizer | None:
+    """`config.quant` -> a `Quantizer`, or None when absent or `enabled=False`."""
+    if not cfg or not cfg.get("enabled", False):
+        return None
+    kwargs = {k: v for k, v in dict(cfg).items() if k != "enabled"}
+    valid = {f.name for f in dataclasses.fields(Quantizer)}
+    unknown = sorted(set(kwargs) - valid)
+    if unknown:
+        raise ValueError(
+            f"unknown config key quant.{unknown[0]}; valid: {sorted(valid | {'enabled'})}"
+        )
+    return Quantizer(**kwargs)
+
+
+def array_bytes(tree: Any) -> int:
+    """Bytes of every array in `tree` as stored (int4 counts half a byte)."""
+    total = 0
+    for leaf in jax.tree_util.tree_leaves(tree):
+        bits = jnp.dtype(leaf.dtype).itemsize * 8
+        if jnp.dtype(leaf.dtype).name in ("int4", "uint4"):
+            bits = 4
+        total += (leaf.size * bits + 7) // 8
+    return total

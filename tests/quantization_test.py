@@ -1,0 +1,108 @@
+"""Quantization: QAT and served outputs agree, served weights are integers with no float
+kernels, PTQ trains in float, bad settings are named, and the trainer serves the model."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from helpers import load_config
+
+from rankjax import checkpoint, trainer
+from rankjax.compression import quantization
+from rankjax.models import listwise, mlp
+
+X = jnp.asarray(np.random.default_rng(0).normal(size=(3, 6, 5)), jnp.float32)
+WHERE = jnp.asarray(np.arange(6)[None, :] < np.array([[6], [3], [1]]))
+
+
+def train_convert_serve(factory, quantizer):
+    model = factory(dot_general_cls=quantizer.dot_general_factory("train"))
+    params = model.init(jax.random.PRNGKey(0), X, WHERE)["params"]
+    qat = model.apply({"params": params}, X, WHERE)
+    converter = factory(dot_general_cls=quantizer.dot_general_factory("convert"))
+    served = quantizer.convert(converter, params, (X, WHERE))
+    server = factory(dot_general_cls=quantizer.dot_general_factory("serve"))
+    return params, qat, served, server.apply(served, X, WHERE)
+
+
+@pytest.mark.parametrize("factory", [mlp.tiny, listwise.tiny])
+@pytest.mark.parametrize("weight_bits, activation_bits", [(8, 8), (4, 0), (4, 8)])
+def test_served_outputs_match_qat_outputs(factory, weight_bits, activation_bits):
+    q = quantization.Quantizer(weight_bits=weight_bits, activation_bits=activation_bits)
+    params, qat, _, served_out = train_convert_serve(factory, q)
+    np.testing.assert_allclose(served_out, qat, rtol=1e-6, atol=1e-6)
+    float_out = factory().apply({"params": params}, X, WHERE)
+    assert not np.allclose(float_out, qat, atol=1e-7)  # quantization did change something
+
+
+@pytest.mark.parametrize("weight_bits, dtype", [(8, "int8"), (4, "int4")])
+def test_served_weights_are_integers_and_float_kernels_are_gone(weight_bits, dtype):
+    q = quantization.Quantizer(weight_bits=weight_bits, exclude="Dense_2$")
+    _, _, served, _ = train_convert_serve(listwise.tiny, q)
+    frozen = served[quantization.FROZEN_COLLECTION]
+    values = [v for p, v in jax.tree_util.tree_leaves_with_path(frozen) if p[-1].key == "value"]
+    assert len(values) == 8 and all(str(v.dtype) == dtype for v in values)
+    kernels = [
+        "/".join(k.key for k in p)
+        for p, _ in jax.tree_util.tree_leaves_with_path(served["params"])
+        if p[-1].key == "kernel"
+    ]
+    assert kernels == ["Dense_2/kernel"]  # only the excluded scoring layer stays float
+
+
+def test_served_bytes_shrink_about_fourfold_on_a_wide_layer():
+    wide = mlp.Model(hidden_sizes=(256,))
+    q = quantization.Quantizer()
+    x = jnp.ones((1, 2, 512))
+    params = wide.init(jax.random.PRNGKey(0), x, jnp.ones((1, 2), bool))["params"]
+    conv = mlp.Model(hidden_sizes=(256,), dot_general_cls=q.dot_general_factory("convert"))
+    served = q.convert(conv, params, (x, jnp.ones((1, 2), bool)))
+    ratio = quantization.array_bytes(served) / quantization.array_bytes(params)
+    assert 0.25 < ratio < 0.27, ratio
+
+
+def test_ptq_trains_in_float():
+    q = quantization.Quantizer(mode="ptq")
+    assert q.dot_general_factory("train")("Dense_0") is None
+    assert q.dot_general_factory("convert")("Dense_0") is not None
+
+
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        (dict(enabled=True, weight_bits=2), r"quant.weight_bits=2; valid: \[4, 8\]"),
+        (dict(enabled=True, mode="awq"), r"quant.mode='awq'"),
+        (dict(enabled=True, layers="("), r"quant.layers='\(' is not a regex"),
+        (dict(enabled=True, bits=8), r"unknown config key quant.bits"),
+    ],
+)
+def test_bad_quant_config_is_named(cfg, match):
+    with pytest.raises(ValueError, match=match):
+        quantization.from_config(cfg)
+
+
+def test_disabled_or_absent_quant_is_none():
+    assert quantization.from_config(None) is None
+    assert quantization.from_config({"enabled": False, "weight_bits": 8}) is None
+
+
+def test_trainer_serves_the_converted_model(tmp_path):
+    config = load_config("synthetic_listwise_int8", "runlocal,steps=4")
+    config.mesh.num_devices = 1
+    results = trainer.train_and_evaluate(config, str(tmp_path))
+    # The served model is what QAT evaluated: same metrics.
+    assert results["test_served"] == pytest.approx(results["test"], rel=1e-6)
+    assert results["bytes"]["served"] < results["bytes"]["float_params"]
+    saved = checkpoint.load_tree(str(tmp_path / "served"))
+    dtypes = {str(v.dtype) for v in jax.tree_util.tree_leaves(saved["aqt"])}
+    assert dtypes == {"int8", "float32"}
+    assert quantization.array_bytes(saved) == results["bytes"]["served"]
+
+
+def test_quant_section_in_any_config(tmp_path):
+    config = load_config("letor_lightgbm", "runlocal")
+    config.quant = ml_collections.ConfigDict(dict(enabled=True, weight_bits=4, activation_bits=0))
+    from rankjax import config_schema
+
+    config_schema.validate(config)
