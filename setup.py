@@ -24,7 +24,7 @@ setuptools.setup(
     ],
     extras_require={
         # Independent metric implementation, linter and test runner.
-        "dev": ["pytest>=8.0", "pytrec-eval-terrier>=0.5.6", "ruff>=0.6"],
+        "dev": ["hypothesis>=6.100", "pytest>=8.0", "pytrec-eval-terrier>=0.5.6", "ruff>=0.6"],
         # Tokenizers and safetensors for the text rankers.
         "text": ["safetensors>=0.4", "tokenizers>=0.19"],
     },

@@ -17,17 +17,10 @@ Takes the base config's arguments (e.g. `:runlocal`); docs/results.md has measur
 import ml_collections
 
 from rankjax import config_args
+from rankjax.compression import quantization
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = config_args.base_config(__file__, "letor_lightgbm", arg)
-    c.quant = dict(
-        enabled=True,
-        mode="qat",
-        weight_bits=8,
-        activation_bits=8,
-        backward_bits=0,
-        layers=".*",
-        exclude="",
-    )
+    c.quant = quantization.config_section(weight_bits=8, activation_bits=8)
     return c

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rankjax import metrics
-from rankjax.compression import quantization
+from rankjax.compression import quantization, sparsity
 from rankjax.data import SOURCES
 from rankjax.data.synthetic import WorldConfig
 
@@ -34,7 +34,7 @@ _DATA_BY_SOURCE = {
     ),
 }
 _TOP = {"seed", "data", "model", *_SECTIONS}
-_OPTIONAL_TOP = {"quant"}  # checked by rankjax.compression.quantization.from_config
+_OPTIONAL_TOP = {"quant", "sparsity"}  # checked by their modules' from_config
 
 
 def _check_keys(where: str, given: Mapping, required: set[str], optional: set[str]) -> None:
@@ -72,6 +72,7 @@ def validate(config: Mapping[str, Any]) -> None:
         if extra:
             raise ValueError(f"eval.{key} names {extra}, which are not in eval.metrics")
     quantization.from_config(config.get("quant"))
+    sparsity.from_config(config.get("sparsity"))
     best = config["ckpt"].get("best_metric")
     if best and best not in ev["metrics"]:
         raise ValueError(f"ckpt.best_metric={best!r} is not in eval.metrics {list(ev['metrics'])}")

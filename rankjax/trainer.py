@@ -23,7 +23,7 @@ from absl import logging
 
 from rankjax import checkpoint, config_schema, losses, models, optim, preemption, sharding
 from rankjax import data as data_lib
-from rankjax.compression import quantization
+from rankjax.compression import quantization, sparsity
 from rankjax.data import lists
 from rankjax.evaluators import ranking
 from rankjax.metric_writer import MetricWriter
@@ -179,6 +179,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     model = models.get(config.model, **_seam(quantizer, "train"))
     loss_fn = losses.get(**config.loss)
     tx, lr_schedule = optim.make(config.optim, num_steps)
+    sparsifier = sparsity.from_config(config.get("sparsity"))
+    if sparsifier is not None:
+        tx = sparsifier.wrap_optax(tx)  # masks live in the optimizer state
 
     # State: restore the newest checkpoint, or initialise.
     def init(rng):
@@ -316,6 +319,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     results: dict[str, Any] = {"step": int(state.step), "params": params_from}
     for name, ev in evaluators.items():
         results[name] = ev.run(model_scores(params))
+    if sparsifier is not None:
+        results["sparsity"] = sparsity.measured(params, sparsifier)
+        logging.info("sparsity of the pruned kernels: %s", results["sparsity"])
     rows = {f"{config.model.name} (test)": results["test"]}
     if quantizer is not None:
         served = _serve_quantized(config, quantizer, params, splits.train, evaluators, workdir)

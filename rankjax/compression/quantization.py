@@ -175,6 +175,11 @@ def _layer_of(frozen_path: str) -> str:
     return frozen_path.split(f"/{_DG_NAME}/")[0]
 
 
+def config_section(**overrides) -> dict[str, Any]:
+    """A complete `quant` config section (enabled; int8 QAT by default), for configs."""
+    return {"enabled": True, **dataclasses.asdict(Quantizer(**overrides))}
+
+
 def from_config(cfg: Mapping[str, Any] | None) -> Quantizer | None:
     """`config.quant` -> a `Quantizer`, or None when absent or `enabled=False`."""
     if not cfg or not cfg.get("enabled", False):

@@ -1,0 +1,302 @@
+"""Structured sparsity as an optax wrapper: `tx = sparsifier.wrap_optax(tx)`.
+
+Masks live in the optimizer state, so they are checkpointed, restored and sharded with it;
+pruned weights are exactly zero in the parameters and stay zero (their updates are masked
+and the parameters are re-multiplied by the mask after every update).
+
+Patterns (`pattern` in the `sparsity` config section):
+
+* `"unstructured"`: any weight, by score, to the target sparsity;
+* `"N:M"` (e.g. `"2:4"`, `"1:4"`): in every group of M consecutive weights along the input
+  dimension of a kernel `[in, out]`, keep the N with the highest score (sparsity 1 - N/M,
+  the pattern sparse tensor cores accelerate);
+* `"block:RxC"`: `R x C` tiles of the kernel, scored by their mean score;
+* `"channel"`: whole output channels (neurons, kernel columns), scored by their mean score.
+
+Scores (`criterion`): `"magnitude"` |w| or `"saliency"` |w * g| (first-order Taylor estimate
+of the loss change when a weight is removed). Schedules: `"oneshot"` prunes to the target at
+`start_step`; `"gradual"` raises sparsity from 0 to the target between `start_step` and
+`end_step` along Zhu & Gupta's cubic, updating masks every `update_every` steps. N:M is
+applied at `start_step` and its groups re-chosen every `update_every` steps until `end_step`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rankjax.sharding import path_str
+
+PATTERNS = ("unstructured", "N:M", "block:RxC", "channel")
+CRITERIA = ("magnitude", "saliency")
+SCHEDULES = ("oneshot", "gradual")
+
+
+class NM(NamedTuple):
+    """N of every M consecutive input weights are kept."""
+
+    n: int
+    m: int
+
+
+class Block(NamedTuple):
+    rows: int
+    cols: int
+
+
+def parse_pattern(pattern: str) -> str | NM | Block:
+    """`"2:4"` -> NM(2, 4), `"block:4x4"` -> Block(4, 4), else the pattern name."""
+    if pattern in ("unstructured", "channel"):
+        return pattern
+    if m := re.fullmatch(r"(\d+):(\d+)", pattern):
+        n, mm = int(m.group(1)), int(m.group(2))
+        if 0 < n < mm:
+            return NM(n, mm)
+    if m := re.fullmatch(r"block:(\d+)x(\d+)", pattern):
+        if int(m.group(1)) > 0 and int(m.group(2)) > 0:
+            return Block(int(m.group(1)), int(m.group(2)))
+    raise ValueError(
+        f"sparsity.pattern={pattern!r}; valid: 'unstructured', 'N:M' with 0 < N < M "
+        "(e.g. '2:4'), 'block:RxC' (e.g. 'block:4x4'), 'channel'"
+    )
+
+
+def nm_mask(score: jax.Array, n: int, m: int) -> jax.Array:
+    """Keeps the `n` highest scores of every `m` consecutive rows of `score [in, out]`.
+
+    Ties are broken towards the lower index, so every group keeps exactly `n`.
+    """
+    rows, cols = score.shape
+    if rows % m:
+        raise ValueError(f"N:M with M={m} needs an input dimension divisible by {m}, got {rows}")
+    groups = score.reshape(rows // m, m, cols)
+    # Rank of each weight within its group (0 = highest), ties by position.
+    order = jnp.argsort(-groups, axis=1, stable=True)
+    rank = jnp.argsort(order, axis=1, stable=True)
+    return (rank < n).reshape(rows, cols)
+
+
+def _threshold_mask(score: jax.Array, sparsity: jax.Array) -> jax.Array:
+    """Keeps the `1 - sparsity` fraction of highest `score` entries (exact count)."""
+    flat = score.ravel()
+    k = jnp.round(sparsity * flat.size).astype(jnp.int32)  # how many to prune
+    rank = jnp.argsort(jnp.argsort(flat, stable=True), stable=True)  # 0 = lowest
+    return (rank >= k).reshape(score.shape)
+
+
+def structured_mask(score: jax.Array, pattern, sparsity: jax.Array) -> jax.Array:
+    """The mask of `pattern` for a kernel's `score [in, out]` at `sparsity`."""
+    if isinstance(pattern, NM):
+        return nm_mask(score, pattern.n, pattern.m)
+    if pattern == "unstructured":
+        return _threshold_mask(score, sparsity)
+    if pattern == "channel":
+        keep = _threshold_mask(score.mean(axis=0), sparsity)
+        return jnp.broadcast_to(keep[None, :], score.shape)
+    rows, cols = score.shape
+    r, c = pattern.rows, pattern.cols
+    if rows % r or cols % c:
+        raise ValueError(f"block:{r}x{c} does not tile a kernel of shape {score.shape}")
+    tiles = score.reshape(rows // r, r, cols // c, c).mean(axis=(1, 3))
+    keep = _threshold_mask(tiles, sparsity)
+    return jnp.repeat(jnp.repeat(keep, r, axis=0), c, axis=1)
+
+
+class SparsityState(NamedTuple):
+    """Optimizer state of the wrapper: the inner state, the masks and the step count."""
+
+    inner: Any
+    masks: Any  # a bool mask per parameter (an all-True scalar for dense ones)
+    count: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Sparsifier:
+    """Sparsity settings (see the module docstring) and the optax wrapper applying them.
+
+    Attributes:
+      pattern: `"unstructured"`, `"N:M"`, `"block:RxC"` or `"channel"`.
+      target: final sparsity for unstructured, block and channel patterns (N:M fixes its
+        own: 1 - N/M).
+      params: regex over parameter paths (`Dense_0/kernel`) to sparsify; only 2-D kernels.
+      exclude: regex of parameter paths kept dense (e.g. the final scoring layer).
+      criterion: `"magnitude"` or `"saliency"`.
+      schedule: `"oneshot"` or `"gradual"`.
+      start_step, end_step, update_every: the schedule's steps.
+    """
+
+    pattern: str = "2:4"
+    target: float = 0.5
+    params: str = r"kernel$"
+    exclude: str = ""
+    criterion: str = "magnitude"
+    schedule: str = "gradual"
+    start_step: int = 0
+    end_step: int = 1000
+    update_every: int = 100
+
+    def __post_init__(self):
+        parse_pattern(self.pattern)
+        if not 0.0 <= self.target < 1.0:
+            raise ValueError(f"sparsity.target={self.target}; valid: 0 <= target < 1")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"sparsity.criterion={self.criterion!r}; valid: {list(CRITERIA)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"sparsity.schedule={self.schedule!r}; valid: {list(SCHEDULES)}")
+        if not (0 <= self.start_step <= self.end_step and self.update_every >= 1):
+            raise ValueError(
+                "sparsity needs 0 <= start_step <= end_step and update_every >= 1, got "
+                f"{self.start_step}, {self.end_step}, {self.update_every}"
+            )
+
+    @property
+    def final_sparsity(self) -> float:
+        p = parse_pattern(self.pattern)
+        return 1.0 - p.n / p.m if isinstance(p, NM) else self.target
+
+    def sparsity_at(self, step: jax.Array) -> jax.Array:
+        """Target sparsity after `step` updates (Zhu & Gupta's cubic when gradual)."""
+        step = jnp.asarray(step, jnp.float32)
+        final = self.final_sparsity
+        if self.schedule == "oneshot" or isinstance(parse_pattern(self.pattern), NM):
+            return jnp.where(step >= self._first, final, 0.0)
+        span = max(self.end_step - self._first, 1)
+        # Progress on the update grid, so the value changes only on update steps.
+        done = jnp.floor((step - self._first) / self.update_every) * self.update_every
+        frac = jnp.clip(done / span, 0.0, 1.0)
+        return jnp.where(step >= self._first, final * (1.0 - (1.0 - frac) ** 3), 0.0)
+
+    @property
+    def _first(self) -> int:
+        """The first update step that may prune (steps count updates from 1)."""
+        return max(self.start_step, 1)
+
+    def refreshes_at(self, step: jax.Array) -> jax.Array:
+        """Whether masks are recomputed after update `step` (1-based)."""
+        if self.schedule == "oneshot" and not isinstance(parse_pattern(self.pattern), NM):
+            return step == self._first
+        last = max(self.end_step, self._first)
+        return (
+            (step >= self._first) & (step <= last) & ((step - self._first) % self.update_every == 0)
+        )
+
+    def selects(self, path: str, leaf) -> bool:
+        return (
+            np.ndim(leaf) == 2
+            and bool(re.search(self.params, path))
+            and not (self.exclude and re.search(self.exclude, path))
+        )
+
+    def _check_shape(self, path: str, shape: tuple[int, ...]) -> None:
+        p = parse_pattern(self.pattern)
+        if isinstance(p, NM) and shape[0] % p.m:
+            raise ValueError(
+                f"sparsity.pattern={self.pattern!r} needs the input dimension of {path} "
+                f"{shape} to be divisible by {p.m}; exclude it with sparsity.exclude"
+            )
+        if isinstance(p, Block) and (shape[0] % p.rows or shape[1] % p.cols):
+            raise ValueError(
+                f"sparsity.pattern={self.pattern!r} does not tile {path} {shape}; exclude it "
+                "with sparsity.exclude"
+            )
+
+    def _masks_like(self, params):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+            if self.selects(path_str(path), leaf):
+                self._check_shape(path_str(path), leaf.shape)
+        return jax.tree_util.tree_map_with_path(
+            lambda p, x: (
+                jnp.ones(x.shape, bool) if self.selects(path_str(p), x) else jnp.ones([], bool)
+            ),
+            params,
+        )
+
+    def wrap_optax(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+        """`tx` with masked gradients and updates, and masks refreshed on schedule."""
+        pattern = parse_pattern(self.pattern)
+
+        def init(params):
+            return SparsityState(
+                tx.init(params), self._masks_like(params), jnp.zeros([], jnp.int32)
+            )
+
+        def update(grads, state, params=None):
+            if params is None:
+                raise ValueError("the sparsity wrapper needs params in tx.update")
+            grads = jax.tree_util.tree_map(lambda g, m: g * m, grads, state.masks)
+            updates, inner = tx.update(grads, state.inner, params)
+            step = state.count + 1
+            new = optax.apply_updates(params, updates)
+            refresh = self.refreshes_at(step)
+            sparsity = self.sparsity_at(step)
+
+            def new_mask(path, w, g, m):
+                if m.ndim == 0:
+                    return m
+                score = jnp.abs(w) if self.criterion == "magnitude" else jnp.abs(w * g)
+                fresh = structured_mask(score.astype(jnp.float32), pattern, sparsity)
+                return jnp.where(refresh, fresh, m)
+
+            masks = jax.tree_util.tree_map_with_path(
+                lambda p, w, g, m: new_mask(path_str(p), w, g, m), new, grads, state.masks
+            )
+            # Pruned weights become exactly zero and stay so.
+            updates = jax.tree_util.tree_map(lambda n, p, m: n * m - p, new, params, masks)
+            return updates, SparsityState(inner, masks, step)
+
+        return optax.GradientTransformation(init, update)
+
+
+def config_section(pattern: str = "2:4", **overrides) -> dict[str, Any]:
+    """A complete `sparsity` config section (enabled), for configs to start from."""
+    return {"enabled": True, **dataclasses.asdict(Sparsifier(pattern=pattern, **overrides))}
+
+
+def from_config(cfg: Mapping[str, Any] | None) -> Sparsifier | None:
+    """`config.sparsity` -> a `Sparsifier`, or None when absent or `enabled=False`."""
+    if not cfg or not cfg.get("enabled", False):
+        return None
+    kwargs = {k: v for k, v in dict(cfg).items() if k != "enabled"}
+    valid = {f.name for f in dataclasses.fields(Sparsifier)}
+    unknown = sorted(set(kwargs) - valid)
+    if unknown:
+        raise ValueError(
+            f"unknown config key sparsity.{unknown[0]}; valid: {sorted(valid | {'enabled'})}"
+        )
+    return Sparsifier(**kwargs)
+
+
+def masks_of(opt_state: Any) -> Any | None:
+    """The masks inside an optimizer state built by `wrap_optax` (None if there are none)."""
+    found = []
+
+    def visit(node):
+        if isinstance(node, SparsityState):
+            found.append(node.masks)
+            return
+        if isinstance(node, tuple | list):
+            for child in node:
+                visit(child)
+
+    visit(opt_state)
+    return found[0] if found else None
+
+
+def measured(params: Any, sparsifier: Sparsifier) -> dict[str, float]:
+    """Fraction of exact zeros in each kernel `sparsifier` prunes, and over all of them."""
+    out, zeros, total = {}, 0, 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        name = path_str(path)
+        if sparsifier.selects(name, leaf):
+            z = int(np.sum(np.asarray(leaf) == 0))
+            out[name] = z / leaf.size
+            zeros, total = zeros + z, total + leaf.size
+    out["all"] = zeros / max(total, 1)
+    return out
