@@ -23,7 +23,7 @@ from absl import logging
 
 from rankjax import checkpoint, config_schema, losses, models, optim, preemption, sharding
 from rankjax import data as data_lib
-from rankjax.compression import quantization, sparsity
+from rankjax.compression import quantization, report, sparsity
 from rankjax.data import lists
 from rankjax.evaluators import ranking
 from rankjax.metric_writer import MetricWriter
@@ -323,10 +323,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         results["sparsity"] = sparsity.measured(params, sparsifier)
         logging.info("sparsity of the pruned kernels: %s", results["sparsity"])
     rows = {f"{config.model.name} (test)": results["test"]}
+    served = None
     if quantizer is not None:
-        served = _serve_quantized(config, quantizer, params, splits.train, evaluators, workdir)
-        results.update(served)
-        rows[f"{config.model.name} served (test)"] = served["test_served"]
+        served, served_results = _serve_quantized(
+            config, quantizer, params, splits.train, evaluators, workdir
+        )
+        results.update(served_results)
+        rows[f"{config.model.name} served (test)"] = served_results["test_served"]
+    compression = report.build(jax.device_get(params), jax.device_get(served))
+    results["bytes"] = {k: compression[k] for k in ("float_bytes", "serving_bytes")}
+    if jax.process_index() == 0:
+        report.write(workdir, compression)
+    logging.info(
+        "compression report (also in compression.json):\n%s", report.format_table(compression)
+    )
     results["baselines"] = {
         "random": {"test": evaluators["test"].run(ranking.random_scores(int(config.seed)))},
         "oracle": {"test": evaluators["test"].run(ranking.oracle_scores)},
@@ -354,7 +364,11 @@ def _seam(quantizer: quantization.Quantizer | None, phase: str) -> dict[str, Any
 
 def _serve_quantized(config, quantizer, params, train, evaluators, workdir) -> dict[str, Any]:
     """Converts `params` to integer weights, saves them to `workdir/served/` and evaluates
-    the served model (which holds no float kernels) on valid and test."""
+    the served model (which holds no float kernels) on valid and test.
+
+    Returns:
+      `(served variables, {"valid_served": ..., "test_served": ...})`.
+    """
     sample = (
         jnp.zeros([1, int(config.data.list_size), train.num_features]),
         jnp.ones([1, int(config.data.list_size)], bool),
@@ -370,18 +384,8 @@ def _serve_quantized(config, quantizer, params, train, evaluators, workdir) -> d
         f"{name}_served": ev.run(lambda batch, i: predict(served, batch))
         for name, ev in evaluators.items()
     }
-    out["bytes"] = {
-        "float_params": quantization.array_bytes(params),
-        "served": quantization.array_bytes(served),
-    }
-    logging.info(
-        "served %d-bit model: %d bytes (float parameters: %d bytes) in %s/served",
-        quantizer.weight_bits,
-        out["bytes"]["served"],
-        out["bytes"]["float_params"],
-        workdir,
-    )
-    return out
+    logging.info("served %d-bit model saved in %s/served", quantizer.weight_bits, workdir)
+    return served, out
 
 
 def _fmt(values: dict[str, float]) -> str:

@@ -1,6 +1,8 @@
 """Quantization: QAT and served outputs agree, served weights are integers with no float
 kernels, PTQ trains in float, bad settings are named, and the trainer serves the model."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -93,11 +95,15 @@ def test_trainer_serves_the_converted_model(tmp_path):
     results = trainer.train_and_evaluate(config, str(tmp_path))
     # The served model is what QAT evaluated: same metrics.
     assert results["test_served"] == pytest.approx(results["test"], rel=1e-6)
-    assert results["bytes"]["served"] < results["bytes"]["float_params"]
+    assert results["bytes"]["serving_bytes"] < results["bytes"]["float_bytes"]
     saved = checkpoint.load_tree(str(tmp_path / "served"))
     dtypes = {str(v.dtype) for v in jax.tree_util.tree_leaves(saved["aqt"])}
     assert dtypes == {"int8", "float32"}
-    assert quantization.array_bytes(saved) == results["bytes"]["served"]
+    # The report's byte count is that of the arrays actually saved.
+    assert quantization.array_bytes(saved) == results["bytes"]["serving_bytes"]
+    report = json.loads((tmp_path / "compression.json").read_text())
+    assert report["serving_bytes"] == results["bytes"]["serving_bytes"]
+    assert {r["bits"] for r in report["layers"]} == {8}
 
 
 def test_quant_section_in_any_config(tmp_path):

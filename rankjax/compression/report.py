@@ -1,0 +1,111 @@
+"""What compression costs and buys, per layer: parameters, non-zeros, bits, bytes, FLOPs.
+
+`build(params, served)` reads the arrays themselves (never the config's intentions): the
+float parameters of the trained model, and, when the model was converted, the served tree
+whose integer weights and scales are what a server loads. FLOPs are those of the dense
+layers for one scored item (2 per multiply-add); list-level attention products, which grow
+with the list length, are not included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from rankjax.compression.quantization import FROZEN_COLLECTION, array_bytes
+from rankjax.sharding import path_str
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    return {path_str(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def build(params: Any, served: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The report: one row per dense layer, and totals.
+
+    Args:
+      params: trained float parameters.
+      served: the converted tree (`{"params": ..., "aqt": ...}`) or None when the model is
+        served in float.
+
+    Returns:
+      `{"layers": [...], "float_bytes", "serving_bytes", "serving_ratio", "params",
+      "nonzeros", "dense_flops_per_item", "effective_flops_per_item"}`.
+    """
+    flat = _flat(params)
+    frozen = _flat(served[FROZEN_COLLECTION]) if served else {}
+    layers = []
+    for path, kernel in flat.items():
+        if not path.endswith("/kernel") or np.ndim(kernel) != 2:
+            continue
+        layer = path[: -len("/kernel")]
+        k = np.asarray(kernel)
+        bias = flat.get(f"{layer}/bias")
+        q = {p: v for p, v in frozen.items() if p.startswith(layer + "/")}
+        q_values = [v for p, v in q.items() if p.endswith("/value")]
+        bits = int(np.dtype(q_values[0].dtype).itemsize * 8) if q_values else 32
+        if q_values and str(q_values[0].dtype) in ("int4", "uint4"):
+            bits = 4
+        bias_bytes = 0 if bias is None else array_bytes(bias)
+        weight_bytes = array_bytes(list(q.values())) if q else array_bytes(kernel)
+        nonzeros = int(np.count_nonzero(k))
+        layers.append(
+            {
+                "layer": layer,
+                "shape": list(k.shape),
+                "params": int(k.size + (0 if bias is None else np.size(bias))),
+                "nonzeros": nonzeros,
+                "sparsity": 1.0 - nonzeros / k.size,
+                "bits": bits,
+                "float_bytes": array_bytes(kernel) + bias_bytes,
+                "serving_bytes": weight_bytes + bias_bytes,
+                "dense_flops_per_item": 2 * int(k.size),
+                "effective_flops_per_item": 2 * nonzeros,
+            }
+        )
+    float_bytes = array_bytes(params)
+    serving_bytes = array_bytes(dict(served)) if served else float_bytes
+    return {
+        "layers": layers,
+        "params": int(sum(np.size(x) for x in flat.values())),
+        "nonzeros": int(sum(np.count_nonzero(np.asarray(x)) for x in flat.values())),
+        "float_bytes": float_bytes,
+        "serving_bytes": serving_bytes,
+        "serving_ratio": serving_bytes / float_bytes,
+        "dense_flops_per_item": sum(r["dense_flops_per_item"] for r in layers),
+        "effective_flops_per_item": sum(r["effective_flops_per_item"] for r in layers),
+    }
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """A text table of the report, one line per layer and a total."""
+    head = (
+        f"| {'layer':<38} | {'shape':>10} | {'nonzero':>8} | {'bits':>4} | "
+        f"{'float B':>9} | {'served B':>9} |"
+    )
+    lines = [head, "|" + "|".join("-" * (len(c) - 0) for c in head.split("|")[1:-1]) + "|"]
+    for r in report["layers"]:
+        shape = "x".join(map(str, r["shape"]))
+        lines.append(
+            f"| {r['layer'][-38:]:<38} | {shape:>10} | {1 - r['sparsity']:>8.1%} | "
+            f"{r['bits']:>4} | {r['float_bytes']:>9,} | {r['serving_bytes']:>9,} |"
+        )
+    lines.append(
+        f"| {'whole model (incl. norms, scales)':<38} | {'':>10} | "
+        f"{report['nonzeros'] / max(report['params'], 1):>8.1%} | {'':>4} | "
+        f"{report['float_bytes']:>9,} | {report['serving_bytes']:>9,} |"
+    )
+    return "\n".join(lines)
+
+
+def write(workdir: str, report: Mapping[str, Any]) -> None:
+    """Writes `workdir/compression.json` atomically."""
+    path = os.path.join(workdir, "compression.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    os.replace(path + ".tmp", path)
