@@ -324,9 +324,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info("sparsity of the pruned kernels: %s", results["sparsity"])
     rows = {f"{config.model.name} (test)": results["test"]}
     served = None
-    if quantizer is not None:
-        served, served_results = _serve_quantized(
-            config, quantizer, params, splits.train, evaluators, workdir
+    packs = sparsifier is not None and isinstance(
+        sparsity.parse_pattern(sparsifier.pattern), sparsity.NM
+    )
+    if quantizer is not None or packs:
+        served, served_results = _serve(
+            config, quantizer, sparsifier, params, splits.train, evaluators, workdir
         )
         results.update(served_results)
         rows[f"{config.model.name} served (test)"] = served_results["test_served"]
@@ -362,29 +365,41 @@ def _seam(quantizer: quantization.Quantizer | None, phase: str) -> dict[str, Any
     return {} if quantizer is None else {"dot_general_cls": quantizer.dot_general_factory(phase)}
 
 
-def _serve_quantized(config, quantizer, params, train, evaluators, workdir) -> dict[str, Any]:
-    """Converts `params` to integer weights, saves them to `workdir/served/` and evaluates
-    the served model (which holds no float kernels) on valid and test.
+def _serve(config, quantizer, sparsifier, params, train, evaluators, workdir):
+    """Builds the served model, saves it to `workdir/served/`, loads it back from there and
+    evaluates it on valid and test.
+
+    Quantized layers are converted to integer weights plus scales (their float kernels are
+    dropped); N:M-sparse kernels are stored packed (kept values and bit-packed positions).
 
     Returns:
-      `(served variables, {"valid_served": ..., "test_served": ...})`.
+      `(the tree as saved, {"valid_served": ..., "test_served": ...})`.
     """
     sample = (
         jnp.zeros([1, int(config.data.list_size), train.num_features]),
         jnp.ones([1, int(config.data.list_size)], bool),
     )
-    convert_model = models.get(config.model, **_seam(quantizer, "convert"))
-    served = jax.jit(lambda p: quantizer.convert(convert_model, p, sample))(params)
-    checkpoint.save_tree(os.path.join(workdir, "served"), served)
+    if quantizer is not None:
+        convert_model = models.get(config.model, **_seam(quantizer, "convert"))
+        served = jax.jit(lambda p: quantizer.convert(convert_model, p, sample))(params)
+    else:
+        served = {"params": params}
+    served = jax.device_get(served)
+    if sparsifier is not None:
+        served = sparsity.pack_tree(served, sparsifier, quantization.kernel_path)
+    path = os.path.join(workdir, "served")
+    checkpoint.save_tree(path, served)
+    # Evaluate what a server would load: the saved (packed) tree, unpacked.
+    loaded = sparsity.unpack_tree(checkpoint.load_tree(path), sparsifier)
     serve_model = models.get(config.model, **_seam(quantizer, "serve"))
     predict = jax.jit(
         lambda v, batch: serve_model.apply(v, batch["features"], batch["where"], train=False)
     )
     out = {
-        f"{name}_served": ev.run(lambda batch, i: predict(served, batch))
+        f"{name}_served": ev.run(lambda batch, i: predict(loaded, batch))
         for name, ev in evaluators.items()
     }
-    logging.info("served %d-bit model saved in %s/served", quantizer.weight_bits, workdir)
+    logging.info("served model saved in %s", path)
     return served, out
 
 

@@ -166,9 +166,36 @@ def test_trainer_prunes_quantizes_and_serves(tmp_path):
     results = trainer.train_and_evaluate(config, str(tmp_path))
     assert results["sparsity"]["all"] == pytest.approx(0.5)
     assert results["test_served"] == pytest.approx(results["test"], rel=1e-6)
-    # Pruned weights are zeros in the served integers too.
+    # The served integers are stored N:M-packed: half the values plus 2-bit positions.
     saved = checkpoint.load_tree(str(tmp_path / "served"))
     q = saved["aqt"]["EncoderBlock_0"]["SelfAttention_0"]["query"]["quant_dot_general"]["qrhs"]
-    values = np.asarray(q["value"])
-    assert values.dtype == np.int8
-    assert np.all((values != 0).reshape(-1, 4, values.shape[1]).sum(axis=1) <= 2)
+    packed = q["value"]
+    assert set(packed) == {sp.PACKED_VALUES, sp.PACKED_INDEX}
+    assert np.asarray(packed[sp.PACKED_VALUES]).dtype == np.int8
+    dense = sp.unpack_nm(packed, 2, 4)
+    assert dense.shape == (8, 8)
+    assert np.all((dense != 0).reshape(-1, 4, 8).sum(axis=1) <= 2)
+    assert np.asarray(packed[sp.PACKED_INDEX]).nbytes == 8 * 8 // 2 * 2 // 8
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    nm=st.sampled_from([(1, 4), (2, 4), (2, 8), (1, 2), (4, 16)]),
+    groups=st.integers(1, 4),
+    cols=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_pack_unpack_round_trip(nm, groups, cols, seed):
+    n, m = nm
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-127, 128, (groups * m, cols)).astype(np.int8)
+    mask = np.asarray(sp.nm_mask(jnp.asarray(np.abs(w), jnp.float32), n, m))
+    w = np.where(mask, w, 0).astype(np.int8)
+    packed = sp.pack_nm(w, n, m)
+    assert packed[sp.PACKED_VALUES].shape == (groups * n, cols)
+    np.testing.assert_array_equal(sp.unpack_nm(packed, n, m), w)
+
+
+def test_packing_a_dense_kernel_is_an_error():
+    with pytest.raises(ValueError, match="not 2:4 sparse"):
+        sp.pack_nm(np.ones((4, 2), np.int8), 2, 4)

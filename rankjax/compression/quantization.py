@@ -175,6 +175,20 @@ def _layer_of(frozen_path: str) -> str:
     return frozen_path.split(f"/{_DG_NAME}/")[0]
 
 
+def kernel_path(served_path: str) -> str | None:
+    """The float kernel a leaf of a served tree stands for, or None.
+
+    `params/Dense_0/kernel` -> `Dense_0/kernel`;
+    `aqt/Dense_0/quant_dot_general/qrhs/value` -> `Dense_0/kernel`.
+    """
+    if served_path.startswith("params/") and served_path.endswith("/kernel"):
+        return served_path[len("params/") :]
+    prefix, suffix = f"{FROZEN_COLLECTION}/", f"/{_DG_NAME}/qrhs/value"
+    if served_path.startswith(prefix) and served_path.endswith(suffix):
+        return served_path[len(prefix) : -len(suffix)] + "/kernel"
+    return None
+
+
 def config_section(**overrides) -> dict[str, Any]:
     """A complete `quant` config section (enabled; int8 QAT by default), for configs."""
     return {"enabled": True, **dataclasses.asdict(Quantizer(**overrides))}

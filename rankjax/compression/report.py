@@ -38,7 +38,7 @@ def build(params: Any, served: Mapping[str, Any] | None = None) -> dict[str, Any
       "nonzeros", "dense_flops_per_item", "effective_flops_per_item"}`.
     """
     flat = _flat(params)
-    frozen = _flat(served[FROZEN_COLLECTION]) if served else {}
+    stored = _flat(served) if served else {f"params/{k}": v for k, v in flat.items()}
     layers = []
     for path, kernel in flat.items():
         if not path.endswith("/kernel") or np.ndim(kernel) != 2:
@@ -46,13 +46,17 @@ def build(params: Any, served: Mapping[str, Any] | None = None) -> dict[str, Any
         layer = path[: -len("/kernel")]
         k = np.asarray(kernel)
         bias = flat.get(f"{layer}/bias")
-        q = {p: v for p, v in frozen.items() if p.startswith(layer + "/")}
-        q_values = [v for p, v in q.items() if p.endswith("/value")]
-        bits = int(np.dtype(q_values[0].dtype).itemsize * 8) if q_values else 32
-        if q_values and str(q_values[0].dtype) in ("int4", "uint4"):
-            bits = 4
+        # What a server loads for this layer's weights: a float kernel, integer values and
+        # scales, and, when N:M-packed, the kept values and their bit-packed positions.
+        weights = {
+            p: v
+            for p, v in stored.items()
+            if p.startswith((f"params/{layer}/kernel", f"{FROZEN_COLLECTION}/{layer}/"))
+        }
+        values = [v for p, v in weights.items() if p.endswith(("/value", "/nm_values", "kernel"))]
+        dtype = np.dtype(values[0].dtype) if values else np.dtype(np.float32)
+        bits = 4 if dtype.name in ("int4", "uint4") else dtype.itemsize * 8
         bias_bytes = 0 if bias is None else array_bytes(bias)
-        weight_bytes = array_bytes(list(q.values())) if q else array_bytes(kernel)
         nonzeros = int(np.count_nonzero(k))
         layers.append(
             {
@@ -61,9 +65,9 @@ def build(params: Any, served: Mapping[str, Any] | None = None) -> dict[str, Any
                 "params": int(k.size + (0 if bias is None else np.size(bias))),
                 "nonzeros": nonzeros,
                 "sparsity": 1.0 - nonzeros / k.size,
-                "bits": bits,
+                "bits": int(bits),
                 "float_bytes": array_bytes(kernel) + bias_bytes,
-                "serving_bytes": weight_bytes + bias_bytes,
+                "serving_bytes": array_bytes(list(weights.values())) + bias_bytes,
                 "dense_flops_per_item": 2 * int(k.size),
                 "effective_flops_per_item": 2 * nonzeros,
             }

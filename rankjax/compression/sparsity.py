@@ -300,3 +300,92 @@ def measured(params: Any, sparsifier: Sparsifier) -> dict[str, float]:
             zeros, total = zeros + z, total + leaf.size
     out["all"] = zeros / max(total, 1)
     return out
+
+
+# ----------------------------------------------------------------------------- N:M packing
+
+PACKED_VALUES, PACKED_INDEX = "nm_values", "nm_index"
+
+
+def _index_bits(m: int) -> int:
+    return max(1, int(np.ceil(np.log2(m))))
+
+
+def pack_nm(kernel: np.ndarray, n: int, m: int) -> dict[str, np.ndarray]:
+    """Stores an N:M-sparse kernel `[in, out]` as its kept values and their positions.
+
+    Returns:
+      `{"nm_values": [in // m * n, out]` (the kernel's dtype, e.g. int8),
+      `"nm_index": uint8 [...]}`: each kept value's position within its group of `m`,
+      `ceil(log2(m))` bits each, bit-packed.
+
+    Raises:
+      ValueError: a group holds more than `n` non-zeros (the kernel is not N:M sparse).
+    """
+    w = np.asarray(kernel)
+    rows, cols = w.shape
+    groups = w.reshape(rows // m, m, cols)
+    if np.any((groups != 0).sum(axis=1) > n):
+        raise ValueError(f"kernel {w.shape} is not {n}:{m} sparse")
+    # The n largest magnitudes per group (stable), in position order; a kept weight that
+    # is exactly zero is interchangeable with a pruned one.
+    magnitude = np.abs(groups.astype(np.float32))
+    top = np.sort(np.argsort(-magnitude, axis=1, kind="stable")[:, :n, :], axis=1)
+    values = np.take_along_axis(groups, top, axis=1).reshape(rows // m * n, cols)
+    bits = _index_bits(m)
+    as_bits = ((top.reshape(-1)[:, None] >> np.arange(bits)) & 1).astype(np.uint8)
+    return {PACKED_VALUES: values, PACKED_INDEX: np.packbits(as_bits.reshape(-1))}
+
+
+def unpack_nm(packed: Mapping[str, np.ndarray], n: int, m: int) -> np.ndarray:
+    """The dense kernel `[in, out]` from `pack_nm`'s output."""
+    values = np.asarray(packed[PACKED_VALUES])
+    kept_rows, cols = values.shape
+    rows = kept_rows // n * m
+    bits = _index_bits(m)
+    count = kept_rows * cols
+    flat = np.unpackbits(np.asarray(packed[PACKED_INDEX]))[: count * bits].reshape(count, bits)
+    positions = (flat.astype(np.int64) << np.arange(bits)).sum(axis=1).reshape(rows // m, n, cols)
+    dense = np.zeros((rows // m, m, cols), values.dtype)
+    np.put_along_axis(dense, positions, values.reshape(rows // m, n, cols), axis=1)
+    return dense.reshape(rows, cols)
+
+
+def pack_tree(tree: Any, sparsifier: Sparsifier, is_kernel) -> Any:
+    """Packs every N:M-sparsified kernel of `tree`; `is_kernel(path)` -> the parameter path
+    of the kernel stored at `path` (or None for other leaves)."""
+    p = parse_pattern(sparsifier.pattern)
+    if not isinstance(p, NM):
+        return tree
+
+    def visit(node, prefix):
+        out = {}
+        for key, value in node.items():
+            path = f"{prefix}/{key}" if prefix else str(key)
+            if isinstance(value, Mapping):
+                out[key] = visit(value, path)
+                continue
+            kernel_path = is_kernel(path)
+            if kernel_path and np.ndim(value) == 2 and sparsifier.selects(kernel_path, value):
+                out[key] = pack_nm(np.asarray(value), p.n, p.m)
+            else:
+                out[key] = value
+        return out
+
+    return visit(tree, "")
+
+
+def unpack_tree(tree: Any, sparsifier: Sparsifier | None) -> Any:
+    """Inverse of `pack_tree`: dense kernels wherever packed ones are stored."""
+    if sparsifier is None or not isinstance(parse_pattern(sparsifier.pattern), NM):
+        return tree
+    p = parse_pattern(sparsifier.pattern)
+
+    def visit(node):
+        if isinstance(node, Mapping):
+            if set(node) == {PACKED_VALUES, PACKED_INDEX}:
+                return unpack_nm(node, p.n, p.m)
+            return {k: visit(v) for k, v in node.items()}
+        return node
+
+    return visit(tree)
