@@ -290,7 +290,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     valid = evaluators["valid"].run(model_scores(state.params))
                     logging.info("step %d | valid %s", done, _fmt(valid))
                     writer.write(done, "valid", valid)
-                    ckpt.save_best(done, state.params, valid)
+                    # A best checkpoint must already have its final sparsity pattern.
+                    if sparsifier is None or done >= sparsifier.final_step:
+                        ckpt.save_best(done, state.params, valid)
                 if is_ckpt or stop:
                     ckpt.save(done, state, force=True)
                 if stop:

@@ -161,9 +161,12 @@ def test_indivisible_kernel_names_the_parameter():
 
 
 def test_trainer_prunes_quantizes_and_serves(tmp_path):
-    config = load_config("synthetic_listwise_int8_nm24", "runlocal,steps=6")
+    config = load_config("synthetic_listwise_int8_nm24", "runlocal,steps=8")
     config.mesh.num_devices = 1
+    config.sparsity.update(start_step=3, end_step=5, update_every=1)
+    config.train.eval_every = 1  # steps 1-4 are evaluated too, but are not sparse yet
     results = trainer.train_and_evaluate(config, str(tmp_path))
+    assert int(results["params"].split("step ")[1].rstrip(")")) >= 5
     assert results["sparsity"]["all"] == pytest.approx(0.5)
     assert results["test_served"] == pytest.approx(results["test"], rel=1e-6)
     # The served integers are stored N:M-packed: half the values plus 2-bit positions.

@@ -178,6 +178,14 @@ class Sparsifier:
         """The first update step that may prune (steps count updates from 1)."""
         return max(self.start_step, 1)
 
+    @property
+    def final_step(self) -> int:
+        """The update after which masks no longer change: checkpoints from before it are not
+        sparse yet (the trainer keeps them out of best-checkpoint selection)."""
+        if self.schedule == "oneshot" and not isinstance(parse_pattern(self.pattern), NM):
+            return self._first
+        return max(self.end_step, self._first)
+
     def refreshes_at(self, step: jax.Array) -> jax.Array:
         """Whether masks are recomputed after update `step` (1-based)."""
         if self.schedule == "oneshot" and not isinstance(parse_pattern(self.pattern), NM):
