@@ -21,7 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from rankjax import models
-from rankjax.checkpoint import quiet_orbax_logs
+from rankjax.checkpoint import load_tree, quiet_orbax_logs
+from rankjax.compression import quantization, sparsity
 from rankjax.data.lists import FeatureTransform
 
 
@@ -30,13 +31,13 @@ class Ranker:
     """A model, its parameters and its feature transform."""
 
     model: nn.Module
-    params: Any
+    variables: Any  # {"params": ...} and, for a served quantized model, its integer weights
     transform: FeatureTransform
     config: ml_collections.ConfigDict
 
     def __post_init__(self):
         self._apply = jax.jit(
-            lambda params, x, where: self.model.apply({"params": params}, x, where, train=False)
+            lambda variables, x, where: self.model.apply(variables, x, where, train=False)
         )
 
     def score(self, features: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
@@ -46,7 +47,7 @@ class Ranker:
         if where is None:
             where = np.ones((b, n), bool)
         x = self.transform(features.reshape(b * n, f)).reshape(b, n, -1)
-        return np.asarray(self._apply(self.params, x, np.asarray(where, bool)))
+        return np.asarray(self._apply(self.variables, x, np.asarray(where, bool)))
 
 
 def load(workdir: str, params: str = "best") -> Ranker:
@@ -54,14 +55,15 @@ def load(workdir: str, params: str = "best") -> Ranker:
 
     Args:
       workdir: a finished (or interrupted) training run's folder.
-      params: `"best"` (the best validation checkpoint) or `"latest"` (the newest train
-        state).
+      params: `"best"` (the best validation checkpoint), `"latest"` (the newest train
+        state) or `"served"` (the converted model in `served/`: integer weights for
+        quantized layers, N:M kernels unpacked from their packed form).
 
     Raises:
       FileNotFoundError: the workdir lacks the config, transform or checkpoint.
     """
-    if params not in ("best", "latest"):
-        raise ValueError(f"params={params!r}; valid: 'best', 'latest'")
+    if params not in ("best", "latest", "served"):
+        raise ValueError(f"params={params!r}; valid: 'best', 'latest', 'served'")
     quiet_orbax_logs()
     paths = {n: os.path.join(workdir, n) for n in ("config.json", "feature_transform.json")}
     for path in paths.values():
@@ -71,6 +73,8 @@ def load(workdir: str, params: str = "best") -> Ranker:
         config = ml_collections.ConfigDict(json.load(f))
     with open(paths["feature_transform.json"]) as f:
         transform = FeatureTransform.from_json(json.load(f))
+    if params == "served":
+        return _load_served(workdir, config, transform)
     folder = os.path.join(workdir, "best" if params == "best" else "checkpoints")
     manager = ocp.CheckpointManager(folder)
     step = manager.best_step() if params == "best" else manager.latest_step()
@@ -79,4 +83,15 @@ def load(workdir: str, params: str = "best") -> Ranker:
     restored = manager.restore(step)
     manager.close()
     weights = restored if params == "best" else restored["params"]
-    return Ranker(models.get(config.model), weights, transform, config)
+    return Ranker(models.get(config.model), {"params": weights}, transform, config)
+
+
+def _load_served(workdir: str, config, transform: FeatureTransform) -> Ranker:
+    path = os.path.join(workdir, "served")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no served model (the run had no quant or N:M section)")
+    quantizer = quantization.from_config(config.get("quant"))
+    sparsifier = sparsity.from_config(config.get("sparsity"))
+    variables = sparsity.unpack_tree(load_tree(path), sparsifier)
+    seam = {} if quantizer is None else {"dot_general_cls": quantizer.dot_general_factory("serve")}
+    return Ranker(models.get(config.model, **seam), variables, transform, config)
