@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
@@ -66,3 +69,24 @@ def base_config(config_file: str, name: str, arg: str | None) -> ml_collections.
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
+
+
+def optional_section(cls: type, cfg: Mapping[str, Any] | None, section: str) -> Any | None:
+    """Builds dataclass `cls` from an optional config section with an `enabled` switch.
+
+    Returns:
+      None when the section is absent or `enabled` is false; else `cls(**rest)`.
+
+    Raises:
+      ValueError: a key that is not a field of `cls`, naming it and listing the valid ones.
+    """
+    if not cfg or not cfg.get("enabled", False):
+        return None
+    kwargs = {k: v for k, v in dict(cfg).items() if k != "enabled"}
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kwargs) - valid)
+    if unknown:
+        raise ValueError(
+            f"unknown config key {section}.{unknown[0]}; valid: {sorted(valid | {'enabled'})}"
+        )
+    return cls(**kwargs)

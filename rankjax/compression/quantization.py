@@ -30,6 +30,8 @@ from aqt.jax.v2 import aqt_dot_general
 from aqt.jax.v2 import utils as aqt_utils
 from aqt.jax.v2.flax import aqt_flax
 
+from rankjax import config_args
+
 MODES = ("qat", "ptq")
 PHASES = ("train", "convert", "serve")
 _QUANT_MODE = {
@@ -196,16 +198,7 @@ def config_section(**overrides) -> dict[str, Any]:
 
 def from_config(cfg: Mapping[str, Any] | None) -> Quantizer | None:
     """`config.quant` -> a `Quantizer`, or None when absent or `enabled=False`."""
-    if not cfg or not cfg.get("enabled", False):
-        return None
-    kwargs = {k: v for k, v in dict(cfg).items() if k != "enabled"}
-    valid = {f.name for f in dataclasses.fields(Quantizer)}
-    unknown = sorted(set(kwargs) - valid)
-    if unknown:
-        raise ValueError(
-            f"unknown config key quant.{unknown[0]}; valid: {sorted(valid | {'enabled'})}"
-        )
-    return Quantizer(**kwargs)
+    return config_args.optional_section(Quantizer, cfg, "quant")
 
 
 def array_bytes(tree: Any) -> int:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rankjax import config_args
 from rankjax.sharding import path_str
 
 PATTERNS = ("unstructured", "N:M", "block:RxC", "channel")
@@ -269,16 +270,7 @@ def config_section(pattern: str = "2:4", **overrides) -> dict[str, Any]:
 
 def from_config(cfg: Mapping[str, Any] | None) -> Sparsifier | None:
     """`config.sparsity` -> a `Sparsifier`, or None when absent or `enabled=False`."""
-    if not cfg or not cfg.get("enabled", False):
-        return None
-    kwargs = {k: v for k, v in dict(cfg).items() if k != "enabled"}
-    valid = {f.name for f in dataclasses.fields(Sparsifier)}
-    unknown = sorted(set(kwargs) - valid)
-    if unknown:
-        raise ValueError(
-            f"unknown config key sparsity.{unknown[0]}; valid: {sorted(valid | {'enabled'})}"
-        )
-    return Sparsifier(**kwargs)
+    return config_args.optional_section(Sparsifier, cfg, "sparsity")
 
 
 def masks_of(opt_state: Any) -> Any | None:
