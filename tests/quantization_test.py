@@ -29,18 +29,22 @@ def train_convert_serve(factory, quantizer):
 
 
 @pytest.mark.parametrize("factory", [mlp.tiny, listwise.tiny])
-@pytest.mark.parametrize("weight_bits, activation_bits", [(8, 8), (4, 0), (4, 8)])
-def test_served_outputs_match_qat_outputs(factory, weight_bits, activation_bits):
-    q = quantization.Quantizer(weight_bits=weight_bits, activation_bits=activation_bits)
+@pytest.mark.parametrize(
+    "weight_bits, activation_bits, fp8", [(8, 8, False), (4, 0, False), (4, 8, False), (8, 8, True)]
+)
+def test_served_outputs_match_qat_outputs(factory, weight_bits, activation_bits, fp8):
+    q = quantization.Quantizer(weight_bits=weight_bits, activation_bits=activation_bits, fp8=fp8)
     params, qat, _, served_out = train_convert_serve(factory, q)
     np.testing.assert_allclose(served_out, qat, rtol=1e-6, atol=1e-6)
     float_out = factory().apply({"params": params}, X, WHERE)
     assert not np.allclose(float_out, qat, atol=1e-7)  # quantization did change something
 
 
-@pytest.mark.parametrize("weight_bits, dtype", [(8, "int8"), (4, "int4")])
-def test_served_weights_are_integers_and_float_kernels_are_gone(weight_bits, dtype):
-    q = quantization.Quantizer(weight_bits=weight_bits, exclude="Dense_2$")
+@pytest.mark.parametrize(
+    "weight_bits, fp8, dtype", [(8, False, "int8"), (4, False, "int4"), (8, True, "float8_e4m3fn")]
+)
+def test_served_weights_are_integers_and_float_kernels_are_gone(weight_bits, fp8, dtype):
+    q = quantization.Quantizer(weight_bits=weight_bits, fp8=fp8, exclude="Dense_2$")
     _, _, served, _ = train_convert_serve(listwise.tiny, q)
     frozen = served[quantization.FROZEN_COLLECTION]
     values = [v for p, v in jax.tree_util.tree_leaves_with_path(frozen) if p[-1].key == "value"]

@@ -60,6 +60,9 @@ class Quantizer:
       activation_bits: 8 or 4, or 0 to leave activations in float (weight-only).
       backward_bits: 0 keeps the backward pass in float (straight-through estimator); 8
         quantizes the gradient products too.
+      fp8: use the fp8 e4m3 format instead of integers for weights (and for activations
+        unless `activation_bits` is 0); `weight_bits` and `activation_bits` then only say
+        which sides are quantized.
       layers: regex over layer paths (`Dense_0`, `EncoderBlock_0/SelfAttention_0/query`);
         matching layers are quantized.
       exclude: regex of layer paths left in float (e.g. the final scoring layer `Dense_1`).
@@ -69,6 +72,7 @@ class Quantizer:
     weight_bits: int = 8
     activation_bits: int = 8
     backward_bits: int = 0
+    fp8: bool = False
     layers: str = ".*"
     exclude: str = ""
 
@@ -95,9 +99,13 @@ class Quantizer:
         )
 
     def _aqt_config(self) -> aqt_dot_general.DotGeneral:
+        weights = "e4m3" if self.fp8 else self.weight_bits
+        activations = (
+            ("e4m3" if self.fp8 else self.activation_bits) if self.activation_bits else None
+        )
         return aqt_dot_general.dot_general_make(
-            lhs_bits=self.activation_bits or None,
-            rhs_bits=self.weight_bits,
+            lhs_bits=activations,
+            rhs_bits=weights,
             bwd_bits=self.backward_bits or None,
             use_fwd_quant=False,
         )
