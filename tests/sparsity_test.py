@@ -202,3 +202,23 @@ def test_pack_unpack_round_trip(nm, groups, cols, seed):
 def test_packing_a_dense_kernel_is_an_error():
     with pytest.raises(ValueError, match="not 2:4 sparse"):
         sp.pack_nm(np.ones((4, 2), np.int8), 2, 4)
+
+
+def test_head_pruning_removes_whole_heads_across_q_k_v_and_out():
+    from rankjax.models import listwise
+
+    model = listwise.tiny(num_heads=4)  # width 8: 4 heads of 2
+    params = model.init(jax.random.PRNGKey(0), jnp.ones((1, 3, 5)), jnp.ones((1, 3), bool))
+    s = sp.Sparsifier(pattern="heads:4", target=0.5, schedule="oneshot", start_step=1)
+    params, state, _ = run_wrapped(s, 2, params=params["params"])
+    attn = params["EncoderBlock_0"]["SelfAttention_0"]
+    dead = None
+    for name in ("query", "key", "value"):
+        cols = np.asarray(attn[name]["kernel"]).reshape(8, 4, 2)
+        zero_heads = np.all(cols == 0, axis=(0, 2))
+        assert zero_heads.sum() == 2
+        dead = zero_heads if dead is None else dead
+        np.testing.assert_array_equal(zero_heads, dead)  # the same heads in q, k and v
+    rows = np.asarray(attn["out"]["kernel"]).reshape(4, 2, 8)
+    np.testing.assert_array_equal(np.all(rows == 0, axis=(1, 2)), dead)
+    assert np.all(np.asarray(params["Dense_0"]["kernel"]) != 0)  # other layers stay dense

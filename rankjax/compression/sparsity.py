@@ -11,7 +11,9 @@ Patterns (`pattern` in the `sparsity` config section):
   dimension of a kernel `[in, out]`, keep the N with the highest score (sparsity 1 - N/M,
   the pattern sparse tensor cores accelerate);
 * `"block:RxC"`: `R x C` tiles of the kernel, scored by their mean score;
-* `"channel"`: whole output channels (neurons, kernel columns), scored by their mean score.
+* `"channel"`: whole output channels (neurons, kernel columns), scored by their mean score;
+* `"heads:H"`: whole attention heads (H per layer): a head's query, key and value columns and
+  its rows of the output projection, scored together; other kernels stay dense.
 
 Scores (`criterion`): `"magnitude"` |w| or `"saliency"` |w * g| (first-order Taylor estimate
 of the loss change when a weight is removed). Schedules: `"oneshot"` prunes to the target at
@@ -35,7 +37,7 @@ import optax
 from rankjax import config_args
 from rankjax.sharding import path_str
 
-PATTERNS = ("unstructured", "N:M", "block:RxC", "channel")
+PATTERNS = ("unstructured", "N:M", "block:RxC", "channel", "heads:H")
 CRITERIA = ("magnitude", "saliency")
 SCHEDULES = ("oneshot", "gradual")
 
@@ -52,6 +54,16 @@ class Block(NamedTuple):
     cols: int
 
 
+class Heads(NamedTuple):
+    """Whole attention heads of layers with `num_heads` heads: a head's query, key and value
+    columns and its rows of the output projection are pruned together."""
+
+    num_heads: int
+
+
+_ATTENTION = re.compile(r"^(.*)/(query|key|value|out)/kernel$")
+
+
 def parse_pattern(pattern: str) -> str | NM | Block:
     """`"2:4"` -> NM(2, 4), `"block:4x4"` -> Block(4, 4), else the pattern name."""
     if pattern in ("unstructured", "channel"):
@@ -63,9 +75,12 @@ def parse_pattern(pattern: str) -> str | NM | Block:
     if m := re.fullmatch(r"block:(\d+)x(\d+)", pattern):
         if int(m.group(1)) > 0 and int(m.group(2)) > 0:
             return Block(int(m.group(1)), int(m.group(2)))
+    if (m := re.fullmatch(r"heads:(\d+)", pattern)) and int(m.group(1)) > 0:
+        return Heads(int(m.group(1)))
     raise ValueError(
         f"sparsity.pattern={pattern!r}; valid: 'unstructured', 'N:M' with 0 < N < M "
-        "(e.g. '2:4'), 'block:RxC' (e.g. 'block:4x4'), 'channel'"
+        "(e.g. '2:4'), 'block:RxC' (e.g. 'block:4x4'), 'channel', 'heads:H' (attention "
+        "layers with H heads)"
     )
 
 
@@ -197,6 +212,8 @@ class Sparsifier:
         )
 
     def selects(self, path: str, leaf) -> bool:
+        if isinstance(parse_pattern(self.pattern), Heads) and not _ATTENTION.match(path):
+            return False
         return (
             np.ndim(leaf) == 2
             and bool(re.search(self.params, path))
@@ -209,6 +226,11 @@ class Sparsifier:
             raise ValueError(
                 f"sparsity.pattern={self.pattern!r} needs the input dimension of {path} "
                 f"{shape} to be divisible by {p.m}; exclude it with sparsity.exclude"
+            )
+        if isinstance(p, Heads) and (shape[0] % p.num_heads or shape[1] % p.num_heads):
+            raise ValueError(
+                f"sparsity.pattern={self.pattern!r}: {path} {shape} has no {p.num_heads} "
+                "equal heads"
             )
         if isinstance(p, Block) and (shape[0] % p.rows or shape[1] % p.cols):
             raise ValueError(
@@ -246,11 +268,22 @@ class Sparsifier:
             refresh = self.refreshes_at(step)
             sparsity = self.sparsity_at(step)
 
+            def score_of(w, g):
+                s = jnp.abs(w) if self.criterion == "magnitude" else jnp.abs(w * g)
+                return s.astype(jnp.float32)
+
+            heads = {}
+            if isinstance(pattern, Heads):
+                heads = _head_masks(new, grads, state.masks, score_of, pattern, sparsity)
+
             def new_mask(path, w, g, m):
                 if m.ndim == 0:
                     return m
-                score = jnp.abs(w) if self.criterion == "magnitude" else jnp.abs(w * g)
-                fresh = structured_mask(score.astype(jnp.float32), pattern, sparsity)
+                fresh = (
+                    heads[path]
+                    if path in heads
+                    else structured_mask(score_of(w, g), pattern, sparsity)
+                )
                 return jnp.where(refresh, fresh, m)
 
             masks = jax.tree_util.tree_map_with_path(
@@ -261,6 +294,45 @@ class Sparsifier:
             return updates, SparsityState(inner, masks, step)
 
         return optax.GradientTransformation(init, update)
+
+
+def _head_masks(params, grads, masks, score_of, pattern: Heads, sparsity) -> dict:
+    """Joint masks of the attention kernels, pruning whole heads layer by layer."""
+    flat = {
+        path_str(p): (w, g)
+        for (p, w), g in zip(
+            jax.tree_util.tree_leaves_with_path(params),
+            jax.tree_util.tree_leaves(grads),
+            strict=True,
+        )
+    }
+    selected = {path_str(p) for p, m in jax.tree_util.tree_leaves_with_path(masks) if m.ndim}
+    layers: dict[str, dict[str, str]] = {}
+    for path in selected:
+        if m := _ATTENTION.match(path):
+            layers.setdefault(m.group(1), {})[m.group(2)] = path
+    h = pattern.num_heads
+    out = {}
+    for parts in layers.values():
+        # Per-head score: the head's q/k/v columns and its rows of the output projection.
+        total = 0.0
+        for name, path in parts.items():
+            s = score_of(*flat[path])
+            d = s.shape[0]
+            per_head = (
+                s.reshape(d, h, -1).sum(axis=(0, 2))
+                if name != "out"
+                else (s.reshape(h, -1, s.shape[1]).sum(axis=(1, 2)))
+            )
+            total = total + per_head
+        keep = _threshold_mask(total, sparsity)  # [h]
+        for name, path in parts.items():
+            d_in, d_out = flat[path][0].shape
+            if name == "out":
+                out[path] = jnp.broadcast_to(jnp.repeat(keep, d_in // h)[:, None], (d_in, d_out))
+            else:
+                out[path] = jnp.broadcast_to(jnp.repeat(keep, d_out // h)[None, :], (d_in, d_out))
+    return out
 
 
 def config_section(pattern: str = "2:4", **overrides) -> dict[str, Any]:
