@@ -382,8 +382,23 @@ def _serve(config, quantizer, sparsifier, params, train, evaluators, workdir):
         jnp.ones([1, int(config.data.list_size)], bool),
     )
     if quantizer is not None:
+        calibration = None
+        if quantizer.static:
+            batches = lists.TrainBatches(
+                train, int(config.train.batch_size), int(config.data.list_size), int(config.seed)
+            )
+            calibration = quantizer.calibrate(
+                models.get(config.model, **_seam(quantizer, "calibrate")),
+                params,
+                (
+                    (b["features"], b["where"])
+                    for b in map(batches, range(quantizer.calibration_batches))
+                ),
+            )
         convert_model = models.get(config.model, **_seam(quantizer, "convert"))
-        served = jax.jit(lambda p: quantizer.convert(convert_model, p, sample))(params)
+        served = jax.jit(lambda p, c: quantizer.convert(convert_model, p, sample, c))(
+            params, calibration
+        )
     else:
         served = {"params": params}
     served = jax.device_get(served)

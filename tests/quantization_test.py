@@ -116,3 +116,34 @@ def test_quant_section_in_any_config(tmp_path):
     from rankjax import config_schema
 
     config_schema.validate(config)
+
+
+def test_static_calibration_freezes_activation_ranges():
+    q = quantization.Quantizer(mode="ptq", calibration="static", calibration_batches=3)
+    model = mlp.tiny()
+    params = model.init(jax.random.PRNGKey(0), X, WHERE)["params"]
+    rng = np.random.default_rng(1)
+    batches = [(jnp.asarray(rng.normal(size=X.shape), jnp.float32), WHERE) for _ in range(3)]
+    stats = q.calibrate(
+        mlp.tiny(dot_general_cls=q.dot_general_factory("calibrate")), params, batches
+    )
+    served = q.convert(
+        mlp.tiny(dot_general_cls=q.dot_general_factory("convert")), params, (X, WHERE), stats
+    )
+    frozen = served[quantization.FROZEN_COLLECTION]["Dense_0"]["quant_dot_general"]
+    # The activation range is frozen: one static scale per tensor.
+    assert np.asarray(frozen["qlhs"]["scale"]).size == 1
+    out = mlp.tiny(dot_general_cls=q.dot_general_factory("serve")).apply(served, X, WHERE)
+    ref = mlp.tiny().apply({"params": params}, X, WHERE)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, ref, atol=0.1)
+
+
+def test_trainer_ptq_with_static_calibration(tmp_path):
+    config = load_config("synthetic_listwise_int8", "runlocal,steps=2")
+    config.mesh.num_devices = 1
+    config.quant.update(mode="ptq", calibration="static", calibration_batches=2)
+    results = trainer.train_and_evaluate(config, str(tmp_path))
+    assert all(np.isfinite(v) for v in results["test_served"].values())
+    saved = checkpoint.load_tree(str(tmp_path / "served"))
+    assert quantization.CALIBRATION_COLLECTION in saved

@@ -10,9 +10,13 @@ The `quant` config section turns it on for any model built on `models/layers.py`
   integers plus float scales (AQT's freezer), the float kernels are dropped, the result is
   saved to `WORKDIR/served/` and evaluated as `valid_served` / `test_served`.
 
+Activation ranges are dynamic (per call) by default; `calibration="static"` collects them
+on a few training batches after training and freezes them with the weights.
+
 The interface the rest of rankjax sees is small: `from_config(cfg)` -> `Quantizer` or None,
-`Quantizer.dot_general_factory(mode)` for the model seam, `Quantizer.convert(...)` and
-`served_param_bytes(...)`. Another backend (e.g. Qwix) would implement the same.
+`Quantizer.dot_general_factory(phase)` for the model seam, `Quantizer.calibrate(...)`,
+`Quantizer.convert(...)` and `array_bytes(...)`. Another backend (e.g. Qwix) would
+implement the same.
 """
 
 from __future__ import annotations
@@ -27,19 +31,23 @@ import flax
 import jax
 import jax.numpy as jnp
 from aqt.jax.v2 import aqt_dot_general
+from aqt.jax.v2 import config as aqt_config
 from aqt.jax.v2 import utils as aqt_utils
-from aqt.jax.v2.flax import aqt_flax
+from aqt.jax.v2.flax import aqt_flax, aqt_flax_calibration
 
 from rankjax import config_args
 
 MODES = ("qat", "ptq")
-PHASES = ("train", "convert", "serve")
+PHASES = ("train", "calibrate", "convert", "serve")
+CALIBRATIONS = ("dynamic", "static")
 _QUANT_MODE = {
     "train": aqt_utils.QuantMode.TRAIN,
+    "calibrate": aqt_utils.QuantMode.CALIBRATE,
     "convert": aqt_utils.QuantMode.CONVERT,
     "serve": aqt_utils.QuantMode.SERVE,
 }
 FROZEN_COLLECTION = "aqt"
+CALIBRATION_COLLECTION = "aqt_calibration"
 _DG_NAME = "quant_dot_general"
 
 
@@ -63,6 +71,10 @@ class Quantizer:
       fp8: use the fp8 e4m3 format instead of integers for weights (and for activations
         unless `activation_bits` is 0); `weight_bits` and `activation_bits` then only say
         which sides are quantized.
+      calibration: `"dynamic"` computes activation ranges per call; `"static"` fixes them
+        from `calibration_batches` training batches after training (mean of per-batch
+        absolute maxima, one range per tensor), so serving computes no ranges.
+      calibration_batches: batches used by static calibration.
       layers: regex over layer paths (`Dense_0`, `EncoderBlock_0/SelfAttention_0/query`);
         matching layers are quantized.
       exclude: regex of layer paths left in float (e.g. the final scoring layer `Dense_1`).
@@ -73,6 +85,8 @@ class Quantizer:
     activation_bits: int = 8
     backward_bits: int = 0
     fp8: bool = False
+    calibration: str = "dynamic"
+    calibration_batches: int = 16
     layers: str = ".*"
     exclude: str = ""
 
@@ -84,6 +98,10 @@ class Quantizer:
             allowed = (4, 8) if key == "weight_bits" else (0, 4, 8)
             if value not in allowed:
                 raise ValueError(f"quant.{key}={value}; valid: {list(allowed)}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"quant.calibration={self.calibration!r}; valid: {list(CALIBRATIONS)}")
+        if self.calibration_batches < 1:
+            raise ValueError(f"quant.calibration_batches={self.calibration_batches}; need >= 1")
         for key in ("layers", "exclude"):
             try:
                 re.compile(getattr(self, key))
@@ -98,20 +116,40 @@ class Quantizer:
             self.exclude and re.search(self.exclude, path)
         )
 
-    def _aqt_config(self) -> aqt_dot_general.DotGeneral:
+    @property
+    def static(self) -> bool:
+        """Whether activation ranges are calibrated once (static) rather than per call."""
+        return self.calibration == "static" and self.activation_bits > 0
+
+    def _aqt_config(self, static: bool) -> aqt_dot_general.DotGeneral:
         weights = "e4m3" if self.fp8 else self.weight_bits
         activations = (
             ("e4m3" if self.fp8 else self.activation_bits) if self.activation_bits else None
         )
-        return aqt_dot_general.dot_general_make(
+        cfg = aqt_dot_general.dot_general_make(
             lhs_bits=activations,
             rhs_bits=weights,
             bwd_bits=self.backward_bits or None,
             use_fwd_quant=False,
         )
+        if static:
+            # Mean over calibration batches of each batch's absolute maximum; one range per
+            # tensor for activations (their shapes differ between calibration and serving).
+            aqt_config.set_fwd_calibration(
+                cfg,
+                functools.partial(
+                    aqt_flax_calibration.MeanOfAbsMaxCalibration,
+                    quant_collection=CALIBRATION_COLLECTION,
+                ),
+            )
+            cfg.fwd.dg_quantizer.lhs.calib_shared_axes = "per_tensor"
+        return cfg
 
     def dot_general_factory(self, phase: str) -> Callable[[str], Any]:
-        """The model seam for `phase` (`"train"`, `"convert"` or `"serve"`).
+        """The model seam for `phase`: `"train"`, `"calibrate"`, `"convert"` or `"serve"`.
+
+        Training always uses dynamic ranges; with `calibration="static"` the later phases
+        collect activation ranges (calibrate), freeze them (convert) and use them (serve).
 
         Returns:
           `factory(layer_path) -> dot_general or None` (None: the layer stays float). In
@@ -121,20 +159,59 @@ class Quantizer:
             raise ValueError(f"phase={phase!r}; valid: {list(PHASES)}")
         if phase == "train" and self.mode == "ptq":
             return lambda path: None
+        static = self.static and phase != "train"
         cls = ServedAqtDotGeneral if phase == "serve" else aqt_flax.AqtDotGeneral
+        lhs = {}
+        if static:
+            lhs = dict(
+                lhs_quant_mode=_QUANT_MODE[phase],
+                lhs_freeze_mode=aqt_flax.FreezerMode.CALIBRATION,
+            )
         make = functools.partial(
             cls,
-            self._aqt_config(),
+            self._aqt_config(static),
             prng_name=None,  # no stochastic rounding: deterministic, no RNG plumbing
             rhs_quant_mode=_QUANT_MODE[phase],
             rhs_freeze_mode=aqt_flax.FreezerMode.CALIBRATION_AND_VALUE,
             quant_collection=FROZEN_COLLECTION,
+            **lhs,
         )
         # A fixed name, so the serving module finds what the converting module froze.
         return lambda path: make(name=_DG_NAME) if self.quantizes(path) else None
 
+    def calibrate(self, calibrate_model, params: Any, batches) -> dict[str, Any]:
+        """Collects static activation ranges over `batches` (no training).
+
+        Args:
+          calibrate_model: the model built with `dot_general_factory("calibrate")`.
+          params: trained float parameters.
+          batches: iterable of `(features, where)`.
+
+        Returns:
+          The calibration statistics collection, for `convert`.
+        """
+        stats = None
+        apply = jax.jit(
+            lambda variables, x, w: calibrate_model.apply(
+                variables, x, w, mutable=[CALIBRATION_COLLECTION]
+            )[1]
+        )
+        for x, w in batches:
+            if stats is None:
+                stats = calibrate_model.init(jax.random.PRNGKey(0), x, w)[CALIBRATION_COLLECTION]
+            stats = apply({"params": params, CALIBRATION_COLLECTION: stats}, x, w)[
+                CALIBRATION_COLLECTION
+            ]
+        if stats is None:
+            raise ValueError("static calibration needs at least one batch")
+        return stats
+
     def convert(
-        self, convert_model, params: Any, sample: tuple[jax.Array, jax.Array]
+        self,
+        convert_model,
+        params: Any,
+        sample: tuple[jax.Array, jax.Array],
+        calibration: Any = None,
     ) -> dict[str, Any]:
         """Freezes integer weights: returns the served variables.
 
@@ -142,12 +219,17 @@ class Quantizer:
           convert_model: the model built with `dot_general_factory("convert")`.
           params: trained float parameters.
           sample: `(features, where)`, any batch of the right feature width.
+          calibration: statistics from `calibrate` (static calibration only).
 
         Returns:
           `{"params": float parameters without the kernels of quantized layers,
-          "aqt": {layer: {"qrhs": {"value": int8 [in, out], "scale": float}}}}`.
+          "aqt": {layer: {"qrhs": {"value": int8 [in, out], "scale": float}}}}`, plus the
+          calibration statistics under static calibration.
         """
-        _, variables = convert_model.apply({"params": params}, *sample, mutable=True)
+        variables = {"params": params}
+        if calibration is not None:
+            variables[CALIBRATION_COLLECTION] = calibration
+        _, variables = convert_model.apply(variables, *sample, mutable=True)
         frozen = flax.core.unfreeze(variables[FROZEN_COLLECTION])
         quantized_layers = {_layer_of(path) for path in _paths(frozen)}
         kept = {
@@ -155,7 +237,11 @@ class Quantizer:
             for path, leaf in _paths(flax.core.unfreeze(params)).items()
             if not (path.endswith("/kernel") and path[: -len("/kernel")] in quantized_layers)
         }
-        return {"params": _unflatten(kept), FROZEN_COLLECTION: frozen}
+        out = {"params": _unflatten(kept), FROZEN_COLLECTION: frozen}
+        if calibration is not None:
+            # AQT's serving path reads the calibration statistics too (a few scalars a layer).
+            out[CALIBRATION_COLLECTION] = flax.core.unfreeze(variables[CALIBRATION_COLLECTION])
+        return out
 
 
 def _paths(tree: Mapping, prefix: str = "") -> dict[str, Any]:
