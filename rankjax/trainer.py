@@ -312,54 +312,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt.wait()
         writer.close()
 
-    # Final evaluation: the best parameters by validation metric (else the last).
-    params, params_from = state.params, f"last (step {int(state.step)})"
-    best = ckpt.restore_best(state.params) if ecfg.use_best else None
-    if best is not None:
-        params, params_from = best, f"best {ckpt.best_metric} (step {ckpt.best_step()})"
-    ckpt.close()
-    results: dict[str, Any] = {"step": int(state.step), "params": params_from}
-    for name, ev in evaluators.items():
-        results[name] = ev.run(model_scores(params))
-    if sparsifier is not None:
-        results["sparsity"] = sparsity.measured(params, sparsifier)
-        logging.info("sparsity of the pruned kernels: %s", results["sparsity"])
-    rows = {f"{config.model.name} (test)": results["test"]}
-    served = None
-    packs = sparsifier is not None and isinstance(
-        sparsity.parse_pattern(sparsifier.pattern), sparsity.NM
+    return _final_evaluation(
+        config, state, ckpt, evaluators, model_scores, quantizer, sparsifier, splits.train, workdir
     )
-    if quantizer is not None or packs:
-        served, served_results = _serve(
-            config, quantizer, sparsifier, params, splits.train, evaluators, workdir
-        )
-        results.update(served_results)
-        rows[f"{config.model.name} served (test)"] = served_results["test_served"]
-    compression = report.build(jax.device_get(params), jax.device_get(served))
-    results["bytes"] = {k: compression[k] for k in ("float_bytes", "serving_bytes")}
-    if jax.process_index() == 0:
-        report.write(workdir, compression)
-    logging.info(
-        "compression report (also in compression.json):\n%s", report.format_table(compression)
-    )
-    results["baselines"] = {
-        "random": {"test": evaluators["test"].run(ranking.random_scores(int(config.seed)))},
-        "oracle": {"test": evaluators["test"].run(ranking.oracle_scores)},
-    }
-    if jax.process_index() == 0:
-        _write_json(os.path.join(workdir, "results.json"), results)
-    table = _format_table(
-        {
-            **rows,
-            "random (test)": results["baselines"]["random"]["test"],
-            "oracle (test)": results["baselines"]["oracle"]["test"],
-        },
-        tuple(ecfg.report),
-    )
-    logging.info("final evaluation of %s parameters:\n%s", params_from, table)
-    if jax.process_index() == 0:
-        print(f"\nTest metrics ({params_from} parameters), workdir {workdir}:\n{table}", flush=True)
-    return results
 
 
 def _seam(quantizer: quantization.Quantizer | None, phase: str) -> dict[str, Any]:
@@ -418,6 +373,62 @@ def _serve(config, quantizer, sparsifier, params, train, evaluators, workdir):
     }
     logging.info("served model saved in %s", path)
     return served, out
+
+
+def _final_evaluation(
+    config, state, ckpt, evaluators, model_scores, quantizer, sparsifier, train, workdir
+) -> dict[str, Any]:
+    """Evaluates the best (else the last) parameters, serves the compressed model when there
+    is one, writes `results.json` and `compression.json`, and prints the table."""
+    ecfg = config.eval
+    # Final evaluation: the best parameters by validation metric (else the last).
+    params, params_from = state.params, f"last (step {int(state.step)})"
+    best = ckpt.restore_best(state.params) if ecfg.use_best else None
+    if best is not None:
+        params, params_from = best, f"best {ckpt.best_metric} (step {ckpt.best_step()})"
+    ckpt.close()
+    results: dict[str, Any] = {"step": int(state.step), "params": params_from}
+    for name, ev in evaluators.items():
+        results[name] = ev.run(model_scores(params))
+    if sparsifier is not None:
+        results["sparsity"] = sparsity.measured(params, sparsifier)
+        logging.info("sparsity of the pruned kernels: %s", results["sparsity"])
+    rows = {f"{config.model.name} (test)": results["test"]}
+    served = None
+    packs = sparsifier is not None and isinstance(
+        sparsity.parse_pattern(sparsifier.pattern), sparsity.NM
+    )
+    if quantizer is not None or packs:
+        served, served_results = _serve(
+            config, quantizer, sparsifier, params, train, evaluators, workdir
+        )
+        results.update(served_results)
+        rows[f"{config.model.name} served (test)"] = served_results["test_served"]
+    compression = report.build(jax.device_get(params), jax.device_get(served))
+    results["bytes"] = {k: compression[k] for k in ("float_bytes", "serving_bytes")}
+    if jax.process_index() == 0:
+        report.write(workdir, compression)
+    logging.info(
+        "compression report (also in compression.json):\n%s", report.format_table(compression)
+    )
+    results["baselines"] = {
+        "random": {"test": evaluators["test"].run(ranking.random_scores(int(config.seed)))},
+        "oracle": {"test": evaluators["test"].run(ranking.oracle_scores)},
+    }
+    if jax.process_index() == 0:
+        _write_json(os.path.join(workdir, "results.json"), results)
+    table = _format_table(
+        {
+            **rows,
+            "random (test)": results["baselines"]["random"]["test"],
+            "oracle (test)": results["baselines"]["oracle"]["test"],
+        },
+        tuple(ecfg.report),
+    )
+    logging.info("final evaluation of %s parameters:\n%s", params_from, table)
+    if jax.process_index() == 0:
+        print(f"\nTest metrics ({params_from} parameters), workdir {workdir}:\n{table}", flush=True)
+    return results
 
 
 def _fmt(values: dict[str, float]) -> str:
