@@ -408,9 +408,8 @@ def _final_evaluation(
     results["bytes"] = {k: compression[k] for k in ("float_bytes", "serving_bytes")}
     if jax.process_index() == 0:
         report.write(workdir, compression)
-    logging.info(
-        "compression report (also in compression.json):\n%s", report.format_table(compression)
-    )
+    compression_table = report.format_table(compression)
+    logging.info("compression report (also in compression.json):\n%s", compression_table)
     results["baselines"] = {
         "random": {"test": evaluators["test"].run(ranking.random_scores(int(config.seed)))},
         "oracle": {"test": evaluators["test"].run(ranking.oracle_scores)},
@@ -427,6 +426,7 @@ def _final_evaluation(
     )
     logging.info("final evaluation of %s parameters:\n%s", params_from, table)
     if jax.process_index() == 0:
+        print(f"\nModel size (compression.json):\n{compression_table}", flush=True)
         print(f"\nTest metrics ({params_from} parameters), workdir {workdir}:\n{table}", flush=True)
     return results
 

@@ -21,6 +21,7 @@ def test_cli_trains_with_overrides_and_prints_the_table(tmp_path):
     )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "oracle (test)" in p.stdout and "random (test)" in p.stdout
+    assert "Model size (compression.json)" in p.stdout and "whole model" in p.stdout
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["seed"] == 3 and config["optim"]["learning_rate"] == 0.01
     assert "step 2/2" in p.stderr and "examples/s" in p.stderr and "ETA" in p.stderr
