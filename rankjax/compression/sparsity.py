@@ -37,7 +37,6 @@ import optax
 from rankjax import config_args
 from rankjax.sharding import path_str
 
-PATTERNS = ("unstructured", "N:M", "block:RxC", "channel", "heads:H")
 CRITERIA = ("magnitude", "saliency")
 SCHEDULES = ("oneshot", "gradual")
 
