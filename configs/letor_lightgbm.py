@@ -42,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_features=300,
         split_seed=0,
         list_size=32,
-        transforms=("log1p", "standardize"),
+        transforms=("quantile", "standardize"),
     )
     c.model = dict(
         name="mlp",

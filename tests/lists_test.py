@@ -1,5 +1,7 @@
 """Ranking lists: padding, masks, truncation, splits, transforms and batches."""
 
+import statistics
+
 import numpy as np
 import pytest
 
@@ -91,6 +93,36 @@ def test_log1p_is_signed_and_round_trips_json():
     np.testing.assert_allclose(x, [[-1.0]], rtol=1e-6)
     again = lists.FeatureTransform.from_json(t.to_json())
     np.testing.assert_allclose(again(np.array([[5.0]])), t(np.array([[5.0]])))
+
+
+def test_quantile_transform_gives_normal_scores_and_midranks_for_ties():
+    rng = np.random.default_rng(0)
+    # A heavy-tailed feature and a sparse one (70% exact zeros).
+    train = np.stack(
+        [rng.lognormal(0, 2, 20_000), np.where(rng.random(20_000) < 0.7, 0.0, rng.random(20_000))],
+        axis=1,
+    )
+    t = lists.fit_transform(train, ("quantile",))
+    z = t(train)
+    # The continuous feature becomes standard normal.
+    assert abs(z[:, 0].mean()) < 0.01 and abs(z[:, 0].std() - 1) < 0.02
+    np.testing.assert_allclose(np.median(z[:, 0]), 0.0, atol=0.02)
+    # All zeros get one score, the normal score of the middle of their 0-70% range.
+    zeros = z[train[:, 1] == 0, 1]
+    assert np.ptp(zeros) == 0
+    np.testing.assert_allclose(zeros[0], statistics.NormalDist().inv_cdf(0.35), atol=0.02)
+    # Monotone, and finite beyond the training range.
+    probe = np.array([[-1e9, -1.0], [1.0, 0.5], [2.0, 0.6], [1e30, 2.0]])
+    out = t(probe)
+    assert np.all(np.isfinite(out)) and np.all(np.diff(out, axis=0) >= 0)
+    np.testing.assert_allclose(out[[0, -1], 0], [-3.09, 3.09], atol=0.01)
+    again = lists.FeatureTransform.from_json(t.to_json())
+    np.testing.assert_array_equal(again(probe), out)
+
+
+def test_quantile_must_come_before_standardize():
+    with pytest.raises(ValueError, match="before 'standardize'"):
+        lists.fit_transform(np.zeros((4, 1)), ("standardize", "quantile"))
 
 
 def test_unknown_transform_raises():
