@@ -29,6 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         split=(0.8, 0.1, 0.1),
         split_seed=0,
         list_size=40,  # training lists: the world's longest list, so nothing is cut
+        shards=0,  # blocks of queries read by separate processes; 0: one per process
         transforms=("log1p", "standardize"),
     )
     c.model = dict(

@@ -24,7 +24,10 @@ _SECTIONS: dict[str, tuple[set[str], set[str]]] = {
     "ckpt": ({"every", "keep"}, {"best_metric", "best_mode"}),
     "mesh": ({"num_devices"}, {"rules"}),
 }
-_DATA_COMMON = ({"source", "list_size"}, {"split_seed", "transforms", "missing", "label_range"})
+_DATA_COMMON = (
+    {"source", "list_size"},
+    {"split_seed", "transforms", "missing", "label_range", "shards"},
+)
 _DATA_BY_SOURCE = {
     "synthetic": ({"split"}, {"world"}),
     "libsvm": ({"train_file", "test_file"}, {"valid_file", "valid_fraction", "num_features"}),

@@ -10,8 +10,9 @@ One process per host (or per GPU) runs the same command. `initialize` connects t
 * otherwise it does nothing: a single process.
 
 After it, `jax.devices()` lists every process's devices; the trainer's mesh spans all of
-them, each process builds only its rows of each batch, metrics are reduced by the global
-computation and orbax writes checkpoints cooperatively.
+them, each process reads only its shards of the data and builds its rows of each batch from
+them (`trainer.data_shards`), metrics are reduced by the global computation and orbax
+writes checkpoints cooperatively.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 _LAUNCHER_ENV = {
     "SLURM_NTASKS": "SLURM",
@@ -78,3 +81,16 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
         jax.local_device_count(),
         jax.device_count(),
     )
+
+
+def allgather(x: np.ndarray) -> np.ndarray:
+    """Stacks a host array from every process: `[num_processes, *x.shape]`, in process order.
+
+    Every process must pass the same shape and dtype. The bytes travel unchanged, so
+    float64 statistics stay float64 (JAX would otherwise compute in float32).
+    """
+    x = np.ascontiguousarray(x)
+    if jax.process_count() == 1:
+        return x[None]
+    raw = multihost_utils.process_allgather(x.reshape(-1).view(np.uint8))
+    return np.asarray(raw).view(x.dtype).reshape((-1,) + x.shape)

@@ -79,19 +79,6 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Sequence]] 
     return jax.tree_util.tree_map_with_path(one, tree)
 
 
-def local_rows(mesh: Mesh, batch_size: int) -> np.ndarray:
-    """The rows of a global batch that this process holds (all rows in a single process).
-
-    Each process builds only these rows on its host; `put_batch` assembles the global array.
-    """
-    check_divisible(batch_size, mesh)
-    index_map = batch_sharding(mesh).addressable_devices_indices_map((batch_size,))
-    rows = sorted({r for (sl,) in index_map.values() for r in range(*sl.indices(batch_size))})
-    if rows != list(range(rows[0], rows[-1] + 1)):
-        raise ValueError(f"this process's batch rows are not contiguous: {rows}")
-    return np.asarray(rows)
-
-
 def check_divisible(batch_size: int, mesh: Mesh) -> None:
     if batch_size % mesh.size:
         raise ValueError(
@@ -106,8 +93,8 @@ def put_batch(
     """Places a batch on the mesh, split along the batch axis.
 
     Args:
-      batch: this process's rows (`local_rows`) of the global batch; all of it in a single
-        process.
+      batch: this process's rows of the global batch (its devices' share, built from its
+        data shards); all of it in a single process.
       mesh: the device mesh.
       global_size: lists in the global batch; defaults to this batch's size (one process).
     """

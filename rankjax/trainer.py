@@ -21,7 +21,16 @@ import numpy as np
 import optax
 from absl import logging
 
-from rankjax import checkpoint, config_schema, losses, models, optim, preemption, sharding
+from rankjax import (
+    checkpoint,
+    config_schema,
+    distributed,
+    losses,
+    models,
+    optim,
+    preemption,
+    sharding,
+)
 from rankjax import data as data_lib
 from rankjax.compression import quantization, report, sparsity
 from rankjax.data import lists
@@ -136,6 +145,21 @@ class _StepMetrics:
         return out
 
 
+def data_shards(data_config: ml_collections.ConfigDict) -> tuple[int, tuple[int, ...]]:
+    """`(num_shards, this process's shard ids)`: `data.shards` blocks of the queries
+    (0: one per process), dealt to processes in contiguous runs, so that process order is
+    shard order in every global batch."""
+    count, index = jax.process_count(), jax.process_index()
+    num_shards = int(data_config.get("shards", 0)) or count
+    if num_shards % count:
+        raise ValueError(
+            f"data.shards={num_shards} must be a multiple of the {count} processes "
+            "(0: one shard per process)"
+        )
+    per = num_shards // count
+    return num_shards, tuple(range(index * per, (index + 1) * per))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains the ranker described by `config`, evaluates it and writes `workdir`.
 
@@ -156,20 +180,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     tcfg, ecfg = config.train, config.eval
     num_steps = int(tcfg.num_steps)
 
-    # Data: splits, the transform fitted on train, deterministic batches.
-    splits = data_lib.load(config.data)
+    # Data: this process's shards of the splits, the transform fitted on all of train,
+    # deterministic batches.
+    num_shards, shard_ids = data_shards(config.data)
+    splits = data_lib.load(
+        config.data, shards=shard_ids, num_shards=num_shards, gather=distributed.allgather
+    )
     if jax.process_index() == 0:
         _write_json(os.path.join(workdir, "feature_transform.json"), splits.transform.to_json())
-    train_batches = lists.TrainBatches(
-        splits.train, int(tcfg.batch_size), int(config.data.list_size), int(config.seed)
+    train_batches = lists.ShardedTrainBatches(
+        splits.train_shards,
+        shard_ids,
+        num_shards,
+        int(tcfg.batch_size),
+        int(config.data.list_size),
+        int(config.seed),
     )
     mesh = sharding.make_mesh(int(config.mesh.num_devices))
     logging.info(
-        "data: %s | train %d lists, valid %d, test %d | %d features | %d device(s)",
+        "data: %s | train %d lists, valid %d, test %d%s | %d features | %d device(s)",
         config.data.source,
         splits.train.num_lists,
         splits.valid.num_lists,
         splits.test.num_lists,
+        f" (this process's shards {list(shard_ids)} of {num_shards})" if num_shards > 1 else "",
         splits.train.num_features,
         mesh.size,
     )
@@ -210,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     batch_sharding = sharding.batch_sharding(mesh)
     batch_size = int(tcfg.batch_size)
-    rows = sharding.local_rows(mesh, batch_size)  # this process builds only its rows
+    sharding.check_divisible(batch_size, mesh)
     train_step = jax.jit(
         make_train_step(model, loss_fn, tx),
         in_shardings=(state_shardings, batch_sharding),
@@ -246,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
         with preemption.SigtermFlag() as sigterm:
             for step in range(first_step, num_steps):
-                batch = sharding.put_batch(train_batches(step, rows), mesh, batch_size)
+                batch = sharding.put_batch(train_batches(step), mesh, batch_size)
                 state, m = train_step(state, batch)
                 done = step + 1  # steps completed; logs and checkpoints count this way
                 step_metrics.add(done, m)
@@ -313,7 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.close()
 
     return _final_evaluation(
-        config, state, ckpt, evaluators, model_scores, quantizer, sparsifier, splits.train, workdir
+        config, state, ckpt, evaluators, model_scores, quantizer, sparsifier, train_batches, workdir
     )
 
 
@@ -322,7 +356,7 @@ def _seam(quantizer: quantization.Quantizer | None, phase: str) -> dict[str, Any
     return {} if quantizer is None else {"dot_general_cls": quantizer.dot_general_factory(phase)}
 
 
-def _serve(config, quantizer, sparsifier, params, train, evaluators, workdir):
+def _serve(config, quantizer, sparsifier, params, train_batches, evaluators, workdir):
     """Builds the served model, saves it to `workdir/served/`, loads it back from there and
     evaluates it on valid and test.
 
@@ -332,23 +366,24 @@ def _serve(config, quantizer, sparsifier, params, train, evaluators, workdir):
     Returns:
       `(the tree as saved, {"valid_served": ..., "test_served": ...})`.
     """
+    mesh = evaluators["test"].mesh
+    num_features = train_batches(0)["features"].shape[-1]
     sample = (
-        jnp.zeros([1, int(config.data.list_size), train.num_features]),
+        jnp.zeros([1, int(config.data.list_size), num_features]),
         jnp.ones([1, int(config.data.list_size)], bool),
     )
     if quantizer is not None:
         calibration = None
         if quantizer.static:
-            batches = lists.TrainBatches(
-                train, int(config.train.batch_size), int(config.data.list_size), int(config.seed)
+            # Global batches: every process gets the same ranges from all shards' data.
+            batches = (
+                sharding.put_batch(train_batches(i), mesh, int(config.train.batch_size))
+                for i in range(quantizer.calibration_batches)
             )
             calibration = quantizer.calibrate(
                 models.get(config.model, **_seam(quantizer, "calibrate")),
                 params,
-                (
-                    (b["features"], b["where"])
-                    for b in map(batches, range(quantizer.calibration_batches))
-                ),
+                ((b["features"], b["where"]) for b in batches),
             )
         convert_model = models.get(config.model, **_seam(quantizer, "convert"))
         served = jax.jit(lambda p, c: quantizer.convert(convert_model, p, sample, c))(
@@ -376,7 +411,7 @@ def _serve(config, quantizer, sparsifier, params, train, evaluators, workdir):
 
 
 def _final_evaluation(
-    config, state, ckpt, evaluators, model_scores, quantizer, sparsifier, train, workdir
+    config, state, ckpt, evaluators, model_scores, quantizer, sparsifier, train_batches, workdir
 ) -> dict[str, Any]:
     """Evaluates the best (else the last) parameters, serves the compressed model when there
     is one, writes `results.json` and `compression.json`, and prints the table."""
@@ -400,7 +435,7 @@ def _final_evaluation(
     )
     if quantizer is not None or packs:
         served, served_results = _serve(
-            config, quantizer, sparsifier, params, train, evaluators, workdir
+            config, quantizer, sparsifier, params, train_batches, evaluators, workdir
         )
         results.update(served_results)
         rows[f"{config.model.name} served (test)"] = served_results["test_served"]

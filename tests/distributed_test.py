@@ -1,5 +1,6 @@
 """Multi-process training through jax.distributed: 2 processes x 2 CPU devices on
-localhost give the results of 1 process x 4 devices."""
+localhost, each reading only its shard of the data, give the results of 1 process x 4
+devices reading both shards."""
 
 import json
 import os
@@ -15,6 +16,8 @@ ARGS = [
     "--config.train.batch_size=8",
     "--config.eval.batch_size=16",
     "--config.train.eval_every=3",
+    # Fitted from every process's items: moments are summed, quantiles drawn from all.
+    "--config.data.transforms=('quantile', 'standardize')",
 ]
 
 
@@ -30,7 +33,7 @@ def free_port():
 
 def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
     port = free_port()
-    procs = [launch(tmp_path / "single", 4)] + [
+    procs = [launch(tmp_path / "single", 4, "--config.data.shards=2")] + [
         launch(
             tmp_path / "multi",
             2,
@@ -44,6 +47,7 @@ def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
     assert "process 1 of 2, 2 local / 4 global devices" in err
+    assert "this process's shards [1] of 2" in err
     single = json.loads((tmp_path / "single" / "results.json").read_text())
     multi = json.loads((tmp_path / "multi" / "results.json").read_text())
     for split in ("valid", "test"):

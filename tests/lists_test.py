@@ -165,25 +165,33 @@ def test_inconsistent_dataset_raises():
         lists.from_groups(np.zeros((4, 2)), np.zeros(4), [2, 1])
 
 
-def test_a_process_share_of_a_batch_equals_those_rows_of_the_whole_batch():
+def test_sharded_batches_are_the_same_whoever_builds_them():
     d = lists.from_groups(
         np.arange(80.0)[:, None], np.arange(80.0) % 3, [5, 7, 3, 9, 6] * 2 + [5] * 4
     )
-    batches = lists.TrainBatches(d, 8, 4, seed=3)
-    for step in (0, 3):
-        whole = batches(step)
-        for rows in (np.arange(0, 4), np.arange(4, 8)):
-            part = batches(step, rows)
-            for k in whole:
-                np.testing.assert_array_equal(part[k], whole[k][rows])
+    shards = [lists.shard(d, i, 2) for i in range(2)]
+    assert lists.concat(shards).features.tolist() == d.features.tolist()
+    one_process = lists.ShardedTrainBatches(shards, [0, 1], 2, 8, 4, seed=3)
+    per_process = [
+        lists.ShardedTrainBatches([s], [i], 2, 8, 4, seed=3) for i, s in enumerate(shards)
+    ]
+    for step in (0, 3, 11):
+        whole = one_process(step)
+        for k in whole:
+            halves = [b(step)[k] for b in per_process]
+            np.testing.assert_array_equal(np.concatenate(halves), whole[k])
+        # Each half draws from its own shard only.
+        items = whole["features"][..., 0][whole["where"]]
+        half = whole["features"][:4, :, 0][whole["where"][:4]]
+        assert set(half) <= set(shards[0].features[:, 0]) and len(items) > len(half)
+    # Shard streams differ from each other and from an unsharded run.
+    assert not np.array_equal(per_process[0](0)["labels"], per_process[1](0)["labels"])
+    with pytest.raises(ValueError, match="multiple of the 3 data shards"):
+        lists.ShardedTrainBatches(shards, [0, 1], 3, 8, 4, seed=3)
 
 
-def test_eval_rows_split_the_global_batches():
-    d = dataset()
-    whole = lists.eval_batches(d, batch_size=4)
-    halves = [lists.eval_batches(d, batch_size=4, rows=r) for r in (np.arange(2), np.arange(2, 4))]
-    for i, batch in enumerate(whole):
-        for k in batch:
-            np.testing.assert_array_equal(
-                np.concatenate([halves[0][i][k], halves[1][i][k]]), batch[k]
-            )
+def test_pad_list_axis_adds_empty_items():
+    b = lists.eval_batches(dataset(), batch_size=4)[0]
+    wide = lists.pad_list_axis(b, 16)
+    assert wide["features"].shape[1] == 16 and not wide["where"][:, 8:].any()
+    np.testing.assert_array_equal(wide["labels"][:, :8], b["labels"])

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 from array import array
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -112,6 +114,90 @@ def _parse_slowly(tokens: list[str], path: str, lineno: int) -> np.ndarray:
     return np.asarray(out, np.float64)
 
 
+class _LineAt:
+    """The line number of the line starting at byte `offset`, counted only when an error
+    message is formatted: a shard read from the middle of a file does not know it."""
+
+    def __init__(self, path: str, offset: int):
+        self.path, self.offset = path, offset
+
+    def __format__(self, spec: str) -> str:
+        with open(self.path, "rb") as f:
+            count, left = 1, self.offset
+            while left > 0:
+                chunk = f.read(min(left, 1 << 24))
+                count, left = count + chunk.count(b"\n"), left - len(chunk)
+        return format(count, spec)
+
+
+def _data_part(raw: bytes) -> bytes:
+    """A line without its `# comment` and surrounding whitespace."""
+    return raw.split(b"#", 1)[0].strip()
+
+
+def _qid_of(raw: bytes) -> bytes | None:
+    tokens = _data_part(raw).split(None, 2)
+    return tokens[1][4:] if len(tokens) > 1 and tokens[1].startswith(b"qid:") else None
+
+
+def _start_of_line(f: BinaryIO, pos: int) -> int:
+    """The offset where the line holding byte `pos` starts."""
+    end = pos
+    while end > 0:
+        start = max(0, end - (1 << 16))
+        f.seek(start)
+        newline = f.read(end - start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
+
+
+def _qid_before(f: BinaryIO, pos: int) -> bytes | None:
+    """The `qid` of the last data line that starts before byte `pos` (None if none)."""
+    while pos > 0:
+        start = _start_of_line(f, pos - 1)
+        f.seek(start)
+        line = f.readline()
+        if _data_part(line):
+            return _qid_of(line)
+        pos = start
+    return None
+
+
+def _qid_shard_lines(f: BinaryIO, path: str, index: int, count: int) -> Iterator[tuple]:
+    """`(line number, raw line)` of the queries that shard `index` of `count` owns.
+
+    The file is cut into `count` byte ranges; a query belongs to the range holding the start
+    of its first line. A shard seeks to its range and reads nothing before it but the line
+    that tells whether its first lines continue an earlier shard's query; after its range it
+    reads only to the end of its last query.
+    """
+    size = os.fstat(f.fileno()).st_size
+    begin, end = size * index // count, size * (index + 1) // count
+    previous = _qid_before(f, begin) if begin > 0 else None
+    if begin > 0:
+        f.seek(begin - 1)
+        f.readline()  # to the first line that starts at or after `begin`
+    offset, current, started = f.tell(), None, False
+    for raw in f:
+        here, offset = offset, offset + len(raw)
+        if not _data_part(raw):
+            continue
+        qid = _qid_of(raw)
+        if not started:
+            if previous is not None and qid in (previous, None):
+                continue  # the rest of a query that an earlier shard owns (and checks)
+            if here >= end:
+                return
+            current, started = qid, True
+        elif qid is not None and qid != current:
+            if here >= end:
+                return
+            current = qid
+        yield _LineAt(path, here), raw
+
+
 def read(
     path: str,
     *,
@@ -119,8 +205,9 @@ def read(
     num_features: int | None = None,
     label_range: tuple[float, float] | None = None,
     missing: str = "reject",
+    shard: tuple[int, int] = (0, 1),
 ) -> lists.RankingDataset:
-    """Reads a LibSVM ranking file.
+    """Reads a LibSVM ranking file, or one shard of its queries.
 
     Args:
       path: the data file.
@@ -130,6 +217,11 @@ def read(
       label_range: `(low, high)`; a label outside raises. None accepts any finite label.
       missing: `"reject"` raises on `NULL`, `NaN` or `Inf` feature values; `"impute"` reads
         them as NaN for `lists.fit_transform` to impute.
+      shard: `(index, count)`: read only the `index`-th of `count` contiguous blocks of
+        queries, so each process of a multi-process job parses only its own data. With
+        `qid:` lines a shard seeks to its byte range of the file and reads nothing before
+        it; with a group file it skips the lines before its block unparsed. Concatenating
+        the shards in order gives the whole file.
 
     Returns:
       The lists, in file order, with `qid`s (or group numbers) as `query_ids`.
@@ -140,92 +232,131 @@ def read(
     """
     if missing not in MISSING_POLICIES:
         raise ValueError(f"data.missing={missing!r}; valid: {list(MISSING_POLICIES)}")
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard {shard}: expected (index, count) with 0 <= index < count")
     if group_file is None and os.path.exists(path + ".query"):
         group_file = path + ".query"
-    labels = array("f")
-    rows, cols, vals = array("q"), array("i"), array("f")
-    qids: list[str] = []
-    sizes: list[int] = []
-    seen: set[str] = set()
-    max_index = 0
-    n = 0
+    group_sizes = read_group_file(group_file) if group_file else None
+    parser = _Parser(path, num_features, label_range, missing)
     with open_binary(path) as f:
+        if group_sizes is None:
+            lines = _qid_shard_lines(f, path, index, count) if count > 1 else enumerate(f, 1)
+            for lineno, raw in lines:
+                parser.add(lineno, raw)
+            if parser.n == 0 and count == 1:
+                raise FormatError(f"{path}: no data lines")
+            if parser.n and not parser.qids:
+                raise FormatError(
+                    f"{path}: lines have no 'qid:' and there is no group file ({path}.query)"
+                )
+            group_sizes = np.asarray(parser.sizes, np.int64)
+            query_ids = np.asarray(parser.qids)
+        else:
+            first, last = lists.shard_block(group_sizes, index, count)
+            total = int(group_sizes.sum())
+            lo, hi = int(group_sizes[:first].sum()), int(group_sizes[:last].sum())
+            to_the_end = last == len(group_sizes)  # then extra lines must raise
+            data_line = 0
+            for lineno, raw in enumerate(f, 1):
+                if not _data_part(raw):
+                    continue
+                if data_line >= hi and not to_the_end:
+                    break  # the rest of the file belongs to later shards
+                if data_line >= lo:
+                    parser.add(lineno, raw)
+                data_line += 1
+            if parser.qids:
+                raise FormatError(f"{path}: has qid: fields and a group file {group_file}; use one")
+            if data_line == 0:
+                raise FormatError(f"{path}: no data lines")
+            if data_line != (total if to_the_end else hi):
+                raise FormatError(
+                    f"{group_file}: group sizes sum to {total}, but {path} has "
+                    f"{'' if to_the_end else 'only '}{data_line} lines"
+                )
+            group_sizes = group_sizes[first:last]
+            query_ids = np.arange(first, last)
+    return parser.dataset(group_sizes, query_ids)
+
+
+class _Parser:
+    """Accumulates parsed lines into typed buffers."""
+
+    def __init__(self, path, num_features, label_range, missing):
+        self.path, self.num_features = path, num_features
+        self.label_range, self.missing = label_range, missing
+        self.labels = array("f")
+        self.rows, self.cols, self.vals = array("q"), array("i"), array("f")
+        self.qids: list[str] = []
+        self.sizes: list[int] = []
+        self.seen: set[str] = set()
+        self.max_index = 0
+        self.n = 0
+
+    def add(self, lineno, raw: bytes) -> None:
+        path = self.path
         # Comments may hold any bytes (document titles, URLs): only the data part is decoded.
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.split(b"#", 1)[0].decode("ascii").strip()
-            except UnicodeDecodeError as e:
-                raise FormatError(
-                    f"{path}:{lineno}: non-ASCII byte {raw[e.start]:#04x} before any '#' comment"
-                ) from None
-            if not line:
-                continue
-            tokens = line.split()
-            try:
-                label = float(tokens[0])
-            except ValueError:
-                label = np.nan
-            if not np.isfinite(label) or abs(label) > _FLOAT32_MAX:
-                raise FormatError(
-                    f"{path}:{lineno}: expected a numeric label first, got {tokens[0]!r}"
-                )
-            if label_range is not None and not label_range[0] <= label <= label_range[1]:
-                raise FormatError(
-                    f"{path}:{lineno}: label {tokens[0]} is outside data.label_range="
-                    f"{tuple(label_range)}"
-                )
-            feats = tokens[1:]
-            if feats and feats[0].startswith("qid:"):
-                qid = feats[0][4:]
-                feats = feats[1:]
-                if not qids or qids[-1] != qid:
-                    if qid in seen:
-                        raise FormatError(
-                            f"{path}:{lineno}: lines of qid {qid} are not contiguous; "
-                            "sort the file by qid"
-                        )
-                    seen.add(qid)
-                    qids.append(qid)
-                    sizes.append(0)
-                sizes[-1] += 1
-            elif qids:
-                raise FormatError(f"{path}:{lineno}: expected 'qid:<id>' after the label")
-            if feats:
-                idx, val = _parse_features(feats, path, lineno, num_features, missing)
-                max_index = max(max_index, int(idx.max()))
-                rows.extend([n] * len(idx))
-                cols.frombytes((idx - 1).astype(np.int32).tobytes())
-                vals.frombytes(val.astype(np.float32).tobytes())
-            labels.append(label)
-            n += 1
-    if n == 0:
-        raise FormatError(f"{path}: no data lines")
-    if qids and group_file:
-        raise FormatError(f"{path}: has qid: fields and a group file {group_file}; use one")
-    if not qids:
-        if group_file is None:
+        try:
+            line = raw.split(b"#", 1)[0].decode("ascii").strip()
+        except UnicodeDecodeError as e:
             raise FormatError(
-                f"{path}: lines have no 'qid:' and there is no group file ({path}.query)"
-            )
-        group_sizes = read_group_file(group_file)
-        if group_sizes.sum() != n:
+                f"{path}:{lineno}: non-ASCII byte {raw[e.start]:#04x} before any '#' comment"
+            ) from None
+        if not line:
+            return
+        tokens = line.split()
+        try:
+            label = float(tokens[0])
+        except ValueError:
+            label = np.nan
+        if not np.isfinite(label) or abs(label) > _FLOAT32_MAX:
+            raise FormatError(f"{path}:{lineno}: expected a numeric label first, got {tokens[0]!r}")
+        if self.label_range is not None and not (
+            self.label_range[0] <= label <= self.label_range[1]
+        ):
             raise FormatError(
-                f"{group_file}: group sizes sum to {group_sizes.sum()}, but {path} has {n} lines"
+                f"{path}:{lineno}: label {tokens[0]} is outside data.label_range="
+                f"{tuple(self.label_range)}"
             )
-        query_ids = np.arange(len(group_sizes))
-    else:
-        group_sizes = np.asarray(sizes, np.int64)
-        query_ids = np.asarray(qids)
-    width = num_features or max_index
-    features = np.zeros([n, width], np.float32)
-    features[np.frombuffer(rows, np.int64), np.frombuffer(cols, np.int32)] = np.frombuffer(
-        vals, np.float32
-    )
-    return lists.from_groups(
-        features,
-        np.frombuffer(labels, np.float32).copy(),
-        group_sizes,
-        query_ids=query_ids,
-        feature_names=tuple(str(i + 1) for i in range(width)),
-        source=path,
-    )
+        feats = tokens[1:]
+        if feats and feats[0].startswith("qid:"):
+            if self.n and not self.qids:
+                raise FormatError(f"{path}:{lineno}: 'qid:' here, but not on the lines before")
+            qid = feats[0][4:]
+            feats = feats[1:]
+            if not self.qids or self.qids[-1] != qid:
+                if qid in self.seen:
+                    raise FormatError(
+                        f"{path}:{lineno}: lines of qid {qid} are not contiguous; "
+                        "sort the file by qid"
+                    )
+                self.seen.add(qid)
+                self.qids.append(qid)
+                self.sizes.append(0)
+            self.sizes[-1] += 1
+        elif self.qids:
+            raise FormatError(f"{path}:{lineno}: expected 'qid:<id>' after the label")
+        if feats:
+            idx, val = _parse_features(feats, path, lineno, self.num_features, self.missing)
+            self.max_index = max(self.max_index, int(idx.max()))
+            self.rows.extend([self.n] * len(idx))
+            self.cols.frombytes((idx - 1).astype(np.int32).tobytes())
+            self.vals.frombytes(val.astype(np.float32).tobytes())
+        self.labels.append(label)
+        self.n += 1
+
+    def dataset(self, group_sizes: np.ndarray, query_ids: np.ndarray) -> lists.RankingDataset:
+        width = self.num_features or self.max_index
+        features = np.zeros([self.n, width], np.float32)
+        features[np.frombuffer(self.rows, np.int64), np.frombuffer(self.cols, np.int32)] = (
+            np.frombuffer(self.vals, np.float32)
+        )
+        return lists.from_groups(
+            features,
+            np.frombuffer(self.labels, np.float32).copy(),
+            group_sizes,
+            query_ids=query_ids,
+            feature_names=tuple(str(i + 1) for i in range(width)),
+            source=self.path,
+        )

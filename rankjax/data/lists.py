@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import hashlib
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -194,6 +194,35 @@ def split_by_query(
     return {name: dataset.select(np.flatnonzero(part == i)) for i, name in enumerate(fractions)}
 
 
+def concat(datasets: Sequence[RankingDataset]) -> RankingDataset:
+    """The lists of `datasets`, in order, as one dataset (same features and extras)."""
+    first = datasets[0]
+    if len(datasets) == 1:
+        return first
+    sizes = np.concatenate([d.list_sizes for d in datasets])
+    return dataclasses.replace(
+        first,
+        features=np.concatenate([d.features for d in datasets]),
+        labels=np.concatenate([d.labels for d in datasets]),
+        list_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        query_ids=np.concatenate([d.query_ids for d in datasets]),
+        extras={k: np.concatenate([d.extras[k] for d in datasets]) for k in first.extras},
+    )
+
+
+def shard_block(list_sizes: np.ndarray, index: int, count: int) -> tuple[int, int]:
+    """Lists `[first, last)` of shard `index` of `count`: contiguous, about equal items."""
+    starts = np.concatenate([[0], np.cumsum(list_sizes)[:-1]])
+    owner = np.minimum(starts * count // max(int(np.sum(list_sizes)), 1), count - 1)
+    return int(np.searchsorted(owner, index)), int(np.searchsorted(owner, index + 1))
+
+
+def shard(dataset: RankingDataset, index: int, count: int) -> RankingDataset:
+    """Shard `index` of `count` of the lists (see `shard_block`)."""
+    first, last = shard_block(dataset.list_sizes, index, count)
+    return dataset.select(np.arange(first, last))
+
+
 # ----------------------------------------------------------------------------- transforms
 
 
@@ -307,8 +336,19 @@ def gauss_rank(x: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
     return out
 
 
+Gather = Callable[[np.ndarray], np.ndarray]
+
+
+def _local_only(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x)[None]
+
+
 def fit_transform(
-    train_features: np.ndarray, names: Sequence[str], *, impute: bool = False
+    train_features: np.ndarray,
+    names: Sequence[str],
+    *,
+    impute: bool = False,
+    gather: Gather | None = None,
 ) -> FeatureTransform:
     """Fits transforms on training items.
 
@@ -317,36 +357,55 @@ def fit_transform(
       names: a subset of `VALID_TRANSFORMS`, applied in the order of that tuple.
       impute: replace missing values by the training mean of their feature and append
         missing-indicator features for the features that had any.
+      gather: when the training items are spread over processes, stacks an array from every
+        process (`[num_processes, ...]`, see `distributed.allgather`): statistics are then
+        fitted on all processes' items and every process gets the same transform.
     """
     unknown = [n for n in names if n not in VALID_TRANSFORMS]
     if unknown:
         raise ValueError(f"unknown feature transform(s) {unknown}; valid: {list(VALID_TRANSFORMS)}")
     if "quantile" in names and "standardize" in names[: names.index("quantile")]:
         raise ValueError("feature transform 'quantile' must come before 'standardize'")
+    gather = gather or _local_only
+
+    def total(x):
+        return gather(np.asarray(x, np.float64)).sum(axis=0)
+
+    num_items = total([len(train_features)])[0]
     t = FeatureTransform(log1p="log1p" in names)
     if impute:
         nan = np.isnan(train_features)
-        counts = (~nan).sum(axis=0)
-        sums = np.where(nan, 0.0, train_features).sum(axis=0, dtype=np.float64)
+        counts = total((~nan).sum(axis=0))
+        sums = total(np.where(nan, 0.0, train_features).sum(axis=0, dtype=np.float64))
         fill = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0).astype(np.float32)
-        t = dataclasses.replace(
-            t, fill=fill, indicators=tuple(int(i) for i in np.flatnonzero(nan.any(axis=0)))
-        )
+        flagged = np.flatnonzero(total(nan.any(axis=0)) > 0)
+        t = dataclasses.replace(t, fill=fill, indicators=tuple(int(i) for i in flagged))
     if "quantile" in names:
-        x = t(train_features)
-        if len(x) > QUANTILE_FIT_ITEMS:
-            x = x[np.linspace(0, len(x) - 1, QUANTILE_FIT_ITEMS).astype(np.int64)]
+        sample = _quantile_sample(t(train_features), num_items, gather)
         t = dataclasses.replace(
-            t, quantiles=np.quantile(x, QUANTILE_PROBS, axis=0).astype(np.float32)
+            t, quantiles=np.quantile(sample, QUANTILE_PROBS, axis=0).astype(np.float32)
         )
     if "standardize" in names:
         x = t(train_features).astype(np.float64)
-        mean = x.mean(axis=0)
-        std = x.std(axis=0)
+        mean = total(x.sum(axis=0)) / num_items
+        std = np.sqrt(total(((x - mean) ** 2).sum(axis=0)) / num_items)
         # Constant features would divide by zero; leave them centred at 0 instead.
         std = np.where(std > 1e-12, std, 1.0)
         t = dataclasses.replace(t, mean=mean.astype(np.float32), std=std.astype(np.float32))
     return t
+
+
+def _quantile_sample(x: np.ndarray, num_items: float, gather: Gather) -> np.ndarray:
+    """At most `QUANTILE_FIT_ITEMS` evenly spaced items, drawn from every process in
+    proportion to its items (all of them when there are fewer)."""
+    take = len(x)
+    if num_items > QUANTILE_FIT_ITEMS:
+        take = min(len(x), -(-QUANTILE_FIT_ITEMS * len(x) // int(num_items)))
+    mine = x[np.linspace(0, len(x) - 1, take).astype(np.int64)] if take else x[:0]
+    counts = gather(np.array([take], np.int64))[:, 0]
+    padded = np.zeros((int(counts.max()), x.shape[1]), x.dtype)
+    padded[:take] = mine
+    return np.concatenate([rows[:k] for rows, k in zip(gather(padded), counts, strict=True)])
 
 
 def describe(dataset: RankingDataset) -> str:
@@ -435,60 +494,101 @@ def pad_batch_count(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, 
 
 class TrainBatches:
     """Deterministic, resumable training batches: batch `step` is a pure function of
-    `(seed, step)`, so a resumed run sees exactly the data an uninterrupted run sees.
+    `(seed, stream, step)`, so a resumed run sees exactly the data an uninterrupted run sees.
 
     Each epoch visits every list once in a fresh random order; the last partial batch of an
     epoch is dropped. Items are shuffled within lists and long lists are subsampled.
+
+    Args:
+      dataset: the training lists.
+      batch_size: lists per batch.
+      list_size: items per padded list.
+      seed: the training seed.
+      stream: tells apart the batch streams of data shards (None: the only stream).
     """
 
-    def __init__(self, dataset: RankingDataset, batch_size: int, list_size: int, seed: int):
+    def __init__(
+        self,
+        dataset: RankingDataset,
+        batch_size: int,
+        list_size: int,
+        seed: int,
+        stream: int | None = None,
+    ):
         if dataset.num_lists == 0:
             raise ValueError(f"{dataset.source}: the training split has no lists")
         if dataset.num_lists < batch_size:
             raise ValueError(
                 f"{dataset.source}: training split has {dataset.num_lists} lists, fewer than "
-                f"batch_size={batch_size}; lower train.batch_size"
+                f"{batch_size} per batch; lower train.batch_size"
             )
         self.dataset = dataset
         self.batch_size = batch_size
         self.list_size = list_size
-        self.seed = seed
+        self.key = [seed] if stream is None else [seed, 1 << 20, stream]
         self.steps_per_epoch = dataset.num_lists // batch_size
         self._epoch = -1
         self._perm = np.zeros([0], np.int64)
 
-    def __call__(self, step: int, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Returns the batch for global training step `step`.
-
-        Args:
-          step: the global step.
-          rows: the rows of the global batch to build (this process's share in a
-            multi-process run); None builds all `batch_size` rows. Row `r` is the same
-            whichever rows are asked for.
-        """
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        """Returns the batch for global training step `step`."""
         epoch, index = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             self._epoch = epoch
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(
+            self._perm = np.random.default_rng([*self.key, epoch]).permutation(
                 self.dataset.num_lists
             )
         lists = self._perm[index * self.batch_size : (index + 1) * self.batch_size]
         sizes = self.dataset.list_sizes[lists]
-        # One random key per item of the global batch, so a row's item order and subsample
-        # do not depend on which other rows this process builds.
-        keys = np.random.default_rng([self.seed, epoch, index, 1]).random(int(sizes.sum()))
-        if rows is not None:
-            offsets = np.concatenate([[0], np.cumsum(sizes)])
-            keys = np.concatenate([keys[offsets[r] : offsets[r + 1]] for r in rows])
-            lists = lists[rows]
+        keys = np.random.default_rng([*self.key, epoch, index, 1]).random(int(sizes.sum()))
         return pad_lists(self.dataset.select(lists), self.list_size, item_keys=keys)
 
 
-def eval_batches(
-    dataset: RankingDataset,
-    batch_size: int,
-    rows: np.ndarray | None = None,
-) -> list[dict[str, np.ndarray]]:
+class ShardedTrainBatches:
+    """This process's rows of each global training batch when the data is sharded.
+
+    The global batch holds `batch_size / num_shards` lists from every data shard, drawn by
+    that shard's own `TrainBatches` stream; a process builds the rows of the shards it
+    read, in shard order. The global batch is therefore the same whichever processes hold
+    the shards: one process reading all shards builds exactly what N processes build
+    together.
+
+    Args:
+      shards: the training lists of this process's shards.
+      shard_ids: their indices among all `num_shards` shards.
+      num_shards: shards in all processes.
+      batch_size: lists per global batch (a multiple of `num_shards`).
+      list_size: items per padded list.
+      seed: the training seed.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[RankingDataset],
+        shard_ids: Sequence[int],
+        num_shards: int,
+        batch_size: int,
+        list_size: int,
+        seed: int,
+    ):
+        if batch_size % num_shards:
+            raise ValueError(
+                f"train.batch_size={batch_size} must be a multiple of the {num_shards} data "
+                "shards (data.shards, by default one per process)"
+            )
+        self.streams = [
+            TrainBatches(
+                d, batch_size // num_shards, list_size, seed, None if num_shards == 1 else i
+            )
+            for d, i in zip(shards, shard_ids, strict=True)
+        ]
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        parts = [stream(step) for stream in self.streams]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def eval_batches(dataset: RankingDataset, batch_size: int) -> list[dict[str, np.ndarray]]:
     """Pads every list of `dataset` into full batches for evaluation, never truncating.
 
     Lists are grouped by length (shortest first) and each batch is padded to its longest
@@ -497,19 +597,25 @@ def eval_batches(
     Aggregated metrics do not depend on the order of lists.
 
     Args:
-      dataset: the lists to evaluate.
-      batch_size: lists per (global) batch; the last batch is filled with empty lists,
-        which every metric ignores.
-      rows: the rows of each global batch to build (this process's share); None: all.
+      dataset: the lists to evaluate (this process's, when the data is sharded).
+      batch_size: lists per batch; the last batch is filled with empty lists, which every
+        metric ignores.
     """
-    rows = np.arange(batch_size) if rows is None else np.asarray(rows)
     order = np.argsort(dataset.list_sizes, kind="stable")
     batches = []
     for start in range(0, dataset.num_lists, batch_size):
         chunk = order[start : start + batch_size]
         longest = int(dataset.list_sizes[chunk].max(initial=1))
         list_size = max(8, 1 << (longest - 1).bit_length())
-        mine = chunk[rows[rows < len(chunk)]]
-        batch = pad_lists(dataset.select(mine), list_size)
-        batches.append(pad_batch_count(batch, len(rows)))
+        batch = pad_lists(dataset.select(chunk), list_size)
+        batches.append(pad_batch_count(batch, batch_size))
     return batches
+
+
+def pad_list_axis(batch: dict[str, np.ndarray], list_size: int) -> dict[str, np.ndarray]:
+    """Pads the list axis (axis 1) of a padded batch to `list_size` items."""
+    out = {}
+    for k, v in batch.items():
+        pad = [(0, 0), (0, list_size - v.shape[1])] + [(0, 0)] * (v.ndim - 2)
+        out[k] = np.pad(v, pad)
+    return out

@@ -7,11 +7,18 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
+from rankjax import distributed, sharding
 from rankjax import metrics as metrics_lib
-from rankjax import sharding
-from rankjax.data.lists import RankingDataset, eval_batches
+from rankjax.data.lists import (
+    RankingDataset,
+    eval_batches,
+    pad_batch_count,
+    pad_list_axis,
+    pad_lists,
+)
 
 # (device batch, batch index) -> scores [batch, list_size]
 ScoreFn = Callable[[dict[str, jax.Array], int], jax.Array]
@@ -20,11 +27,13 @@ ScoreFn = Callable[[dict[str, jax.Array], int], jax.Array]
 class RankingEvaluator:
     """Evaluates scoring functions on one dataset.
 
-    The dataset is padded once into fixed-shape batches (one compilation); the last batch is
-    filled with empty lists, which no metric counts.
+    The dataset is padded once into fixed-shape batches (one compilation per list length);
+    the last batch is filled with empty lists, which no metric counts. In a multi-process run
+    each process holds its own shard of the lists and builds its rows of every global batch
+    from them; the processes first agree on the number of batches and their list lengths.
 
     Args:
-      dataset: the lists to evaluate.
+      dataset: the lists to evaluate (this process's shard of them).
       mesh: devices to run on; batches are split over its `data` axis.
       batch_size: lists per batch (a multiple of the mesh size).
       metrics: metric names (see `rankjax.metrics`).
@@ -47,7 +56,9 @@ class RankingEvaluator:
         self.dataset = dataset
         self.mesh = mesh
         self.batch_size = batch_size
-        self.batches = eval_batches(dataset, batch_size, rows=sharding.local_rows(mesh, batch_size))
+        sharding.check_divisible(batch_size, mesh)
+        local = batch_size * mesh.local_mesh.size // mesh.size
+        self.batches = agree_across_processes(eval_batches(dataset, local), dataset, local)
         self._sums = jax.jit(
             functools.partial(
                 _sums_and_nonfinite,
@@ -75,6 +86,24 @@ class RankingEvaluator:
                 f"{nonfinite} scores on {self.dataset.source} are NaN or infinite"
             )
         return acc.result()
+
+
+def agree_across_processes(
+    batches: list[dict[str, np.ndarray]], dataset: RankingDataset, rows: int
+) -> list[dict[str, np.ndarray]]:
+    """Gives every process the same number of batches with the same list lengths: the
+    shapes of one global batch must agree. Shorter shards get batches of empty lists."""
+    if jax.process_count() == 1:
+        return batches
+    count = int(distributed.allgather(np.array([len(batches)], np.int64)).max())
+    lengths = np.zeros(count, np.int64)
+    lengths[: len(batches)] = [b["where"].shape[1] for b in batches]
+    lengths = distributed.allgather(lengths).max(axis=0)
+    out = [pad_list_axis(b, int(n)) for b, n in zip(batches, lengths, strict=False)]
+    for n in lengths[len(batches) :]:
+        empty = pad_lists(dataset.select(np.zeros([0], np.int64)), int(n))
+        out.append(pad_batch_count(empty, rows))
+    return out
 
 
 def _sums_and_nonfinite(scores, labels, where, *, metrics, no_relevant, gain):

@@ -1,0 +1,247 @@
+"""BERT encoders in Flax, loading Hugging Face-format checkpoints without PyTorch.
+
+The encoder is the post-LayerNorm BERT of Devlin et al. (2019) as Hugging Face's
+`BertModel` computes it (exact-erf GELU, LayerNorm epsilon from the config), with every
+learned matrix product on `models.layers.Dense`, so quantization and sparsity reach it
+unchanged. `load_checkpoint` reads a folder holding `config.json` and `model.safetensors`
+(e.g. sentence-transformers/all-MiniLM-L6-v2) into this module's parameter tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rankjax.models.layers import Dense, DotGeneralFactory
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """The architecture fields of a Hugging Face BERT `config.json`."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 12
+    intermediate_size: int = 1536
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    hidden_act: str = "gelu"
+
+    @classmethod
+    def from_json(cls, path: str) -> BertConfig:
+        """Reads `config.json`, keeping the fields above and checking the model type."""
+        with open(path) as f:
+            raw = json.load(f)
+        if raw.get("model_type", "bert") != "bert":
+            raise ValueError(f"{path}: model_type {raw['model_type']!r}; expected 'bert'")
+        if raw.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"{path}: only absolute position embeddings are supported")
+        if raw.get("hidden_act", "gelu") not in _ACTIVATIONS:
+            raise ValueError(
+                f"{path}: hidden_act {raw['hidden_act']!r}; supported: {list(_ACTIVATIONS)}"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+_ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with query/key/value/output projections on the seam."""
+
+    config: BertConfig
+    dtype: Any = jnp.float32
+    dot_general_cls: DotGeneralFactory | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
+        """Maps `[B, T, H]` (with `mask [B, T]`, True for real tokens) to `[B, T, H]`."""
+        c = self.config
+        heads, width = c.num_attention_heads, c.hidden_size // c.num_attention_heads
+        dense = dict(dtype=self.dtype, dot_general_cls=self.dot_general_cls)
+
+        def split(name):
+            y = Dense(c.hidden_size, name=name, **dense)(x)
+            return y.reshape(y.shape[:-1] + (heads, width))
+
+        q, k, v = split("query"), split("key"), split("value")
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(width)
+        logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=not train)
+        y = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(x.shape[:-1] + (c.hidden_size,))
+        return Dense(c.hidden_size, name="output", **dense)(y)
+
+
+class Layer(nn.Module):
+    """One post-LayerNorm transformer block."""
+
+    config: BertConfig
+    dtype: Any = jnp.float32
+    dot_general_cls: DotGeneralFactory | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
+        c = self.config
+        dense = dict(dtype=self.dtype, dot_general_cls=self.dot_general_cls)
+        norm = dict(epsilon=c.layer_norm_eps, dtype=jnp.float32)
+        drop = nn.Dropout(c.hidden_dropout_prob)
+        a = SelfAttention(c, name="attention", **dense)(x, mask, train)
+        x = nn.LayerNorm(name="attention_norm", **norm)(x + drop(a, deterministic=not train))
+        h = _ACTIVATIONS[c.hidden_act](Dense(c.intermediate_size, name="intermediate", **dense)(x))
+        h = Dense(c.hidden_size, name="ffn_output", **dense)(h)
+        x = nn.LayerNorm(name="output_norm", **norm)(x + drop(h, deterministic=not train))
+        return x.astype(self.dtype)
+
+
+class Encoder(nn.Module):
+    """Token ids to contextual token vectors.
+
+    Attributes:
+      config: the architecture.
+      num_layers: layers to build (fewer than the config's makes a shallower student);
+        None: all.
+      dtype: computation dtype (LayerNorms and softmax run in float32).
+      dot_general_cls: the quantization seam (see `models.layers`).
+    """
+
+    config: BertConfig
+    num_layers: int | None = None
+    dtype: Any = jnp.float32
+    dot_general_cls: DotGeneralFactory | None = None
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        mask: jax.Array,
+        token_type_ids: jax.Array | None = None,
+        train: bool = False,
+    ) -> jax.Array:
+        """Encodes `[B, T]` int token ids (`mask [B, T]` True for real tokens) to `[B, T, H]`."""
+        c = self.config
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        positions = jnp.arange(input_ids.shape[-1])[None, :]
+        embed = dict(features=c.hidden_size, param_dtype=jnp.float32)
+        x = (
+            nn.Embed(c.vocab_size, name="word_embeddings", **embed)(input_ids)
+            + nn.Embed(c.max_position_embeddings, name="position_embeddings", **embed)(positions)
+            + nn.Embed(c.type_vocab_size, name="token_type_embeddings", **embed)(token_type_ids)
+        )
+        x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="embeddings_norm")(x)
+        x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=not train).astype(self.dtype)
+        for i in range(self.num_layers or c.num_hidden_layers):
+            x = Layer(c, self.dtype, self.dot_general_cls, name=f"layer_{i}")(x, mask, train)
+        return x
+
+
+def pool(hidden: jax.Array, mask: jax.Array, pooling: str) -> jax.Array:
+    """Sentence vectors `[B, H]` from token vectors `[B, T, H]`: `"mean"` over real tokens
+    (sentence-transformers' default) or `"cls"` (the first token)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        m = mask[..., None].astype(jnp.float32)
+        return (hidden.astype(jnp.float32) * m).sum(1) / jnp.maximum(m.sum(1), 1e-9)
+    raise ValueError(f"pooling={pooling!r}; valid: 'mean', 'cls'")
+
+
+# Hugging Face parameter names -> this module's, per layer and outside layers.
+_LAYER_NAMES = {
+    "attention.self.query": ("attention", "query"),
+    "attention.self.key": ("attention", "key"),
+    "attention.self.value": ("attention", "value"),
+    "attention.output.dense": ("attention", "output"),
+    "attention.output.LayerNorm": ("attention_norm",),
+    "intermediate.dense": ("intermediate",),
+    "output.dense": ("ffn_output",),
+    "output.LayerNorm": ("output_norm",),
+}
+_EMBEDDING_NAMES = {
+    "embeddings.word_embeddings": ("word_embeddings",),
+    "embeddings.position_embeddings": ("position_embeddings",),
+    "embeddings.token_type_embeddings": ("token_type_embeddings",),
+    "embeddings.LayerNorm": ("embeddings_norm",),
+}
+
+
+def convert_state_dict(
+    tensors: Mapping[str, np.ndarray], config: BertConfig, source: str = "<checkpoint>"
+) -> dict[str, Any]:
+    """Maps Hugging Face BERT tensors (`bert.` prefix optional) to `Encoder` params.
+
+    Linear weights `[out, in]` become kernels `[in, out]`; LayerNorm `weight`/`bias` (or
+    the old `gamma`/`beta`) become `scale`/`bias`; embedding matrices become `embedding`.
+    Pooler and task-head tensors are ignored.
+
+    Raises:
+      ValueError: naming the checkpoint and the missing tensors.
+    """
+    tensors = {k.removeprefix("bert."): v for k, v in tensors.items()}
+    params: dict[str, Any] = {}
+    wanted = dict(_EMBEDDING_NAMES)
+    for i in range(config.num_hidden_layers):
+        for hf, ours in _LAYER_NAMES.items():
+            wanted[f"encoder.layer.{i}.{hf}"] = (f"layer_{i}",) + ours
+    missing = []
+    for hf, path in wanted.items():
+        node = params
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        leaf = node.setdefault(path[-1], {})
+        if path[-1].endswith("embeddings"):
+            names = {"weight": "embedding"}
+        elif path[-1].endswith("norm"):
+            names = {"weight": "scale", "bias": "bias", "gamma": "scale", "beta": "bias"}
+        else:
+            names = {"weight": "kernel", "bias": "bias"}
+        found = set()
+        for suffix, name in names.items():
+            t = tensors.get(f"{hf}.{suffix}")
+            if t is None or name in found:
+                continue
+            found.add(name)
+            leaf[name] = np.asarray(t, np.float32).T if name == "kernel" else np.asarray(t)
+        missing += [f"{hf}.{s}" for s in set(names.values()) - found]
+    if missing:
+        raise ValueError(f"{source}: missing BERT tensors {sorted(missing)[:6]}")
+    return params
+
+
+def load_checkpoint(folder: str) -> tuple[BertConfig, dict[str, Any]]:
+    """Reads `folder/config.json` and `folder/model.safetensors` (no PyTorch needed).
+
+    Returns:
+      `(config, encoder params)` with float32 arrays.
+    """
+    from safetensors.numpy import load_file  # optional dependency: rankjax[text]
+
+    config_path = os.path.join(folder, "config.json")
+    weights = os.path.join(folder, "model.safetensors")
+    for path in (config_path, weights):
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path}: not found; a BERT checkpoint folder holds config.json and "
+                "model.safetensors"
+            )
+    config = BertConfig.from_json(config_path)
+    tensors = {k: v.astype(np.float32) for k, v in load_file(weights).items()}
+    return config, convert_state_dict(tensors, config, weights)
