@@ -74,7 +74,13 @@ class Checkpointer:
         self.best_metric = best_metric
         self._latest = ocp.CheckpointManager(
             os.path.join(os.path.abspath(workdir), "checkpoints"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                create=True,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix="latest"
+                ),
+            ),
         )
         self._best = None
         if best_metric:
@@ -86,6 +92,11 @@ class Checkpointer:
                     best_mode=best_mode,
                     keep_checkpoints_without_metrics=False,
                     create=True,
+                    # Two managers may save the same step at once: in a multi-process run
+                    # their cross-process barriers must not share names.
+                    multiprocessing_options=ocp.options.MultiprocessingOptions(
+                        barrier_sync_key_prefix="best"
+                    ),
                 ),
             )
 
