@@ -99,11 +99,10 @@ class Tokenizer:
         width = min(-(-longest // multiple) * multiple, max(self.max_length, longest))
         ids = np.zeros((len(out), width), np.int32)
         types = np.zeros((len(out), width), np.int32)
+        mask = np.zeros((len(out), width), bool)
         for i, e in enumerate(out):
             ids[i, : len(e.ids)] = e.ids
             types[i, : len(e.ids)] = e.type_ids
-        mask = np.zeros((len(out), width), bool)
-        for i, e in enumerate(out):
             mask[i, : len(e.ids)] = True
         return Encoded(ids, types, mask)
 

@@ -367,7 +367,7 @@ def _serve(config, quantizer, sparsifier, params, train_batches, evaluators, wor
       `(the tree as saved, {"valid_served": ..., "test_served": ...})`.
     """
     mesh = evaluators["test"].mesh
-    num_features = train_batches(0)["features"].shape[-1]
+    num_features = evaluators["test"].dataset.num_features
     sample = (
         jnp.zeros([1, int(config.data.list_size), num_features]),
         jnp.ones([1, int(config.data.list_size)], bool),

@@ -187,8 +187,8 @@ def load(
     raws = [read_splits(cfg, (i, num_shards)) for i in shards]
     local = {name: lists.concat([r[name] for r in raws]) for name in SPLITS}
     if cfg["source"] == "libsvm" and num_shards > 1:
-        _check_files_sorted(cfg, local, gather or lists._local_only)
-    counts = (gather or lists._local_only)(
+        _check_files_sorted(cfg, local, gather or lists.local_only)
+    counts = (gather or lists.local_only)(
         np.array([local[name].num_lists for name in SPLITS], np.int64)
     ).sum(axis=0)
     for name, count in zip(SPLITS, counts, strict=True):
@@ -204,6 +204,8 @@ def load(
     def transformed(d: RankingDataset) -> RankingDataset:
         return d.with_features(transform(d.features), transform.feature_names(d.feature_names))
 
+    # Each shard's training lists are transformed once; `train` is their concatenation.
+    train_shards = tuple(transformed(r["train"]) for r in raws)
     out = {}
     for name, d in local.items():
         n_missing = int(np.isnan(d.features).sum())
@@ -215,6 +217,5 @@ def load(
             lists.describe(d),
             f"; {n_missing} missing feature values imputed" if n_missing else "",
         )
-        out[name] = transformed(d)
-    train_shards = tuple(transformed(r["train"]) for r in raws) if len(raws) > 1 else ()
-    return Splits(**out, transform=transform, train_shards=train_shards or (out["train"],))
+        out[name] = lists.concat(train_shards) if name == "train" else transformed(d)
+    return Splits(**out, transform=transform, train_shards=train_shards)

@@ -339,7 +339,8 @@ def gauss_rank(x: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
 Gather = Callable[[np.ndarray], np.ndarray]
 
 
-def _local_only(x: np.ndarray) -> np.ndarray:
+def local_only(x: np.ndarray) -> np.ndarray:
+    """The `gather` of a single process: `x` stacked alone, `[1, *x.shape]`."""
     return np.asarray(x)[None]
 
 
@@ -366,7 +367,7 @@ def fit_transform(
         raise ValueError(f"unknown feature transform(s) {unknown}; valid: {list(VALID_TRANSFORMS)}")
     if "quantile" in names and "standardize" in names[: names.index("quantile")]:
         raise ValueError("feature transform 'quantile' must come before 'standardize'")
-    gather = gather or _local_only
+    gather = gather or local_only
 
     def total(x):
         return gather(np.asarray(x, np.float64)).sum(axis=0)
