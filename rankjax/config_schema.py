@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from rankjax import metrics
-from rankjax.compression import quantization, sparsity
-from rankjax.data import SOURCES
+from rankjax.baselines import BASELINES
+from rankjax.compression import distillation, quantization, sparsity
+from rankjax.data import SOURCES, TEXT_KEYS
 from rankjax.data.synthetic import WorldConfig
 
 # section -> (required keys, optional keys)
@@ -20,24 +21,45 @@ _SECTIONS: dict[str, tuple[set[str], set[str]]] = {
         {"schedule", "warmup_steps", "weight_decay", "grad_clip_norm", "momentum", "b1", "b2"},
     ),
     "train": ({"num_steps", "batch_size", "log_every", "eval_every"}, set()),
-    "eval": ({"batch_size", "metrics"}, {"report", "no_relevant", "gain", "use_best"}),
+    "eval": (
+        {"batch_size", "metrics"},
+        {
+            "report",
+            "no_relevant",
+            "gain",
+            "use_best",
+            "min_list_size",
+            "calibrate_rmse",
+            "baselines",
+        },
+    ),
     "ckpt": ({"every", "keep"}, {"best_metric", "best_mode"}),
     "mesh": ({"num_devices"}, {"rules"}),
 }
 _DATA_COMMON = (
     {"source", "list_size"},
-    {"split_seed", "transforms", "missing", "label_range", "shards"},
+    {"split_seed", "transforms", "missing", "label_range", "shards", "text", "bucket_batches"},
 )
+# Query-grouped splits of a table that comes whole: fractions, or k folds.
+_SPLIT_KEYS = {"split", "num_folds", "fold", "valid_fraction"}
 _DATA_BY_SOURCE = {
-    "synthetic": ({"split"}, {"world"}),
+    "synthetic": (set(), {"world"} | _SPLIT_KEYS),
     "libsvm": ({"train_file", "test_file"}, {"valid_file", "valid_fraction", "num_features"}),
     "judgments": (
-        {"file", "query_column", "label_column", "split"},
-        {"item_column", "feature_columns", "text_columns", "encoding"},
+        {"file", "query_column", "label_column"},
+        {
+            "item_column",
+            "feature_columns",
+            "text_columns",
+            "encoding",
+            "label_offset",
+            "max_queries",
+        }
+        | _SPLIT_KEYS,
     ),
 }
 _TOP = {"seed", "data", "model", *_SECTIONS}
-_OPTIONAL_TOP = {"quant", "sparsity"}  # checked by their modules' from_config
+_OPTIONAL_TOP = {"quant", "sparsity", "distill"}  # checked by their modules' from_config
 
 
 def _check_keys(where: str, given: Mapping, required: set[str], optional: set[str]) -> None:
@@ -74,6 +96,17 @@ def validate(config: Mapping[str, Any]) -> None:
         extra = [m for m in ev.get(key, ()) if m not in ev["metrics"]]
         if extra:
             raise ValueError(f"eval.{key} names {extra}, which are not in eval.metrics")
+    if source in ("synthetic", "judgments") and not (data.get("split") or data.get("num_folds")):
+        raise ValueError(f"data.source={source!r} needs data.split fractions or data.num_folds")
+    if data.get("text"):
+        _check_keys("data.text", data["text"], {"item_columns"}, TEXT_KEYS - {"item_columns"})
+    for name in ev.get("baselines", ()):
+        if name not in BASELINES:
+            raise ValueError(f"eval.baselines names {name!r}; valid: {list(BASELINES)}")
+    calibrate = tuple(ev.get("calibrate_rmse", ()))
+    if calibrate and (len(calibrate) != 2 or calibrate[0] >= calibrate[1]):
+        raise ValueError(f"eval.calibrate_rmse={calibrate}; expected (low, high) label range")
+    distillation.from_config(config.get("distill"))
     quantization.from_config(config.get("quant"))
     sparsity.from_config(config.get("sparsity"))
     best = config["ckpt"].get("best_metric")

@@ -98,6 +98,7 @@ def batch_sums(
     metrics: Sequence[str] = DEFAULT_METRICS,
     no_relevant: str = "zero",
     gain: str = "exp2",
+    min_list_size: int = 1,
 ) -> dict[str, tuple[Array, Array]]:
     """Sums and counts of every metric over the lists of one batch (jittable).
 
@@ -108,6 +109,8 @@ def batch_sums(
       metrics: metric names, e.g. `("ndcg@10", "mrr")`.
       no_relevant: convention for lists without a relevant item (module docstring).
       gain: `"exp2"` or `"linear"` gain for (N)DCG.
+      min_list_size: the ranking metrics (all but RMSE and pairwise accuracy) count only
+        lists with at least this many valid items.
 
     Returns:
       `{name: (sum, count)}`, each a scalar; the metric is `sum / count` (RMSE: the square
@@ -134,12 +137,12 @@ def batch_sums(
             fn, needs_relevant = _RAX_METRICS[kind]
             kwargs = {"gain_fn": GAINS[gain]} if kind in ("ndcg", "dcg") else {}
             values = fn(scores, labels, where=where, topn=k, reduce_fn=None, **kwargs)
-            counted = list_valid
+            counted = list_valid & (jnp.sum(where, axis=-1) >= min_list_size)
             if needs_relevant:
                 if no_relevant == "one":
                     values = jnp.where(has_relevant, values, 1.0)
                 elif no_relevant == "skip":
-                    counted = list_valid & has_relevant
+                    counted = counted & has_relevant
                 else:
                     values = jnp.where(has_relevant, values, 0.0)
         out[name] = (
@@ -174,10 +177,16 @@ class MetricAccumulator:
         return out
 
 
-@functools.partial(jax.jit, static_argnames=("metrics", "no_relevant", "gain"))
-def _jit_batch_sums(scores, labels, where, metrics, no_relevant, gain):
+@functools.partial(jax.jit, static_argnames=("metrics", "no_relevant", "gain", "min_list_size"))
+def _jit_batch_sums(scores, labels, where, metrics, no_relevant, gain, min_list_size):
     return batch_sums(
-        scores, labels, where=where, metrics=metrics, no_relevant=no_relevant, gain=gain
+        scores,
+        labels,
+        where=where,
+        metrics=metrics,
+        no_relevant=no_relevant,
+        gain=gain,
+        min_list_size=min_list_size,
     )
 
 
@@ -189,6 +198,7 @@ def evaluate(
     metrics: Sequence[str] = DEFAULT_METRICS,
     no_relevant: str = "zero",
     gain: str = "exp2",
+    min_list_size: int = 1,
 ) -> dict[str, float]:
     """Ranking metrics averaged over lists.
 
@@ -202,6 +212,7 @@ def evaluate(
       no_relevant: `"zero"`, `"one"` or `"skip"`: how lists without a relevant item count
         for NDCG, MRR, MAP and recall.
       gain: `"exp2"` (`2^label - 1`) or `"linear"` (`label`) for (N)DCG.
+      min_list_size: ranking metrics count only lists of at least this many valid items.
 
     Returns:
       `{name: value}` as Python floats.
@@ -219,5 +230,7 @@ def evaluate(
         i = tuple(int(x) for x in np.argwhere(bad)[0])
         raise ValueError(f"scores must be finite on valid items; scores{list(i)} = {scores[i]}")
     acc = MetricAccumulator()
-    acc.update(_jit_batch_sums(scores, labels, where, tuple(metrics), no_relevant, gain))
+    acc.update(
+        _jit_batch_sums(scores, labels, where, tuple(metrics), no_relevant, gain, min_list_size)
+    )
     return acc.result()

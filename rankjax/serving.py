@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -23,6 +24,7 @@ import orbax.checkpoint as ocp
 from rankjax import models
 from rankjax.checkpoint import load_tree, quiet_orbax_logs
 from rankjax.compression import quantization, sparsity
+from rankjax.data import lists, tokens
 from rankjax.data.lists import FeatureTransform
 
 
@@ -48,6 +50,36 @@ class Ranker:
             where = np.ones((b, n), bool)
         x = self.transform(features.reshape(b * n, f)).reshape(b, n, -1)
         return np.asarray(self._apply(self.variables, x, np.asarray(where, bool)))
+
+    def score_batch(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Scores a padded batch holding the model's inputs (`models.input_keys`) and
+        `where` -> `[batch, list_size]` (features must already be transformed)."""
+        return np.asarray(
+            self._apply(self.variables, models.inputs(self.model, batch), batch["where"])
+        )
+
+    def score_texts(self, query: str, products: Sequence[str]) -> np.ndarray:
+        """Scores product texts for a query with a text ranker -> `[len(products)]`.
+
+        Each product text is what the training data's `data.text.item_columns` joined
+        by spaces would give (e.g. the product title).
+        """
+        text_cfg = self.config.data.get("text")
+        if not text_cfg:
+            raise ValueError("score_texts needs a text ranker (a run with data.text)")
+        column = "text"
+        one = lists.from_groups(
+            np.zeros((len(products), 0), np.float32),
+            np.zeros(len(products), np.float32),
+            [len(products)],
+            query_ids=np.array([query], dtype=object),
+            extras={f"text:{column}": np.asarray(list(products), dtype=object)},
+        )
+        from rankjax import data as data_lib
+
+        one = data_lib.tokenized(one, {**dict(text_cfg), "item_columns": (column,)})
+        batch = tokens.trim_token_axes(lists.pad_lists(one, max(1, len(products))))
+        return self.score_batch(batch)[0]
 
 
 def load(workdir: str, params: str = "best") -> Ranker:

@@ -145,7 +145,7 @@ def embed(
         raise TypeError("embed() takes a sequence of strings; wrap a single text in a list")
     folder = checkpoint_dir or default_checkpoint()
     encoder, params = _load(os.path.abspath(folder))
-    tokenizer = _tokenizer(os.path.abspath(folder))
+    tokenizer = cached_tokenizer(folder)
     out = np.zeros((len(texts), encoder.config.hidden_size), np.float32)
     lengths = np.array([len(t) for t in texts])
     order = np.argsort(lengths, kind="stable")
@@ -165,6 +165,9 @@ def embed(
     return out
 
 
-@functools.lru_cache(maxsize=4)
-def _tokenizer(folder: str) -> Tokenizer:
-    return Tokenizer(folder, max_seq_length(folder))
+@functools.lru_cache(maxsize=8)
+def cached_tokenizer(folder: str, max_length: int | None = None) -> Tokenizer:
+    """The `Tokenizer` of `folder`, built once per process; `max_length` None: the
+    checkpoint's own limit (`max_seq_length`)."""
+    folder = os.path.abspath(folder)
+    return Tokenizer(folder, max_length or max_seq_length(folder))

@@ -7,6 +7,7 @@ best parameters beside a random and an oracle ranker -> `results.json`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -22,6 +23,7 @@ import optax
 from absl import logging
 
 from rankjax import (
+    baselines,
     checkpoint,
     config_schema,
     distributed,
@@ -29,11 +31,12 @@ from rankjax import (
     models,
     optim,
     preemption,
+    serving,
     sharding,
 )
 from rankjax import data as data_lib
-from rankjax.compression import quantization, report, sparsity
-from rankjax.data import lists
+from rankjax.compression import distillation, quantization, report, sparsity
+from rankjax.data import lists, tokens
 from rankjax.evaluators import ranking
 from rankjax.metric_writer import MetricWriter
 
@@ -53,8 +56,15 @@ class TrainingDiverged(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
-def make_train_step(model, loss_fn: losses.LossFn, tx: optax.GradientTransformation) -> Callable:
+def make_train_step(
+    model, objective: Callable[[jax.Array, dict], jax.Array], tx: optax.GradientTransformation
+) -> Callable:
     """The pure step `(state, batch) -> (state, metrics)`.
+
+    Args:
+      model: the flax ranker.
+      objective: `(scores, batch) -> loss` (the label loss, plus a distillation term).
+      tx: the optimizer.
 
     Metrics are the loss and the global norms of gradients, parameters and updates.
     """
@@ -65,12 +75,12 @@ def make_train_step(model, loss_fn: losses.LossFn, tx: optax.GradientTransformat
         def loss_of(params):
             scores = model.apply(
                 {"params": params},
-                batch["features"],
+                models.inputs(model, batch),
                 batch["where"],
                 train=True,
                 rngs={"dropout": dropout_rng},
             )
-            return loss_fn(scores, batch["labels"], where=batch["where"])
+            return objective(scores, batch)
 
         loss, grads = jax.value_and_grad(loss_of)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -188,6 +198,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     if jax.process_index() == 0:
         _write_json(os.path.join(workdir, "feature_transform.json"), splits.transform.to_json())
+    mesh = sharding.make_mesh(int(config.mesh.num_devices))
+    # Token axes are cut to each batch's longest sequence; with several processes every
+    # one would need the same width, so they keep the full width there.
+    prepare = tokens.trim_token_axes if jax.process_count() == 1 else _identity
+
+    # Model, loss, optimizer; the teacher's scores on the training items.
+    quantizer = quantization.from_config(config.get("quant"))
+    model = models.get(config.model, **_seam(quantizer, "train"))
+    loss_fn = losses.get(**config.loss)
+    distiller = distillation.from_config(config.get("distill"))
+    teacher_params = None
+    if distiller is not None:
+        splits, teacher_params = _with_teacher(distiller, splits, config, prepare)
+    objective = (
+        distillation.label_objective(loss_fn) if distiller is None else distiller.objective(loss_fn)
+    )
+    tx, lr_schedule = optim.make(config.optim, num_steps)
+    sparsifier = sparsity.from_config(config.get("sparsity"))
+    if sparsifier is not None:
+        tx = sparsifier.wrap_optax(tx)  # masks live in the optimizer state
+
+    if ecfg.get("baselines"):
+        text_cfg = config.data.get("text") or {}
+        valid, test = baselines.add_baseline_scores(
+            splits.train,
+            [splits.valid, splits.test],
+            tuple(ecfg.baselines),
+            tuple(text_cfg.get("item_columns", ())),
+        )
+        splits = dataclasses.replace(splits, valid=valid, test=test)
     train_batches = lists.ShardedTrainBatches(
         splits.train_shards,
         shard_ids,
@@ -195,8 +235,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         int(tcfg.batch_size),
         int(config.data.list_size),
         int(config.seed),
+        lengths=[tokens.list_token_lengths(d) for d in splits.train_shards],
+        bucket_batches=int(config.data.get("bucket_batches", 0)),
     )
-    mesh = sharding.make_mesh(int(config.mesh.num_devices))
     logging.info(
         "data: %s | train %d lists, valid %d, test %d%s | %d features | %d device(s)",
         config.data.source,
@@ -208,27 +249,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         mesh.size,
     )
 
-    # Model, loss, optimizer.
-    quantizer = quantization.from_config(config.get("quant"))
-    model = models.get(config.model, **_seam(quantizer, "train"))
-    loss_fn = losses.get(**config.loss)
-    tx, lr_schedule = optim.make(config.optim, num_steps)
-    sparsifier = sparsity.from_config(config.get("sparsity"))
-    if sparsifier is not None:
-        tx = sparsifier.wrap_optax(tx)  # masks live in the optimizer state
+    # State: restore the newest checkpoint, or initialise (from pretrained or teacher
+    # weights where the config asks for them).
+    sample = models.sample_inputs(model, train_batches(0))
+    loaded = _initial_weights(model, distiller, teacher_params)
 
-    # State: restore the newest checkpoint, or initialise.
-    def init(rng):
-        sample = jnp.zeros([1, int(config.data.list_size), splits.train.num_features])
-        params = model.init(rng, sample, jnp.ones(sample.shape[:2], bool))["params"]
+    def init(rng, loaded):
+        params = model.init(rng, *sample)["params"]
+        if loaded is not None:
+            params = _overlay(params, loaded, distiller)
         return TrainState(
             step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params), rng=rng
         )
 
     rng = jax.random.PRNGKey(int(config.seed))
     rules = [tuple(r) for r in config.mesh.get("rules", ())]
-    state_shardings = sharding.tree_shardings(jax.eval_shape(init, rng), mesh, rules)
-    state = jax.jit(init, out_shardings=state_shardings)(rng)
+    state_shardings = sharding.tree_shardings(jax.eval_shape(init, rng, loaded), mesh, rules)
+    state = jax.jit(init, out_shardings=state_shardings)(rng, loaded)
+    del loaded, teacher_params
     ckpt = checkpoint.Checkpointer(
         workdir,
         every=int(config.ckpt.every),
@@ -246,14 +284,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     batch_size = int(tcfg.batch_size)
     sharding.check_divisible(batch_size, mesh)
     train_step = jax.jit(
-        make_train_step(model, loss_fn, tx),
+        make_train_step(model, objective, tx),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
     )
     predict = jax.jit(
         lambda params, batch: model.apply(
-            {"params": params}, batch["features"], batch["where"], train=False
+            {"params": params}, models.inputs(model, batch), batch["where"], train=False
         ),
         in_shardings=(state_shardings.params, batch_sharding),
     )
@@ -265,6 +303,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             metrics=tuple(ecfg.metrics),
             no_relevant=ecfg.no_relevant,
             gain=ecfg.gain,
+            min_list_size=int(ecfg.get("min_list_size", 1)),
+            prepare=prepare,
         )
         for name in ("valid", "test")
     }
@@ -280,7 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
         with preemption.SigtermFlag() as sigterm:
             for step in range(first_step, num_steps):
-                batch = sharding.put_batch(train_batches(step), mesh, batch_size)
+                batch = sharding.put_batch(prepare(train_batches(step)), mesh, batch_size)
                 state, m = train_step(state, batch)
                 done = step + 1  # steps completed; logs and checkpoints count this way
                 step_metrics.add(done, m)
@@ -351,6 +391,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
 
 
+def _identity(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return batch
+
+
+def _with_teacher(distiller, splits, config, prepare):
+    """Loads the teacher run's best parameters and adds its scores on every training item
+    (the `teacher` extra). Returns `(splits, teacher params)`."""
+    teacher = serving.load(distiller.teacher, "best")
+    score = jax.jit(
+        lambda v, batch: teacher.model.apply(
+            v, models.inputs(teacher.model, batch), batch["where"], train=False
+        )
+    )
+    list_size = lists.max_list_size(*splits.train_shards)
+    t0 = time.perf_counter()
+    shards = tuple(
+        distillation.with_teacher_scores(
+            d,
+            distillation.score_items(
+                lambda b: score(teacher.variables, b),
+                d,
+                batch_size=int(config.eval.batch_size),
+                list_size=list_size,
+                prepare=prepare,
+            ),
+        )
+        for d in splits.train_shards
+    )
+    logging.info(
+        "teacher %s (%s) scored %d training items in %.1f s",
+        distiller.teacher,
+        teacher.config.model.name,
+        sum(d.num_items for d in shards),
+        time.perf_counter() - t0,
+    )
+    splits = dataclasses.replace(splits, train=lists.concat(shards), train_shards=shards)
+    return splits, teacher.variables["params"]
+
+
+def _initial_weights(model, distiller, teacher_params):
+    """What `init` loads over fresh parameters: the teacher's (distillation with
+    `init_from_teacher`), else the model's pretrained encoders, else None."""
+    if distiller is not None and distiller.init_from_teacher:
+        return jax.device_get(teacher_params)
+    pretrained = getattr(model, "pretrained_params", None)
+    return pretrained() if pretrained is not None else None
+
+
+def _overlay(params, loaded, distiller):
+    if distiller is not None and distiller.init_from_teacher:
+        return distillation.init_from_teacher(params, loaded, distiller.init_layers)[0]
+    return models.overlay(params, loaded)
+
+
 def _seam(quantizer: quantization.Quantizer | None, phase: str) -> dict[str, Any]:
     """Model keyword arguments for the quantization seam in `phase` (none without quant)."""
     return {} if quantizer is None else {"dot_general_cls": quantizer.dot_general_factory(phase)}
@@ -364,14 +458,11 @@ def _serve(config, quantizer, sparsifier, params, train_batches, evaluators, wor
     dropped); N:M-sparse kernels are stored packed (kept values and bit-packed positions).
 
     Returns:
-      `(the tree as saved, {"valid_served": ..., "test_served": ...})`.
+      `(the tree as saved, {"valid_served": ..., "test_served": ...}, its score function)`.
     """
     mesh = evaluators["test"].mesh
-    num_features = evaluators["test"].dataset.num_features
-    sample = (
-        jnp.zeros([1, int(config.data.list_size), num_features]),
-        jnp.ones([1, int(config.data.list_size)], bool),
-    )
+    serve_model = models.get(config.model, **_seam(quantizer, "serve"))
+    sample = models.sample_inputs(serve_model, evaluators["test"].batches[0])
     if quantizer is not None:
         calibration = None
         if quantizer.static:
@@ -380,10 +471,11 @@ def _serve(config, quantizer, sparsifier, params, train_batches, evaluators, wor
                 sharding.put_batch(train_batches(i), mesh, int(config.train.batch_size))
                 for i in range(quantizer.calibration_batches)
             )
+            calibrate_model = models.get(config.model, **_seam(quantizer, "calibrate"))
             calibration = quantizer.calibrate(
-                models.get(config.model, **_seam(quantizer, "calibrate")),
+                calibrate_model,
                 params,
-                ((b["features"], b["where"]) for b in batches),
+                ((models.inputs(calibrate_model, b), b["where"]) for b in batches),
             )
         convert_model = models.get(config.model, **_seam(quantizer, "convert"))
         served = jax.jit(lambda p, c: quantizer.convert(convert_model, p, sample, c))(
@@ -398,16 +490,18 @@ def _serve(config, quantizer, sparsifier, params, train_batches, evaluators, wor
     checkpoint.save_tree(path, served)
     # Evaluate what a server would load: the saved (packed) tree, unpacked.
     loaded = sparsity.unpack_tree(checkpoint.load_tree(path), sparsifier)
-    serve_model = models.get(config.model, **_seam(quantizer, "serve"))
     predict = jax.jit(
-        lambda v, batch: serve_model.apply(v, batch["features"], batch["where"], train=False)
+        lambda v, batch: serve_model.apply(
+            v, models.inputs(serve_model, batch), batch["where"], train=False
+        )
     )
-    out = {
-        f"{name}_served": ev.run(lambda batch, i: predict(loaded, batch))
-        for name, ev in evaluators.items()
-    }
+
+    def served_scores(batch, i):
+        return predict(loaded, batch)
+
+    out = {f"{name}_served": ev.run(served_scores) for name, ev in evaluators.items()}
     logging.info("served model saved in %s", path)
-    return served, out
+    return served, out, served_scores
 
 
 def _final_evaluation(
@@ -416,6 +510,16 @@ def _final_evaluation(
     """Evaluates the best (else the last) parameters, serves the compressed model when there
     is one, writes `results.json` and `compression.json`, and prints the table."""
     ecfg = config.eval
+    label_range = tuple(ecfg.get("calibrate_rmse", ()))
+
+    def with_calibration(test_results: dict[str, float], score_fn) -> dict[str, float]:
+        """Adds `rmse_calibrated` (`eval.calibrate_rmse`: fitted on valid, taken on test)."""
+        if label_range:
+            test_results["rmse_calibrated"] = ranking.calibrated_rmse(
+                score_fn, evaluators["valid"], evaluators["test"], label_range
+            )
+        return test_results
+
     # Final evaluation: the best parameters by validation metric (else the last).
     params, params_from = state.params, f"last (step {int(state.step)})"
     best = ckpt.restore_best(state.params) if ecfg.use_best else None
@@ -425,6 +529,7 @@ def _final_evaluation(
     results: dict[str, Any] = {"step": int(state.step), "params": params_from}
     for name, ev in evaluators.items():
         results[name] = ev.run(model_scores(params))
+    with_calibration(results["test"], model_scores(params))
     if sparsifier is not None:
         results["sparsity"] = sparsity.measured(params, sparsifier)
         logging.info("sparsity of the pruned kernels: %s", results["sparsity"])
@@ -434,9 +539,10 @@ def _final_evaluation(
         sparsity.parse_pattern(sparsifier.pattern), sparsity.NM
     )
     if quantizer is not None or packs:
-        served, served_results = _serve(
+        served, served_results, served_scores = _serve(
             config, quantizer, sparsifier, params, train_batches, evaluators, workdir
         )
+        with_calibration(served_results["test_served"], served_scores)
         results.update(served_results)
         rows[f"{config.model.name} served (test)"] = served_results["test_served"]
     compression = report.build(jax.device_get(params), jax.device_get(served))
@@ -445,19 +551,23 @@ def _final_evaluation(
         report.write(workdir, compression)
     compression_table = report.format_table(compression)
     logging.info("compression report (also in compression.json):\n%s", compression_table)
+    baseline_scores = {
+        "random": ranking.random_scores(int(config.seed)),
+        **{name: ranking.extra_scores(f"baseline:{name}") for name in ecfg.get("baselines", ())},
+        "oracle": ranking.oracle_scores,
+    }
     results["baselines"] = {
-        "random": {"test": evaluators["test"].run(ranking.random_scores(int(config.seed)))},
-        "oracle": {"test": evaluators["test"].run(ranking.oracle_scores)},
+        name: {"test": with_calibration(evaluators["test"].run(fn), fn)}
+        for name, fn in baseline_scores.items()
     }
     if jax.process_index() == 0:
         _write_json(os.path.join(workdir, "results.json"), results)
     table = _format_table(
         {
             **rows,
-            "random (test)": results["baselines"]["random"]["test"],
-            "oracle (test)": results["baselines"]["oracle"]["test"],
+            **{f"{name} (test)": r["test"] for name, r in results["baselines"].items()},
         },
-        tuple(ecfg.report),
+        tuple(ecfg.report) + (("rmse_calibrated",) if label_range else ()),
     )
     logging.info("final evaluation of %s parameters:\n%s", params_from, table)
     if jax.process_index() == 0:

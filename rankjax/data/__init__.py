@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from rankjax.data import judgments, libsvm, lists, synthetic
+from rankjax.data import judgments, libsvm, lists, synthetic, tokens
 from rankjax.data.lists import FeatureTransform, RankingDataset
 
 SOURCES = ("synthetic", "libsvm", "judgments")
@@ -64,11 +64,26 @@ class Splits:
         return getattr(self, name)
 
 
-def _fractions(cfg: Mapping[str, Any]) -> dict[str, float]:
+def _split(dataset: RankingDataset, cfg: Mapping[str, Any], seed: int) -> dict[str, RankingDataset]:
+    """By query: k-fold (`num_folds`, `fold`, `valid_fraction`) or by `split` fractions."""
+    if cfg.get("num_folds"):
+        return lists.split_folds(
+            dataset,
+            int(cfg["num_folds"]),
+            int(cfg.get("fold", 0)),
+            float(cfg.get("valid_fraction", 0.1)),
+            seed,
+        )
+    if not cfg.get("split"):
+        raise ValueError("data needs split=(train, valid, test) fractions or num_folds")
     fr = tuple(cfg["split"])
     if len(fr) != 3:
         raise ValueError(f"data.split must be (train, valid, test) fractions, got {fr}")
-    return dict(zip(SPLITS, fr, strict=True))
+    return lists.split_by_query(dataset, dict(zip(SPLITS, fr, strict=True)), seed)
+
+
+def _offset_labels(dataset: RankingDataset, offset: float) -> RankingDataset:
+    return dataset if not offset else dataclasses.replace(dataset, labels=dataset.labels + offset)
 
 
 def read_splits(
@@ -86,7 +101,7 @@ def read_splits(
     index, count = shard
     if source == "synthetic":
         world = synthetic.make_world(**dict(cfg.get("world", {})))
-        parts = lists.split_by_query(world.judgments, _fractions(cfg), seed)
+        parts = _split(world.judgments, cfg, seed)
         return {k: lists.shard(d, index, count) for k, d in parts.items()}
     label_range = tuple(cfg["label_range"]) if cfg.get("label_range") else None
     missing = cfg.get("missing", "reject")
@@ -120,7 +135,9 @@ def read_splits(
             label_range=label_range,
             missing=missing,
         )
-        parts = lists.split_by_query(table, _fractions(cfg), seed)
+        if cfg.get("max_queries"):  # a small slice for quick runs (`:runlocal`)
+            table = table.select(np.arange(min(int(cfg["max_queries"]), table.num_lists)))
+        parts = _split(_offset_labels(table, float(cfg.get("label_offset", 0.0))), cfg, seed)
         return {k: lists.shard(d, index, count) for k, d in parts.items()}
     raise ValueError(f"data.source={source!r}; valid: {list(SOURCES)}")
 
@@ -163,6 +180,26 @@ def _check_files_sorted(
             )
 
 
+TEXT_KEYS = {"checkpoint", "item_columns", "max_length", "encoding"}
+
+
+def tokenized(dataset: RankingDataset, text_cfg: Mapping[str, Any]) -> RankingDataset:
+    """Adds token arrays (`tokens.add_tokens`) with the tokenizer of `text_cfg.checkpoint`."""
+    from rankjax import text  # needs the optional tokenizers package: rankjax[text]
+
+    unknown = sorted(set(text_cfg) - TEXT_KEYS)
+    if unknown:
+        raise ValueError(f"unknown config key data.text.{unknown[0]}; valid: {sorted(TEXT_KEYS)}")
+    folder = text_cfg.get("checkpoint") or text.default_checkpoint()
+    tokenizer = text.cached_tokenizer(folder, int(text_cfg.get("max_length", 0)) or None)
+    return tokens.add_tokens(
+        dataset,
+        tokenizer,
+        tuple(text_cfg["item_columns"]),
+        text_cfg.get("encoding", "pairs"),
+    )
+
+
 def load(
     cfg: Mapping[str, Any],
     *,
@@ -185,6 +222,8 @@ def load(
         every shard's training items and empty splits are caught everywhere at once.
     """
     raws = [read_splits(cfg, (i, num_shards)) for i in shards]
+    if cfg.get("text"):
+        raws = [{k: tokenized(d, cfg["text"]) for k, d in r.items()} for r in raws]
     local = {name: lists.concat([r[name] for r in raws]) for name in SPLITS}
     if cfg["source"] == "libsvm" and num_shards > 1:
         _check_files_sorted(cfg, local, gather or lists.local_only)

@@ -194,6 +194,37 @@ def split_by_query(
     return {name: dataset.select(np.flatnonzero(part == i)) for i, name in enumerate(fractions)}
 
 
+def split_folds(
+    dataset: RankingDataset, num_folds: int, fold: int, valid_fraction: float, seed: int
+) -> dict[str, RankingDataset]:
+    """Query-grouped k-fold split: fold `fold` is the test split.
+
+    Each query goes to one of `num_folds` folds by a stable hash of `(seed, query id)`; of
+    the other folds' queries, `valid_fraction` (by a second hash) are held out for
+    validation (model selection, calibration) and the rest train. Rotating `fold` over
+    `0..num_folds-1` with one seed tests every query exactly once.
+
+    Returns:
+      `{"train", "valid", "test"}` datasets.
+    """
+    if num_folds < 2 or not 0 <= fold < num_folds:
+        raise ValueError(
+            f"data.num_folds={num_folds}, data.fold={fold}: need num_folds >= 2 and "
+            f"0 <= fold < num_folds"
+        )
+    if not 0 <= valid_fraction < 1:
+        raise ValueError(f"data.valid_fraction={valid_fraction} must be in [0, 1)")
+    u = query_hash_fraction(dataset.query_ids, seed)
+    v = query_hash_fraction(dataset.query_ids, seed + 7919)  # independent of the fold hash
+    test = np.floor(u * num_folds).astype(np.int64) == fold
+    valid = ~test & (v < valid_fraction)
+    return {
+        "train": dataset.select(np.flatnonzero(~test & ~valid)),
+        "valid": dataset.select(np.flatnonzero(valid)),
+        "test": dataset.select(np.flatnonzero(test)),
+    }
+
+
 def concat(datasets: Sequence[RankingDataset]) -> RankingDataset:
     """The lists of `datasets`, in order, as one dataset (same features and extras)."""
     first = datasets[0]
@@ -506,6 +537,11 @@ class TrainBatches:
       list_size: items per padded list.
       seed: the training seed.
       stream: tells apart the batch streams of data shards (None: the only stream).
+      lengths: `[num_lists]` a length per list (e.g. its longest token sequence); with
+        `bucket_batches > 1`, each run of that many batches of the epoch's random order is
+        re-sorted by it before being cut into batches (whose order is then shuffled), so a
+        batch holds lists of similar length and pads less.
+      bucket_batches: batches per sorted run (0 or 1: no bucketing).
     """
 
     def __init__(
@@ -515,6 +551,8 @@ class TrainBatches:
         list_size: int,
         seed: int,
         stream: int | None = None,
+        lengths: np.ndarray | None = None,
+        bucket_batches: int = 0,
     ):
         if dataset.num_lists == 0:
             raise ValueError(f"{dataset.source}: the training split has no lists")
@@ -528,17 +566,40 @@ class TrainBatches:
         self.list_size = list_size
         self.key = [seed] if stream is None else [seed, 1 << 20, stream]
         self.steps_per_epoch = dataset.num_lists // batch_size
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        if self.lengths is not None and self.lengths.shape != (dataset.num_lists,):
+            raise ValueError(
+                f"lengths has shape {self.lengths.shape}, expected ({dataset.num_lists},)"
+            )
+        self.bucket_batches = bucket_batches
         self._epoch = -1
         self._perm = np.zeros([0], np.int64)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([*self.key, epoch])
+        perm = rng.permutation(self.dataset.num_lists)
+        if self.lengths is None or self.bucket_batches <= 1:
+            return perm
+        run = self.bucket_batches * self.batch_size
+        batches = []
+        for start in range(0, len(perm), run):
+            chunk = perm[start : start + run]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [
+                chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)
+            ]
+        # Full batches in a random order; a short leftover batch goes last and is dropped.
+        full = [b for b in batches if len(b) == self.batch_size]
+        rest = [b for b in batches if len(b) < self.batch_size]
+        order = rng.permutation(len(full))
+        return np.concatenate([full[i] for i in order] + rest)
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         """Returns the batch for global training step `step`."""
         epoch, index = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             self._epoch = epoch
-            self._perm = np.random.default_rng([*self.key, epoch]).permutation(
-                self.dataset.num_lists
-            )
+            self._perm = self._epoch_order(epoch)
         lists = self._perm[index * self.batch_size : (index + 1) * self.batch_size]
         sizes = self.dataset.list_sizes[lists]
         keys = np.random.default_rng([*self.key, epoch, index, 1]).random(int(sizes.sum()))
@@ -561,6 +622,8 @@ class ShardedTrainBatches:
       batch_size: lists per global batch (a multiple of `num_shards`).
       list_size: items per padded list.
       seed: the training seed.
+      lengths: per shard, `[num_lists]` lengths for bucketing (see `TrainBatches`).
+      bucket_batches: batches per length-sorted run (0: no bucketing).
     """
 
     def __init__(
@@ -571,6 +634,8 @@ class ShardedTrainBatches:
         batch_size: int,
         list_size: int,
         seed: int,
+        lengths: Sequence[np.ndarray] | None = None,
+        bucket_batches: int = 0,
     ):
         if batch_size % num_shards:
             raise ValueError(
@@ -579,9 +644,15 @@ class ShardedTrainBatches:
             )
         self.streams = [
             TrainBatches(
-                d, batch_size // num_shards, list_size, seed, None if num_shards == 1 else i
+                d,
+                batch_size // num_shards,
+                list_size,
+                seed,
+                None if num_shards == 1 else i,
+                lengths=None if lengths is None else lengths[k],
+                bucket_batches=bucket_batches,
             )
-            for d, i in zip(shards, shard_ids, strict=True)
+            for k, (d, i) in enumerate(zip(shards, shard_ids, strict=True))
         ]
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:

