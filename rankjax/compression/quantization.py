@@ -36,6 +36,7 @@ from aqt.jax.v2 import utils as aqt_utils
 from aqt.jax.v2.flax import aqt_flax, aqt_flax_calibration
 
 from rankjax import config_args
+from rankjax.compression import embeddings
 
 MODES = ("qat", "ptq")
 PHASES = ("train", "calibrate", "convert", "serve")
@@ -78,6 +79,8 @@ class Quantizer:
       layers: regex over layer paths (`Dense_0`, `EncoderBlock_0/SelfAttention_0/query`);
         matching layers are quantized.
       exclude: regex of layer paths left in float (e.g. the final scoring layer `Dense_1`).
+      embedding_bits: 8 or 4 stores the served model's embedding tables row-wise
+        quantized (`compression.embeddings`, post-training); 0 keeps them float.
     """
 
     mode: str = "qat"
@@ -89,6 +92,7 @@ class Quantizer:
     calibration_batches: int = 16
     layers: str = ".*"
     exclude: str = ""
+    embedding_bits: int = 0
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -98,6 +102,10 @@ class Quantizer:
             allowed = (4, 8) if key == "weight_bits" else (0, 4, 8)
             if value not in allowed:
                 raise ValueError(f"quant.{key}={value}; valid: {list(allowed)}")
+        if self.embedding_bits not in embeddings.BITS:
+            raise ValueError(
+                f"quant.embedding_bits={self.embedding_bits}; valid: {list(embeddings.BITS)}"
+            )
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"quant.calibration={self.calibration!r}; valid: {list(CALIBRATIONS)}")
         if self.calibration_batches < 1:
@@ -178,6 +186,22 @@ class Quantizer:
         )
         # A fixed name, so the serving module finds what the converting module froze.
         return lambda path: make(name=_DG_NAME) if self.quantizes(path) else None
+
+    def model_seam(self, phase: str) -> dict[str, Any]:
+        """Model keyword arguments for `phase`: the dot_general factory, and when serving
+        with `embedding_bits`, that too (it reaches only models with embedding tables)."""
+        seam: dict[str, Any] = {"dot_general_cls": self.dot_general_factory(phase)}
+        if phase == "serve" and self.embedding_bits:
+            seam["embedding_bits"] = self.embedding_bits
+        return seam
+
+    def quantize_embeddings(self, served: Mapping[str, Any]) -> dict[str, Any]:
+        """The converted variables (on the host) with their embedding tables row-wise
+        quantized when `embedding_bits` is set."""
+        if not self.embedding_bits:
+            return dict(served)
+        params = embeddings.quantize_tree(served["params"], self.embedding_bits)
+        return {**served, "params": params}
 
     def calibrate(self, calibrate_model, params: Any, batches) -> dict[str, Any]:
         """Collects static activation ranges over `batches` (no training).

@@ -180,7 +180,8 @@ def _check_files_sorted(
             )
 
 
-TEXT_KEYS = {"checkpoint", "item_columns", "max_length", "encoding"}
+# pad_multiple: token axes of a batch are cut to its longest sequence rounded up to this.
+TEXT_KEYS = {"checkpoint", "item_columns", "max_length", "encoding", "pad_multiple"}
 
 
 def tokenized(dataset: RankingDataset, text_cfg: Mapping[str, Any]) -> RankingDataset:

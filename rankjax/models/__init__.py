@@ -19,6 +19,9 @@ MODELS = {
 }
 
 
+OPTIONAL_SEAMS = ("embedding_bits",)
+
+
 def get(config: Mapping[str, Any], **extra) -> nn.Module:
     """Builds `MODELS[config["name"]]` with the remaining config keys as attributes.
 
@@ -35,6 +38,8 @@ def get(config: Mapping[str, Any], **extra) -> nn.Module:
         raise ValueError(f"model.name={name!r}; valid: {list(MODELS)}")
     cls = MODELS[name]
     valid = set(cls.__dataclass_fields__) - {"parent", "name"}
+    # Seam settings for parts a model may not have (embedding tables) apply where it does.
+    extra = {k: v for k, v in extra.items() if k in valid or k not in OPTIONAL_SEAMS}
     unknown = sorted(set(kwargs) - valid)
     if unknown:
         raise ValueError(f"unknown model.{unknown[0]} for model {name!r}; valid: {sorted(valid)}")

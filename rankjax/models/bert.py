@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rankjax.models.layers import Dense, DotGeneralFactory
+from rankjax.models.layers import Dense, DotGeneralFactory, Embed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,12 +121,14 @@ class Encoder(nn.Module):
         None: all.
       dtype: computation dtype (LayerNorms and softmax run in float32).
       dot_general_cls: the quantization seam (see `models.layers`).
+      embedding_bits: 0 (float tables) or 8/4: read served row-wise quantized tables.
     """
 
     config: BertConfig
     num_layers: int | None = None
     dtype: Any = jnp.float32
     dot_general_cls: DotGeneralFactory | None = None
+    embedding_bits: int = 0
 
     @nn.compact
     def __call__(
@@ -141,11 +143,11 @@ class Encoder(nn.Module):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         positions = jnp.arange(input_ids.shape[-1])[None, :]
-        embed = dict(features=c.hidden_size, param_dtype=jnp.float32)
+        embed = dict(features=c.hidden_size, bits=self.embedding_bits)
         x = (
-            nn.Embed(c.vocab_size, name="word_embeddings", **embed)(input_ids)
-            + nn.Embed(c.max_position_embeddings, name="position_embeddings", **embed)(positions)
-            + nn.Embed(c.type_vocab_size, name="token_type_embeddings", **embed)(token_type_ids)
+            Embed(c.vocab_size, name="word_embeddings", **embed)(input_ids)
+            + Embed(c.max_position_embeddings, name="position_embeddings", **embed)(positions)
+            + Embed(c.type_vocab_size, name="token_type_embeddings", **embed)(token_type_ids)
         )
         x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="embeddings_norm")(x)
         x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=not train).astype(self.dtype)

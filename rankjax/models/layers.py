@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rankjax.compression import embeddings
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 # The quantization seam: called once per layer, inside its scope, with the layer's path
@@ -69,6 +71,43 @@ class Dense(nn.Module):
             bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
             y = y + jnp.asarray(bias, self.dtype)
         return y
+
+
+class Embed(nn.Module):
+    """A lookup table `[num_embeddings, features]`, float or served quantized.
+
+    Attributes:
+      num_embeddings: rows (vocabulary size).
+      features: width.
+      bits: 0 reads the float parameter `embedding`; 8 or 4 reads a served row-wise
+        quantized table (`values`, `scales`; see `compression.embeddings`).
+    """
+
+    num_embeddings: int
+    features: int
+    bits: int = 0
+
+    @nn.compact
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        """Maps int `ids [...]` to `[..., features]` float32."""
+        if not self.bits:
+            table = self.param(
+                "embedding",
+                nn.initializers.normal(stddev=0.02),
+                (self.num_embeddings, self.features),
+                jnp.float32,
+            )
+            return jnp.take(table, ids, axis=0)
+        width = self.features // 2 if self.bits == 4 else self.features
+        dtype = jnp.uint8 if self.bits == 4 else jnp.int8
+        values = self.param("values", nn.initializers.zeros, (self.num_embeddings, width), dtype)
+        scales = self.param(
+            "scales",
+            nn.initializers.zeros,
+            (self.num_embeddings, self.features // embeddings.group_size(self.features)),
+            jnp.float32,
+        )
+        return embeddings.lookup(values, scales, ids, self.bits)
 
 
 def add_noise(module: nn.Module, x: jax.Array, std: float, train: bool) -> jax.Array:

@@ -31,6 +31,8 @@ class TextRanker(nn.Module):
       pooling: `"cls"` (first token) or `"mean"` (over real tokens).
       dtype: computation dtype name; parameters stay float32.
       dot_general_cls: the quantization seam, passed to every dense layer.
+      embedding_bits: set by the quantization seam when serving: read row-wise int8/int4
+        embedding tables (`compression.embeddings`); 0: float tables.
     """
 
     checkpoint: str = ""
@@ -43,6 +45,7 @@ class TextRanker(nn.Module):
     pooling: str = "cls"
     dtype: str = "float32"
     dot_general_cls: layers.DotGeneralFactory | None = None
+    embedding_bits: int = 0
 
     @property
     def bert_config(self) -> bert.BertConfig:
@@ -55,6 +58,7 @@ class TextRanker(nn.Module):
             self.num_layers or None,
             layers.dtype_of(self.dtype),
             self.dot_general_cls,
+            self.embedding_bits,
             name=name,
         )
 

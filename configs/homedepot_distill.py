@@ -1,0 +1,106 @@
+r"""Distils the fine-tuned Home Depot cross-encoder (the teacher) into a smaller student.
+
+Command (H200: about 1 min after the teacher's run; too slow for a 2-core CPU):
+
+  python -m experiments.train \
+      --config=configs/homedepot_distill.py:teacher=/tmp/rankjax/hd_cross \
+      --workdir=/tmp/rankjax/hd_distill
+
+The teacher is the workdir of `configs/homedepot_cross_encoder.py`, run with the same
+`data_dir` and `fold`; its best parameters score every training pair once, and the
+student learns from labels and teacher scores together (`distill` section,
+`rankjax/compression/distillation.py`). Students (`student=`):
+
+* `layers3` (default): a 3-layer cross-encoder started from teacher layers `layers`
+  (default 0, 2, 4) and its head;
+* `narrow`: a 3-layer, 192-wide cross-encoder trained from scratch by the teacher;
+* `bi`: a MiniLM bi-encoder (shared tower, mean pooling, cosine), distilled from the
+  cross-encoder: the model a retrieval stage can serve from precomputed product vectors.
+
+Arguments: those of `homedepot_cross_encoder.py`, plus `teacher=PATH`, `student=...`,
+`layers=024` (teacher layer digits), `kd=mse|listwise_kl|margin_mse`, `kd_weight=W`.
+Measured figures are in docs/results.md.
+"""
+
+import ml_collections
+
+from rankjax import config_args
+
+STUDENTS = ("layers3", "narrow", "bi")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    own = config_args.parse_arg(
+        arg,
+        teacher="/tmp/rankjax/hd_cross",
+        student="layers3",
+        layers="024",
+        kd="mse",
+        kd_weight=1.0,
+        # The base config's arguments, passed through.
+        data_dir="",
+        checkpoint="",
+        fold=0,
+        loss="mse",
+        dtype="bfloat16",
+        steps=0,
+        max_queries=0,
+        runlocal=False,
+    )
+    passed = ("checkpoint", "fold", "loss", "dtype", "steps", "max_queries")
+    base_arg = ",".join(f"{k}={own[k]}" for k in passed if own[k] != "")
+    if own.data_dir:
+        base_arg += f",data_dir={own.data_dir}"
+    if own.runlocal:
+        base_arg += ",runlocal"
+    c = config_args.base_config(__file__, "homedepot_cross_encoder", base_arg)
+    if own.student not in STUDENTS:
+        raise ValueError(f"config argument student={own.student!r}; valid: {list(STUDENTS)}")
+    layers = tuple(int(d) for d in own.layers)
+    c.distill = dict(
+        teacher=own.teacher,
+        loss=own.kd,
+        weight=own.kd_weight,
+        temperature=1.0,
+        init_from_teacher=own.student == "layers3",
+        init_layers=layers if own.student == "layers3" else (),
+    )
+    if own.student == "layers3":
+        c.model.num_layers = len(layers)
+    elif own.student == "narrow":
+        c.model.update(
+            pretrained=False,
+            num_layers=3,
+            hidden_size=192,
+            num_attention_heads=6,
+            intermediate_size=768,
+        )
+        c.optim.learning_rate = 3e-4
+    else:  # bi-encoder: the teacher reads pairs, the student separate texts
+        c.data.text.encoding = "both"
+        c.data.text.pad_multiple = 32  # query and product widths vary apart: fewer shapes
+        c.model = dict(
+            name="bi_encoder",
+            checkpoint=own.checkpoint,
+            pretrained=True,
+            num_layers=0,
+            pooling="mean",
+            shared=True,
+            score="dot",
+            dtype=own.dtype,
+        )
+    if own.runlocal:
+        # The runlocal teacher is a 2-layer random BERT; students keep its shape.
+        if own.student == "layers3":
+            c.distill.init_layers = (0, 1)
+            c.model.num_layers = 2
+        if own.student == "bi":
+            c.model.update(
+                pretrained=False,
+                num_layers=1,
+                hidden_size=32,
+                num_attention_heads=2,
+                intermediate_size=64,
+                dtype="float32",
+            )
+    return c

@@ -1,0 +1,108 @@
+"""Measuring what a ranker costs to serve: scoring throughput, latency and FLOPs.
+
+Timings follow the usual rules: a warm-up pass first (compilation is not timed), device
+work finished (`block_until_ready`) before a clock is read, the median of several
+repeats reported, and the device and JAX version recorded beside the numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+from rankjax.data import lists, tokens
+from rankjax.data.lists import RankingDataset
+from rankjax.models import bert
+
+
+def environment() -> dict[str, str]:
+    """The device kind, device count and JAX version, for the record."""
+    devices = jax.devices()
+    return {
+        "device": devices[0].device_kind,
+        "platform": devices[0].platform,
+        "devices": str(len(devices)),
+        "jax": jax.__version__,
+    }
+
+
+def pair_batches(
+    dataset: RankingDataset, batch_size: int, multiple: int = 16
+) -> list[dict[str, np.ndarray]]:
+    """Every item of `dataset` as its own one-item list, sorted by token length and cut
+    into batches `[batch_size, 1, T]` (each trimmed to its longest sequence): how an
+    offline or high-throughput scorer batches (query, product) pairs. The last batch is
+    filled with empty lists."""
+    singles = dataclasses.replace(
+        dataset,
+        list_offsets=np.arange(dataset.num_items + 1, dtype=np.int64),
+        query_ids=np.repeat(dataset.query_ids, dataset.list_sizes),
+    )
+    order = np.argsort(tokens.list_token_lengths(singles), kind="stable")
+    out = []
+    for start in range(0, len(order), batch_size):
+        part = singles.select(order[start : start + batch_size])
+        batch = lists.pad_batch_count(lists.pad_lists(part, 1), batch_size)
+        out.append(tokens.trim_token_axes(batch, multiple))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+    """Items scored per second over a pass of batches, median of `repeats` passes."""
+
+    items_per_sec: float
+    seconds_per_pass: float
+    items: int
+    repeats: int
+
+
+def scoring_throughput(
+    score: Callable[[dict[str, np.ndarray]], jax.Array],
+    batches: Sequence[dict[str, np.ndarray]],
+    repeats: int = 3,
+) -> Throughput:
+    """Times `score` over all `batches` (device-resident first, so the host's transfers
+    are not timed); counts only real items (`where`)."""
+    device_batches = [jax.device_put(b) for b in batches]
+    for b in device_batches:  # warm-up: one compilation per shape
+        jax.block_until_ready(score(b))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        outs = [score(b) for b in device_batches]
+        jax.block_until_ready(outs)
+        times.append(time.perf_counter() - t0)
+    items = int(sum(int(b["where"].sum()) for b in batches))
+    median = statistics.median(times)
+    return Throughput(items / median, median, items, repeats)
+
+
+def latency_ms(
+    score: Callable[[dict[str, np.ndarray]], jax.Array],
+    batch: dict[str, np.ndarray],
+    repeats: int = 50,
+) -> dict[str, float]:
+    """p50 and p99 wall time in ms of scoring one batch (e.g. one query's candidates)."""
+    b = jax.device_put(batch)
+    jax.block_until_ready(score(b))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(score(b))
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))}
+
+
+def bert_flops_per_sequence(config: bert.BertConfig, num_layers: int, length: float) -> float:
+    """Forward FLOPs (2 per multiply-add) of a BERT encoder on one sequence of `length`
+    tokens: projections and feed-forward `2 T (4 H^2 + 2 H I)` plus attention scores and
+    mixing `4 T^2 H`, per layer; embeddings are lookups (no FLOPs)."""
+    h, i, t = config.hidden_size, config.intermediate_size, float(length)
+    per_layer = 2 * t * (4 * h * h + 2 * h * i) + 4 * t * t * h
+    return num_layers * per_layer
