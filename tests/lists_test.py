@@ -195,3 +195,43 @@ def test_pad_list_axis_adds_empty_items():
     wide = lists.pad_list_axis(b, 16)
     assert wide["features"].shape[1] == 16 and not wide["where"][:, 8:].any()
     np.testing.assert_array_equal(wide["labels"][:, :8], b["labels"])
+
+
+def test_split_folds_tests_every_query_exactly_once():
+    d = dataset(sizes=(2,) * 200)
+    tested = []
+    for fold in range(5):
+        parts = lists.split_folds(d, 5, fold, valid_fraction=0.1, seed=3)
+        ids = {name: set(p.query_ids) for name, p in parts.items()}
+        assert not ids["train"] & ids["test"] and not ids["valid"] & ids["test"]
+        assert not ids["train"] & ids["valid"]
+        assert ids["train"] | ids["valid"] | ids["test"] == set(d.query_ids)
+        assert 20 <= len(ids["test"]) <= 60  # about a fifth
+        tested += list(ids["test"])
+    assert sorted(tested) == sorted(d.query_ids)
+    again = lists.split_folds(d, 5, 2, valid_fraction=0.1, seed=3)["test"]
+    assert list(again.query_ids) == list(lists.split_folds(d, 5, 2, 0.1, 3)["test"].query_ids)
+
+
+def test_split_folds_rejects_bad_fold():
+    with pytest.raises(ValueError, match="fold"):
+        lists.split_folds(dataset(), 5, 5, 0.1, 0)
+
+
+def test_length_bucketed_batches_group_similar_lengths_and_cover_the_epoch():
+    d = dataset(sizes=(1,) * 64)
+    lengths = np.random.default_rng(0).integers(1, 100, 64)
+    plain = lists.TrainBatches(d, 4, 2, seed=1)
+    bucketed = lists.TrainBatches(d, 4, 2, seed=1, lengths=lengths, bucket_batches=8)
+
+    def spread(tb):  # mean within-batch range of lengths over an epoch
+        order = tb._epoch_order(0)
+        batches = order.reshape(-1, 4)
+        return np.mean([np.ptp(lengths[b]) for b in batches]), sorted(order)
+
+    (s_plain, all_plain), (s_bucket, all_bucket) = spread(plain), spread(bucketed)
+    assert all_bucket == all_plain == list(range(64))  # every list once per epoch
+    assert s_bucket < 0.5 * s_plain
+    # Deterministic: a resumed stream builds the same batches.
+    again = lists.TrainBatches(d, 4, 2, seed=1, lengths=lengths, bucket_batches=8)
+    np.testing.assert_array_equal(again(5)["labels"], bucketed(5)["labels"])

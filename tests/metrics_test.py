@@ -5,7 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from rankjax import metrics
+from rankjax import metrics, sharding
+from rankjax.data import lists
+from rankjax.evaluators import ranking
 
 LOG2_3 = math.log2(3)
 
@@ -216,3 +218,33 @@ def test_agrees_with_trec_eval():
     }
     for ours_name, trec_name in pairs.items():
         assert ours[ours_name] == pytest.approx(trec[trec_name], rel=1e-5), ours_name
+
+
+def test_min_list_size_leaves_short_lists_out_of_ranking_metrics_only():
+    scores = np.array([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0]])
+    labels = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    where = np.array([[True, True, True], [True, True, False]])
+    got = metrics.evaluate(
+        scores, labels, where=where, metrics=("mrr", "rmse", "pairwise_accuracy"), min_list_size=3
+    )
+    assert got["mrr"] == pytest.approx(0.5)  # only the first list (3 items) counts
+    # RMSE over all 5 valid items; pairwise accuracy over both lists (1/2 and 0/1 pairs).
+    err = np.array([2.0, 0.0, 0.0, 0.0, 2.0])
+    assert got["rmse"] == pytest.approx(np.sqrt((err**2).mean()))
+    assert got["pairwise_accuracy"] == pytest.approx((0.5 + 0.0) / 2)
+
+
+def test_calibrated_rmse_fits_a_linear_map_on_one_split_and_clips():
+    labels = np.array([0.0, 1.0, 2.0, 1.0, 0.5, 2.0], np.float32)
+    d = lists.from_groups(np.zeros((6, 1), np.float32), labels, [3, 3])
+    ev = ranking.RankingEvaluator(d, mesh=sharding.make_mesh(1), batch_size=2, metrics=("rmse",))
+    # Scores 10x - 3 of the labels: the fitted map recovers them exactly.
+    score = lambda b, i: 10 * b["labels"] - 3  # noqa: E731
+    a, b = ev.linear_fit(score)
+    assert (a, b) == (pytest.approx(0.1), pytest.approx(0.3))
+    assert ranking.calibrated_rmse(score, ev, ev, (0.0, 2.0)) == pytest.approx(0.0, abs=1e-5)
+    # Constant scores fall back to the mean label; clipping to a narrower range shows.
+    const = ranking.constant_scores(7.0)
+    assert ev.linear_fit(const) == (0.0, pytest.approx(labels.mean()))
+    clipped = ranking.calibrated_rmse(score, ev, ev, (0.0, 1.0))
+    assert clipped == pytest.approx(np.sqrt(((labels - labels.clip(0, 1)) ** 2).mean()), rel=1e-5)
