@@ -30,30 +30,16 @@ STUDENTS = ("layers3", "narrow", "bi")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    own = config_args.parse_arg(
-        arg,
-        teacher="/tmp/rankjax/hd_cross",
-        student="layers3",
-        layers="024",
-        kd="mse",
-        kd_weight=1.0,
-        # The base config's arguments, passed through.
-        data_dir="",
-        checkpoint="",
-        fold=0,
-        loss="mse",
-        dtype="bfloat16",
-        steps=0,
-        max_queries=0,
-        runlocal=False,
-    )
-    passed = ("checkpoint", "fold", "loss", "dtype", "steps", "max_queries")
-    base_arg = ",".join(f"{k}={own[k]}" for k in passed if own[k] != "")
-    if own.data_dir:
-        base_arg += f",data_dir={own.data_dir}"
+    defaults = dict(teacher="/tmp/rankjax/hd_cross", student="layers3", layers="024", kd="mse")
+    # Our arguments here; the others (data_dir, fold, ...) go to the teacher's config.
+    mine, base_arg = config_args.split_arg(arg, set(defaults) | {"kd_weight", "runlocal"})
+    own = config_args.parse_arg(mine, kd_weight=1.0, runlocal=False, **defaults)
     if own.runlocal:
-        base_arg += ",runlocal"
-    c = config_args.base_config(__file__, "homedepot_cross_encoder", base_arg)
+        base_arg = ",".join(filter(None, [base_arg, "runlocal"]))
+    try:
+        c = config_args.base_config(__file__, "homedepot_cross_encoder", base_arg)
+    except ValueError as e:
+        raise ValueError(f"{e}; or this config's own: {sorted(own)}") from None
     if own.student not in STUDENTS:
         raise ValueError(f"config argument student={own.student!r}; valid: {list(STUDENTS)}")
     layers = tuple(int(d) for d in own.layers)
@@ -81,13 +67,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.text.pad_multiple = 32  # query and product widths vary apart: fewer shapes
         c.model = dict(
             name="bi_encoder",
-            checkpoint=own.checkpoint,
+            checkpoint=c.model.checkpoint,
             pretrained=True,
             num_layers=0,
             pooling="mean",
             shared=True,
             score="dot",
-            dtype=own.dtype,
+            dtype=c.model.dtype,
         )
     if own.runlocal:
         # The runlocal teacher is a 2-layer random BERT; students keep its shape.

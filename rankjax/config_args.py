@@ -59,6 +59,16 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(out)
 
 
+def split_arg(arg: str | None, keys: set[str] | frozenset[str]) -> tuple[str, str]:
+    """Splits `"a=1,b=2,flag"` into the parts whose key is in `keys` and the rest, for a
+    derived config that adds arguments and passes the others to its base config."""
+    mine, rest = [], []
+    for part in (arg or "").split(","):
+        if part.strip():
+            (mine if part.partition("=")[0].strip() in keys else rest).append(part.strip())
+    return ",".join(mine), ",".join(rest)
+
+
 def base_config(config_file: str, name: str, arg: str | None) -> ml_collections.ConfigDict:
     """`get_config(arg)` of the config `name` beside `config_file`, for derived configs.
 
