@@ -1,0 +1,184 @@
+"""Recommendation and retrieval evaluation: full ranking over the catalog, and ranking
+against sampled negatives — the two protocols of the literature, named and kept apart.
+
+* **Full ranking** (`full_ranking`, RecBole's `mode=full`): every user's scores over all
+  items; the items the user interacted with in the training (and, for test, validation)
+  data are excluded from the ranking, and the held-out items are the relevant ones.
+  Metrics per user, then averaged over users with at least one held-out item:
+  `recall@K` = hits in the top K / held-out items, `ndcg@K` with binary gains and the ideal
+  DCG of min(held-out, K) hits, `mrr@K` = 1 / rank of the first hit in the top K (0 if
+  none), `hit@K` = whether any held-out item is in the top K, `precision@K` = hits / K.
+* **Sampled negatives** (`sampled_ranking`, SASRec and BERT4Rec's protocol): each held-out
+  item is ranked against `num_negatives` items the user never interacted with, drawn
+  uniformly or in proportion to training popularity; ties count against the held-out item
+  (it ranks below every negative with the same score), so a constant scorer is never
+  rewarded. `hit@K` and `ndcg@K` = 1 / log2(rank + 1) when the rank is <= K.
+
+Sampled metrics overestimate full-ranking ones and can reorder models (Krichene & Rendle,
+2020); report which protocol a number comes from.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+METRICS = ("recall", "ndcg", "mrr", "hit", "precision")
+_NAME = re.compile(r"^([a-z]+)@(\d+)$")
+
+
+def parse(name: str) -> tuple[str, int]:
+    """`"ndcg@10"` -> `("ndcg", 10)`; raises listing the valid names."""
+    m = _NAME.match(name.strip().lower())
+    if not m or m.group(1) not in METRICS or int(m.group(2)) < 1:
+        raise ValueError(f"unknown retrieval metric {name!r}; valid: {list(METRICS)} with @K")
+    return m.group(1), int(m.group(2))
+
+
+def _user_item_mask(users: np.ndarray, items: np.ndarray, rows: np.ndarray, num_items: int):
+    """`[len(rows), num_items]` bool: True where user `rows[i]` (sorted) interacted."""
+    users, items = np.asarray(users), np.asarray(items)
+    sel = np.isin(users, rows)
+    mask = np.zeros((len(rows), num_items), bool)
+    mask[np.searchsorted(rows, users[sel]), items[sel]] = True
+    return mask
+
+
+def full_ranking(
+    score_fn: Callable[[np.ndarray], jax.Array],
+    *,
+    train: tuple[np.ndarray, np.ndarray],
+    held_out: tuple[np.ndarray, np.ndarray],
+    num_items: int,
+    metrics: Sequence[str] = ("recall@10", "ndcg@10", "mrr@10", "hit@10"),
+    users_per_chunk: int = 256,
+) -> dict[str, float]:
+    """Full-ranking metrics over the catalog (module docstring).
+
+    Args:
+      score_fn: `user indices [n] -> scores [n, num_items]`.
+      train: `(users, items)` interactions to exclude from each user's ranking (for the
+        test split: training and validation interactions).
+      held_out: `(users, items)` the relevant items.
+      num_items: catalog size.
+      metrics: names `<metric>@K`.
+      users_per_chunk: users scored per call (bounds memory: chunk x catalog scores).
+
+    Returns:
+      `{name: mean over users with a held-out item}`.
+    """
+    parsed = [parse(m) for m in metrics]
+    kmax = max(k for _, k in parsed)
+    if kmax > num_items:
+        raise ValueError(f"cutoff K={kmax} exceeds the catalog of {num_items} items")
+    held_users, held_items = (np.asarray(a) for a in held_out)
+    users = np.unique(held_users)
+    sums = {m: 0.0 for m in metrics}
+    for start in range(0, len(users), users_per_chunk):
+        rows = users[start : start + users_per_chunk]
+        relevant = _user_item_mask(held_users, held_items, rows, num_items)
+        excluded = _user_item_mask(*train, rows, num_items) & ~relevant
+        scores = jnp.where(jnp.asarray(excluded), -jnp.inf, score_fn(rows))
+        _, top = jax.lax.top_k(scores, kmax)  # [n, kmax] item indices, best first
+        hits = np.take_along_axis(relevant, np.asarray(top), axis=1)  # [n, kmax]
+        num_relevant = relevant.sum(1)
+        discounts = 1.0 / np.log2(np.arange(2, kmax + 2))
+        for name, (kind, k) in zip(metrics, parsed, strict=True):
+            h = hits[:, :k]
+            if kind == "recall":
+                v = h.sum(1) / num_relevant
+            elif kind == "precision":
+                v = h.sum(1) / k
+            elif kind == "hit":
+                v = h.any(1).astype(float)
+            elif kind == "mrr":
+                first = np.where(h.any(1), h.argmax(1) + 1, np.inf)
+                v = 1.0 / first
+            else:  # ndcg
+                dcg = (h * discounts[:k]).sum(1)
+                ideal = np.cumsum(discounts[:k])[np.minimum(num_relevant, k) - 1]
+                v = dcg / ideal
+            sums[name] += float(v.sum())
+    return {m: sums[m] / len(users) for m in metrics} if len(users) else dict.fromkeys(metrics, 0.0)
+
+
+def sample_negatives(
+    users: np.ndarray,
+    seen: tuple[np.ndarray, np.ndarray],
+    num_items: int,
+    num_negatives: int,
+    *,
+    popularity: np.ndarray | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """`[len(users), num_negatives]` distinct items each user never interacted with (in
+    `seen`), uniformly or with probability proportional to `popularity` (counts)."""
+    rng = np.random.default_rng(seed)
+    by_user: dict[int, set[int]] = {}
+    for u, it in zip(*seen, strict=True):
+        by_user.setdefault(int(u), set()).add(int(it))
+    p = None
+    if popularity is not None:
+        p = np.asarray(popularity, np.float64) + 0.0
+        if p.sum() <= 0:
+            raise ValueError("popularity must have a positive total")
+        p = p / p.sum()
+    out = np.zeros((len(users), num_negatives), np.int64)
+    for row, u in enumerate(users):
+        banned = by_user.get(int(u), set())
+        drawable = num_items if p is None else int(np.count_nonzero(p))
+        drawable -= len(banned) if p is None else sum(1 for i in banned if p[i] > 0)
+        if drawable < num_negatives:
+            raise ValueError(
+                f"user {u} has only {drawable} unseen items that can be drawn, fewer than "
+                f"num_negatives={num_negatives}"
+            )
+        chosen: list[int] = []
+        taken = set(banned)
+        while len(chosen) < num_negatives:
+            draw = rng.choice(num_items, size=2 * num_negatives, p=p)
+            for it in draw:
+                if int(it) not in taken:
+                    taken.add(int(it))
+                    chosen.append(int(it))
+                    if len(chosen) == num_negatives:
+                        break
+        out[row] = chosen
+    return out
+
+
+def sampled_ranking(
+    positive_scores: np.ndarray,
+    negative_scores: np.ndarray,
+    metrics: Sequence[str] = ("hit@10", "ndcg@10"),
+) -> dict[str, float]:
+    """Metrics of one held-out item per row ranked against its sampled negatives.
+
+    Args:
+      positive_scores: `[n]` the held-out items' scores.
+      negative_scores: `[n, num_negatives]`.
+      metrics: `hit@K`, `ndcg@K` or `mrr@K`.
+
+    Returns:
+      `{name: mean over rows}`. Rank = 1 + negatives scoring >= the positive.
+    """
+    pos = np.asarray(positive_scores, np.float64)[:, None]
+    rank = 1 + (np.asarray(negative_scores, np.float64) >= pos).sum(1)
+    out = {}
+    for name in metrics:
+        kind, k = parse(name)
+        inside = rank <= k
+        if kind == "hit":
+            v = inside.astype(float)
+        elif kind == "ndcg":
+            v = np.where(inside, 1.0 / np.log2(rank + 1), 0.0)
+        elif kind == "mrr":
+            v = np.where(inside, 1.0 / rank, 0.0)
+        else:
+            raise ValueError(f"{name}: sampled ranking has one relevant item; use hit, ndcg, mrr")
+        out[name] = float(v.mean())
+    return out
