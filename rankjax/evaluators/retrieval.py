@@ -114,41 +114,53 @@ def sample_negatives(
     *,
     popularity: np.ndarray | None = None,
     seed: int = 0,
+    max_rounds: int = 100,
 ) -> np.ndarray:
     """`[len(users), num_negatives]` distinct items each user never interacted with (in
-    `seen`), uniformly or with probability proportional to `popularity` (counts)."""
-    rng = np.random.default_rng(seed)
-    by_user: dict[int, set[int]] = {}
-    for u, it in zip(*seen, strict=True):
-        by_user.setdefault(int(u), set()).add(int(it))
+    `seen`), uniformly or with probability proportional to `popularity` (counts).
+
+    Vectorised rejection sampling: every round draws twice the needed items for the rows
+    still open and keeps rows that got enough unseen, distinct ones.
+    """
+    users = np.asarray(users, np.int64)
     p = None
     if popularity is not None:
-        p = np.asarray(popularity, np.float64) + 0.0
-        if p.sum() <= 0:
-            raise ValueError("popularity must have a positive total")
+        p = np.asarray(popularity, np.float64)
+        if p.sum() <= 0 or (p < 0).any():
+            raise ValueError("popularity must be >= 0 with a positive total")
         p = p / p.sum()
+    seen_keys = np.unique(np.asarray(seen[0], np.int64) * num_items + np.asarray(seen[1]))
+    drawable = num_items if p is None else int(np.count_nonzero(p))
+    seen_users, seen_items = seen_keys // num_items, seen_keys % num_items
+    counted = np.ones(len(seen_keys), bool) if p is None else p[seen_items] > 0
+    banned = np.bincount(seen_users[counted], minlength=int(users.max(initial=0)) + 1)
+    short = drawable - banned[users] < num_negatives
+    if short.any():
+        u = int(users[np.flatnonzero(short)[0]])
+        raise ValueError(
+            f"user {u} has only {drawable - banned[u]} unseen items that can be drawn, fewer "
+            f"than num_negatives={num_negatives}"
+        )
+    rng = np.random.default_rng(seed)
     out = np.zeros((len(users), num_negatives), np.int64)
-    for row, u in enumerate(users):
-        banned = by_user.get(int(u), set())
-        drawable = num_items if p is None else int(np.count_nonzero(p))
-        drawable -= len(banned) if p is None else sum(1 for i in banned if p[i] > 0)
-        if drawable < num_negatives:
-            raise ValueError(
-                f"user {u} has only {drawable} unseen items that can be drawn, fewer than "
-                f"num_negatives={num_negatives}"
-            )
-        chosen: list[int] = []
-        taken = set(banned)
-        while len(chosen) < num_negatives:
-            draw = rng.choice(num_items, size=2 * num_negatives, p=p)
-            for it in draw:
-                if int(it) not in taken:
-                    taken.add(int(it))
-                    chosen.append(int(it))
-                    if len(chosen) == num_negatives:
-                        break
-        out[row] = chosen
-    return out
+    open_rows = np.arange(len(users))
+    for _ in range(max_rounds):
+        if not open_rows.size:
+            return out
+        draw = rng.choice(num_items, size=(len(open_rows), 2 * num_negatives), p=p)
+        ok = ~np.isin(users[open_rows, None] * num_items + draw, seen_keys)
+        # Keep the first occurrence of an item within a row.
+        order = np.argsort(draw, axis=1, kind="stable")
+        sorted_draw = np.take_along_axis(draw, order, axis=1)
+        repeat = np.zeros_like(ok)
+        np.put_along_axis(repeat, order[:, 1:], sorted_draw[:, 1:] == sorted_draw[:, :-1], axis=1)
+        ok &= ~repeat
+        enough = ok.sum(1) >= num_negatives
+        rows = np.flatnonzero(enough)
+        take = ok[rows] & (np.cumsum(ok[rows], axis=1) <= num_negatives)
+        out[open_rows[rows]] = draw[rows][take].reshape(len(rows), num_negatives)
+        open_rows = open_rows[~enough]
+    raise RuntimeError(f"negative sampling did not finish in {max_rounds} rounds")
 
 
 def sampled_ranking(
