@@ -1,6 +1,7 @@
 """Every config in configs/ builds and trains for 2 steps with `:runlocal`."""
 
 import glob
+import json
 import os
 
 import numpy as np
@@ -44,7 +45,11 @@ def test_config_runs_two_steps(name, tmp_path, request):
         arg += f",teacher={request.getfixturevalue('teacher')}"
     config = load_config(name, arg)
     assert config.train.num_steps == 2
-    results = trainer.train_and_evaluate(config, str(tmp_path))
+    if name == "homedepot_cross_encoder":  # the teacher fixture is this config's run
+        with open(os.path.join(request.getfixturevalue("teacher"), "results.json")) as f:
+            results = json.load(f)
+    else:
+        results = trainer.train_and_evaluate(config, str(tmp_path))
     assert results["step"] == 2
     assert results["test"] and all(v == v for v in results["test"].values())  # no NaN
     if name == "homedepot_student_int8_nm24":
