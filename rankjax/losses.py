@@ -114,3 +114,33 @@ def get(
 
         return sigmoid_loss
     raise ValueError(f"unknown loss {name!r}; valid: {list(LOSSES)}")
+
+
+def in_batch_softmax_loss(
+    logits: jax.Array, item_ids: jax.Array, log_q: jax.Array | None = None
+) -> jax.Array:
+    """Sampled softmax over a batch's items (Yi et al., 2019), for two-tower retrieval.
+
+    Row `r` holds user `r`'s scores for every item of the batch; its own item (the
+    diagonal) is the positive and the others are negatives. `log_q` (the log of each
+    item's probability of appearing in a batch, e.g. its training frequency) is
+    subtracted from the logits so popular items are not over-penalised for being sampled
+    as negatives often (logQ correction); other rows' copies of the positive item
+    (accidental hits) are removed from the row's negatives.
+
+    Args:
+      logits: `[batch, batch]` user-item scores.
+      item_ids: `[batch]` the positive item of each row.
+      log_q: `[batch]` log sampling probability of each column's item, or None.
+
+    Returns:
+      The mean cross-entropy over rows.
+    """
+    n = logits.shape[0]
+    logits = logits.astype(jnp.float32)
+    if log_q is not None:
+        logits = logits - log_q[None, :]
+    same = item_ids[:, None] == item_ids[None, :]
+    accidental = same & ~jnp.eye(n, dtype=bool)
+    logits = jnp.where(accidental, -jnp.inf, logits)
+    return -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=-1)))

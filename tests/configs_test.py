@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from helpers import CONFIG_DIR, load_config
 
-from rankjax import trainer
+from rankjax import retrieval_trainer, trainer
 from rankjax.data import shared_dir
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "*.py")))
-NEEDS_SHARED = {name for name in CONFIGS if name.startswith(("letor", "homedepot"))}
+NEEDS_SHARED = {name for name in CONFIGS if name.startswith(("letor", "homedepot", "ml100k"))}
 # Configs distilled from a teacher run: the runlocal cross-encoder trained once here.
 NEEDS_TEACHER = {"homedepot_distill", "homedepot_student_int8_nm24"}
 
@@ -48,6 +48,8 @@ def test_config_runs_two_steps(name, tmp_path, request):
     if name == "homedepot_cross_encoder":  # the teacher fixture is this config's run
         with open(os.path.join(request.getfixturevalue("teacher"), "results.json")) as f:
             results = json.load(f)
+    elif config.get("task") == "retrieval":
+        results = retrieval_trainer.train_and_evaluate(config, str(tmp_path))
     else:
         results = trainer.train_and_evaluate(config, str(tmp_path))
     assert results["step"] == 2

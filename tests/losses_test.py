@@ -72,3 +72,18 @@ def test_approx_ndcg_has_useful_gradients():
 def test_bad_loss_config_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         losses.get(**kwargs)
+
+
+def test_in_batch_softmax_matches_hand_value_with_log_q_and_accidental_hits():
+    logits = jnp.array([[2.0, 0.0, 1.0], [1.0, 3.0, 0.0], [0.5, 0.0, 1.0]])
+    items = jnp.array([7, 8, 7])  # rows 0 and 2 share item 7: an accidental hit each
+    log_q = jnp.log(jnp.array([0.5, 0.25, 0.5]))
+    got = losses.in_batch_softmax_loss(logits, items, log_q)
+    z = np.array(logits) - np.log([0.5, 0.25, 0.5])[None, :]
+    row0 = -(z[0, 0] - np.log(np.exp(z[0, 0]) + np.exp(z[0, 1])))  # column 2 removed
+    row1 = -(z[1, 1] - np.log(np.exp(z[1]).sum()))
+    row2 = -(z[2, 2] - np.log(np.exp(z[2, 1]) + np.exp(z[2, 2])))  # column 0 removed
+    assert float(got) == pytest.approx((row0 + row1 + row2) / 3, rel=1e-5)
+    plain = losses.in_batch_softmax_loss(logits, jnp.array([1, 2, 3]))
+    want = -np.mean(np.diag(np.array(logits)) - np.log(np.exp(np.array(logits)).sum(1)))
+    assert float(plain) == pytest.approx(want, rel=1e-5)

@@ -1,0 +1,67 @@
+"""Two-tower model: towers over ids and side features, and the retrieval config checks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import load_config
+
+from rankjax import retrieval_trainer
+from rankjax.models import two_tower
+
+
+def model(**kw):
+    return two_tower.Model(
+        num_users=5,
+        num_items=7,
+        user_vocab_sizes={"job": 3},
+        item_vocab_sizes={"genres": 4},
+        dim=8,
+        **kw,
+    )
+
+
+def features(n):
+    return {"job": jnp.arange(n) % 3}, {
+        "genres": jnp.array([[1, 2, 0], [3, 0, 0], [0, 0, 0]])[:n],
+        "year": jnp.linspace(0, 1, n),
+    }
+
+
+def test_towers_score_every_user_against_every_item():
+    m = model(temperature=0.25)
+    users, items = jnp.array([0, 4, 2]), jnp.array([6, 1, 0])
+    uf, itf = features(3)
+    params = m.init(jax.random.PRNGKey(0), users, uf, items, itf)["params"]
+    assert set(params["item_tower"]) >= {"id_embedding", "genres_embedding", "floats", "output"}
+    scores = m.apply({"params": params}, users, uf, items, itf)
+    assert scores.shape == (3, 3)
+    u = m.apply({"params": params}, users, uf, method="users")
+    v = m.apply({"params": params}, items, itf, method="items")
+    # Normalised towers: scores are cosines / temperature.
+    np.testing.assert_allclose(np.linalg.norm(u, axis=1) ** 2, 1 / 0.25, rtol=1e-5)
+    np.testing.assert_allclose(scores, u @ v.T, rtol=1e-5)
+    assert np.abs(scores).max() <= 1 / 0.25 + 1e-4
+
+
+def test_unknown_genre_tokens_do_not_move_the_mean():
+    m = model()
+    items = jnp.array([1, 1])
+    _, itf = features(2)
+    itf = {"genres": jnp.array([[3, 0, 0], [3, 0, 0]]), "year": jnp.zeros(2)}
+    params = m.init(jax.random.PRNGKey(1), items, {"job": items}, items, itf)["params"]
+    padded = {"genres": jnp.array([[3, 0, 0], [0, 3, 0]]), "year": jnp.zeros(2)}
+    a = m.apply({"params": params}, items, itf, method="items")
+    b = m.apply({"params": params}, items, padded, method="items")
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_retrieval_config_errors_name_the_key():
+    c = load_config("ml100k_two_tower", "runlocal")
+    c.model.tempreature = 0.1
+    with pytest.raises(ValueError, match="model.tempreature"):
+        retrieval_trainer.train_and_evaluate(c, "/tmp/unused")
+    c = load_config("ml100k_two_tower", "runlocal")
+    c.data.split = "temporal"
+    with pytest.raises(ValueError, match="data.split='temporal'"):
+        retrieval_trainer.train_and_evaluate(c, "/tmp/unused")
