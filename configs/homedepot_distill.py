@@ -80,6 +80,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         if own.student == "layers3":
             c.distill.init_layers = (0, 1)
             c.model.num_layers = 2
+        if own.student == "narrow":
+            c.model.update(
+                num_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32
+            )
         if own.student == "bi":
             c.model.update(
                 pretrained=False,

@@ -72,10 +72,11 @@ def test_seed_and_steps_are_overridable():
     assert c.train.num_steps == 7 and "seed" in c
 
 
-def test_bi_encoder_student_runs_two_steps(teacher, tmp_path):
-    config = load_config("homedepot_distill", f"runlocal,student=bi,teacher={teacher}")
+@pytest.mark.parametrize("student, model", [("bi", "bi_encoder"), ("narrow", "cross_encoder")])
+def test_other_students_run_two_steps(teacher, tmp_path, student, model):
+    config = load_config("homedepot_distill", f"runlocal,student={student},teacher={teacher}")
     results = trainer.train_and_evaluate(config, str(tmp_path))
-    assert results["step"] == 2 and config.model.name == "bi_encoder"
+    assert results["step"] == 2 and config.model.name == model
     # The baselines and the calibrated RMSE are reported beside the model.
     assert {"tfidf", "constant"} <= set(results["baselines"])
     assert "rmse_calibrated" in results["test"]
