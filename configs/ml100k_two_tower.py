@@ -13,6 +13,7 @@ validation) items excluded. RecBole's BPR reference: test NDCG@10 0.2768, recall
 0.2368, hit@10 0.7614, MRR@10 0.4519. Measured figures are in docs/results.md.
 
 Arguments: `data_dir=PATH`, `features` (use genres, year and user attributes too),
+`embedding_bits=8|4` (also evaluate the towers with row-wise quantized tables),
 `steps=N`, `runlocal`.
 """
 
@@ -29,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         arg,
         data_dir=os.path.join(shared_dir(), "data", "recsys"),
         features=False,
+        embedding_bits=0,
         steps=0,
         runlocal=False,
     )
@@ -61,6 +63,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train = dict(num_steps=3000, batch_size=1024, log_every=250, eval_every=250)
     c.eval = dict(metrics=("recall@10", "ndcg@10", "mrr@10", "hit@10"), users_per_chunk=512)
     c.ckpt = dict(every=1000, keep=1, best_metric="ndcg@10", best_mode="max")
+    if arg.embedding_bits:  # serve the towers' tables as int8/int4 rows; evaluated as served
+        c.quant = dict(embedding_bits=arg.embedding_bits)
     if arg.steps:
         c.train.num_steps = arg.steps
     if arg.runlocal:

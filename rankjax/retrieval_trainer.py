@@ -11,6 +11,7 @@ sharded embedding tables are a later step.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -25,6 +26,7 @@ import optax
 from absl import logging
 
 from rankjax import checkpoint, losses, optim
+from rankjax.compression import embeddings
 from rankjax.data import interactions
 from rankjax.evaluators import retrieval
 from rankjax.metric_writer import MetricWriter
@@ -57,6 +59,7 @@ _KEYS = {
     "train": ({"num_steps", "batch_size", "log_every", "eval_every"}, set()),
     "eval": ({"metrics"}, {"users_per_chunk"}),
     "ckpt": ({"every", "keep"}, {"best_metric", "best_mode"}),
+    "quant": (set(), {"embedding_bits"}),  # optional: served quantized embedding tables
 }
 
 
@@ -78,6 +81,8 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         if section == "task":
             continue
         given = config.get(section)
+        if given is None and section == "quant":
+            continue
         if given is None:
             raise ValueError(f"config is missing the {section} section")
         for key in given:
@@ -128,6 +133,11 @@ def _features(log, names, prefix: str, table: dict) -> tuple[dict, dict]:
     return out, vocab
 
 
+def quantization_bytes(tree: Any) -> int:
+    """Bytes of every array in `tree` as stored."""
+    return int(sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(tree)))
+
+
 def _write_json(path: str, obj: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -168,13 +178,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         log, dcfg.get("user_features", ()), "user", log.user_features
     )
     mcfg = {k: v for k, v in config.model.items() if k != "name"}
-    model = two_tower.Model(
-        num_users=log.num_users,
-        num_items=log.num_items,
-        user_vocab_sizes=user_vocab,
-        item_vocab_sizes=item_vocab,
-        **{k: tuple(v) if k == "hidden" else v for k, v in mcfg.items()},
-    )
+
+    def build(embedding_bits: int = 0) -> two_tower.Model:
+        return two_tower.Model(
+            num_users=log.num_users,
+            num_items=log.num_items,
+            user_vocab_sizes=user_vocab,
+            item_vocab_sizes=item_vocab,
+            embedding_bits=embedding_bits,
+            **{k: tuple(v) if k == "hidden" else v for k, v in mcfg.items()},
+        )
+
+    model = build()
     item_table = jax.tree_util.tree_map(jnp.asarray, item_feats)
     user_table = jax.tree_util.tree_map(jnp.asarray, user_feats)
     counts = np.bincount(train.items, minlength=log.num_items).astype(np.float64)
@@ -212,21 +227,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "grad_norm": optax.global_norm(grads),
         }
 
-    @jax.jit
-    def item_vectors(params):
+    @functools.partial(jax.jit, static_argnums=0)
+    def item_vectors(bits, params):
         ids = jnp.arange(log.num_items)
-        return model.apply({"params": params}, ids, gather(item_table, ids), method="items")
+        return build(bits).apply({"params": params}, ids, gather(item_table, ids), method="items")
 
-    @jax.jit
-    def user_vectors(params, ids):
-        return model.apply({"params": params}, ids, gather(user_table, ids), method="users")
+    @functools.partial(jax.jit, static_argnums=0)
+    def user_vectors(bits, params, ids):
+        return build(bits).apply({"params": params}, ids, gather(user_table, ids), method="users")
 
-    def evaluate(params, held: interactions.Interactions, seen: list) -> dict[str, float]:
-        items_v = item_vectors(params)
+    def evaluate(params, held: interactions.Interactions, seen: list, bits=0) -> dict[str, float]:
+        items_v = item_vectors(bits, params)
         seen_users = np.concatenate([s.users for s in seen])
         seen_items = np.concatenate([s.items for s in seen])
         return retrieval.full_ranking(
-            lambda users: user_vectors(params, jnp.asarray(users)) @ items_v.T,
+            lambda users: user_vectors(bits, params, jnp.asarray(users)) @ items_v.T,
             train=(seen_users, seen_items),
             held_out=(held.users, held.items),
             num_items=log.num_items,
@@ -298,6 +313,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "valid": evaluate(params, valid, [train]),
         "test": evaluate(params, test, [train, valid]),
     }
+    results["bytes"] = {"float_bytes": quantization_bytes(params)}
+    bits = int((config.get("quant") or {}).get("embedding_bits", 0))
+    if bits:
+        # Served towers: every embedding table stored as int8/int4 rows plus scales.
+        served = embeddings.quantize_tree(jax.device_get(params), bits)
+        results["test_served"] = evaluate(served, test, [train, valid], bits=bits)
+        results["bytes"]["serving_bytes"] = quantization_bytes(served)
     popularity = jnp.asarray(counts, jnp.float32)
     seen = [train, valid]
     results["baselines"] = {
@@ -318,6 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print(f"\nFull-ranking test metrics ({results['params']} parameters), workdir {workdir}:")
     for name, values in [
         ("two_tower", results["test"]),
+        *([(f"int{bits} tables", results["test_served"])] if bits else []),
         ("popularity", results["baselines"]["popularity"]["test"]),
     ]:
         print(f"  {name:<12} " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)

@@ -65,3 +65,12 @@ def test_retrieval_config_errors_name_the_key():
     c.data.split = "temporal"
     with pytest.raises(ValueError, match="data.split='temporal'"):
         retrieval_trainer.train_and_evaluate(c, "/tmp/unused")
+
+
+def test_served_int8_tables_score_like_the_float_towers(shared_data, tmp_path):
+    c = load_config("ml100k_two_tower", "runlocal,embedding_bits=8,steps=20")
+    results = retrieval_trainer.train_and_evaluate(c, str(tmp_path))
+    served, float_ = results["test_served"], results["test"]
+    assert served["ndcg@10"] == pytest.approx(float_["ndcg@10"], abs=0.02)
+    # Tables are nearly all of the bytes: int8 rows + one scale per row ~ a quarter.
+    assert results["bytes"]["serving_bytes"] < 0.4 * results["bytes"]["float_bytes"]

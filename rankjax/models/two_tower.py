@@ -33,6 +33,8 @@ class Tower(nn.Module):
       hidden: MLP widths before the output layer (empty: a linear projection).
       normalize: L2-normalise the output.
       dot_general_cls: the quantization seam.
+      embedding_bits: 0 (float tables) or 8/4: read served row-wise quantized tables
+        (`compression.embeddings`).
     """
 
     num_ids: int
@@ -41,15 +43,19 @@ class Tower(nn.Module):
     hidden: Sequence[int] = ()
     normalize: bool = True
     dot_general_cls: layers.DotGeneralFactory | None = None
+    embedding_bits: int = 0
 
     @nn.compact
     def __call__(self, ids: jax.Array, features: Mapping[str, jax.Array]) -> jax.Array:
-        parts = [layers.Embed(self.num_ids, self.dim, name="id_embedding")(ids)]
+        bits = self.embedding_bits
+        parts = [layers.Embed(self.num_ids, self.dim, bits=bits, name="id_embedding")(ids)]
         floats = []
         for name in sorted(features):
             x = features[name]
             if name in self.vocab_sizes:
-                table = layers.Embed(self.vocab_sizes[name], self.dim, name=f"{name}_embedding")
+                table = layers.Embed(
+                    self.vocab_sizes[name], self.dim, bits=bits, name=f"{name}_embedding"
+                )
                 if x.ndim == 1:
                     parts.append(table(x))
                 else:  # a token sequence: mean of its known tokens
@@ -79,6 +85,7 @@ class Model(nn.Module):
       user_vocab_sizes, item_vocab_sizes: token-feature vocabularies per tower.
       dim, hidden, normalize: tower shape (see `Tower`).
       temperature: scores are `user . item / temperature`.
+      embedding_bits: served row-wise quantized embedding tables (0: float).
     """
 
     num_users: int
@@ -90,6 +97,7 @@ class Model(nn.Module):
     normalize: bool = True
     temperature: float = 0.05
     dot_general_cls: layers.DotGeneralFactory | None = None
+    embedding_bits: int = 0
 
     def setup(self):
         shape = dict(
@@ -97,6 +105,7 @@ class Model(nn.Module):
             hidden=tuple(self.hidden),
             normalize=self.normalize,
             dot_general_cls=self.dot_general_cls,
+            embedding_bits=self.embedding_bits,
         )
         self.user_tower = Tower(self.num_users, dict(self.user_vocab_sizes), **shape)
         self.item_tower = Tower(self.num_items, dict(self.item_vocab_sizes), **shape)
