@@ -35,7 +35,6 @@ from rankjax.models import two_tower
 SOURCES = ("atomic", "user_item", "synthetic")
 SPLITS = ("random", "leave_one_out")
 _KEYS = {
-    "task": ({"task"}, set()),
     "data": (
         {"source", "split"},
         {
@@ -71,15 +70,13 @@ class TrainState:
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:
-    allowed = set(_KEYS) | {"seed"}
+    allowed = set(_KEYS) | {"seed", "task"}
     for key in config:
         if key not in allowed:
             raise ValueError(
                 f"unknown config key {key}; valid for task=retrieval: {sorted(allowed)}"
             )
     for section, (required, optional) in _KEYS.items():
-        if section == "task":
-            continue
         given = config.get(section)
         if given is None and section == "quant":
             continue
@@ -95,6 +92,13 @@ def _validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config {section} is missing {missing}")
     if config.data.source not in SOURCES:
         raise ValueError(f"data.source={config.data.source!r}; valid for retrieval: {SOURCES}")
+    needs = {"atomic": "inter_file", "user_item": "file"}.get(config.data.source)
+    if needs and not config.data.get(needs):
+        raise ValueError(f"data.source={config.data.source!r} needs data.{needs}")
+    if config.loss.name != "in_batch_softmax":
+        raise ValueError(
+            f"loss.name={config.loss.name!r}; valid for retrieval: ['in_batch_softmax']"
+        )
     if config.data.split not in SPLITS:
         raise ValueError(f"data.split={config.data.split!r}; valid: {SPLITS}")
     if config.model.name != "two_tower":
