@@ -160,16 +160,10 @@ def agree_across_processes(
 
 
 @functools.partial(jax.jit, static_argnames=("metrics", "no_relevant", "gain", "min_list_size"))
-def _sums_and_nonfinite(scores, labels, where, *, metrics, no_relevant, gain, min_list_size):
-    sums = metrics_lib.batch_sums(
-        scores,
-        labels,
-        where=where,
-        metrics=metrics,
-        no_relevant=no_relevant,
-        gain=gain,
-        min_list_size=min_list_size,
-    )
+def _sums_and_nonfinite(scores, labels, where, **conventions):
+    """`metrics.batch_sums` (metric names and conventions as keywords) and the number of
+    non-finite scores on valid items."""
+    sums = metrics_lib.batch_sums(scores, labels, where=where, **conventions)
     return sums, jnp.sum(where & ~jnp.isfinite(scores))
 
 
