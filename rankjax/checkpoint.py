@@ -12,6 +12,7 @@ killed while saving never leaves a half-written checkpoint that looks finished.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -206,3 +207,11 @@ def load_tree(path: str) -> Any:
     quiet_orbax_logs()
     with ocp.StandardCheckpointer() as ckptr:
         return ckptr.restore(os.path.abspath(path))
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Writes JSON atomically: a reader never sees a half-written file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)

@@ -26,7 +26,7 @@ import optax
 from absl import logging
 
 from rankjax import checkpoint, losses, optim
-from rankjax.compression import embeddings
+from rankjax.compression import embeddings, quantization
 from rankjax.data import interactions
 from rankjax.evaluators import retrieval
 from rankjax.metric_writer import MetricWriter
@@ -137,18 +137,6 @@ def _features(log, names, prefix: str, table: dict) -> tuple[dict, dict]:
     return out, vocab
 
 
-def quantization_bytes(tree: Any) -> int:
-    """Bytes of every array in `tree` as stored."""
-    return int(sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(tree)))
-
-
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains the two-tower model of `config` and evaluates it by full ranking.
 
@@ -157,7 +145,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     _validate(config)
     os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    checkpoint.write_json(
+        os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
+    )
     dcfg, tcfg = config.data, config.train
     log = load_log(dcfg)
     seed = int(dcfg.get("split_seed", 0))
@@ -240,17 +230,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     def user_vectors(bits, params, ids):
         return build(bits).apply({"params": params}, ids, gather(user_table, ids), method="users")
 
-    def evaluate(params, held: interactions.Interactions, seen: list, bits=0) -> dict[str, float]:
-        items_v = item_vectors(bits, params)
-        seen_users = np.concatenate([s.users for s in seen])
-        seen_items = np.concatenate([s.items for s in seen])
+    def rank(score_fn, held: interactions.Interactions, seen: list) -> dict[str, float]:
+        """Full-ranking metrics of `score_fn` on `held`, the `seen` splits' items excluded."""
         return retrieval.full_ranking(
-            lambda users: user_vectors(bits, params, jnp.asarray(users)) @ items_v.T,
-            train=(seen_users, seen_items),
+            score_fn,
+            train=(
+                np.concatenate([s.users for s in seen]),
+                np.concatenate([s.items for s in seen]),
+            ),
             held_out=(held.users, held.items),
             num_items=log.num_items,
             metrics=tuple(config.eval.metrics),
             users_per_chunk=int(config.eval.get("users_per_chunk", 256)),
+        )
+
+    def evaluate(params, held: interactions.Interactions, seen: list, bits=0) -> dict[str, float]:
+        items_v = item_vectors(bits, params)
+        return rank(
+            lambda users: user_vectors(bits, params, jnp.asarray(users)) @ items_v.T, held, seen
         )
 
     state = jax.jit(init)(jax.random.PRNGKey(int(config.seed)))
@@ -317,30 +314,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "valid": evaluate(params, valid, [train]),
         "test": evaluate(params, test, [train, valid]),
     }
-    results["bytes"] = {"float_bytes": quantization_bytes(params)}
+    results["bytes"] = {"float_bytes": quantization.array_bytes(params)}
     bits = int((config.get("quant") or {}).get("embedding_bits", 0))
     if bits:
         # Served towers: every embedding table stored as int8/int4 rows plus scales.
         served = embeddings.quantize_tree(jax.device_get(params), bits)
         results["test_served"] = evaluate(served, test, [train, valid], bits=bits)
-        results["bytes"]["serving_bytes"] = quantization_bytes(served)
+        results["bytes"]["serving_bytes"] = quantization.array_bytes(served)
     popularity = jnp.asarray(counts, jnp.float32)
-    seen = [train, valid]
-    results["baselines"] = {
-        "popularity": {
-            "test": retrieval.full_ranking(
-                lambda users: jnp.broadcast_to(popularity, (len(users), log.num_items)),
-                train=(
-                    np.concatenate([s.users for s in seen]),
-                    np.concatenate([s.items for s in seen]),
-                ),
-                held_out=(test.users, test.items),
-                num_items=log.num_items,
-                metrics=tuple(config.eval.metrics),
-            )
-        }
-    }
-    _write_json(os.path.join(workdir, "results.json"), results)
+    by_popularity = lambda users: jnp.broadcast_to(popularity, (len(users), log.num_items))  # noqa: E731
+    results["baselines"] = {"popularity": {"test": rank(by_popularity, test, [train, valid])}}
+    checkpoint.write_json(os.path.join(workdir, "results.json"), results)
     print(f"\nFull-ranking test metrics ({results['params']} parameters), workdir {workdir}:")
     for name, values in [
         ("two_tower", results["test"]),

@@ -109,14 +109,6 @@ def _prepare_workdir(workdir: str) -> None:
         raise PermissionError(f"workdir {workdir!r} is not writable: {e.strerror}") from None
 
 
-def _write_json(path: str, obj: Any) -> None:
-    """Writes JSON atomically: a reader never sees a half-written file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def _format_table(rows: dict[str, dict[str, float]], metrics: tuple[str, ...]) -> str:
     head = f"| {'ranker':<26} | " + " | ".join(f"{m:>9}" for m in metrics) + " |"
     sep = "|" + "-" * 28 + "|" + "|".join("-" * 11 for _ in metrics) + "|"
@@ -187,7 +179,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     config_schema.validate(config)
     _prepare_workdir(workdir)
     if jax.process_index() == 0:
-        _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+        checkpoint.write_json(
+            os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
+        )
     tcfg, ecfg = config.train, config.eval
     num_steps = int(tcfg.num_steps)
 
@@ -198,7 +192,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         config.data, shards=shard_ids, num_shards=num_shards, gather=distributed.allgather
     )
     if jax.process_index() == 0:
-        _write_json(os.path.join(workdir, "feature_transform.json"), splits.transform.to_json())
+        checkpoint.write_json(
+            os.path.join(workdir, "feature_transform.json"), splits.transform.to_json()
+        )
     mesh = sharding.make_mesh(int(config.mesh.num_devices))
     # Token axes are cut to each batch's longest sequence; with several processes every
     # one would need the same width, so they keep the full width there.
@@ -567,7 +563,7 @@ def _final_evaluation(
         for name, fn in baseline_scores.items()
     }
     if jax.process_index() == 0:
-        _write_json(os.path.join(workdir, "results.json"), results)
+        checkpoint.write_json(os.path.join(workdir, "results.json"), results)
     table = _format_table(
         {
             **rows,

@@ -12,13 +12,15 @@ Throughput: every test pair once, sorted by length into batches of `--batch_size
 p50/p99 of scoring one batch of `--latency_batch` pairs.
 """
 
+import functools
 import json
 import os
 
+import jax
 import numpy as np
 from absl import app, flags, logging
 
-from rankjax import benchmark, serving
+from rankjax import benchmark, models, serving
 from rankjax import data as data_lib
 
 FLAGS = flags.FLAGS
@@ -83,9 +85,10 @@ def main(argv):
             if key not in cache:
                 cache[key] = data_lib.load(ranker.config.data).test
             test = cache[key]
-            score = lambda b, r=ranker: r._apply(  # noqa: E731
-                r.variables, serving.models.inputs(r.model, b), b["where"]
+            apply = jax.jit(
+                lambda v, b, m=ranker.model: m.apply(v, models.inputs(m, b), b["where"])
             )
+            score = functools.partial(apply, ranker.variables)
             batches = benchmark.pair_batches(test, FLAGS.batch_size)
             tp = benchmark.scoring_throughput(score, batches)
             small = benchmark.pair_batches(test.select(np.arange(min(64, test.num_lists))), 64)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from rankjax.data.lists import RankingDataset, pad_lists
+from rankjax.data.lists import RankingDataset, pad_batch_count, pad_lists
 
 DistillLossFn = Callable[..., jax.Array]
 KEYS = {"teacher", "loss", "weight", "temperature", "init_from_teacher", "init_layers"}
@@ -187,13 +187,9 @@ def score_items(
         chunk = np.arange(start, min(start + batch_size, dataset.num_lists))
         part = dataset.select(chunk)
         batch = pad_lists(part, list_size)
-        filled = {
-            k: np.concatenate([v, np.zeros((batch_size - len(chunk),) + v.shape[1:], v.dtype)])
-            for k, v in batch.items()
-        }
-        scores = np.asarray(score_fn(prepare(filled)))[: len(chunk)]
+        scores = np.asarray(score_fn(prepare(pad_batch_count(batch, batch_size))))
         first = dataset.list_offsets[start]
-        out[first : first + part.num_items] = scores[batch["where"][: len(chunk)]]
+        out[first : first + part.num_items] = scores[: len(chunk)][batch["where"]]
     return out
 
 
