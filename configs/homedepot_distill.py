@@ -13,12 +13,15 @@ student learns from labels and teacher scores together (`distill` section,
 
 * `layers3` (default): a 3-layer cross-encoder started from teacher layers `layers`
   (default 0, 2, 4) and its head;
-* `narrow`: a 3-layer, 192-wide cross-encoder trained from scratch by the teacher;
+* `narrow`: a 3-layer, 192-wide cross-encoder trained by the teacher; its embedding
+  tables start from the teacher's projected onto their top 192 principal directions
+  (`embed_init=pca`, default) or fresh (`embed_init=random`), its layers fresh;
 * `bi`: a MiniLM bi-encoder (shared tower, mean pooling, cosine), distilled from the
   cross-encoder: the model a retrieval stage can serve from precomputed product vectors.
 
 Arguments: those of `homedepot_cross_encoder.py`, plus `teacher=PATH`, `student=...`,
-`layers=024` (teacher layer digits), `kd=mse|listwise_kl|margin_mse`, `kd_weight=W`.
+`layers=024` (teacher layer digits), `kd=mse|listwise_kl|margin_mse`, `kd_weight=W`,
+`embed_init=pca|random` (narrow student).
 Measured figures are in docs/results.md.
 """
 
@@ -30,7 +33,13 @@ STUDENTS = ("layers3", "narrow", "bi")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    defaults = dict(teacher="/tmp/rankjax/hd_cross", student="layers3", layers="024", kd="mse")
+    defaults = dict(
+        teacher="/tmp/rankjax/hd_cross",
+        student="layers3",
+        layers="024",
+        kd="mse",
+        embed_init="pca",
+    )
     # Our arguments here; the others (data_dir, fold, ...) go to the teacher's config.
     mine, base_arg = config_args.split_arg(arg, set(defaults) | {"kd_weight", "runlocal"})
     own = config_args.parse_arg(mine, kd_weight=1.0, runlocal=False, **defaults)
@@ -42,14 +51,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"{e}; or this config's own: {sorted(own)}") from None
     if own.student not in STUDENTS:
         raise ValueError(f"config argument student={own.student!r}; valid: {list(STUDENTS)}")
+    if own.embed_init not in ("pca", "random"):
+        raise ValueError(f"config argument embed_init={own.embed_init!r}; valid: pca, random")
+    narrow_pca = own.student == "narrow" and own.embed_init == "pca"
     layers = tuple(int(d) for d in own.layers)
     c.distill = dict(
         teacher=own.teacher,
         loss=own.kd,
         weight=own.kd_weight,
         temperature=1.0,
-        init_from_teacher=own.student == "layers3",
+        init_from_teacher=own.student == "layers3" or narrow_pca,
         init_layers=layers if own.student == "layers3" else (),
+        init_embeddings="pca" if narrow_pca else "",
     )
     if own.student == "layers3":
         c.model.num_layers = len(layers)

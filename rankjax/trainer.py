@@ -442,7 +442,9 @@ def _initial_weights(model, distiller, teacher_params):
 
 def _overlay(params, loaded, distiller):
     if distiller is not None and distiller.init_from_teacher:
-        return distillation.init_from_teacher(params, loaded, distiller.init_layers)[0]
+        return distillation.init_from_teacher(
+            params, loaded, distiller.init_layers, distiller.init_embeddings
+        )[0]
     return models.overlay(params, loaded)
 
 

@@ -73,6 +73,56 @@ def test_init_from_teacher_maps_chosen_layers_and_skips_mismatches():
     )
 
 
+def test_pca_projection_keeps_the_directions_of_largest_variance():
+    rng = np.random.default_rng(0)
+    # Rows vary mostly along two known orthogonal directions of a 6-wide space.
+    basis = np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    coords = rng.normal(size=(500, 6)) * np.array([10.0, 5.0, 0.1, 0.1, 0.1, 0.1])
+    table = coords @ basis.T + 3.0
+    p = distillation.pca_projection(table, 2)
+    assert p.shape == (6, 2)
+    np.testing.assert_allclose(p.T @ p, np.eye(2), atol=1e-5)
+    # The projection spans the two dominant directions.
+    np.testing.assert_allclose(np.abs(basis[:, :2].T @ p), np.eye(2), atol=0.02)
+    with pytest.raises(ValueError, match="width 7"):
+        distillation.pca_projection(table, 7)
+
+
+def test_init_from_teacher_projects_embeddings_of_a_narrower_student():
+    rng = np.random.default_rng(1)
+    words = rng.normal(size=(50, 8)).astype(np.float32)
+    positions = rng.normal(size=(10, 8)).astype(np.float32)
+    teacher = {
+        "embeddings": {
+            "word_embeddings": {"embedding": words},
+            "position_embeddings": {"embedding": positions},
+        },
+        "layer_0": {"w": np.ones((8, 8))},
+    }
+    student = {
+        "embeddings": {
+            "word_embeddings": {"embedding": jnp.zeros((50, 3))},
+            "position_embeddings": {"embedding": jnp.zeros((10, 3))},
+        },
+        "layer_0": {"w": jnp.zeros((3, 3))},
+    }
+    plain, copied = distillation.init_from_teacher(student, teacher, ())
+    assert copied == [] and float(jnp.abs(plain["layer_0"]["w"]).sum()) == 0.0
+    params, copied = distillation.init_from_teacher(student, teacher, (), embeddings="pca")
+    p = distillation.pca_projection(words, 3)
+    emb = params["embeddings"]
+    np.testing.assert_allclose(emb["word_embeddings"]["embedding"], words @ p, rtol=1e-5)
+    np.testing.assert_allclose(emb["position_embeddings"]["embedding"], positions @ p, rtol=1e-5)
+    assert float(jnp.abs(params["layer_0"]["w"]).sum()) == 0.0  # not an embedding: fresh
+    assert len(copied) == 2
+    with pytest.raises(ValueError, match="init_from_teacher"):
+        distillation.from_config({"teacher": "/t", "init_embeddings": "pca"})
+    with pytest.raises(ValueError, match="init_embeddings='svd'"):
+        distillation.from_config(
+            {"teacher": "/t", "init_embeddings": "svd", "init_from_teacher": True}
+        )
+
+
 def test_score_items_returns_scores_in_item_order():
     from rankjax.data import lists
 

@@ -19,7 +19,11 @@ with one of the ranking distillation losses below, in rax's signature
 
 `distill.init_from_teacher` starts the student from the teacher's weights: every
 parameter whose path and shape match, with student layer `j` taken from teacher layer
-`distill.init_layers[j]` (a shallower student of chosen teacher layers).
+`distill.init_layers[j]` (a shallower student of chosen teacher layers). A narrower
+student cannot take the teacher's tables as they are; `distill.init_embeddings="pca"`
+starts its embedding tables from the teacher's projected onto the top principal
+directions of the teacher's word embeddings (one projection for word, position and
+token-type tables, so their sum projects consistently), the rest fresh.
 """
 
 from __future__ import annotations
@@ -36,7 +40,16 @@ from absl import logging
 from rankjax.data.lists import RankingDataset, pad_batch_count, pad_lists
 
 DistillLossFn = Callable[..., jax.Array]
-KEYS = {"teacher", "loss", "weight", "temperature", "init_from_teacher", "init_layers"}
+KEYS = {
+    "teacher",
+    "loss",
+    "weight",
+    "temperature",
+    "init_from_teacher",
+    "init_layers",
+    "init_embeddings",
+}
+EMBEDDING_INITS = ("", "pca")
 
 
 def _list_mean(per_list: jax.Array, where: jax.Array) -> jax.Array:
@@ -110,6 +123,8 @@ class Distiller:
       init_from_teacher: start the student from the teacher's matching parameters.
       init_layers: teacher layers that initialise student layers 0, 1, ... (default:
         the first ones).
+      init_embeddings: "pca": a narrower student's embedding tables start from the
+        teacher's, projected onto their principal directions (needs `init_from_teacher`).
     """
 
     teacher: str
@@ -118,8 +133,15 @@ class Distiller:
     temperature: float = 1.0
     init_from_teacher: bool = False
     init_layers: tuple[int, ...] = ()
+    init_embeddings: str = ""
 
     def __post_init__(self):
+        if self.init_embeddings not in EMBEDDING_INITS:
+            raise ValueError(
+                f"distill.init_embeddings={self.init_embeddings!r}; valid: {list(EMBEDDING_INITS)}"
+            )
+        if self.init_embeddings and not self.init_from_teacher:
+            raise ValueError("distill.init_embeddings needs distill.init_from_teacher=True")
         if self.loss not in LOSSES:
             raise ValueError(f"distill.loss={self.loss!r}; valid: {list(LOSSES)}")
         if self.weight < 0 or self.temperature <= 0:
@@ -198,8 +220,41 @@ def with_teacher_scores(dataset: RankingDataset, scores: np.ndarray) -> RankingD
     return dataclasses.replace(dataset, extras={**dataset.extras, "teacher": scores})
 
 
+def pca_projection(table: jax.Array, width: int) -> jax.Array:
+    """The top `width` principal directions of an embedding table's rows (traceable: the
+    student is initialised inside `jit`).
+
+    Args:
+      table: `[rows, hidden]`.
+      width: the narrower width, at most `hidden`.
+
+    Returns:
+      `[hidden, width]` float32 orthonormal columns, by decreasing variance.
+    """
+    if not 0 < width <= table.shape[1]:
+        raise ValueError(f"projection width {width} must be in [1, {table.shape[1]}]")
+    table = jnp.asarray(table, jnp.float32)
+    _, _, vt = jnp.linalg.svd(table - table.mean(0), full_matrices=False)
+    return vt[:width].T
+
+
+def _word_table(params: Mapping[str, Any]) -> jax.Array | None:
+    """The first `word_embeddings/embedding` table found in `params`."""
+    for key, value in params.items():
+        if key == "word_embeddings" and isinstance(value, Mapping) and "embedding" in value:
+            return value["embedding"]
+        if isinstance(value, Mapping):
+            found = _word_table(value)
+            if found is not None:
+                return found
+    return None
+
+
 def init_from_teacher(
-    student: Mapping[str, Any], teacher: Mapping[str, Any], layers: tuple[int, ...]
+    student: Mapping[str, Any],
+    teacher: Mapping[str, Any],
+    layers: tuple[int, ...],
+    embeddings: str = "",
 ) -> tuple[dict[str, Any], list[str]]:
     """Copies teacher parameters into a fresh student tree wherever path and shape match.
 
@@ -208,17 +263,40 @@ def init_from_teacher(
       teacher: the teacher's trained params.
       layers: for every encoder (a subtree with `layer_<i>` children), the teacher
         layers that become student layers 0, 1, ...; empty: the same indices.
+      embeddings: "pca": embedding tables (`*_embeddings/embedding`) whose width differs
+        are copied projected onto the teacher word table's principal directions.
 
     Returns:
       `(params, the copied paths)`.
     """
     copied: list[str] = []
+    projections: dict[int, np.ndarray] = {}
+
+    def project(t, s, path):
+        """`t @ P` for a narrower student's embedding table, else None."""
+        if embeddings != "pca" or not path.endswith("_embeddings/embedding"):
+            return None
+        if np.ndim(t) != 2 or np.shape(t)[0] != np.shape(s)[0]:
+            return None
+        width = np.shape(s)[1]
+        if width >= np.shape(t)[1]:
+            return None
+        if width not in projections:
+            words = _word_table(teacher)
+            if words is None:
+                raise ValueError("distill.init_embeddings='pca': the teacher has no word table")
+            projections[width] = pca_projection(words, width)
+        return jnp.asarray(t, jnp.float32) @ projections[width]
 
     def walk(s, t, path):
         if not isinstance(s, Mapping):
             if t is not None and np.shape(t) == np.shape(s):
                 copied.append(path)
                 return jnp.asarray(t, jnp.asarray(s).dtype)
+            projected = None if t is None else project(t, s, path)
+            if projected is not None:
+                copied.append(f"{path} (pca)")
+                return jnp.asarray(projected, jnp.asarray(s).dtype)
             return s
         out = {}
         for key, value in s.items():
