@@ -1,20 +1,30 @@
 """`train_and_evaluate(config, workdir)` for retrieval (`config.task = "retrieval"`).
 
-interaction log -> per-user split -> two-tower model -> in-batch sampled softmax with
-logQ correction -> periodic full-ranking validation, checkpoints and the best parameters
--> full-ranking test metrics beside a popularity ranker -> `results.json`.
+interaction log -> per-user split -> model -> training -> periodic validation,
+checkpoints and the best parameters -> test metrics beside a popularity ranker ->
+`results.json`. Models (`model.name`):
 
-The whole catalog is scored for every evaluated user (full ranking, RecBole's protocol),
-with the user's training (and, for test, validation) items excluded. Runs on one device;
-sharded embedding tables are a later step.
+* `two_tower`: user and item towers over ids and side features, in-batch sampled softmax
+  with logQ correction (`loss.name="in_batch_softmax"`);
+* `sasrec`: a causal transformer over each user's item history (leave-one-out split),
+  trained to predict every next item by full softmax over the catalog (`softmax`), by
+  softmax against `loss.num_negatives` shared uniform negatives (`sampled_softmax`), or by
+  SASRec's binary cross-entropy with one negative per position (`bce`).
+
+Evaluation (`eval.protocol`): `full` scores the whole catalog for every evaluated user
+(RecBole's protocol), the user's earlier items excluded; `sampled` ranks each held-out item
+against `eval.num_negatives` sampled negatives (SASRec/BERT4Rec's protocol). Runs on one
+device; sharded embedding tables are a later step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -30,10 +40,19 @@ from rankjax.compression import embeddings, quantization
 from rankjax.data import interactions
 from rankjax.evaluators import retrieval
 from rankjax.metric_writer import MetricWriter
-from rankjax.models import two_tower
+from rankjax.models import sequential, two_tower
 
 SOURCES = ("atomic", "user_item", "synthetic")
 SPLITS = ("random", "leave_one_out")
+PROTOCOLS = ("full", "sampled")
+# Per model: its config keys and the losses it trains with.
+MODELS = {
+    "two_tower": ({"dim", "hidden", "normalize", "temperature"}, ("in_batch_softmax",)),
+    "sasrec": (
+        {"dim", "max_len", "num_layers", "num_heads", "dropout"},
+        ("softmax", "sampled_softmax", "bce"),
+    ),
+}
 _KEYS = {
     "data": (
         {"source", "split"},
@@ -47,16 +66,20 @@ _KEYS = {
             "split_seed",
             "item_features",
             "user_features",
+            "max_users",
         },
     ),
-    "model": ({"name"}, {"dim", "hidden", "normalize", "temperature"}),
-    "loss": ({"name"}, {"log_q"}),
+    "model": ({"name"}, set().union(*(keys for keys, _ in MODELS.values()))),
+    "loss": ({"name"}, {"log_q", "num_negatives"}),
     "optim": (
         {"name", "learning_rate"},
         {"schedule", "warmup_steps", "weight_decay", "grad_clip_norm", "momentum", "b1", "b2"},
     ),
     "train": ({"num_steps", "batch_size", "log_every", "eval_every"}, set()),
-    "eval": ({"metrics"}, {"users_per_chunk"}),
+    "eval": (
+        {"metrics"},
+        {"users_per_chunk", "protocol", "num_negatives", "negatives", "negative_seed"},
+    ),
     "ckpt": ({"every", "keep"}, {"best_metric", "best_mode"}),
     "quant": (set(), {"embedding_bits"}),  # optional: served quantized embedding tables
 }
@@ -95,32 +118,47 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     needs = {"atomic": "inter_file", "user_item": "file"}.get(config.data.source)
     if needs and not config.data.get(needs):
         raise ValueError(f"data.source={config.data.source!r} needs data.{needs}")
-    if config.loss.name != "in_batch_softmax":
-        raise ValueError(
-            f"loss.name={config.loss.name!r}; valid for retrieval: ['in_batch_softmax']"
-        )
     if config.data.split not in SPLITS:
         raise ValueError(f"data.split={config.data.split!r}; valid: {SPLITS}")
-    if config.model.name != "two_tower":
-        raise ValueError(f"model.name={config.model.name!r}; valid for retrieval: ['two_tower']")
-    for name in config.eval.metrics:
-        retrieval.parse(name)
+    name = config.model.name
+    if name not in MODELS:
+        raise ValueError(f"model.name={name!r}; valid for retrieval: {sorted(MODELS)}")
+    keys, model_losses = MODELS[name]
+    for key in sorted(set(config.model) - keys - {"name"}):
+        raise ValueError(f"config key model.{key} is not one of {name}'s: {sorted(keys)}")
+    if config.loss.name not in model_losses:
+        raise ValueError(
+            f"loss.name={config.loss.name!r}; valid for model {name}: {list(model_losses)}"
+        )
+    if name == "sasrec" and config.data.split != "leave_one_out":
+        raise ValueError("model sasrec predicts the next item: it needs data.split=leave_one_out")
+    if config.eval.get("protocol", "full") not in PROTOCOLS:
+        raise ValueError(f"eval.protocol={config.eval.protocol!r}; valid: {PROTOCOLS}")
+    if config.eval.get("negatives", "popularity") not in ("popularity", "uniform"):
+        raise ValueError(
+            f"eval.negatives={config.eval.negatives!r}; valid: ['popularity', 'uniform']"
+        )
+    for metric in config.eval.metrics:
+        retrieval.parse(metric)
     best = config.ckpt.get("best_metric")
     if best and best not in config.eval.metrics:
         raise ValueError(f"ckpt.best_metric={best!r} is not in eval.metrics")
 
 
 def load_log(cfg: ml_collections.ConfigDict) -> interactions.Interactions:
-    """The interaction log named by `config.data`."""
+    """The interaction log named by `config.data` (its first `data.max_users` users when
+    that is set)."""
     if cfg.source == "atomic":
-        return interactions.read_atomic(
+        log = interactions.read_atomic(
             cfg.inter_file, cfg.get("item_file") or None, cfg.get("user_file") or None
         )
-    if cfg.source == "user_item":
-        return interactions.read_user_item(cfg.file)
-    from rankjax.data import synthetic
+    elif cfg.source == "user_item":
+        log = interactions.read_user_item(cfg.file)
+    else:
+        from rankjax.data import synthetic
 
-    return interactions.from_synthetic(synthetic.make_world(**dict(cfg.get("world", {}))))
+        log = interactions.from_synthetic(synthetic.make_world(**dict(cfg.get("world", {}))))
+    return interactions.first_users(log, int(cfg.get("max_users", 0)))
 
 
 def _features(log, names, prefix: str, table: dict) -> tuple[dict, dict]:
@@ -137,34 +175,43 @@ def _features(log, names, prefix: str, table: dict) -> tuple[dict, dict]:
     return out, vocab
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains the two-tower model of `config` and evaluates it by full ranking.
+@dataclasses.dataclass(frozen=True)
+class _Task:
+    """What differs between retrieval models; the loop, evaluation and serving are shared.
 
-    Returns:
-      The contents of `workdir/results.json`.
+    Attributes:
+      init: `rng -> params`.
+      loss: `(params, batch, rng) -> scalar` (rng: dropout and sampled negatives).
+      batch: `step -> {name: np.ndarray}`, a pure function of (seed, step).
+      scorer: `(params, embedding_bits, split) -> (users [n] -> [n, num_items] scores)`
+        for split "valid" (the user as of training) or "test" (also after validation).
     """
-    _validate(config)
-    os.makedirs(workdir, exist_ok=True)
-    checkpoint.write_json(
-        os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
-    )
-    dcfg, tcfg = config.data, config.train
-    log = load_log(dcfg)
-    seed = int(dcfg.get("split_seed", 0))
-    if dcfg.split == "random":
-        parts = interactions.random_split(log, tuple(dcfg.get("fractions", (0.8, 0.1, 0.1))), seed)
-    else:
-        parts = interactions.leave_one_out(log)
-    train, valid, test = parts["train"], parts["valid"], parts["test"]
-    logging.info(
-        "data %s: %d users, %d items; train %d, valid %d, test %d interactions",
-        log.source,
-        log.num_users,
-        log.num_items,
-        train.num_interactions,
-        valid.num_interactions,
-        test.num_interactions,
-    )
+
+    init: Callable[[jax.Array], Any]
+    loss: Callable[[Any, dict, jax.Array], jax.Array]
+    batch: Callable[[int], dict]
+    scorer: Callable[[Any, int, str], Callable[[np.ndarray], jax.Array]]
+
+
+def _epoch_rows(seed: int, size: int, batch_size: int) -> Callable[[int], np.ndarray]:
+    """`step -> rows` of a fresh permutation of `range(size)` per epoch (drop remainder)."""
+    if size < batch_size:
+        raise ValueError(f"train has {size} examples, fewer than train.batch_size={batch_size}")
+    per_epoch = size // batch_size
+
+    @functools.lru_cache(maxsize=1)
+    def permutation(epoch):
+        return np.random.default_rng([seed, epoch]).permutation(size)
+
+    def rows(step):
+        epoch, index = divmod(step, per_epoch)
+        return permutation(epoch)[index * batch_size : (index + 1) * batch_size]
+
+    return rows
+
+
+def _two_tower_task(config, log, train) -> _Task:
+    dcfg = config.data
     item_feats, item_vocab = _features(
         log, dcfg.get("item_features", ()), "item", log.item_features
     )
@@ -173,6 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     mcfg = {k: v for k, v in config.model.items() if k != "name"}
 
+    @functools.cache
     def build(embedding_bits: int = 0) -> two_tower.Model:
         return two_tower.Model(
             num_users=log.num_users,
@@ -183,43 +231,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             **{k: tuple(v) if k == "hidden" else v for k, v in mcfg.items()},
         )
 
-    model = build()
     item_table = jax.tree_util.tree_map(jnp.asarray, item_feats)
     user_table = jax.tree_util.tree_map(jnp.asarray, user_feats)
     counts = np.bincount(train.items, minlength=log.num_items).astype(np.float64)
     log_q = jnp.asarray(np.log(np.maximum(counts, 1) / counts.sum()), jnp.float32)
     use_log_q = bool(config.loss.get("log_q", True))
-    num_steps, batch_size = int(tcfg.num_steps), int(tcfg.batch_size)
-    tx, schedule = optim.make(config.optim, num_steps)
+    rows = _epoch_rows(int(config.seed), train.num_interactions, int(config.train.batch_size))
 
     def gather(table, ids):
         return {k: v[ids] for k, v in table.items()}
 
     def init(rng):
         ids = jnp.zeros([2], jnp.int32)
-        params = model.init(rng, ids, gather(user_table, ids), ids, gather(item_table, ids))
-        params = params["params"]
-        return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params))
+        params = build().init(rng, ids, gather(user_table, ids), ids, gather(item_table, ids))
+        return params["params"]
 
-    @jax.jit
-    def train_step(state, users, items):
-        def loss_of(params):
-            logits = model.apply(
-                {"params": params},
-                users,
-                gather(user_table, users),
-                items,
-                gather(item_table, items),
-            )
-            return losses.in_batch_softmax_loss(logits, items, log_q[items] if use_log_q else None)
+    def loss(params, batch, rng):
+        del rng
+        users, items = batch["users"], batch["items"]
+        logits = build().apply(
+            {"params": params}, users, gather(user_table, users), items, gather(item_table, items)
+        )
+        return losses.in_batch_softmax_loss(logits, items, log_q[items] if use_log_q else None)
 
-        loss, grads = jax.value_and_grad(loss_of)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), {
-            "loss": loss,
-            "grad_norm": optax.global_norm(grads),
-        }
+    def batch(step):
+        r = rows(step)
+        return {"users": train.users[r], "items": train.items[r]}
 
     @functools.partial(jax.jit, static_argnums=0)
     def item_vectors(bits, params):
@@ -227,30 +264,163 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return build(bits).apply({"params": params}, ids, gather(item_table, ids), method="items")
 
     @functools.partial(jax.jit, static_argnums=0)
-    def user_vectors(bits, params, ids):
-        return build(bits).apply({"params": params}, ids, gather(user_table, ids), method="users")
-
-    def rank(score_fn, held: interactions.Interactions, seen: list) -> dict[str, float]:
-        """Full-ranking metrics of `score_fn` on `held`, the `seen` splits' items excluded."""
-        return retrieval.full_ranking(
-            score_fn,
-            train=(
-                np.concatenate([s.users for s in seen]),
-                np.concatenate([s.items for s in seen]),
-            ),
-            held_out=(held.users, held.items),
-            num_items=log.num_items,
-            metrics=tuple(config.eval.metrics),
-            users_per_chunk=int(config.eval.get("users_per_chunk", 256)),
+    def user_scores(bits, params, ids, items_v):
+        users_v = build(bits).apply(
+            {"params": params}, ids, gather(user_table, ids), method="users"
         )
+        return users_v @ items_v.T
 
-    def evaluate(params, held: interactions.Interactions, seen: list, bits=0) -> dict[str, float]:
+    def scorer(params, bits, split):
+        del split  # the towers read ids and features only, not the history
         items_v = item_vectors(bits, params)
-        return rank(
-            lambda users: user_vectors(bits, params, jnp.asarray(users)) @ items_v.T, held, seen
-        )
+        return lambda users: user_scores(bits, params, jnp.asarray(users), items_v)
 
-    state = jax.jit(init)(jax.random.PRNGKey(int(config.seed)))
+    return _Task(init, loss, batch, scorer)
+
+
+def _right_aligned(sequences: list[np.ndarray], length: int) -> np.ndarray:
+    """`[len(sequences), length]` int32: each sequence's last `length` items as tokens
+    (item + 1), left-padded with 0."""
+    out = np.zeros((len(sequences), length), np.int32)
+    for row, seq in enumerate(sequences):
+        tail = seq[-length:]
+        if len(tail):
+            out[row, length - len(tail) :] = tail + 1
+    return out
+
+
+def _sasrec_task(config, log, parts) -> _Task:
+    mcfg = {k: v for k, v in config.model.items() if k != "name"}
+    max_len = int(mcfg.get("max_len", 50))
+    loss_name = config.loss.name
+    num_negatives = int(config.loss.get("num_negatives", 256))
+
+    @functools.cache
+    def build(embedding_bits: int = 0) -> sequential.SASRec:
+        return sequential.SASRec(num_items=log.num_items, embedding_bits=embedding_bits, **mcfg)
+
+    train_seqs = parts["train"].user_sequences()
+    valid_seqs = parts["valid"].user_sequences()
+    # Inputs are the first max_len of the last max_len + 1 items; targets the next ones.
+    windows = _right_aligned(train_seqs, max_len + 1)
+    trainable = np.flatnonzero((windows > 0).sum(1) >= 2)
+    histories = {
+        "valid": _right_aligned(train_seqs, max_len),
+        "test": _right_aligned(
+            [np.concatenate([t, v]) for t, v in zip(train_seqs, valid_seqs, strict=True)], max_len
+        ),
+    }
+    rows = _epoch_rows(int(config.seed), len(trainable), int(config.train.batch_size))
+
+    def init(rng):
+        return build().init(rng, jnp.ones((1, max_len), jnp.int32))["params"]
+
+    def loss(params, batch, rng):
+        model = build()
+        drop_rng, sample_rng = jax.random.split(rng)
+        h = model.apply({"params": params}, batch["inputs"], train=True, rngs={"dropout": drop_rng})
+        targets = batch["targets"] - 1  # item index; -1 where there is no next item
+        where = targets >= 0
+        pos = jnp.maximum(targets, 0)
+        items = lambda ids: model.apply({"params": params}, ids, method="items")  # noqa: E731
+        if loss_name == "softmax":  # over the whole catalog
+            logits = h @ items(jnp.arange(log.num_items)).T
+            per = optax.softmax_cross_entropy_with_integer_labels(logits, pos)
+        elif loss_name == "sampled_softmax":  # shared uniform negatives, hits removed
+            neg = jax.random.randint(sample_rng, (num_negatives,), 0, log.num_items)
+            pos_logit = jnp.sum(h * items(pos), -1, keepdims=True)
+            neg_logits = h @ items(neg).T
+            neg_logits = jnp.where(neg[None, None] == pos[..., None], -1e9, neg_logits)
+            logits = jnp.concatenate([pos_logit, neg_logits], -1)
+            per = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros_like(pos))
+        else:  # bce: SASRec's one uniform negative per position
+            neg = jax.random.randint(sample_rng, pos.shape, 0, log.num_items)
+            pos_logit = jnp.sum(h * items(pos), -1)
+            neg_logit = jnp.sum(h * items(neg), -1)
+            per = -jax.nn.log_sigmoid(pos_logit) - jax.nn.log_sigmoid(-neg_logit)
+        return jnp.sum(jnp.where(where, per, 0.0)) / jnp.maximum(where.sum(), 1)
+
+    def batch(step):
+        w = windows[trainable[rows(step)]]
+        return {"inputs": w[:, :-1], "targets": w[:, 1:]}
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def item_vectors(bits, params):
+        return build(bits).apply({"params": params}, jnp.arange(log.num_items), method="items")
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def user_scores(bits, params, history, items_v):
+        return build(bits).apply({"params": params}, history, method="users") @ items_v.T
+
+    def scorer(params, bits, split):
+        items_v, history = item_vectors(bits, params), histories[split]
+        return lambda users: user_scores(bits, params, jnp.asarray(history[users]), items_v)
+
+    return _Task(init, loss, batch, scorer)
+
+
+def _split(config, log) -> dict[str, interactions.Interactions]:
+    dcfg = config.data
+    if dcfg.split == "random":
+        fractions = tuple(dcfg.get("fractions", (0.8, 0.1, 0.1)))
+        return interactions.random_split(log, fractions, int(dcfg.get("split_seed", 0)))
+    return interactions.leave_one_out(log)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains the retrieval model of `config` (two-tower or sequential) and evaluates it
+    by full ranking or against sampled negatives (`eval.protocol`).
+
+    Returns:
+      The contents of `workdir/results.json`.
+    """
+    _validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    checkpoint.write_json(
+        os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
+    )
+    tcfg, ecfg = config.train, config.eval
+    log = load_log(config.data)
+    parts = _split(config, log)
+    train, valid, test = parts["train"], parts["valid"], parts["test"]
+    logging.info(
+        "data %s: %d users, %d items; train %d, valid %d, test %d interactions",
+        log.source,
+        log.num_users,
+        log.num_items,
+        train.num_interactions,
+        valid.num_interactions,
+        test.num_interactions,
+    )
+    if config.model.name == "sasrec":
+        task = _sasrec_task(config, log, parts)
+    else:
+        task = _two_tower_task(config, log, train)
+    num_steps = int(tcfg.num_steps)
+    tx, schedule = optim.make(config.optim, num_steps)
+    counts = np.bincount(train.items, minlength=log.num_items).astype(np.float64)
+    rank = _ranker(config, log, parts)
+
+    def init(rng):
+        params = task.init(rng)
+        return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params))
+
+    @jax.jit
+    def train_step(state, batch, rng):
+        loss, grads = jax.value_and_grad(task.loss)(state.params, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), {
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+        }
+
+    def evaluate(params, split: str, bits: int = 0) -> dict[str, float]:
+        return rank(task.scorer(params, bits, split), split)
+
+    rng = jax.random.PRNGKey(int(config.seed))
+    step_rng = jax.random.fold_in(rng, 1)  # dropout and sampled negatives, per step
+    state = jax.jit(init)(rng)
     ckpt = checkpoint.Checkpointer(
         workdir,
         every=int(config.ckpt.every),
@@ -260,26 +430,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     state, restored = ckpt.restore_or_init(state)
     writer = MetricWriter(workdir, resume_step=restored)
-    steps_per_epoch = max(train.num_interactions // batch_size, 1)
-    if train.num_interactions < batch_size:
-        raise ValueError(
-            f"train has {train.num_interactions} interactions, fewer than train.batch_size="
-            f"{batch_size}"
-        )
-    perm, perm_epoch = None, -1
     t0 = time.perf_counter()
     try:
         for step in range(int(state.step), num_steps):
-            epoch, index = divmod(step, steps_per_epoch)
-            if epoch != perm_epoch:  # batch `step` is a pure function of (seed, step)
-                perm = np.random.default_rng([int(config.seed), epoch]).permutation(
-                    train.num_interactions
-                )
-                perm_epoch = epoch
-            rows = perm[index * batch_size : (index + 1) * batch_size]
-            state, m = train_step(
-                state, jnp.asarray(train.users[rows]), jnp.asarray(train.items[rows])
-            )
+            batch = jax.tree_util.tree_map(jnp.asarray, task.batch(step))
+            state, m = train_step(state, batch, jax.random.fold_in(step_rng, step))
             done = step + 1
             if done % int(tcfg.log_every) == 0 or done == num_steps:
                 m = jax.device_get(m)
@@ -296,7 +451,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 )
                 writer.write(done, "train", values)
             if done % int(tcfg.eval_every) == 0 or done == num_steps:
-                metrics = evaluate(state.params, valid, [train])
+                metrics = evaluate(state.params, "valid")
                 logging.info("step %d | valid %s", done, metrics)
                 writer.write(done, "valid", metrics)
                 ckpt.save_best(done, state.params, metrics)
@@ -308,28 +463,89 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     best = ckpt.restore_best(state.params)
     params = best if best is not None else state.params
     ckpt.close()
+    protocol = ecfg.get("protocol", "full")
     results = {
         "step": int(state.step),
         "params": f"best (step {ckpt.best_step()})" if best is not None else "last",
-        "valid": evaluate(params, valid, [train]),
-        "test": evaluate(params, test, [train, valid]),
+        "protocol": protocol,
+        "valid": evaluate(params, "valid"),
+        "test": evaluate(params, "test"),
     }
     results["bytes"] = {"float_bytes": quantization.array_bytes(params)}
     bits = int((config.get("quant") or {}).get("embedding_bits", 0))
     if bits:
-        # Served towers: every embedding table stored as int8/int4 rows plus scales.
+        # Served model: every embedding table stored as int8/int4 rows plus scales.
         served = embeddings.quantize_tree(jax.device_get(params), bits)
-        results["test_served"] = evaluate(served, test, [train, valid], bits=bits)
+        results["test_served"] = evaluate(served, "test", bits=bits)
         results["bytes"]["serving_bytes"] = quantization.array_bytes(served)
     popularity = jnp.asarray(counts, jnp.float32)
     by_popularity = lambda users: jnp.broadcast_to(popularity, (len(users), log.num_items))  # noqa: E731
-    results["baselines"] = {"popularity": {"test": rank(by_popularity, test, [train, valid])}}
+    results["baselines"] = {"popularity": {"test": rank(by_popularity, "test")}}
     checkpoint.write_json(os.path.join(workdir, "results.json"), results)
-    print(f"\nFull-ranking test metrics ({results['params']} parameters), workdir {workdir}:")
+    what = "full-ranking" if protocol == "full" else "sampled-negative"
+    print(f"\nTest metrics, {what} protocol ({results['params']} parameters), workdir {workdir}:")
     for name, values in [
-        ("two_tower", results["test"]),
+        (config.model.name, results["test"]),
         *([(f"int{bits} tables", results["test_served"])] if bits else []),
         ("popularity", results["baselines"]["popularity"]["test"]),
     ]:
         print(f"  {name:<12} " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
     return results
+
+
+def _ranker(config, log, parts) -> Callable[[Callable, str], dict[str, float]]:
+    """`(score_fn, split) -> metrics` under `config.eval`'s protocol.
+
+    Full ranking excludes the items the user interacted with before the split (train;
+    for test, train and valid). The sampled protocol ranks each held-out item against
+    `eval.num_negatives` items the user never interacted with anywhere in the log, drawn
+    once per split with a fixed seed, by popularity over the whole log (BERT4Rec's
+    protocol) or uniformly.
+    """
+    ecfg = config.eval
+    metrics = tuple(ecfg.metrics)
+    chunk = int(ecfg.get("users_per_chunk", 256))
+    seen = {"valid": [parts["train"]], "test": [parts["train"], parts["valid"]]}
+    if ecfg.get("protocol", "full") == "full":
+
+        def rank(score_fn, split):
+            before = seen[split]
+            return retrieval.full_ranking(
+                score_fn,
+                train=(
+                    np.concatenate([s.users for s in before]),
+                    np.concatenate([s.items for s in before]),
+                ),
+                held_out=(parts[split].users, parts[split].items),
+                num_items=log.num_items,
+                metrics=metrics,
+                users_per_chunk=chunk,
+            )
+
+        return rank
+    by = ecfg.get("negatives", "popularity")
+    popularity = np.bincount(log.items, minlength=log.num_items) if by == "popularity" else None
+    seed = int(ecfg.get("negative_seed", 0))
+    negatives = {
+        split: retrieval.sample_negatives(
+            parts[split].users,
+            (log.users, log.items),
+            log.num_items,
+            int(ecfg.get("num_negatives", 100)),
+            popularity=popularity,
+            seed=seed + i,
+        )
+        for i, split in enumerate(("valid", "test"))
+    }
+
+    def rank(score_fn, split):
+        return retrieval.sampled_protocol(
+            score_fn,
+            users=parts[split].users,
+            positives=parts[split].items,
+            negatives=negatives[split],
+            metrics=metrics,
+            users_per_chunk=chunk,
+        )
+
+    return rank

@@ -12,7 +12,9 @@ from rankjax import retrieval_trainer, trainer
 from rankjax.data import shared_dir
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "*.py")))
-NEEDS_SHARED = {name for name in CONFIGS if name.startswith(("letor", "homedepot", "ml100k"))}
+NEEDS_SHARED = {
+    name for name in CONFIGS if name.startswith(("letor", "homedepot", "ml100k", "beauty"))
+}
 # Configs distilled from a teacher run: the runlocal cross-encoder trained once here.
 NEEDS_TEACHER = {"homedepot_distill", "homedepot_student_int8_nm24"}
 

@@ -333,6 +333,19 @@ def from_synthetic(world) -> Interactions:
     )
 
 
+def first_users(log: Interactions, n: int) -> Interactions:
+    """The log of its first `n` users (in order of first appearance), for quick runs; the
+    item catalog is kept whole."""
+    if n <= 0 or n >= log.num_users:
+        return log
+    small = log.take(np.flatnonzero(log.users < n))
+    return dataclasses.replace(
+        small,
+        user_ids=log.user_ids[:n],
+        user_features={k: v[:n] for k, v in log.user_features.items()},
+    )
+
+
 # ----------------------------------------------------------------------------- splits
 
 

@@ -194,3 +194,37 @@ def sampled_ranking(
             raise ValueError(f"{name}: sampled ranking has one relevant item; use hit, ndcg, mrr")
         out[name] = float(v.mean())
     return out
+
+
+def sampled_protocol(
+    score_fn: Callable[[np.ndarray], jax.Array],
+    *,
+    users: np.ndarray,
+    positives: np.ndarray,
+    negatives: np.ndarray,
+    metrics: Sequence[str] = ("hit@10", "ndcg@10"),
+    users_per_chunk: int = 256,
+) -> dict[str, float]:
+    """`sampled_ranking` of a full-catalog scorer: each row's held-out item against its
+    sampled negatives.
+
+    Args:
+      score_fn: `[n] user ids -> [n, num_items]` scores.
+      users: `[n]` the evaluated users (one held-out item each).
+      positives: `[n]` their held-out items.
+      negatives: `[n, num_negatives]` from `sample_negatives`.
+      metrics: `hit@K`, `ndcg@K` or `mrr@K`.
+      users_per_chunk: rows scored per call.
+
+    Returns:
+      `{name: mean over rows}`.
+    """
+    users, positives = np.asarray(users), np.asarray(positives)
+    candidates = np.concatenate([positives[:, None], np.asarray(negatives)], axis=1)
+    picked = []
+    for start in range(0, len(users), users_per_chunk):
+        rows = slice(start, start + users_per_chunk)
+        scores = score_fn(users[rows])
+        picked.append(np.asarray(jnp.take_along_axis(scores, jnp.asarray(candidates[rows]), 1)))
+    got = np.concatenate(picked) if picked else np.zeros((0, candidates.shape[1]))
+    return sampled_ranking(got[:, 0], got[:, 1:], metrics)
