@@ -13,8 +13,13 @@ checkpoints and the best parameters -> test metrics beside a popularity ranker -
 
 Evaluation (`eval.protocol`): `full` scores the whole catalog for every evaluated user
 (RecBole's protocol), the user's earlier items excluded; `sampled` ranks each held-out item
-against `eval.num_negatives` sampled negatives (SASRec/BERT4Rec's protocol). Runs on one
-device; sharded embedding tables are a later step.
+against `eval.num_negatives` sampled negatives (SASRec/BERT4Rec's protocol).
+
+Devices (`mesh`, optional; default one device): `mesh.num_devices` devices as a
+`(data, model)` mesh with `mesh.model` devices on the model axis. Every embedding table is
+split by rows over `model` (padded to a multiple of it), so a table larger than one
+device's memory trains; the batch is split over `data`; everything else is replicated,
+and `jax.jit` inserts the gathers and reductions. `results.json` names the sharded tables.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from rankjax import checkpoint, losses, optim
+from rankjax import checkpoint, losses, optim, sharding
 from rankjax.compression import embeddings, quantization
 from rankjax.data import interactions
 from rankjax.evaluators import retrieval
@@ -47,7 +52,10 @@ SPLITS = ("random", "leave_one_out")
 PROTOCOLS = ("full", "sampled")
 # Per model: its config keys and the losses it trains with.
 MODELS = {
-    "two_tower": ({"dim", "hidden", "normalize", "temperature"}, ("in_batch_softmax",)),
+    "two_tower": (
+        {"dim", "hidden", "normalize", "temperature", "hash_buckets"},
+        ("in_batch_softmax",),
+    ),
     "sasrec": (
         {"dim", "max_len", "num_layers", "num_heads", "dropout"},
         ("softmax", "sampled_softmax", "bce"),
@@ -82,7 +90,11 @@ _KEYS = {
     ),
     "ckpt": ({"every", "keep"}, {"best_metric", "best_mode"}),
     "quant": (set(), {"embedding_bits"}),  # optional: served quantized embedding tables
+    "mesh": (set(), {"num_devices", "model"}),  # optional: default one device
 }
+OPTIONAL_SECTIONS = ("quant", "mesh")
+# Embedding tables (float, while training) are split by rows over the `model` axis.
+TABLE_RULES = ((r"_embedding/embedding$", (sharding.MODEL_AXIS, None)),)
 
 
 @flax.struct.dataclass
@@ -101,7 +113,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
             )
     for section, (required, optional) in _KEYS.items():
         given = config.get(section)
-        if given is None and section == "quant":
+        if given is None and section in OPTIONAL_SECTIONS:
             continue
         if given is None:
             raise ValueError(f"config is missing the {section} section")
@@ -210,7 +222,7 @@ def _epoch_rows(seed: int, size: int, batch_size: int) -> Callable[[int], np.nda
     return rows
 
 
-def _two_tower_task(config, log, train) -> _Task:
+def _two_tower_task(config, log, train, row_multiple: int) -> _Task:
     dcfg = config.data
     item_feats, item_vocab = _features(
         log, dcfg.get("item_features", ()), "item", log.item_features
@@ -228,6 +240,7 @@ def _two_tower_task(config, log, train) -> _Task:
             user_vocab_sizes=user_vocab,
             item_vocab_sizes=item_vocab,
             embedding_bits=embedding_bits,
+            row_multiple=row_multiple,
             **{k: tuple(v) if k == "hidden" else v for k, v in mcfg.items()},
         )
 
@@ -289,7 +302,7 @@ def _right_aligned(sequences: list[np.ndarray], length: int) -> np.ndarray:
     return out
 
 
-def _sasrec_task(config, log, parts) -> _Task:
+def _sasrec_task(config, log, parts, row_multiple: int) -> _Task:
     mcfg = {k: v for k, v in config.model.items() if k != "name"}
     max_len = int(mcfg.get("max_len", 50))
     loss_name = config.loss.name
@@ -297,7 +310,12 @@ def _sasrec_task(config, log, parts) -> _Task:
 
     @functools.cache
     def build(embedding_bits: int = 0) -> sequential.SASRec:
-        return sequential.SASRec(num_items=log.num_items, embedding_bits=embedding_bits, **mcfg)
+        return sequential.SASRec(
+            num_items=log.num_items,
+            embedding_bits=embedding_bits,
+            row_multiple=row_multiple,
+            **mcfg,
+        )
 
     train_seqs = parts["train"].user_sequences()
     valid_seqs = parts["valid"].user_sequences()
@@ -392,10 +410,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         valid.num_interactions,
         test.num_interactions,
     )
-    if config.model.name == "sasrec":
-        task = _sasrec_task(config, log, parts)
-    else:
-        task = _two_tower_task(config, log, train)
+    mesh_cfg = config.get("mesh") or {}
+    model_axis = int(mesh_cfg.get("model", 1))
+    mesh = sharding.make_mesh(int(mesh_cfg.get("num_devices", 1)), model=model_axis)
+    sharding.check_divisible(int(tcfg.batch_size), mesh)
+    # Tables padded to a multiple of the model axis so their rows split evenly.
+    make_task = _sasrec_task if config.model.name == "sasrec" else _two_tower_task
+    task = make_task(config, log, parts if config.model.name == "sasrec" else train, model_axis)
     num_steps = int(tcfg.num_steps)
     tx, schedule = optim.make(config.optim, num_steps)
     counts = np.bincount(train.items, minlength=log.num_items).astype(np.float64)
@@ -405,7 +426,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         params = task.init(rng)
         return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params))
 
-    @jax.jit
     def train_step(state, batch, rng):
         loss, grads = jax.value_and_grad(task.loss)(state.params, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -420,7 +440,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     rng = jax.random.PRNGKey(int(config.seed))
     step_rng = jax.random.fold_in(rng, 1)  # dropout and sampled negatives, per step
-    state = jax.jit(init)(rng)
+    rules = TABLE_RULES if model_axis > 1 else ()
+    state_sharding = sharding.tree_shardings(jax.eval_shape(init, rng), mesh, rules)
+    state = jax.jit(init, out_shardings=state_sharding)(rng)
+    replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    train_step = jax.jit(
+        train_step,
+        in_shardings=(state_sharding, batch_sharding, replicated),
+        out_shardings=(state_sharding, replicated),
+    )
     ckpt = checkpoint.Checkpointer(
         workdir,
         every=int(config.ckpt.every),
@@ -433,7 +461,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     t0 = time.perf_counter()
     try:
         for step in range(int(state.step), num_steps):
-            batch = jax.tree_util.tree_map(jnp.asarray, task.batch(step))
+            batch = jax.device_put(task.batch(step), batch_sharding)
             state, m = train_step(state, batch, jax.random.fold_in(step_rng, step))
             done = step + 1
             if done % int(tcfg.log_every) == 0 or done == num_steps:
@@ -468,6 +496,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "step": int(state.step),
         "params": f"best (step {ckpt.best_step()})" if best is not None else "last",
         "protocol": protocol,
+        "mesh": dict(mesh.shape),
+        "sharded": sorted(
+            sharding.path_str(path)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)
+            if any(getattr(leaf.sharding, "spec", ()))
+        ),
         "valid": evaluate(params, "valid"),
         "test": evaluate(params, "test"),
     }

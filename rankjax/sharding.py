@@ -16,10 +16,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+MODEL_AXIS = "model"
 
 
-def make_mesh(num_devices: int = -1) -> Mesh:
-    """A 1-D mesh with axis `data` over the first `num_devices` devices (-1: all)."""
+def make_mesh(num_devices: int = -1, model: int = 1) -> Mesh:
+    """A mesh over the first `num_devices` devices (-1: all): 1-D with axis `data`, or,
+    when `model > 1`, 2-D `(data, model)` with `model` devices along `model` (e.g. rows
+    of embedding tables split over it, the batch over `data`)."""
     devices = jax.devices()
     if num_devices == -1:
         num_devices = len(devices)
@@ -27,7 +30,12 @@ def make_mesh(num_devices: int = -1) -> Mesh:
         raise ValueError(
             f"mesh.num_devices={num_devices}, but {len(devices)} device(s) are available"
         )
-    return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
+    if model < 1 or num_devices % model:
+        raise ValueError(f"mesh.model={model} must be >= 1 and divide num_devices={num_devices}")
+    if model == 1:
+        return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
+    grid = np.asarray(devices[:num_devices]).reshape(num_devices // model, model)
+    return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -80,10 +88,11 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Sequence]] 
 
 
 def check_divisible(batch_size: int, mesh: Mesh) -> None:
-    if batch_size % mesh.size:
+    n = mesh.shape[DATA_AXIS]
+    if batch_size % n:
         raise ValueError(
-            f"batch of {batch_size} lists cannot be split evenly over {mesh.size} devices; "
-            f"use a batch size divisible by {mesh.size}"
+            f"batch of {batch_size} cannot be split evenly over the {n} devices of the "
+            f"data axis; use a batch size divisible by {n}"
         )
 
 

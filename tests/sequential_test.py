@@ -118,6 +118,28 @@ def test_full_protocol_and_served_tables_through_the_config(tmp_path, shared_dat
     assert results["bytes"]["serving_bytes"] < 0.4 * results["bytes"]["float_bytes"]
 
 
+def test_sharded_tables_train_like_one_device(tmp_path):
+    results = []
+    for mesh in (dict(num_devices=1, model=1), dict(num_devices=8, model=4)):
+        c = load_config("beauty_sequential", "runlocal,loss=sampled_softmax")
+        c.data.file = _cyclic_log(tmp_path / "log.txt")
+        c.data.max_users = 0
+        c.model.dropout = 0.0  # dropout masks depend on the layout's random bits
+        c.eval.num_negatives = 10
+        c.train = dict(num_steps=4, batch_size=64, log_every=4, eval_every=4)
+        c.ckpt.every = 4
+        c.optim.update(learning_rate=0.05, warmup_steps=0)
+        c.mesh = mesh
+        results.append(retrieval_trainer.train_and_evaluate(c, str(tmp_path / str(len(results)))))
+    one, many = results
+    assert many["sharded"] == [
+        "item_embedding/embedding",
+        "position_embedding/embedding",
+    ]
+    for k, v in one["test"].items():
+        assert many["test"][k] == pytest.approx(v, abs=1e-4), k
+
+
 def test_sequential_config_errors_name_the_key(tmp_path):
     c = load_config("beauty_sequential", "runlocal")
     c.data.split = "random"

@@ -81,30 +81,37 @@ class Embed(nn.Module):
       features: width.
       bits: 0 reads the float parameter `embedding`; 8 or 4 reads a served row-wise
         quantized table (`values`, `scales`; see `compression.embeddings`).
+      row_multiple: the table's rows are padded with zero rows to a multiple of this, so
+        it splits evenly over a mesh axis; the real rows are initialised exactly as
+        without padding (the padded table trains like the unpadded one).
     """
 
     num_embeddings: int
     features: int
     bits: int = 0
+    row_multiple: int = 1
+
+    @property
+    def rows(self) -> int:
+        return -(-self.num_embeddings // self.row_multiple) * self.row_multiple
+
+    def _init(self, key: jax.Array, shape: tuple[int, int], dtype) -> jax.Array:
+        real = nn.initializers.normal(stddev=0.02)(key, (self.num_embeddings, shape[1]), dtype)
+        return jnp.pad(real, ((0, shape[0] - self.num_embeddings), (0, 0)))
 
     @nn.compact
     def __call__(self, ids: jax.Array) -> jax.Array:
         """Maps int `ids [...]` to `[..., features]` float32."""
         if not self.bits:
-            table = self.param(
-                "embedding",
-                nn.initializers.normal(stddev=0.02),
-                (self.num_embeddings, self.features),
-                jnp.float32,
-            )
+            table = self.param("embedding", self._init, (self.rows, self.features), jnp.float32)
             return jnp.take(table, ids, axis=0)
         width = self.features // 2 if self.bits == 4 else self.features
         dtype = jnp.uint8 if self.bits == 4 else jnp.int8
-        values = self.param("values", nn.initializers.zeros, (self.num_embeddings, width), dtype)
+        values = self.param("values", nn.initializers.zeros, (self.rows, width), dtype)
         scales = self.param(
             "scales",
             nn.initializers.zeros,
-            (self.num_embeddings, self.features // embeddings.group_size(self.features)),
+            (self.rows, self.features // embeddings.group_size(self.features)),
             jnp.float32,
         )
         return embeddings.lookup(values, scales, ids, self.bits)

@@ -66,6 +66,8 @@ class SASRec(nn.Module):
       dropout: on embeddings, attention weights and residual branches while training.
       dot_general_cls: the quantization seam.
       embedding_bits: 0 (float tables) or 8/4 (served row-wise quantized tables).
+      row_multiple: tables padded to a multiple of this many rows, to shard them evenly
+        over a mesh axis (`layers.Embed`).
     """
 
     num_items: int
@@ -76,13 +78,18 @@ class SASRec(nn.Module):
     dropout: float = 0.2
     dot_general_cls: layers.DotGeneralFactory | None = None
     embedding_bits: int = 0
+    row_multiple: int = 1
 
     def setup(self):
         if self.dim % self.num_heads:
             raise ValueError(f"model.dim={self.dim} is not divisible by num_heads")
         bits = self.embedding_bits
-        self.item_embedding = layers.Embed(self.num_items + 1, self.dim, bits=bits)
-        self.position_embedding = layers.Embed(self.max_len, self.dim, bits=bits)
+        self.item_embedding = layers.Embed(
+            self.num_items + 1, self.dim, bits=bits, row_multiple=self.row_multiple
+        )
+        self.position_embedding = layers.Embed(
+            self.max_len, self.dim, bits=bits, row_multiple=self.row_multiple
+        )
         self.blocks = [
             Block(self.dim, self.num_heads, self.dropout, self.dot_general_cls, name=f"block_{i}")
             for i in range(self.num_layers)

@@ -21,6 +21,14 @@ import jax.numpy as jnp
 from rankjax.models import layers
 
 
+def hash_ids(ids: jax.Array, buckets: int) -> jax.Array:
+    """`ids` mapped to `[0, buckets)` by Knuth's multiplicative hash (uint32 arithmetic,
+    the high bits mixed down so consecutive ids spread over the buckets)."""
+    h = jnp.asarray(ids).astype(jnp.uint32) * jnp.uint32(2654435761)
+    h = h ^ (h >> 16)
+    return (h % jnp.uint32(buckets)).astype(jnp.int32)
+
+
 class Tower(nn.Module):
     """One tower: `ids [n]` (+ features `{name: [n, ...]}`) -> `[n, dim]`.
 
@@ -35,6 +43,11 @@ class Tower(nn.Module):
       dot_general_cls: the quantization seam.
       embedding_bits: 0 (float tables) or 8/4: read served row-wise quantized tables
         (`compression.embeddings`).
+      hash_buckets: when > 0 and below `num_ids`, the id table has this many rows and an
+        id reads row `hash(id) % hash_buckets` (the hashing trick: colliding ids share a
+        row, and the side features tell them apart).
+      row_multiple: tables padded to a multiple of this many rows (`layers.Embed`), to
+        shard them evenly over a mesh axis.
     """
 
     num_ids: int
@@ -44,17 +57,29 @@ class Tower(nn.Module):
     normalize: bool = True
     dot_general_cls: layers.DotGeneralFactory | None = None
     embedding_bits: int = 0
+    hash_buckets: int = 0
+    row_multiple: int = 1
 
     @nn.compact
     def __call__(self, ids: jax.Array, features: Mapping[str, jax.Array]) -> jax.Array:
         bits = self.embedding_bits
-        parts = [layers.Embed(self.num_ids, self.dim, bits=bits, name="id_embedding")(ids)]
+        rows = self.num_ids
+        if 0 < self.hash_buckets < self.num_ids:
+            rows, ids = self.hash_buckets, hash_ids(ids, self.hash_buckets)
+        table = layers.Embed(
+            rows, self.dim, bits=bits, row_multiple=self.row_multiple, name="id_embedding"
+        )
+        parts = [table(ids)]
         floats = []
         for name in sorted(features):
             x = features[name]
             if name in self.vocab_sizes:
                 table = layers.Embed(
-                    self.vocab_sizes[name], self.dim, bits=bits, name=f"{name}_embedding"
+                    self.vocab_sizes[name],
+                    self.dim,
+                    bits=bits,
+                    row_multiple=self.row_multiple,
+                    name=f"{name}_embedding",
                 )
                 if x.ndim == 1:
                     parts.append(table(x))
@@ -86,6 +111,8 @@ class Model(nn.Module):
       dim, hidden, normalize: tower shape (see `Tower`).
       temperature: scores are `user . item / temperature`.
       embedding_bits: served row-wise quantized embedding tables (0: float).
+      hash_buckets: rows of each id table under the hashing trick (0: one row per id).
+      row_multiple: id tables padded to a multiple of this many rows (sharding).
     """
 
     num_users: int
@@ -98,6 +125,8 @@ class Model(nn.Module):
     temperature: float = 0.05
     dot_general_cls: layers.DotGeneralFactory | None = None
     embedding_bits: int = 0
+    hash_buckets: int = 0
+    row_multiple: int = 1
 
     def setup(self):
         shape = dict(
@@ -106,6 +135,8 @@ class Model(nn.Module):
             normalize=self.normalize,
             dot_general_cls=self.dot_general_cls,
             embedding_bits=self.embedding_bits,
+            hash_buckets=self.hash_buckets,
+            row_multiple=self.row_multiple,
         )
         self.user_tower = Tower(self.num_users, dict(self.user_vocab_sizes), **shape)
         self.item_tower = Tower(self.num_items, dict(self.item_vocab_sizes), **shape)
