@@ -91,34 +91,30 @@ def _cyclic_log(path, num_users=120, num_items=30, length=8):
     return str(path)
 
 
-@pytest.mark.parametrize("loss", ["softmax", "sampled_softmax", "bce"])
-def test_sasrec_learns_a_deterministic_next_item(tmp_path, loss):
-    c = load_config("beauty_sequential", f"runlocal,loss={loss}")
+@pytest.mark.parametrize("loss, protocol", [("softmax", "sampled"), ("bce", "full")])
+def test_sasrec_learns_a_deterministic_next_item(tmp_path, loss, protocol):
+    c = load_config("beauty_sequential", f"runlocal,loss={loss},protocol={protocol}")
     c.data.file = _cyclic_log(tmp_path / "log.txt")
     c.data.max_users = 0
     c.model.update(dim=16, max_len=6)
-    c.loss.num_negatives = 8
     c.eval.num_negatives = 10
     c.optim.update(learning_rate=1e-2, warmup_steps=10)
     c.train = dict(num_steps=150, batch_size=32, log_every=50, eval_every=150)
     c.ckpt.every = 150
+    c.quant = dict(embedding_bits=8)
     results = retrieval_trainer.train_and_evaluate(c, str(tmp_path / "run"))
-    assert results["protocol"] == "sampled"
-    # The next item is fully determined by the last one; popularity knows nothing.
-    assert results["test"]["hit@1"] >= 0.9, results["test"]
-    assert results["baselines"]["popularity"]["test"]["hit@1"] <= 0.5
-
-
-def test_full_protocol_and_served_tables_through_the_config(tmp_path, shared_data):
-    c = load_config("beauty_sequential", "runlocal,protocol=full,embedding_bits=8")
-    results = retrieval_trainer.train_and_evaluate(c, str(tmp_path))
-    assert results["protocol"] == "full"
+    assert results["protocol"] == protocol
     assert set(results["test"]) == set(c.eval.metrics)
-    assert set(results["test_served"]) == set(results["test"])
-    assert results["bytes"]["serving_bytes"] < 0.4 * results["bytes"]["float_bytes"]
+    # The next item is fully determined by the last one; popularity knows nothing.
+    assert results["test"]["mrr@10"] >= 0.85, results["test"]
+    assert results["baselines"]["popularity"]["test"]["mrr@10"] <= 0.5
+    # The model served with int8 tables ranks as well.
+    assert results["test_served"]["mrr@10"] >= 0.85, results["test_served"]
+    assert results["bytes"]["serving_bytes"] < results["bytes"]["float_bytes"]
 
 
 def test_sharded_tables_train_like_one_device(tmp_path):
+    """8 CPU devices, 4 along `model`: the item and position tables split by rows."""
     results = []
     for mesh in (dict(num_devices=1, model=1), dict(num_devices=8, model=4)):
         c = load_config("beauty_sequential", "runlocal,loss=sampled_softmax")
@@ -126,9 +122,11 @@ def test_sharded_tables_train_like_one_device(tmp_path):
         c.data.max_users = 0
         c.model.dropout = 0.0  # dropout masks depend on the layout's random bits
         c.eval.num_negatives = 10
-        c.train = dict(num_steps=4, batch_size=64, log_every=4, eval_every=4)
-        c.ckpt.every = 4
-        c.optim.update(learning_rate=0.05, warmup_steps=0)
+        c.model.update(dim=16, max_len=6)
+        c.loss.num_negatives = 8
+        c.train = dict(num_steps=100, batch_size=64, log_every=100, eval_every=100)
+        c.ckpt.every = 100
+        c.optim.update(learning_rate=1e-2, warmup_steps=10)
         c.mesh = mesh
         results.append(retrieval_trainer.train_and_evaluate(c, str(tmp_path / str(len(results)))))
     one, many = results
@@ -136,8 +134,10 @@ def test_sharded_tables_train_like_one_device(tmp_path):
         "item_embedding/embedding",
         "position_embedding/embedding",
     ]
+    # The sampled softmax learns the pattern, on one device and on eight alike.
+    assert one["test"]["hit@1"] >= 0.9, one["test"]
     for k, v in one["test"].items():
-        assert many["test"][k] == pytest.approx(v, abs=1e-4), k
+        assert many["test"][k] == pytest.approx(v, abs=1e-3), k
 
 
 def test_sequential_config_errors_name_the_key(tmp_path):
