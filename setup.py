@@ -23,8 +23,15 @@ setuptools.setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        # Independent metric implementation, linter and test runner.
-        "dev": ["hypothesis>=6.100", "pytest>=8.0", "pytrec-eval-terrier>=0.5.6", "ruff>=0.6"],
+        # Independent metric implementation, linter and test runner (2 workers: JAX's
+        # compiles are mostly single-threaded, so two test processes keep 2 cores busy).
+        "dev": [
+            "hypothesis>=6.100",
+            "pytest>=8.0",
+            "pytest-xdist>=3.5",
+            "pytrec-eval-terrier>=0.5.6",
+            "ruff>=0.6",
+        ],
         # Tokenizers and safetensors for the text rankers.
         "text": ["safetensors>=0.4", "tokenizers>=0.19"],
     },

@@ -6,6 +6,9 @@ checkpoints and the best parameters -> test metrics beside a popularity ranker -
 
 * `two_tower`: user and item towers over ids and side features, in-batch sampled softmax
   with logQ correction (`loss.name="in_batch_softmax"`);
+* `dcn`: a DCN-v2 feature-crossing ranker over (user, item) pairs — ids and side
+  features — trained on each interaction against `loss.num_negatives` uniform negatives by
+  softmax over the list (`softmax`) or pointwise (`bce`); scores every pair;
 * `sasrec`: a causal transformer over each user's item history (leave-one-out split),
   trained to predict every next item by full softmax over the catalog (`softmax`), by
   softmax against `loss.num_negatives` shared uniform negatives (`sampled_softmax`), or by
@@ -45,7 +48,7 @@ from rankjax.compression import embeddings, quantization
 from rankjax.data import interactions
 from rankjax.evaluators import retrieval
 from rankjax.metric_writer import MetricWriter
-from rankjax.models import sequential, two_tower
+from rankjax.models import dcn, sequential, two_tower
 
 SOURCES = ("atomic", "user_item", "synthetic")
 SPLITS = ("random", "leave_one_out")
@@ -59,6 +62,10 @@ MODELS = {
     "sasrec": (
         {"dim", "max_len", "num_layers", "num_heads", "dropout"},
         ("softmax", "sampled_softmax", "bce"),
+    ),
+    "dcn": (
+        {"embed_dim", "num_cross", "low_rank", "deep", "structure"},
+        ("softmax", "bce"),
     ),
 }
 _KEYS = {
@@ -197,12 +204,15 @@ class _Task:
       batch: `step -> {name: np.ndarray}`, a pure function of (seed, step).
       scorer: `(params, embedding_bits, split) -> (users [n] -> [n, num_items] scores)`
         for split "valid" (the user as of training) or "test" (also after validation).
+      pair_scorer: the same for chosen items only: `-> ((users [n], items [n, K]) ->
+        [n, K])`, at the cost of K items (a cascade's second stage).
     """
 
     init: Callable[[jax.Array], Any]
     loss: Callable[[Any, dict, jax.Array], jax.Array]
     batch: Callable[[int], dict]
     scorer: Callable[[Any, int, str], Callable[[np.ndarray], jax.Array]]
+    pair_scorer: Callable[[Any, int, str], Callable] | None = None
 
 
 def _epoch_rows(seed: int, size: int, batch_size: int) -> Callable[[int], np.ndarray]:
@@ -288,7 +298,107 @@ def _two_tower_task(config, log, train, row_multiple: int) -> _Task:
         items_v = item_vectors(bits, params)
         return lambda users: user_scores(bits, params, jnp.asarray(users), items_v)
 
-    return _Task(init, loss, batch, scorer)
+    @functools.partial(jax.jit, static_argnums=0)
+    def pair_scores(bits, params, users, items, items_v):
+        users_v = build(bits).apply(
+            {"params": params}, users, gather(user_table, users), method="users"
+        )
+        return jnp.einsum("nd,nkd->nk", users_v, items_v[items])
+
+    def pair_scorer(params, bits, split):
+        del split
+        items_v = item_vectors(bits, params)  # precomputed offline in a served system
+        return lambda users, items: pair_scores(
+            bits, params, jnp.asarray(users), jnp.asarray(items), items_v
+        )
+
+    return _Task(init, loss, batch, scorer, pair_scorer)
+
+
+def _dcn_task(config, log, train, row_multiple: int) -> _Task:
+    """DCN-v2 over (user, item) pairs: ids and the chosen side features of both.
+
+    Each training interaction is a list of its item and `loss.num_negatives` uniform
+    negatives (accidental hits masked): softmax cross-entropy over the list, or
+    pointwise BCE (positive 1, negatives 0). Scoring reads every (user, item) pair.
+    """
+    dcfg = config.data
+    item_feats, item_vocab = _features(
+        log, dcfg.get("item_features", ()), "item", log.item_features
+    )
+    user_feats, user_vocab = _features(
+        log, dcfg.get("user_features", ()), "user", log.user_features
+    )
+    vocab = {"user_id": log.num_users, "item_id": log.num_items}
+    vocab.update({f"user_{k}": v for k, v in user_vocab.items()})
+    vocab.update({f"item_{k}": v for k, v in item_vocab.items()})
+    user_table = {f"user_{k}": jnp.asarray(v) for k, v in user_feats.items()}
+    item_table = {f"item_{k}": jnp.asarray(v) for k, v in item_feats.items()}
+    mcfg = {k: tuple(v) if k == "deep" else v for k, v in config.model.items() if k != "name"}
+    num_negatives = int(config.loss.get("num_negatives", 16))
+    pointwise = config.loss.name == "bce"
+    rows = _epoch_rows(int(config.seed), train.num_interactions, int(config.train.batch_size))
+
+    @functools.cache
+    def build(embedding_bits: int = 0) -> dcn.DCN:
+        return dcn.DCN(
+            vocab_sizes=vocab, embedding_bits=embedding_bits, row_multiple=row_multiple, **mcfg
+        )
+
+    def pairs(users: jax.Array, items: jax.Array) -> dict[str, jax.Array]:
+        """Features of the pairs `users [n] x items [n, m]`, flattened to `n * m` rows."""
+        m = items.shape[1]
+        users = jnp.repeat(users, m)
+        items = items.reshape(-1)
+        out = {"user_id": users, "item_id": items}
+        out.update({k: v[users] for k, v in user_table.items()})
+        out.update({k: v[items] for k, v in item_table.items()})
+        return out
+
+    def init(rng):
+        return build().init(rng, pairs(jnp.zeros([1], jnp.int32), jnp.zeros([1, 2], jnp.int32)))[
+            "params"
+        ]
+
+    def loss(params, batch, rng):
+        users, pos = batch["users"], batch["items"]
+        neg = jax.random.randint(rng, (len(pos), num_negatives), 0, log.num_items)
+        items = jnp.concatenate([pos[:, None], neg], axis=1)
+        logits = build().apply({"params": params}, pairs(users, items)).reshape(items.shape)
+        valid = jnp.concatenate(
+            [jnp.ones_like(pos[:, None], bool), neg != pos[:, None]], axis=1
+        )  # a negative that is the positive is no negative
+        if pointwise:
+            labels = jnp.zeros_like(logits).at[:, 0].set(1.0)
+            per = optax.sigmoid_binary_cross_entropy(logits, labels)
+            return jnp.sum(jnp.where(valid, per, 0.0)) / jnp.sum(valid)
+        logits = jnp.where(valid, logits, -1e9)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, 0 * pos))
+
+    def batch(step):
+        r = rows(step)
+        return {"users": train.users[r], "items": train.items[r]}
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def user_scores(bits, params, users):
+        items = jnp.broadcast_to(jnp.arange(log.num_items), (len(users), log.num_items))
+        return build(bits).apply({"params": params}, pairs(users, items)).reshape(items.shape)
+
+    def scorer(params, bits, split):
+        del split
+        return lambda users: user_scores(bits, params, jnp.asarray(users))
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def pair_scores(bits, params, users, items):
+        return build(bits).apply({"params": params}, pairs(users, items)).reshape(items.shape)
+
+    def pair_scorer(params, bits, split):
+        del split
+        return lambda users, items: pair_scores(
+            bits, params, jnp.asarray(users), jnp.asarray(items)
+        )
+
+    return _Task(init, loss, batch, scorer, pair_scorer)
 
 
 def _right_aligned(sequences: list[np.ndarray], length: int) -> np.ndarray:
@@ -377,6 +487,89 @@ def _sasrec_task(config, log, parts, row_multiple: int) -> _Task:
     return _Task(init, loss, batch, scorer)
 
 
+def _setup(config, row_multiple: int = 1):
+    """`(log, splits, task)` of a checked config; tables padded to `row_multiple` rows
+    (the model axis) so their rows split evenly."""
+    log = load_log(config.data)
+    parts = _split(config, log)
+    logging.info(
+        "data %s: %d users, %d items; train %d, valid %d, test %d interactions",
+        log.source,
+        log.num_users,
+        log.num_items,
+        *(parts[k].num_interactions for k in ("train", "valid", "test")),
+    )
+    if config.model.name == "sasrec":
+        task = _sasrec_task(config, log, parts, row_multiple)
+    elif config.model.name == "dcn":
+        task = _dcn_task(config, log, parts["train"], row_multiple)
+    else:
+        task = _two_tower_task(config, log, parts["train"], row_multiple)
+    return log, parts, task
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """A finished retrieval run, loaded for scoring (`load`).
+
+    Attributes:
+      config: its config.
+      log: its interaction log; `parts`: the train/valid/test splits.
+      params: its best parameters (one device).
+      task: its model's training and scoring functions.
+    """
+
+    config: ml_collections.ConfigDict
+    log: interactions.Interactions
+    parts: dict[str, interactions.Interactions]
+    params: Any
+    task: _Task
+
+    def _params(self, embedding_bits: int):
+        if not embedding_bits:
+            return self.params
+        return embeddings.quantize_tree(jax.device_get(self.params), embedding_bits)
+
+    def scorer(self, split: str = "test", embedding_bits: int = 0):
+        """`users [n] -> [n, num_items]` scores, with float or int8/int4 served tables."""
+        return self.task.scorer(self._params(embedding_bits), embedding_bits, split)
+
+    def pair_scorer(self, split: str = "test", embedding_bits: int = 0):
+        """`(users [n], items [n, K]) -> [n, K]` scores of chosen items."""
+        if self.task.pair_scorer is None:
+            raise ValueError(f"model {self.config.model.name} has no pair scorer")
+        return self.task.pair_scorer(self._params(embedding_bits), embedding_bits, split)
+
+
+def load(workdir: str) -> Trained:
+    """The best parameters of a finished retrieval run in `workdir`, with its data and model.
+
+    Raises:
+      FileNotFoundError: `workdir` has no config.json or no best checkpoint.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file; is {workdir} a finished retrieval run?")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    _validate(config)
+    # Tables were padded for the run's model axis; keep the shapes to restore them.
+    rows = int((config.get("mesh") or {}).get("model", 1))
+    log, parts, task = _setup(config, rows)
+    ckpt = checkpoint.Checkpointer(
+        workdir,
+        every=int(config.ckpt.every),
+        keep=int(config.ckpt.keep),
+        best_metric=config.ckpt.get("best_metric", "") or "ndcg@10",
+        best_mode=config.ckpt.get("best_mode", "max"),
+    )
+    params = ckpt.restore_best(jax.jit(task.init)(jax.random.PRNGKey(0)))
+    ckpt.close()
+    if params is None:
+        raise FileNotFoundError(f"{workdir} has no best checkpoint to load")
+    return Trained(config, log, parts, params, task)
+
+
 def _split(config, log) -> dict[str, interactions.Interactions]:
     dcfg = config.data
     if dcfg.split == "random":
@@ -398,25 +591,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
     )
     tcfg, ecfg = config.train, config.eval
-    log = load_log(config.data)
-    parts = _split(config, log)
-    train, valid, test = parts["train"], parts["valid"], parts["test"]
-    logging.info(
-        "data %s: %d users, %d items; train %d, valid %d, test %d interactions",
-        log.source,
-        log.num_users,
-        log.num_items,
-        train.num_interactions,
-        valid.num_interactions,
-        test.num_interactions,
-    )
     mesh_cfg = config.get("mesh") or {}
     model_axis = int(mesh_cfg.get("model", 1))
     mesh = sharding.make_mesh(int(mesh_cfg.get("num_devices", 1)), model=model_axis)
     sharding.check_divisible(int(tcfg.batch_size), mesh)
-    # Tables padded to a multiple of the model axis so their rows split evenly.
-    make_task = _sasrec_task if config.model.name == "sasrec" else _two_tower_task
-    task = make_task(config, log, parts if config.model.name == "sasrec" else train, model_axis)
+    log, parts, task = _setup(config, model_axis)
+    train = parts["train"]
     num_steps = int(tcfg.num_steps)
     tx, schedule = optim.make(config.optim, num_steps)
     counts = np.bincount(train.items, minlength=log.num_items).astype(np.float64)

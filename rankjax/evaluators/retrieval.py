@@ -39,7 +39,9 @@ def parse(name: str) -> tuple[str, int]:
     return m.group(1), int(m.group(2))
 
 
-def _user_item_mask(users: np.ndarray, items: np.ndarray, rows: np.ndarray, num_items: int):
+def user_item_mask(
+    users: np.ndarray, items: np.ndarray, rows: np.ndarray, num_items: int
+) -> np.ndarray:
     """`[len(rows), num_items]` bool: True where user `rows[i]` (sorted) interacted."""
     users, items = np.asarray(users), np.asarray(items)
     sel = np.isin(users, rows)
@@ -80,8 +82,8 @@ def full_ranking(
     sums = {m: 0.0 for m in metrics}
     for start in range(0, len(users), users_per_chunk):
         rows = users[start : start + users_per_chunk]
-        relevant = _user_item_mask(held_users, held_items, rows, num_items)
-        excluded = _user_item_mask(*train, rows, num_items) & ~relevant
+        relevant = user_item_mask(held_users, held_items, rows, num_items)
+        excluded = user_item_mask(*train, rows, num_items) & ~relevant
         scores = jnp.where(jnp.asarray(excluded), -jnp.inf, score_fn(rows))
         _, top = jax.lax.top_k(scores, kmax)  # [n, kmax] item indices, best first
         hits = np.take_along_axis(relevant, np.asarray(top), axis=1)  # [n, kmax]

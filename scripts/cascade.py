@@ -1,0 +1,82 @@
+r"""Evaluates a recall-then-rank cascade of two finished retrieval runs and prints a table.
+
+  python scripts/cascade.py --stage1=/tmp/rankjax/ml100k_two_tower \
+      --stage2=/tmp/rankjax/ml100k_dcn --k=20,50,100 --bits=0,8
+
+Both runs must use the same data and split (their `data` config sections are compared).
+For each K and each choice of float or int8/int4 served tables (`--bits`, applied to both
+stages), the table gives stage 1's recall@K and NDCG@10, the cascade's NDCG@10 and
+recall@10, stage 2 over the whole catalog, and the measured milliseconds per user of each
+stage on this machine (`rankjax/cascade.py`). `--json=PATH` writes the rows.
+"""
+
+import numpy as np
+from absl import app, flags
+
+from rankjax import benchmark, cascade, checkpoint, retrieval_trainer
+
+STAGE1 = flags.DEFINE_string("stage1", None, "workdir of the retrieval (recall) run", required=True)
+STAGE2 = flags.DEFINE_string("stage2", None, "workdir of the ranking run", required=True)
+K = flags.DEFINE_list("k", ["50"], "candidates passed from stage 1 to stage 2")
+BITS = flags.DEFINE_list("bits", ["0"], "embedding bits of both stages: 0 (float), 8, 4")
+CHUNK = flags.DEFINE_integer("users_per_chunk", 256, "users scored per call")
+JSON = flags.DEFINE_string("json", None, "also write the rows to this JSON file")
+
+HEAD = (
+    "| K   | tables | stage 1 recall@K | stage 1 NDCG@10 | cascade NDCG@10 | cascade recall@10 "
+    "| stage 2 alone NDCG@10 | stage 1 ms/user | stage 2 ms/user |\n"
+    "|-----|--------|-----------------:|----------------:|----------------:|------------------:"
+    "|----------------------:|----------------:|----------------:|"
+)
+
+
+def _same_data(a: retrieval_trainer.Trained, b: retrieval_trainer.Trained) -> None:
+    if a.config.data.to_dict() != b.config.data.to_dict():
+        raise app.UsageError(
+            "the two runs read different data or splits: "
+            f"{a.config.data.to_dict()} vs {b.config.data.to_dict()}"
+        )
+
+
+def main(argv):
+    del argv
+    first, second = retrieval_trainer.load(STAGE1.value), retrieval_trainer.load(STAGE2.value)
+    _same_data(first, second)
+    parts = first.parts
+    seen = [parts["train"], parts["valid"]]
+    env = benchmark.environment()
+    print(f"\n{env['device']} ({env['platform']}), jax {env['jax']}; test split")
+    print(HEAD)
+    rows = []
+    for bits in (int(b) for b in BITS.value):
+        for k in (int(k) for k in K.value):
+            r = cascade.evaluate(
+                first.scorer("test", bits),
+                second.pair_scorer("test", bits),
+                k=k,
+                train=(
+                    np.concatenate([s.users for s in seen]),
+                    np.concatenate([s.items for s in seen]),
+                ),
+                held_out=(parts["test"].users, parts["test"].items),
+                num_items=first.log.num_items,
+                metrics=("ndcg@10", "recall@10"),
+                users_per_chunk=CHUNK.value,
+            )
+            r["bits"] = bits
+            rows.append(r)
+            s1, fin, alone, ms = r["stage1"], r["final"], r["stage2_alone"], r["ms_per_user"]
+            print(
+                f"| {k:<3} | {'float' if not bits else f'int{bits}':<6} "
+                f"| {s1[f'recall@{k}']:16.4f} | {s1['ndcg@10']:15.4f} | {fin['ndcg@10']:15.4f} "
+                f"| {fin['recall@10']:17.4f} | {alone['ndcg@10']:21.4f} "
+                f"| {ms['stage1']:15.3f} | {ms['stage2']:15.3f} |",
+                flush=True,
+            )
+    if JSON.value:
+        checkpoint.write_json(JSON.value, {"environment": env, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,102 @@
+"""Recall-then-rank cascade: candidates, final order and metrics on hand-made scorers, and
+loading finished retrieval runs to cascade them."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import load_config
+
+from rankjax import cascade, retrieval_trainer
+
+# 2 users, 6 items. Stage 1 prefers low ids; stage 2 prefers high ids.
+STAGE1 = jnp.array([[6.0, 5, 4, 3, 2, 1], [6.0, 5, 4, 3, 2, 1]])
+
+
+def stage1(users):
+    return STAGE1[jnp.asarray(users)]
+
+
+def stage2(users, items):
+    del users
+    return items.astype(jnp.float32)
+
+
+def test_candidates_skip_seen_items_and_keep_the_best_k():
+    seen = np.array([[True, False, False, False, False, False], [False] * 6])
+    scores, items = cascade.candidates(stage1, np.array([0, 1]), seen, 3)
+    np.testing.assert_array_equal(items, [[1, 2, 3], [0, 1, 2]])
+    np.testing.assert_array_equal(scores, [[5, 4, 3], [6, 5, 4]])
+
+
+def test_cascade_reorders_stage1_candidates_by_stage2():
+    # User 0 saw item 0; held out: user 0 item 3, user 1 item 5.
+    r = cascade.evaluate(
+        stage1,
+        stage2,
+        k=3,
+        train=(np.array([0]), np.array([0])),
+        held_out=(np.array([0, 1]), np.array([3, 5])),
+        num_items=6,
+        metrics=("hit@1", "recall@3"),
+        users_per_chunk=1,
+    )
+    # Stage 1 candidates: user 0 {1, 2, 3}, user 1 {0, 1, 2}: item 5 is never recalled.
+    assert r["stage1"]["recall@3"] == pytest.approx(0.5)
+    # Stage 2 puts item 3 first for user 0; user 1's item 5 stays below every candidate.
+    assert r["final"]["hit@1"] == pytest.approx(0.5)
+    # Re-ordering keeps the candidate set: the same recall at K.
+    assert r["final"]["recall@3"] == r["stage1"]["recall@3"]
+    # Stage 2 over the whole catalog: user 0 gets items 5 and 4 above item 3.
+    assert r["stage2_alone"]["hit@1"] == pytest.approx(0.5)
+    assert set(r["ms_per_user"]) == {"stage1", "stage2"}
+    assert all(v > 0 for v in r["ms_per_user"].values())
+    with pytest.raises(ValueError, match="cutoff 5 exceeds"):
+        cascade.evaluate(
+            stage1,
+            stage2,
+            k=3,
+            train=(np.array([0]), np.array([0])),
+            held_out=(np.array([0]), np.array([3])),
+            num_items=6,
+            metrics=("ndcg@5",),
+        )
+    with pytest.raises(ValueError, match="k=7"):
+        cascade.evaluate(
+            stage1,
+            stage2,
+            k=7,
+            train=(np.array([0]), np.array([0])),
+            held_out=(np.array([0]), np.array([3])),
+            num_items=6,
+            metrics=("hit@1",),
+        )
+
+
+def test_finished_runs_load_and_cascade(shared_data, tmp_path):
+    runs = {}
+    for name in ("ml100k_two_tower", "ml100k_dcn"):
+        c = load_config(name, "runlocal")
+        retrieval_trainer.train_and_evaluate(c, str(tmp_path / name))
+        runs[name] = retrieval_trainer.load(str(tmp_path / name))
+    first, second = runs["ml100k_two_tower"], runs["ml100k_dcn"]
+    users = np.arange(4)
+    # The loaded pair scorer agrees with the catalog scorer on the chosen items.
+    items = jnp.array([[0, 5, 9]] * 4)
+    np.testing.assert_allclose(
+        second.pair_scorer()(users, items),
+        np.take_along_axis(np.asarray(second.scorer()(users)), np.asarray(items), 1),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    parts = first.parts
+    r = cascade.evaluate(
+        first.scorer(embedding_bits=8),
+        second.pair_scorer(embedding_bits=8),
+        k=20,
+        train=(parts["train"].users, parts["train"].items),
+        held_out=(parts["valid"].users, parts["valid"].items),
+        num_items=first.log.num_items,
+    )
+    assert 0.0 <= r["final"]["ndcg@10"] <= 1.0 and "recall@20" in r["stage1"]
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        retrieval_trainer.load(str(tmp_path / "missing"))
