@@ -92,12 +92,7 @@ class DCN(nn.Module):
                 row_multiple=self.row_multiple,
                 name=f"{name}_embedding",
             )
-            if x.ndim == 1:
-                parts.append(table(x))
-            else:  # a token sequence: mean of its known tokens
-                known = (x > 0)[..., None]
-                summed = jnp.sum(jnp.where(known, table(x), 0.0), axis=-2)
-                parts.append(summed / jnp.maximum(known.sum(-2), 1))
+            parts.append(layers.embed_pooled(table, x))
         x0 = jnp.concatenate(parts + floats, axis=-1)
         dense = dict(dot_general_cls=self.dot_general_cls)
         x = x0

@@ -117,6 +117,16 @@ class Embed(nn.Module):
         return embeddings.lookup(values, scales, ids, self.bits)
 
 
+def embed_pooled(table: Embed, ids: jax.Array) -> jax.Array:
+    """`ids [n]` -> `[n, features]`; a token sequence `ids [n, k]` -> the mean of its known
+    tokens' rows (id 0 is padding/unknown and does not move the mean)."""
+    if ids.ndim == 1:
+        return table(ids)
+    known = (ids > 0)[..., None]
+    summed = jnp.sum(jnp.where(known, table(ids), 0.0), axis=-2)
+    return summed / jnp.maximum(known.sum(-2), 1)
+
+
 def add_noise(module: nn.Module, x: jax.Array, std: float, train: bool) -> jax.Array:
     """`x + N(0, std^2)` while training (drawn from the module's `dropout` RNG stream)."""
     if not train or std <= 0:

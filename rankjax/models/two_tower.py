@@ -81,12 +81,7 @@ class Tower(nn.Module):
                     row_multiple=self.row_multiple,
                     name=f"{name}_embedding",
                 )
-                if x.ndim == 1:
-                    parts.append(table(x))
-                else:  # a token sequence: mean of its known tokens
-                    known = (x > 0)[..., None]
-                    summed = jnp.sum(jnp.where(known, table(x), 0.0), axis=-2)
-                    parts.append(summed / jnp.maximum(known.sum(-2), 1))
+                parts.append(layers.embed_pooled(table, x))
             else:
                 floats.append(jnp.reshape(x, (x.shape[0], -1)).astype(jnp.float32))
         if floats:
