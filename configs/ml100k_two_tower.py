@@ -14,7 +14,7 @@ validation) items excluded. RecBole's BPR reference: test NDCG@10 0.2768, recall
 
 Arguments: `data_dir=PATH`, `features` (use genres, year and user attributes too),
 `embedding_bits=8|4` (also evaluate the towers with row-wise quantized tables),
-`steps=N`, `runlocal`.
+`hash_buckets=N` (id tables of N rows under the hashing trick), `steps=N`, `runlocal`.
 """
 
 import os
@@ -31,6 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         data_dir=os.path.join(shared_dir(), "data", "recsys"),
         features=False,
         embedding_bits=0,
+        hash_buckets=0,
         steps=0,
         runlocal=False,
     )
@@ -50,6 +51,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     # Temperature and width chosen on validation NDCG@10 over 15 variants (docs/results.md).
     c.model = dict(name="two_tower", dim=128, hidden=(), normalize=True, temperature=0.2)
+    if arg.hash_buckets:
+        c.model.hash_buckets = arg.hash_buckets
     c.loss = dict(name="in_batch_softmax", log_q=True)
     c.optim = dict(
         name="adamw",

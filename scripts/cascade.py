@@ -3,7 +3,8 @@ r"""Evaluates a recall-then-rank cascade of two finished retrieval runs and prin
   python scripts/cascade.py --stage1=/tmp/rankjax/ml100k_two_tower \
       --stage2=/tmp/rankjax/ml100k_dcn --k=20,50,100 --bits=0,8
 
-Both runs must use the same data and split (their `data` config sections are compared).
+Both runs must use the same interactions and split (`SPLIT_KEYS` of their `data` config
+sections are compared; side features may differ).
 For each K and each choice of float or int8/int4 served tables (`--bits`, applied to both
 stages), the table gives stage 1's recall@K and NDCG@10, the cascade's NDCG@10 and
 recall@10, stage 2 over the whole catalog, and the measured milliseconds per user of each
@@ -30,11 +31,18 @@ HEAD = (
 )
 
 
+# The config keys that fix the interactions and their split (side features may differ).
+SPLIT_KEYS = ("source", "inter_file", "file", "world", "max_users", "split", "fractions")
+
+
 def _same_data(a: retrieval_trainer.Trained, b: retrieval_trainer.Trained) -> None:
-    if a.config.data.to_dict() != b.config.data.to_dict():
+    def split_of(t):
+        d = t.config.data.to_dict()
+        return {k: d.get(k) for k in SPLIT_KEYS} | {"split_seed": d.get("split_seed", 0)}
+
+    if split_of(a) != split_of(b):
         raise app.UsageError(
-            "the two runs read different data or splits: "
-            f"{a.config.data.to_dict()} vs {b.config.data.to_dict()}"
+            f"the two runs read different data or splits: {split_of(a)} vs {split_of(b)}"
         )
 
 
