@@ -14,7 +14,10 @@ uniform negatives, by softmax over that list (`loss=softmax`) or pointwise
 two compare directly; measured figures are in docs/results.md.
 
 Arguments: `data_dir=PATH`, `loss=softmax|bce`, `features=false` (ids only),
-`embedding_bits=8|4` (also evaluate with row-wise quantized tables), `steps=N`, `runlocal`.
+`retriever=PATH,hard=K` (K more negatives per interaction from the top 100 items of a
+finished retrieval run, e.g. `ml100k_two_tower.py`'s: train the ranker on what a cascade
+will show it), `embedding_bits=8|4` (also evaluate with row-wise quantized tables),
+`steps=N`, `runlocal`.
 """
 
 import os
@@ -31,6 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         data_dir=os.path.join(shared_dir(), "data", "recsys"),
         loss="softmax",
         features=True,
+        retriever="",
+        hard=0,
         embedding_bits=0,
         steps=0,
         runlocal=False,
@@ -44,6 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         name="dcn", embed_dim=16, num_cross=3, low_rank=0, deep=(256, 128), structure="stacked"
     )
     c.loss = dict(name=arg.loss, num_negatives=16)
+    if arg.hard:
+        c.loss.update(hard_negatives=arg.hard, retriever=arg.retriever, retriever_top=100)
     c.optim = dict(
         name="adamw",
         learning_rate=1e-3,
@@ -64,6 +71,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.runlocal:
         c.model.update(embed_dim=4, num_cross=1, deep=(16,))
         c.loss.num_negatives = 4
+        if arg.hard:
+            c.loss.update(hard_negatives=2, retriever_top=10)
         c.train = dict(num_steps=arg.steps or 2, batch_size=256, log_every=1, eval_every=2)
         c.ckpt.every = 2
     return c

@@ -85,7 +85,7 @@ _KEYS = {
         },
     ),
     "model": ({"name"}, set().union(*(keys for keys, _ in MODELS.values()))),
-    "loss": ({"name"}, {"log_q", "num_negatives"}),
+    "loss": ({"name"}, {"log_q", "num_negatives", "hard_negatives", "retriever", "retriever_top"}),
     "optim": (
         {"name", "learning_rate"},
         {"schedule", "warmup_steps", "weight_decay", "grad_clip_norm", "momentum", "b1", "b2"},
@@ -319,8 +319,11 @@ def _dcn_task(config, log, train, row_multiple: int) -> _Task:
     """DCN-v2 over (user, item) pairs: ids and the chosen side features of both.
 
     Each training interaction is a list of its item and `loss.num_negatives` uniform
-    negatives (accidental hits masked): softmax cross-entropy over the list, or
-    pointwise BCE (positive 1, negatives 0). Scoring reads every (user, item) pair.
+    negatives (accidental hits masked), plus `loss.hard_negatives` drawn from the top
+    `loss.retriever_top` items that the finished retrieval run `loss.retriever` gives the
+    user (training items excluded): what a cascade's second stage will have to order.
+    Softmax cross-entropy over the list, or pointwise BCE (positive 1, negatives 0).
+    Scoring reads every (user, item) pair.
     """
     dcfg = config.data
     item_feats, item_vocab = _features(
@@ -336,6 +339,8 @@ def _dcn_task(config, log, train, row_multiple: int) -> _Task:
     item_table = {f"item_{k}": jnp.asarray(v) for k, v in item_feats.items()}
     mcfg = {k: tuple(v) if k == "deep" else v for k, v in config.model.items() if k != "name"}
     num_negatives = int(config.loss.get("num_negatives", 16))
+    num_hard = int(config.loss.get("hard_negatives", 0))
+    hard_pool = _retrieved(config, train, log.num_items) if num_hard else None
     pointwise = config.loss.name == "bce"
     rows = _epoch_rows(int(config.seed), train.num_interactions, int(config.train.batch_size))
 
@@ -362,7 +367,11 @@ def _dcn_task(config, log, train, row_multiple: int) -> _Task:
 
     def loss(params, batch, rng):
         users, pos = batch["users"], batch["items"]
-        neg = jax.random.randint(rng, (len(pos), num_negatives), 0, log.num_items)
+        uniform_rng, hard_rng = jax.random.split(rng)
+        neg = jax.random.randint(uniform_rng, (len(pos), num_negatives), 0, log.num_items)
+        if num_hard:
+            picks = jax.random.randint(hard_rng, (len(pos), num_hard), 0, hard_pool.shape[1])
+            neg = jnp.concatenate([neg, hard_pool[users[:, None], picks]], axis=1)
         items = jnp.concatenate([pos[:, None], neg], axis=1)
         logits = build().apply({"params": params}, pairs(users, items)).reshape(items.shape)
         valid = jnp.concatenate(
@@ -399,6 +408,28 @@ def _dcn_task(config, log, train, row_multiple: int) -> _Task:
         )
 
     return _Task(init, loss, batch, scorer, pair_scorer)
+
+
+def _retrieved(config, train, num_items: int) -> jax.Array:
+    """`[num_users, loss.retriever_top]` the top items of the retrieval run
+    `loss.retriever` for every user, the user's training items excluded."""
+    from rankjax import cascade
+
+    workdir = config.loss.get("retriever")
+    if not workdir:
+        raise ValueError("loss.hard_negatives needs loss.retriever (a finished retrieval run)")
+    retriever = load(workdir)
+    if retriever.log.num_items != num_items or retriever.log.num_users < train.users.max() + 1:
+        raise ValueError(f"loss.retriever={workdir} was trained on other data")
+    top = int(config.loss.get("retriever_top", 100))
+    score = retriever.scorer("valid")
+    users = np.arange(retriever.log.num_users)
+    out = []
+    for start in range(0, len(users), 512):
+        chunk = users[start : start + 512]
+        seen = retrieval.user_item_mask(train.users, train.items, chunk, num_items)
+        out.append(np.asarray(cascade.candidates(score, chunk, seen, top)[1]))
+    return jnp.asarray(np.concatenate(out), jnp.int32)
 
 
 def _right_aligned(sequences: list[np.ndarray], length: int) -> np.ndarray:

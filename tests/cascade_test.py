@@ -74,10 +74,13 @@ def test_cascade_reorders_stage1_candidates_by_stage2():
 
 def test_finished_runs_load_and_cascade(shared_data, tmp_path):
     runs = {}
-    for name in ("ml100k_two_tower", "ml100k_dcn"):
-        c = load_config(name, "runlocal")
+    retriever = str(tmp_path / "ml100k_two_tower")
+    # The ranker takes hard negatives from the retriever's top items.
+    for name, arg in (("ml100k_two_tower", ""), ("ml100k_dcn", f",retriever={retriever},hard=2")):
+        c = load_config(name, "runlocal" + arg)
         retrieval_trainer.train_and_evaluate(c, str(tmp_path / name))
         runs[name] = retrieval_trainer.load(str(tmp_path / name))
+    assert runs["ml100k_dcn"].config.loss.hard_negatives == 2
     first, second = runs["ml100k_two_tower"], runs["ml100k_dcn"]
     users = np.arange(4)
     # The loaded pair scorer agrees with the catalog scorer on the chosen items.
@@ -100,3 +103,6 @@ def test_finished_runs_load_and_cascade(shared_data, tmp_path):
     assert 0.0 <= r["final"]["ndcg@10"] <= 1.0 and "recall@20" in r["stage1"]
     with pytest.raises(FileNotFoundError, match="config.json"):
         retrieval_trainer.load(str(tmp_path / "missing"))
+    c = load_config("ml100k_dcn", "runlocal,hard=2")  # no retriever named
+    with pytest.raises(ValueError, match="loss.retriever"):
+        retrieval_trainer.train_and_evaluate(c, str(tmp_path / "bad"))
