@@ -610,8 +610,9 @@ def _split(config, log) -> dict[str, interactions.Interactions]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains the retrieval model of `config` (two-tower or sequential) and evaluates it
-    by full ranking or against sampled negatives (`eval.protocol`).
+    """Trains the retrieval model of `config` (two-tower, DCN or sequential) and evaluates
+    it by full ranking or against sampled negatives (`eval.protocol`). One process; its
+    devices as `config.mesh` says.
 
     Returns:
       The contents of `workdir/results.json`.
