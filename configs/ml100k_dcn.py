@@ -11,7 +11,8 @@ age, gender, occupation; movie genres and year), crosses them explicitly (3 full
 DCN-v2 cross layers) and through an MLP. Trained on each training interaction against 16
 uniform negatives, by softmax over that list (`loss=softmax`) or pointwise
 (`loss=bce`). Same data, split and full-ranking metrics as `ml100k_two_tower.py`, so the
-two compare directly; measured figures are in docs/results.md.
+two compare directly; it also reports the per-user AUC (`auc`, GAUC with users weighted
+equally). Measured figures are in docs/results.md.
 
 Arguments: `data_dir=PATH`, `loss=softmax|bce`, `features=false` (ids only),
 `retriever=PATH,hard=K` (K more negatives per interaction from the top 100 items of a
@@ -62,6 +63,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 80,808 training interactions: 78 steps of 1,024 an epoch; 1,000 steps ~ 13 epochs
     # (validation NDCG@10 peaked at 750 of 3,000 steps, then fell).
     c.train = dict(num_steps=1000, batch_size=1024, log_every=250, eval_every=250)
+    # A ranker's usual measure beside the top-K ones: per-user AUC over the catalog.
+    c.eval.metrics = (*c.eval.metrics, "auc")
     if "quant" in c:
         del c["quant"]
     if arg.embedding_bits:

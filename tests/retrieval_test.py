@@ -37,6 +37,37 @@ def test_full_ranking_matches_hand_values():
     assert got["precision@2"] == pytest.approx((1 / 2 + 1 / 2) / 2)
 
 
+def test_user_auc_matches_hand_values_and_brute_force():
+    # One user, 5 items: item 0 seen, item 2 held out; negatives 1, 3, 4.
+    table = jnp.array([[9.0, 1.0, 3.0, 3.0, 0.0]])
+    got = retrieval.full_ranking(
+        lambda users: table[jnp.asarray(users)],
+        train=(np.array([0]), np.array([0])),
+        held_out=(np.array([0]), np.array([2])),
+        num_items=5,
+        metrics=("auc",),
+    )
+    assert got["auc"] == pytest.approx(2 / 3)  # beats items 1 and 4; the tie with 3 counts against
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 6, size=(4, 30)).astype(np.float32)  # many ties
+    held = (np.repeat(np.arange(4), 3), rng.integers(0, 30, size=12))
+    seen = (np.repeat(np.arange(4), 2), rng.integers(0, 30, size=8))
+    got = retrieval.full_ranking(
+        lambda users: jnp.asarray(scores)[jnp.asarray(users)],
+        train=seen,
+        held_out=held,
+        num_items=30,
+        metrics=("auc",),
+    )
+    want = []
+    for u in range(4):
+        pos = set(held[1][held[0] == u])
+        neg = set(range(30)) - pos - set(seen[1][seen[0] == u])
+        pairs = [(p, n) for p in pos for n in neg]
+        want.append(np.mean([scores[u, p] > scores[u, n] for p, n in pairs]))
+    assert got["auc"] == pytest.approx(np.mean(want))
+
+
 def test_training_items_are_excluded_but_never_held_out_ones():
     # Without exclusion user 0's top 1 would be the trained item 0.
     got = retrieval.full_ranking(

@@ -7,7 +7,9 @@ against sampled negatives — the two protocols of the literature, named and kep
   Metrics per user, then averaged over users with at least one held-out item:
   `recall@K` = hits in the top K / held-out items, `ndcg@K` with binary gains and the ideal
   DCG of min(held-out, K) hits, `mrr@K` = 1 / rank of the first hit in the top K (0 if
-  none), `hit@K` = whether any held-out item is in the top K, `precision@K` = hits / K.
+  none), `hit@K` = whether any held-out item is in the top K, `precision@K` = hits / K,
+  `auc` = the share of (held-out, other unexcluded item) pairs ordered right, per user
+  (GAUC with every user weighted equally; CTR papers often weight users by impressions).
 * **Sampled negatives** (`sampled_ranking`, SASRec and BERT4Rec's protocol): each held-out
   item is ranked against `num_negatives` items the user never interacted with, drawn
   uniformly or in proportion to training popularity; ties count against the held-out item
@@ -32,10 +34,15 @@ _NAME = re.compile(r"^([a-z]+)@(\d+)$")
 
 
 def parse(name: str) -> tuple[str, int]:
-    """`"ndcg@10"` -> `("ndcg", 10)`; raises listing the valid names."""
+    """`"ndcg@10"` -> `("ndcg", 10)`, `"auc"` -> `("auc", 0)`; raises listing the valid
+    names."""
+    if name.strip().lower() == "auc":
+        return "auc", 0
     m = _NAME.match(name.strip().lower())
     if not m or m.group(1) not in METRICS or int(m.group(2)) < 1:
-        raise ValueError(f"unknown retrieval metric {name!r}; valid: {list(METRICS)} with @K")
+        raise ValueError(
+            f"unknown retrieval metric {name!r}; valid: {list(METRICS)} with @K, or auc"
+        )
     return m.group(1), int(m.group(2))
 
 
@@ -74,7 +81,7 @@ def full_ranking(
       `{name: mean over users with a held-out item}`.
     """
     parsed = [parse(m) for m in metrics]
-    kmax = max(k for _, k in parsed)
+    kmax = max([k for _, k in parsed] + [1])
     if kmax > num_items:
         raise ValueError(f"cutoff K={kmax} exceeds the catalog of {num_items} items")
     held_users, held_items = (np.asarray(a) for a in held_out)
@@ -100,12 +107,28 @@ def full_ranking(
             elif kind == "mrr":
                 first = np.where(h.any(1), h.argmax(1) + 1, np.inf)
                 v = 1.0 / first
+            elif kind == "auc":
+                v = _user_auc(np.asarray(scores), relevant, excluded)
             else:  # ndcg
                 dcg = (h * discounts[:k]).sum(1)
                 ideal = np.cumsum(discounts[:k])[np.minimum(num_relevant, k) - 1]
                 v = dcg / ideal
             sums[name] += float(v.sum())
     return {m: sums[m] / len(users) for m in metrics} if len(users) else dict.fromkeys(metrics, 0.0)
+
+
+def _user_auc(scores: np.ndarray, relevant: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """`[n]` per-user AUC: the share of (held-out item, negative) pairs in which the
+    held-out item scores strictly higher; negatives are the items neither held out nor
+    excluded; ties count against the held-out item."""
+    negative = ~(relevant | excluded)
+    out = np.zeros(len(scores))
+    for i in range(len(scores)):
+        neg = np.sort(scores[i, negative[i]])
+        pos = scores[i, relevant[i]]
+        if len(neg) and len(pos):
+            out[i] = np.searchsorted(neg, pos, side="left").sum() / (len(pos) * len(neg))
+    return out
 
 
 def sample_negatives(
