@@ -215,6 +215,14 @@ class _Task:
     pair_scorer: Callable[[Any, int, str], Callable] | None = None
 
 
+def _side_features(dcfg, log) -> tuple[dict, dict, dict, dict]:
+    """`(user features, their vocabularies, item features, theirs)` named by
+    `data.user_features` / `data.item_features`."""
+    users = _features(log, dcfg.get("user_features", ()), "user", log.user_features)
+    items = _features(log, dcfg.get("item_features", ()), "item", log.item_features)
+    return *users, *items
+
+
 def _epoch_rows(seed: int, size: int, batch_size: int) -> Callable[[int], np.ndarray]:
     """`step -> rows` of a fresh permutation of `range(size)` per epoch (drop remainder)."""
     if size < batch_size:
@@ -233,13 +241,7 @@ def _epoch_rows(seed: int, size: int, batch_size: int) -> Callable[[int], np.nda
 
 
 def _two_tower_task(config, log, train, row_multiple: int) -> _Task:
-    dcfg = config.data
-    item_feats, item_vocab = _features(
-        log, dcfg.get("item_features", ()), "item", log.item_features
-    )
-    user_feats, user_vocab = _features(
-        log, dcfg.get("user_features", ()), "user", log.user_features
-    )
+    user_feats, user_vocab, item_feats, item_vocab = _side_features(config.data, log)
     mcfg = {k: v for k, v in config.model.items() if k != "name"}
 
     @functools.cache
@@ -315,7 +317,7 @@ def _two_tower_task(config, log, train, row_multiple: int) -> _Task:
     return _Task(init, loss, batch, scorer, pair_scorer)
 
 
-def _dcn_task(config, log, train, row_multiple: int) -> _Task:
+def _dcn_task(config, log, train, row_multiple: int, training: bool = True) -> _Task:
     """DCN-v2 over (user, item) pairs: ids and the chosen side features of both.
 
     Each training interaction is a list of its item and `loss.num_negatives` uniform
@@ -325,13 +327,7 @@ def _dcn_task(config, log, train, row_multiple: int) -> _Task:
     Softmax cross-entropy over the list, or pointwise BCE (positive 1, negatives 0).
     Scoring reads every (user, item) pair.
     """
-    dcfg = config.data
-    item_feats, item_vocab = _features(
-        log, dcfg.get("item_features", ()), "item", log.item_features
-    )
-    user_feats, user_vocab = _features(
-        log, dcfg.get("user_features", ()), "user", log.user_features
-    )
+    user_feats, user_vocab, item_feats, item_vocab = _side_features(config.data, log)
     vocab = {"user_id": log.num_users, "item_id": log.num_items}
     vocab.update({f"user_{k}": v for k, v in user_vocab.items()})
     vocab.update({f"item_{k}": v for k, v in item_vocab.items()})
@@ -340,7 +336,8 @@ def _dcn_task(config, log, train, row_multiple: int) -> _Task:
     mcfg = {k: tuple(v) if k == "deep" else v for k, v in config.model.items() if k != "name"}
     num_negatives = int(config.loss.get("num_negatives", 16))
     num_hard = int(config.loss.get("hard_negatives", 0))
-    hard_pool = _retrieved(config, train, log.num_items) if num_hard else None
+    # The retriever is read for training only, not when a finished run is loaded to score.
+    hard_pool = _retrieved(config, train, log.num_items) if num_hard and training else None
     pointwise = config.loss.name == "bce"
     rows = _epoch_rows(int(config.seed), train.num_interactions, int(config.train.batch_size))
 
@@ -518,9 +515,10 @@ def _sasrec_task(config, log, parts, row_multiple: int) -> _Task:
     return _Task(init, loss, batch, scorer)
 
 
-def _setup(config, row_multiple: int = 1):
+def _setup(config, row_multiple: int = 1, training: bool = True):
     """`(log, splits, task)` of a checked config; tables padded to `row_multiple` rows
-    (the model axis) so their rows split evenly."""
+    (the model axis) so their rows split evenly; `training=False` skips what only the
+    loss needs (a DCN's retriever candidates)."""
     log = load_log(config.data)
     parts = _split(config, log)
     logging.info(
@@ -533,7 +531,7 @@ def _setup(config, row_multiple: int = 1):
     if config.model.name == "sasrec":
         task = _sasrec_task(config, log, parts, row_multiple)
     elif config.model.name == "dcn":
-        task = _dcn_task(config, log, parts["train"], row_multiple)
+        task = _dcn_task(config, log, parts["train"], row_multiple, training)
     else:
         task = _two_tower_task(config, log, parts["train"], row_multiple)
     return log, parts, task
@@ -586,7 +584,7 @@ def load(workdir: str) -> Trained:
     _validate(config)
     # Tables were padded for the run's model axis; keep the shapes to restore them.
     rows = int((config.get("mesh") or {}).get("model", 1))
-    log, parts, task = _setup(config, rows)
+    log, parts, task = _setup(config, rows, training=False)
     ckpt = checkpoint.Checkpointer(
         workdir,
         every=int(config.ckpt.every),

@@ -57,10 +57,12 @@ def main(argv):
     print(HEAD)
     rows = []
     for bits in (int(b) for b in BITS.value):
+        # Tables quantized once per setting, shared by every K.
+        stage1, stage2 = first.scorer("test", bits), second.pair_scorer("test", bits)
         for k in (int(k) for k in K.value):
             r = cascade.evaluate(
-                first.scorer("test", bits),
-                second.pair_scorer("test", bits),
+                stage1,
+                stage2,
                 k=k,
                 train=(
                     np.concatenate([s.users for s in seen]),
