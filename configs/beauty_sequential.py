@@ -15,7 +15,8 @@ Beauty figures: HR@10 0.3025, NDCG@10 0.1862), or by full ranking over the catal
 
 Arguments: `data_file=PATH`, `loss=softmax|sampled_softmax|bce`, `protocol=sampled|full`,
 `dim=N`, `layers=N`, `dropout=P`, `max_len=N`, `embedding_bits=8|4` (also evaluate the
-model served with row-wise quantized tables), `steps=N`, `max_users=N`, `runlocal`.
+model served with row-wise quantized tables), `towers=int8|int4|w8` (QAT of the
+transformer's dense layers, served with integer weights), `steps=N`, `max_users=N`, `runlocal`.
 """
 
 import os
@@ -23,6 +24,7 @@ import os
 import ml_collections
 
 from rankjax import config_args
+from rankjax.compression import quantization
 from rankjax.data import shared_dir
 
 
@@ -37,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dropout=0.5,
         max_len=50,
         embedding_bits=0,
+        towers="",
         steps=0,
         max_users=0,
         runlocal=False,
@@ -75,8 +78,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         users_per_chunk=1024,
     )
     c.ckpt = dict(every=2000, keep=1, best_metric="ndcg@10", best_mode="max")
-    if arg.embedding_bits:
-        c.quant = dict(embedding_bits=arg.embedding_bits)
+    quant = quantization.retrieval_section(arg.towers, arg.embedding_bits)
+    if quant:  # served int8/int4 tables and/or QAT towers served as integers
+        c.quant = quant
     if arg.steps:
         c.train.num_steps = arg.steps
     if arg.runlocal:

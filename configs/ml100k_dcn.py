@@ -18,6 +18,7 @@ Arguments: `data_dir=PATH`, `loss=softmax|bce`, `features=false` (ids only),
 `retriever=PATH,hard=K` (K more negatives per interaction from the top 100 items of a
 finished retrieval run, e.g. `ml100k_two_tower.py`'s: train the ranker on what a cascade
 will show it), `embedding_bits=8|4` (also evaluate with row-wise quantized tables),
+`towers=int8|int4|w8` (QAT of the cross and deep layers, served as integers),
 `steps=N`, `runlocal`.
 """
 
@@ -26,6 +27,7 @@ import os
 import ml_collections
 
 from rankjax import config_args
+from rankjax.compression import quantization
 from rankjax.data import shared_dir
 
 
@@ -38,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         retriever="",
         hard=0,
         embedding_bits=0,
+        towers="",
         steps=0,
         runlocal=False,
     )
@@ -67,8 +70,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.metrics = (*c.eval.metrics, "auc")
     if "quant" in c:
         del c["quant"]
-    if arg.embedding_bits:
-        c.quant = dict(embedding_bits=arg.embedding_bits)
+    quant = quantization.retrieval_section(arg.towers, arg.embedding_bits)
+    if quant:  # served int8/int4 tables and/or QAT towers served as integers
+        c.quant = quant
     if arg.steps:
         c.train.num_steps = arg.steps
     if arg.runlocal:

@@ -14,6 +14,8 @@ validation) items excluded. RecBole's BPR reference: test NDCG@10 0.2768, recall
 
 Arguments: `data_dir=PATH`, `features` (use genres, year and user attributes too),
 `embedding_bits=8|4` (also evaluate the towers with row-wise quantized tables),
+`towers=int8|int4|w8` (quantization-aware training of the towers' dense layers, served
+with integer weights),
 `hash_buckets=N` (id tables of N rows under the hashing trick), `steps=N`, `runlocal`.
 """
 
@@ -22,6 +24,7 @@ import os
 import ml_collections
 
 from rankjax import config_args
+from rankjax.compression import quantization
 from rankjax.data import shared_dir
 
 
@@ -31,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         data_dir=os.path.join(shared_dir(), "data", "recsys"),
         features=False,
         embedding_bits=0,
+        towers="",
         hash_buckets=0,
         steps=0,
         runlocal=False,
@@ -66,8 +70,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train = dict(num_steps=3000, batch_size=1024, log_every=250, eval_every=250)
     c.eval = dict(metrics=("recall@10", "ndcg@10", "mrr@10", "hit@10"), users_per_chunk=512)
     c.ckpt = dict(every=1000, keep=1, best_metric="ndcg@10", best_mode="max")
-    if arg.embedding_bits:  # serve the towers' tables as int8/int4 rows; evaluated as served
-        c.quant = dict(embedding_bits=arg.embedding_bits)
+    quant = quantization.retrieval_section(arg.towers, arg.embedding_bits)
+    if quant:  # served int8/int4 tables and/or QAT towers served as integers
+        c.quant = quant
     if arg.steps:
         c.train.num_steps = arg.steps
     if arg.runlocal:

@@ -96,7 +96,9 @@ _KEYS = {
         {"users_per_chunk", "protocol", "num_negatives", "negatives", "negative_seed"},
     ),
     "ckpt": ({"every", "keep"}, {"best_metric", "best_mode"}),
-    "quant": (set(), {"embedding_bits"}),  # optional: served quantized embedding tables
+    # Optional: served quantized embedding tables (`embedding_bits`) and, with
+    # `enabled=True`, int8/int4 towers by AQT (`compression.quantization.Quantizer` keys).
+    "quant": (set(), {"enabled", *(f.name for f in dataclasses.fields(quantization.Quantizer))}),
     "mesh": (set(), {"num_devices", "model"}),  # optional: default one device
 }
 OPTIONAL_SECTIONS = ("quant", "mesh")
@@ -195,24 +197,87 @@ def _features(log, names, prefix: str, table: dict) -> tuple[dict, dict]:
 
 
 @dataclasses.dataclass(frozen=True)
+class Form:
+    """Which version of a model a task builds.
+
+    Attributes:
+      phase: the quantization seam's phase — `"train"` (float, or fake-quantized under
+        QAT), `"convert"` (freezes integer weights) or `"serve"` (reads them).
+      embedding_bits: 0 (float tables) or 8/4 (served row-wise quantized tables).
+    """
+
+    phase: str = "train"
+    embedding_bits: int = 0
+
+
+TRAINING = Form()
+
+
+@dataclasses.dataclass(frozen=True)
 class _Task:
     """What differs between retrieval models; the loop, evaluation and serving are shared.
 
     Attributes:
-      init: `rng -> params`.
+      build: `Form -> flax module` (cached).
+      sample: arguments of the module's `__call__` that reach every layer (init and
+        conversion).
       loss: `(params, batch, rng) -> scalar` (rng: dropout and sampled negatives).
       batch: `step -> {name: np.ndarray}`, a pure function of (seed, step).
-      scorer: `(params, embedding_bits, split) -> (users [n] -> [n, num_items] scores)`
-        for split "valid" (the user as of training) or "test" (also after validation).
+      scorer: `(variables, form, split) -> (users [n] -> [n, num_items] scores)` for
+        split "valid" (the user as of training) or "test" (also after validation);
+        `variables` is `{"params": ...}` plus the frozen integer weights when served.
       pair_scorer: the same for chosen items only: `-> ((users [n], items [n, K]) ->
         [n, K])`, at the cost of K items (a cascade's second stage).
     """
 
-    init: Callable[[jax.Array], Any]
+    build: Callable[[Form], Any]
+    sample: tuple
     loss: Callable[[Any, dict, jax.Array], jax.Array]
     batch: Callable[[int], dict]
-    scorer: Callable[[Any, int, str], Callable[[np.ndarray], jax.Array]]
-    pair_scorer: Callable[[Any, int, str], Callable] | None = None
+    scorer: Callable[[Any, Form, str], Callable[[np.ndarray], jax.Array]]
+    pair_scorer: Callable[[Any, Form, str], Callable] | None = None
+
+    def init(self, rng: jax.Array) -> Any:
+        """Fresh float parameters."""
+        return self.build(TRAINING).init(rng, *self.sample)["params"]
+
+
+def _seam(quantizer: quantization.Quantizer | None, form: Form) -> dict[str, Any]:
+    """Model keyword arguments for `form`: the Dense seam and the tables' bits."""
+    factory = quantizer.dot_general_factory(form.phase) if quantizer else None
+    return {"dot_general_cls": factory, "embedding_bits": form.embedding_bits}
+
+
+def quantizer_of(config: ml_collections.ConfigDict) -> quantization.Quantizer | None:
+    """The towers' quantizer (`quant.enabled`), or None; only dynamic activation ranges."""
+    qcfg = dict(config.get("quant") or {})
+    if not qcfg.get("enabled", False):
+        extra = sorted(set(qcfg) - {"enabled", "embedding_bits"})
+        if extra:
+            raise ValueError(f"config quant.{extra[0]} is set but quant.enabled is not true")
+        return None
+    quantizer = quantization.from_config(qcfg)
+    if quantizer.static:
+        raise ValueError(
+            "quant.calibration='static' is not supported for retrieval models; use 'dynamic'"
+        )
+    return quantizer
+
+
+def served(
+    task: _Task, quantizer: quantization.Quantizer | None, params: Any, embedding_bits: int
+) -> tuple[dict[str, Any], Form]:
+    """`(variables, form)` of the model as served: quantized layers converted to integer
+    weights plus scales (their float kernels dropped), and embedding tables stored as
+    int8/int4 rows when `embedding_bits` is set. Host arrays."""
+    variables = {"params": params}
+    if quantizer is not None:
+        convert = task.build(Form("convert"))
+        variables = jax.jit(lambda p: quantizer.convert(convert, p, task.sample))(params)
+    variables = jax.device_get(variables)
+    if embedding_bits:
+        variables["params"] = embeddings.quantize_tree(variables["params"], embedding_bits)
+    return variables, Form("serve", embedding_bits)
 
 
 def _side_features(dcfg, log) -> tuple[dict, dict, dict, dict]:
@@ -240,19 +305,19 @@ def _epoch_rows(seed: int, size: int, batch_size: int) -> Callable[[int], np.nda
     return rows
 
 
-def _two_tower_task(config, log, train, row_multiple: int) -> _Task:
+def _two_tower_task(config, log, train, row_multiple: int, quantizer) -> _Task:
     user_feats, user_vocab, item_feats, item_vocab = _side_features(config.data, log)
     mcfg = {k: v for k, v in config.model.items() if k != "name"}
 
     @functools.cache
-    def build(embedding_bits: int = 0) -> two_tower.Model:
+    def build(form: Form) -> two_tower.Model:
         return two_tower.Model(
             num_users=log.num_users,
             num_items=log.num_items,
             user_vocab_sizes=user_vocab,
             item_vocab_sizes=item_vocab,
-            embedding_bits=embedding_bits,
             row_multiple=row_multiple,
+            **_seam(quantizer, form),
             **{k: tuple(v) if k == "hidden" else v for k, v in mcfg.items()},
         )
 
@@ -266,15 +331,13 @@ def _two_tower_task(config, log, train, row_multiple: int) -> _Task:
     def gather(table, ids):
         return {k: v[ids] for k, v in table.items()}
 
-    def init(rng):
-        ids = jnp.zeros([2], jnp.int32)
-        params = build().init(rng, ids, gather(user_table, ids), ids, gather(item_table, ids))
-        return params["params"]
+    ids = jnp.zeros([2], jnp.int32)
+    sample = (ids, gather(user_table, ids), ids, gather(item_table, ids))
 
     def loss(params, batch, rng):
         del rng
         users, items = batch["users"], batch["items"]
-        logits = build().apply(
+        logits = build(TRAINING).apply(
             {"params": params}, users, gather(user_table, users), items, gather(item_table, items)
         )
         return losses.in_batch_softmax_loss(logits, items, log_q[items] if use_log_q else None)
@@ -284,40 +347,37 @@ def _two_tower_task(config, log, train, row_multiple: int) -> _Task:
         return {"users": train.users[r], "items": train.items[r]}
 
     @functools.partial(jax.jit, static_argnums=0)
-    def item_vectors(bits, params):
+    def item_vectors(form, variables):
         ids = jnp.arange(log.num_items)
-        return build(bits).apply({"params": params}, ids, gather(item_table, ids), method="items")
+        return build(form).apply(variables, ids, gather(item_table, ids), method="items")
+
+    def user_vectors(form, variables, users):
+        return build(form).apply(variables, users, gather(user_table, users), method="users")
 
     @functools.partial(jax.jit, static_argnums=0)
-    def user_scores(bits, params, ids, items_v):
-        users_v = build(bits).apply(
-            {"params": params}, ids, gather(user_table, ids), method="users"
-        )
-        return users_v @ items_v.T
+    def user_scores(form, variables, users, items_v):
+        return user_vectors(form, variables, users) @ items_v.T
 
-    def scorer(params, bits, split):
+    def scorer(variables, form, split):
         del split  # the towers read ids and features only, not the history
-        items_v = item_vectors(bits, params)
-        return lambda users: user_scores(bits, params, jnp.asarray(users), items_v)
+        items_v = item_vectors(form, variables)
+        return lambda users: user_scores(form, variables, jnp.asarray(users), items_v)
 
     @functools.partial(jax.jit, static_argnums=0)
-    def pair_scores(bits, params, users, items, items_v):
-        users_v = build(bits).apply(
-            {"params": params}, users, gather(user_table, users), method="users"
-        )
-        return jnp.einsum("nd,nkd->nk", users_v, items_v[items])
+    def pair_scores(form, variables, users, items, items_v):
+        return jnp.einsum("nd,nkd->nk", user_vectors(form, variables, users), items_v[items])
 
-    def pair_scorer(params, bits, split):
+    def pair_scorer(variables, form, split):
         del split
-        items_v = item_vectors(bits, params)  # precomputed offline in a served system
+        items_v = item_vectors(form, variables)  # precomputed offline in a served system
         return lambda users, items: pair_scores(
-            bits, params, jnp.asarray(users), jnp.asarray(items), items_v
+            form, variables, jnp.asarray(users), jnp.asarray(items), items_v
         )
 
-    return _Task(init, loss, batch, scorer, pair_scorer)
+    return _Task(build, sample, loss, batch, scorer, pair_scorer)
 
 
-def _dcn_task(config, log, train, row_multiple: int, training: bool = True) -> _Task:
+def _dcn_task(config, log, train, row_multiple: int, quantizer, training: bool = True) -> _Task:
     """DCN-v2 over (user, item) pairs: ids and the chosen side features of both.
 
     Each training interaction is a list of its item and `loss.num_negatives` uniform
@@ -342,9 +402,9 @@ def _dcn_task(config, log, train, row_multiple: int, training: bool = True) -> _
     rows = _epoch_rows(int(config.seed), train.num_interactions, int(config.train.batch_size))
 
     @functools.cache
-    def build(embedding_bits: int = 0) -> dcn.DCN:
+    def build(form: Form) -> dcn.DCN:
         return dcn.DCN(
-            vocab_sizes=vocab, embedding_bits=embedding_bits, row_multiple=row_multiple, **mcfg
+            vocab_sizes=vocab, row_multiple=row_multiple, **_seam(quantizer, form), **mcfg
         )
 
     def pairs(users: jax.Array, items: jax.Array) -> dict[str, jax.Array]:
@@ -357,10 +417,7 @@ def _dcn_task(config, log, train, row_multiple: int, training: bool = True) -> _
         out.update({k: v[items] for k, v in item_table.items()})
         return out
 
-    def init(rng):
-        return build().init(rng, pairs(jnp.zeros([1], jnp.int32), jnp.zeros([1, 2], jnp.int32)))[
-            "params"
-        ]
+    sample = (pairs(jnp.zeros([1], jnp.int32), jnp.zeros([1, 2], jnp.int32)),)
 
     def loss(params, batch, rng):
         users, pos = batch["users"], batch["items"]
@@ -370,7 +427,7 @@ def _dcn_task(config, log, train, row_multiple: int, training: bool = True) -> _
             picks = jax.random.randint(hard_rng, (len(pos), num_hard), 0, hard_pool.shape[1])
             neg = jnp.concatenate([neg, hard_pool[users[:, None], picks]], axis=1)
         items = jnp.concatenate([pos[:, None], neg], axis=1)
-        logits = build().apply({"params": params}, pairs(users, items)).reshape(items.shape)
+        logits = build(TRAINING).apply({"params": params}, pairs(users, items)).reshape(items.shape)
         valid = jnp.concatenate(
             [jnp.ones_like(pos[:, None], bool), neg != pos[:, None]], axis=1
         )  # a negative that is the positive is no negative
@@ -386,25 +443,23 @@ def _dcn_task(config, log, train, row_multiple: int, training: bool = True) -> _
         return {"users": train.users[r], "items": train.items[r]}
 
     @functools.partial(jax.jit, static_argnums=0)
-    def user_scores(bits, params, users):
-        items = jnp.broadcast_to(jnp.arange(log.num_items), (len(users), log.num_items))
-        return build(bits).apply({"params": params}, pairs(users, items)).reshape(items.shape)
+    def pair_scores(form, variables, users, items):
+        return build(form).apply(variables, pairs(users, items)).reshape(items.shape)
 
-    def scorer(params, bits, split):
+    def scorer(variables, form, split):
         del split
-        return lambda users: user_scores(bits, params, jnp.asarray(users))
-
-    @functools.partial(jax.jit, static_argnums=0)
-    def pair_scores(bits, params, users, items):
-        return build(bits).apply({"params": params}, pairs(users, items)).reshape(items.shape)
-
-    def pair_scorer(params, bits, split):
-        del split
-        return lambda users, items: pair_scores(
-            bits, params, jnp.asarray(users), jnp.asarray(items)
+        every = jnp.arange(log.num_items)
+        return lambda users: pair_scores(
+            form, variables, jnp.asarray(users), jnp.broadcast_to(every, (len(users), len(every)))
         )
 
-    return _Task(init, loss, batch, scorer, pair_scorer)
+    def pair_scorer(variables, form, split):
+        del split
+        return lambda users, items: pair_scores(
+            form, variables, jnp.asarray(users), jnp.asarray(items)
+        )
+
+    return _Task(build, sample, loss, batch, scorer, pair_scorer)
 
 
 def _retrieved(config, train, num_items: int) -> jax.Array:
@@ -440,19 +495,16 @@ def _right_aligned(sequences: list[np.ndarray], length: int) -> np.ndarray:
     return out
 
 
-def _sasrec_task(config, log, parts, row_multiple: int) -> _Task:
+def _sasrec_task(config, log, parts, row_multiple: int, quantizer) -> _Task:
     mcfg = {k: v for k, v in config.model.items() if k != "name"}
     max_len = int(mcfg.get("max_len", 50))
     loss_name = config.loss.name
     num_negatives = int(config.loss.get("num_negatives", 256))
 
     @functools.cache
-    def build(embedding_bits: int = 0) -> sequential.SASRec:
+    def build(form: Form) -> sequential.SASRec:
         return sequential.SASRec(
-            num_items=log.num_items,
-            embedding_bits=embedding_bits,
-            row_multiple=row_multiple,
-            **mcfg,
+            num_items=log.num_items, row_multiple=row_multiple, **_seam(quantizer, form), **mcfg
         )
 
     train_seqs = parts["train"].user_sequences()
@@ -468,11 +520,10 @@ def _sasrec_task(config, log, parts, row_multiple: int) -> _Task:
     }
     rows = _epoch_rows(int(config.seed), len(trainable), int(config.train.batch_size))
 
-    def init(rng):
-        return build().init(rng, jnp.ones((1, max_len), jnp.int32))["params"]
+    sample = (jnp.ones((1, max_len), jnp.int32),)
 
     def loss(params, batch, rng):
-        model = build()
+        model = build(TRAINING)
         drop_rng, sample_rng = jax.random.split(rng)
         h = model.apply({"params": params}, batch["inputs"], train=True, rngs={"dropout": drop_rng})
         targets = batch["targets"] - 1  # item index; -1 where there is no next item
@@ -501,18 +552,18 @@ def _sasrec_task(config, log, parts, row_multiple: int) -> _Task:
         return {"inputs": w[:, :-1], "targets": w[:, 1:]}
 
     @functools.partial(jax.jit, static_argnums=0)
-    def item_vectors(bits, params):
-        return build(bits).apply({"params": params}, jnp.arange(log.num_items), method="items")
+    def item_vectors(form, variables):
+        return build(form).apply(variables, jnp.arange(log.num_items), method="items")
 
     @functools.partial(jax.jit, static_argnums=0)
-    def user_scores(bits, params, history, items_v):
-        return build(bits).apply({"params": params}, history, method="users") @ items_v.T
+    def user_scores(form, variables, history, items_v):
+        return build(form).apply(variables, history, method="users") @ items_v.T
 
-    def scorer(params, bits, split):
-        items_v, history = item_vectors(bits, params), histories[split]
-        return lambda users: user_scores(bits, params, jnp.asarray(history[users]), items_v)
+    def scorer(variables, form, split):
+        items_v, history = item_vectors(form, variables), histories[split]
+        return lambda users: user_scores(form, variables, jnp.asarray(history[users]), items_v)
 
-    return _Task(init, loss, batch, scorer)
+    return _Task(build, sample, loss, batch, scorer)
 
 
 def _setup(config, row_multiple: int = 1, training: bool = True):
@@ -528,12 +579,13 @@ def _setup(config, row_multiple: int = 1, training: bool = True):
         log.num_items,
         *(parts[k].num_interactions for k in ("train", "valid", "test")),
     )
+    quantizer = quantizer_of(config)
     if config.model.name == "sasrec":
-        task = _sasrec_task(config, log, parts, row_multiple)
+        task = _sasrec_task(config, log, parts, row_multiple, quantizer)
     elif config.model.name == "dcn":
-        task = _dcn_task(config, log, parts["train"], row_multiple, training)
+        task = _dcn_task(config, log, parts["train"], row_multiple, quantizer, training)
     else:
-        task = _two_tower_task(config, log, parts["train"], row_multiple)
+        task = _two_tower_task(config, log, parts["train"], row_multiple, quantizer)
     return log, parts, task
 
 
@@ -554,20 +606,23 @@ class Trained:
     params: Any
     task: _Task
 
-    def _params(self, embedding_bits: int):
-        if not embedding_bits:
-            return self.params
-        return embeddings.quantize_tree(jax.device_get(self.params), embedding_bits)
+    def _model(self, served_form: bool, embedding_bits: int) -> tuple[Any, Form]:
+        if not served_form:
+            return {"params": self.params}, TRAINING
+        return served(self.task, quantizer_of(self.config), self.params, embedding_bits)
 
-    def scorer(self, split: str = "test", embedding_bits: int = 0):
-        """`users [n] -> [n, num_items]` scores, with float or int8/int4 served tables."""
-        return self.task.scorer(self._params(embedding_bits), embedding_bits, split)
+    def scorer(self, split: str = "test", embedding_bits: int = 0, serve: bool = False):
+        """`users [n] -> [n, num_items]` scores of the trained model (`serve=False`) or of
+        the served one (converted integer towers when the run quantized them; float or
+        int8/int4 tables by `embedding_bits`)."""
+        return self.task.scorer(*self._model(serve or bool(embedding_bits), embedding_bits), split)
 
-    def pair_scorer(self, split: str = "test", embedding_bits: int = 0):
-        """`(users [n], items [n, K]) -> [n, K]` scores of chosen items."""
+    def pair_scorer(self, split: str = "test", embedding_bits: int = 0, serve: bool = False):
+        """`(users [n], items [n, K]) -> [n, K]` scores of chosen items (see `scorer`)."""
         if self.task.pair_scorer is None:
             raise ValueError(f"model {self.config.model.name} has no pair scorer")
-        return self.task.pair_scorer(self._params(embedding_bits), embedding_bits, split)
+        model = self._model(serve or bool(embedding_bits), embedding_bits)
+        return self.task.pair_scorer(*model, split)
 
 
 def load(workdir: str) -> Trained:
@@ -645,8 +700,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "grad_norm": optax.global_norm(grads),
         }
 
-    def evaluate(params, split: str, bits: int = 0) -> dict[str, float]:
-        return rank(task.scorer(params, bits, split), split)
+    def evaluate(params, split: str) -> dict[str, float]:
+        return rank(task.scorer({"params": params}, TRAINING, split), split)
 
     rng = jax.random.PRNGKey(int(config.seed))
     step_rng = jax.random.fold_in(rng, 1)  # dropout and sampled negatives, per step
@@ -717,11 +772,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     }
     results["bytes"] = {"float_bytes": quantization.array_bytes(params)}
     bits = int((config.get("quant") or {}).get("embedding_bits", 0))
-    if bits:
-        # Served model: every embedding table stored as int8/int4 rows plus scales.
-        served = embeddings.quantize_tree(jax.device_get(params), bits)
-        results["test_served"] = evaluate(served, "test", bits=bits)
-        results["bytes"]["serving_bytes"] = quantization.array_bytes(served)
+    quantizer = quantizer_of(config)
+    if bits or quantizer:
+        # Served model: tables as int8/int4 rows plus scales, towers as integer weights.
+        variables, form = served(task, quantizer, jax.device_get(params), bits)
+        path = os.path.join(workdir, "served")
+        checkpoint.save_tree(path, variables)
+        # Evaluate what a server would load: the saved tree.
+        loaded = checkpoint.load_tree(path)
+        results["test_served"] = rank(task.scorer(loaded, form, "test"), "test")
+        results["bytes"]["serving_bytes"] = quantization.array_bytes(loaded)
     popularity = jnp.asarray(counts, jnp.float32)
     by_popularity = lambda users: jnp.broadcast_to(popularity, (len(users), log.num_items))  # noqa: E731
     results["baselines"] = {"popularity": {"test": rank(by_popularity, "test")}}
@@ -730,11 +790,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print(f"\nTest metrics, {what} protocol ({results['params']} parameters), workdir {workdir}:")
     for name, values in [
         (config.model.name, results["test"]),
-        *([(f"int{bits} tables", results["test_served"])] if bits else []),
+        *([(_served_name(quantizer, bits), results["test_served"])] if bits or quantizer else []),
         ("popularity", results["baselines"]["popularity"]["test"]),
     ]:
-        print(f"  {name:<12} " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
+        print(f"  {name:<24} " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
     return results
+
+
+def _served_name(quantizer: quantization.Quantizer | None, bits: int) -> str:
+    """E.g. `"int8 towers, int4 tables"`: what the served model stores as integers."""
+    kind = quantizer and ("fp8" if quantizer.fp8 else f"int{quantizer.weight_bits}")
+    parts = [f"{kind} towers"] if quantizer else []
+    return ", ".join(parts + ([f"int{bits} tables"] if bits else []))
 
 
 def _ranker(config, log, parts) -> Callable[[Callable, str], dict[str, float]]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from rankjax import retrieval_trainer
+from rankjax import checkpoint, retrieval_trainer
 from rankjax.compression import embeddings
 from rankjax.evaluators import retrieval
 from rankjax.models import sequential
@@ -91,9 +91,14 @@ def _cyclic_log(path, num_users=120, num_items=30, length=8):
     return str(path)
 
 
-@pytest.mark.parametrize("loss, protocol", [("softmax", "sampled"), ("bce", "full")])
-def test_sasrec_learns_a_deterministic_next_item(tmp_path, loss, protocol):
-    c = load_config("beauty_sequential", f"runlocal,loss={loss},protocol={protocol}")
+@pytest.mark.parametrize(
+    "loss, protocol, towers", [("softmax", "sampled", ""), ("bce", "full", "int8")]
+)
+def test_sasrec_learns_a_deterministic_next_item(tmp_path, loss, protocol, towers):
+    c = load_config(
+        "beauty_sequential",
+        f"runlocal,loss={loss},protocol={protocol},towers={towers},embedding_bits=8",
+    )
     c.data.file = _cyclic_log(tmp_path / "log.txt")
     c.data.max_users = 0
     c.model.update(dim=16, max_len=6)
@@ -101,16 +106,20 @@ def test_sasrec_learns_a_deterministic_next_item(tmp_path, loss, protocol):
     c.optim.update(learning_rate=1e-2, warmup_steps=10)
     c.train = dict(num_steps=150, batch_size=32, log_every=50, eval_every=150)
     c.ckpt.every = 150
-    c.quant = dict(embedding_bits=8)
     results = retrieval_trainer.train_and_evaluate(c, str(tmp_path / "run"))
     assert results["protocol"] == protocol
     assert set(results["test"]) == set(c.eval.metrics)
     # The next item is fully determined by the last one; popularity knows nothing.
     assert results["test"]["mrr@10"] >= 0.85, results["test"]
     assert results["baselines"]["popularity"]["test"]["mrr@10"] <= 0.5
-    # The model served with int8 tables ranks as well.
+    # The model served with int8 tables (and int8 transformer weights) ranks as well.
     assert results["test_served"]["mrr@10"] >= 0.85, results["test_served"]
     assert results["bytes"]["serving_bytes"] < results["bytes"]["float_bytes"]
+    if towers:
+        served = checkpoint.load_tree(str(tmp_path / "run" / "served"))
+        for layer in ("query", "key", "value", "attention_output", "ffn_hidden", "ffn_output"):
+            frozen = served["aqt"]["block_0"][layer]["quant_dot_general"]["qrhs"]
+            assert frozen["value"].dtype == np.int8, layer
 
 
 def test_sharded_tables_train_like_one_device(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from rankjax import retrieval_trainer
+from rankjax import checkpoint, retrieval_trainer
 from rankjax.models import two_tower
 
 
@@ -74,3 +74,34 @@ def test_served_int8_tables_score_like_the_float_towers(shared_data, tmp_path):
     assert served["ndcg@10"] == pytest.approx(float_["ndcg@10"], abs=0.02)
     # Tables are nearly all of the bytes: int8 rows + one scale per row ~ a quarter.
     assert results["bytes"]["serving_bytes"] < 0.4 * results["bytes"]["float_bytes"]
+
+
+def test_int8_towers_are_served_as_integers(shared_data, tmp_path):
+    c = load_config("ml100k_two_tower", "runlocal,features,towers=int8,steps=20")
+    c.model.hidden = (16,)
+    results = retrieval_trainer.train_and_evaluate(c, str(tmp_path))
+    served = checkpoint.load_tree(str(tmp_path / "served"))
+    for tower in ("user_tower", "item_tower"):
+        for layer in ("hidden_0", "output"):
+            frozen = served["aqt"][tower][layer]["quant_dot_general"]["qrhs"]
+            assert frozen["value"].dtype == np.int8, (tower, layer)
+            assert "kernel" not in served["params"][tower][layer]  # no float copy kept
+    # The served integer towers compute what quantization-aware training did.
+    run = retrieval_trainer.load(str(tmp_path))
+    users = np.arange(50)
+    trained, as_served = run.scorer("test")(users), run.scorer("test", serve=True)(users)
+    np.testing.assert_allclose(as_served, trained, atol=0.05 * float(np.abs(trained).max()))
+    assert results["test_served"]["ndcg@10"] == pytest.approx(results["test"]["ndcg@10"], abs=0.02)
+
+
+def test_tower_quantization_config_errors():
+    c = load_config("ml100k_two_tower", "runlocal")
+    c.quant = {"mode": "qat"}
+    with pytest.raises(ValueError, match="quant.mode is set but quant.enabled"):
+        retrieval_trainer.train_and_evaluate(c, "/tmp/unused")
+    c = load_config("ml100k_two_tower", "runlocal,towers=int8")
+    c.quant.calibration = "static"
+    with pytest.raises(ValueError, match="static"):
+        retrieval_trainer.train_and_evaluate(c, "/tmp/unused")
+    with pytest.raises(ValueError, match="towers='int9'"):
+        load_config("ml100k_two_tower", "towers=int9")

@@ -314,6 +314,25 @@ def config_section(**overrides) -> dict[str, Any]:
     return {"enabled": True, **dataclasses.asdict(Quantizer(**overrides))}
 
 
+# Short names for config arguments: QAT of every Dense layer with these bits.
+TOWER_CHOICES = {
+    "int8": dict(weight_bits=8, activation_bits=8),
+    "int4": dict(weight_bits=4, activation_bits=8),
+    "w8": dict(weight_bits=8, activation_bits=0),  # weight-only
+}
+
+
+def retrieval_section(towers: str = "", embedding_bits: int = 0) -> dict[str, Any] | None:
+    """A retrieval model's `quant` section: `towers` one of `TOWER_CHOICES` (QAT of the
+    dense layers, served as integers) or "" (float), and served tables of `embedding_bits`;
+    None when neither is asked for."""
+    if towers and towers not in TOWER_CHOICES:
+        raise ValueError(f"towers={towers!r}; valid: {sorted(TOWER_CHOICES)} or empty")
+    if towers:
+        return config_section(mode="qat", embedding_bits=embedding_bits, **TOWER_CHOICES[towers])
+    return {"embedding_bits": embedding_bits} if embedding_bits else None
+
+
 def from_config(cfg: Mapping[str, Any] | None) -> Quantizer | None:
     """`config.quant` -> a `Quantizer`, or None when absent or `enabled=False`."""
     return config_args.optional_section(Quantizer, cfg, "quant")
