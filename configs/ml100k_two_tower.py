@@ -16,7 +16,9 @@ Arguments: `data_dir=PATH`, `features` (use genres, year and user attributes too
 `embedding_bits=8|4` (also evaluate the towers with row-wise quantized tables),
 `towers=int8|int4|w8` (quantization-aware training of the towers' dense layers, served
 with integer weights),
-`hash_buckets=N` (id tables of N rows under the hashing trick), `steps=N`, `runlocal`.
+`hash_buckets=N` (id tables of N rows under the hashing trick), `retriever=PATH,hard=K,
+skip=S` (each row adds K hard negatives from ranks S..100 of a finished retrieval run's
+items for its user), `steps=N`, `runlocal`.
 """
 
 import os
@@ -36,6 +38,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         embedding_bits=0,
         towers="",
         hash_buckets=0,
+        retriever="",
+        hard=0,
+        skip=0,
         steps=0,
         runlocal=False,
     )
@@ -58,6 +63,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.hash_buckets:
         c.model.hash_buckets = arg.hash_buckets
     c.loss = dict(name="in_batch_softmax", log_q=True)
+    if arg.hard:
+        c.loss.update(
+            hard_negatives=arg.hard,
+            retriever=arg.retriever,
+            retriever_top=100,
+            retriever_skip=arg.skip,
+        )
     c.optim = dict(
         name="adamw",
         learning_rate=3e-3,
@@ -77,6 +89,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.num_steps = arg.steps
     if arg.runlocal:
         c.model.dim = 8
+        if arg.hard:
+            c.loss.retriever_top = 10
         c.train = dict(num_steps=arg.steps or 2, batch_size=256, log_every=1, eval_every=2)
         c.ckpt.every = 2
     return c

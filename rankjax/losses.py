@@ -117,7 +117,11 @@ def get(
 
 
 def in_batch_softmax_loss(
-    logits: jax.Array, item_ids: jax.Array, log_q: jax.Array | None = None
+    logits: jax.Array,
+    item_ids: jax.Array,
+    log_q: jax.Array | None = None,
+    hard_logits: jax.Array | None = None,
+    hard_ids: jax.Array | None = None,
 ) -> jax.Array:
     """Sampled softmax over a batch's items (Yi et al., 2019), for two-tower retrieval.
 
@@ -126,12 +130,16 @@ def in_batch_softmax_loss(
     item's probability of appearing in a batch, e.g. its training frequency) is
     subtracted from the logits so popular items are not over-penalised for being sampled
     as negatives often (logQ correction); other rows' copies of the positive item
-    (accidental hits) are removed from the row's negatives.
+    (accidental hits) are removed from the row's negatives. Each row may add its own hard
+    negatives (e.g. a retriever's top items for the user), not logQ-corrected since they
+    are not sampled by frequency; one that is the row's positive is removed.
 
     Args:
       logits: `[batch, batch]` user-item scores.
       item_ids: `[batch]` the positive item of each row.
       log_q: `[batch]` log sampling probability of each column's item, or None.
+      hard_logits: `[batch, K]` scores of each row's hard negatives, or None.
+      hard_ids: `[batch, K]` their items (with `hard_logits`).
 
     Returns:
       The mean cross-entropy over rows.
@@ -143,4 +151,7 @@ def in_batch_softmax_loss(
     same = item_ids[:, None] == item_ids[None, :]
     accidental = same & ~jnp.eye(n, dtype=bool)
     logits = jnp.where(accidental, -jnp.inf, logits)
-    return -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=-1)))
+    if hard_logits is not None:
+        hard = jnp.where(hard_ids == item_ids[:, None], -jnp.inf, hard_logits.astype(jnp.float32))
+        logits = jnp.concatenate([logits, hard], axis=1)
+    return -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=-1)[:, :n]))

@@ -46,7 +46,7 @@ from absl import logging
 from rankjax import checkpoint, losses, optim, sharding
 from rankjax.compression import embeddings, quantization
 from rankjax.data import interactions
-from rankjax.evaluators import retrieval
+from rankjax.evaluators import ctr, retrieval
 from rankjax.metric_writer import MetricWriter
 from rankjax.models import dcn, sequential, two_tower
 
@@ -85,7 +85,17 @@ _KEYS = {
         },
     ),
     "model": ({"name"}, set().union(*(keys for keys, _ in MODELS.values()))),
-    "loss": ({"name"}, {"log_q", "num_negatives", "hard_negatives", "retriever", "retriever_top"}),
+    "loss": (
+        {"name"},
+        {
+            "log_q",
+            "num_negatives",
+            "hard_negatives",
+            "retriever",
+            "retriever_top",
+            "retriever_skip",
+        },
+    ),
     "optim": (
         {"name", "learning_rate"},
         {"schedule", "warmup_steps", "weight_decay", "grad_clip_norm", "momentum", "b1", "b2"},
@@ -93,7 +103,14 @@ _KEYS = {
     "train": ({"num_steps", "batch_size", "log_every", "eval_every"}, set()),
     "eval": (
         {"metrics"},
-        {"users_per_chunk", "protocol", "num_negatives", "negatives", "negative_seed"},
+        {
+            "users_per_chunk",
+            "protocol",
+            "num_negatives",
+            "negatives",
+            "negative_seed",
+            "ctr_negatives",
+        },
     ),
     "ckpt": ({"every", "keep"}, {"best_metric", "best_mode"}),
     # Optional: served quantized embedding tables (`embedding_bits`) and, with
@@ -305,7 +322,11 @@ def _epoch_rows(seed: int, size: int, batch_size: int) -> Callable[[int], np.nda
     return rows
 
 
-def _two_tower_task(config, log, train, row_multiple: int, quantizer) -> _Task:
+def _two_tower_task(
+    config, log, train, row_multiple: int, quantizer, training: bool = True
+) -> _Task:
+    """Two towers, trained by the in-batch softmax (logQ-corrected, accidental hits
+    removed), each row adding `loss.hard_negatives` of its user's `_retrieved` items."""
     user_feats, user_vocab, item_feats, item_vocab = _side_features(config.data, log)
     mcfg = {k: v for k, v in config.model.items() if k != "name"}
 
@@ -327,6 +348,8 @@ def _two_tower_task(config, log, train, row_multiple: int, quantizer) -> _Task:
     log_q = jnp.asarray(np.log(np.maximum(counts, 1) / counts.sum()), jnp.float32)
     use_log_q = bool(config.loss.get("log_q", True))
     rows = _epoch_rows(int(config.seed), train.num_interactions, int(config.train.batch_size))
+    num_hard = int(config.loss.get("hard_negatives", 0))
+    hard_pool = _retrieved(config, train, log.num_items) if num_hard and training else None
 
     def gather(table, ids):
         return {k: v[ids] for k, v in table.items()}
@@ -335,12 +358,18 @@ def _two_tower_task(config, log, train, row_multiple: int, quantizer) -> _Task:
     sample = (ids, gather(user_table, ids), ids, gather(item_table, ids))
 
     def loss(params, batch, rng):
-        del rng
         users, items = batch["users"], batch["items"]
-        logits = build(TRAINING).apply(
-            {"params": params}, users, gather(user_table, users), items, gather(item_table, items)
-        )
-        return losses.in_batch_softmax_loss(logits, items, log_q[items] if use_log_q else None)
+        model, variables = build(TRAINING), {"params": params}
+        u = model.apply(variables, users, gather(user_table, users), method="users")
+        embed = lambda i: model.apply(variables, i, gather(item_table, i), method="items")  # noqa: E731
+        hard_logits = hard = None
+        if num_hard:
+            picks = jax.random.randint(rng, (len(users), num_hard), 0, hard_pool.shape[1])
+            hard = hard_pool[users[:, None], picks]
+            hard_v = embed(hard.reshape(-1)).reshape(*hard.shape, -1)
+            hard_logits = jnp.einsum("nd,nkd->nk", u, hard_v)
+        log_q_ = log_q[items] if use_log_q else None
+        return losses.in_batch_softmax_loss(u @ embed(items).T, items, log_q_, hard_logits, hard)
 
     def batch(step):
         r = rows(step)
@@ -463,8 +492,11 @@ def _dcn_task(config, log, train, row_multiple: int, quantizer, training: bool =
 
 
 def _retrieved(config, train, num_items: int) -> jax.Array:
-    """`[num_users, loss.retriever_top]` the top items of the retrieval run
-    `loss.retriever` for every user, the user's training items excluded."""
+    """`[num_users, retriever_top - retriever_skip]` the items at ranks
+    `[loss.retriever_skip, loss.retriever_top)` of the finished retrieval run
+    `loss.retriever` for every user, the user's training items excluded: hard negatives.
+    Skipping the first ranks leaves out most false negatives (items the user would like
+    but has not rated yet), which crowd the very top."""
     from rankjax import cascade
 
     workdir = config.loss.get("retriever")
@@ -474,13 +506,16 @@ def _retrieved(config, train, num_items: int) -> jax.Array:
     if retriever.log.num_items != num_items or retriever.log.num_users < train.users.max() + 1:
         raise ValueError(f"loss.retriever={workdir} was trained on other data")
     top = int(config.loss.get("retriever_top", 100))
+    skip = int(config.loss.get("retriever_skip", 0))
+    if not 0 <= skip < top:
+        raise ValueError(f"loss.retriever_skip={skip} must be in [0, retriever_top={top})")
     score = retriever.scorer("valid")
     users = np.arange(retriever.log.num_users)
     out = []
     for start in range(0, len(users), 512):
         chunk = users[start : start + 512]
         seen = retrieval.user_item_mask(train.users, train.items, chunk, num_items)
-        out.append(np.asarray(cascade.candidates(score, chunk, seen, top)[1]))
+        out.append(np.asarray(cascade.candidates(score, chunk, seen, top)[1])[:, skip:])
     return jnp.asarray(np.concatenate(out), jnp.int32)
 
 
@@ -569,7 +604,7 @@ def _sasrec_task(config, log, parts, row_multiple: int, quantizer) -> _Task:
 def _setup(config, row_multiple: int = 1, training: bool = True):
     """`(log, splits, task)` of a checked config; tables padded to `row_multiple` rows
     (the model axis) so their rows split evenly; `training=False` skips what only the
-    loss needs (a DCN's retriever candidates)."""
+    loss needs (the hard negatives' retriever candidates)."""
     log = load_log(config.data)
     parts = _split(config, log)
     logging.info(
@@ -585,7 +620,7 @@ def _setup(config, row_multiple: int = 1, training: bool = True):
     elif config.model.name == "dcn":
         task = _dcn_task(config, log, parts["train"], row_multiple, quantizer, training)
     else:
-        task = _two_tower_task(config, log, parts["train"], row_multiple, quantizer)
+        task = _two_tower_task(config, log, parts["train"], row_multiple, quantizer, training)
     return log, parts, task
 
 
@@ -782,6 +817,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         loaded = checkpoint.load_tree(path)
         results["test_served"] = rank(task.scorer(loaded, form, "test"), "test")
         results["bytes"]["serving_bytes"] = quantization.array_bytes(loaded)
+    ctr_negatives = int(ecfg.get("ctr_negatives", 0))
+    if ctr_negatives:
+        # CTR-style: each test interaction among uniform never-seen items (AUC, GAUC, log-loss).
+        shown = ctr.impressions(
+            parts["test"].users,
+            parts["test"].items,
+            (log.users, log.items),
+            log.num_items,
+            ctr_negatives,
+            seed=int(ecfg.get("negative_seed", 0)),
+        )
+        versions = [("test_ctr", {"params": params}, TRAINING)]
+        if "test_served" in results:
+            versions.append(("test_served_ctr", loaded, form))
+        for key, version, how in versions:
+            results[key] = ctr.evaluate(_pair_fn(task, version, how, "test"), *shown)
     popularity = jnp.asarray(counts, jnp.float32)
     by_popularity = lambda users: jnp.broadcast_to(popularity, (len(users), log.num_items))  # noqa: E731
     results["baselines"] = {"popularity": {"test": rank(by_popularity, "test")}}
@@ -794,7 +845,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ("popularity", results["baselines"]["popularity"]["test"]),
     ]:
         print(f"  {name:<24} " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
+    for key in ("test_ctr", "test_served_ctr"):
+        if key in results:
+            r = results[key]
+            print(
+                f"  {key:<24} auc {r['auc']:.4f}  gauc {r['gauc']:.4f}  logloss "
+                f"{r['logloss']:.4f}  ({r['impressions']} impressions, {r['gauc_users']} users)"
+            )
     return results
+
+
+def _pair_fn(task: _Task, variables: Any, form: Form, split: str) -> Callable:
+    """`(users [n], items [n, K]) -> [n, K]`: the task's pair scorer, else its catalog
+    scores at those items."""
+    if task.pair_scorer is not None:
+        return task.pair_scorer(variables, form, split)
+    score = task.scorer(variables, form, split)
+    return lambda users, items: jnp.take_along_axis(score(users), jnp.asarray(items), axis=1)
 
 
 def _served_name(quantizer: quantization.Quantizer | None, bits: int) -> str:

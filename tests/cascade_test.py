@@ -7,6 +7,7 @@ import pytest
 from helpers import load_config
 
 from rankjax import cascade, retrieval_trainer
+from rankjax.evaluators import retrieval
 
 # 2 users, 6 items. Stage 1 prefers low ids; stage 2 prefers high ids.
 STAGE1 = jnp.array([[6.0, 5, 4, 3, 2, 1], [6.0, 5, 4, 3, 2, 1]])
@@ -82,6 +83,19 @@ def test_finished_runs_load_and_cascade(shared_data, tmp_path):
         runs[name] = retrieval_trainer.load(str(tmp_path / name))
     assert runs["ml100k_dcn"].config.loss.hard_negatives == 2
     first, second = runs["ml100k_two_tower"], runs["ml100k_dcn"]
+    # A second two-tower run adds hard negatives from ranks 3..10 of the first's items.
+    c = load_config("ml100k_two_tower", f"runlocal,retriever={retriever},hard=2,skip=3")
+    assert retrieval_trainer.train_and_evaluate(c, str(tmp_path / "hard"))["step"] == 2
+    train, n = first.parts["train"], first.log.num_items
+    pool = retrieval_trainer._retrieved(c, train, n)
+    c.loss.retriever_skip = 0
+    top = retrieval_trainer._retrieved(c, train, n)
+    assert pool.shape == (first.log.num_users, 7) and (pool == top[:, 3:]).all()
+    seen = retrieval.user_item_mask(train.users, train.items, np.arange(first.log.num_users), n)
+    assert not np.take_along_axis(seen, np.asarray(top), 1).any()  # never a training item
+    c.loss.retriever_skip = 10
+    with pytest.raises(ValueError, match="retriever_skip=10"):
+        retrieval_trainer._retrieved(c, train, n)
     users = np.arange(4)
     # The loaded pair scorer agrees with the catalog scorer on the chosen items.
     items = jnp.array([[0, 5, 9]] * 4)

@@ -52,8 +52,15 @@ def test_dcn_input_errors_name_the_problem():
         )
 
 
-def test_pointwise_dcn_trains_and_serves_int8_tables(shared_data, tmp_path):
-    c = load_config("ml100k_dcn", "runlocal,loss=bce,embedding_bits=8")
+def test_pointwise_dcn_trains_and_serves_int8_layers_and_tables(shared_data, tmp_path):
+    c = load_config("ml100k_dcn", "runlocal,loss=bce,embedding_bits=8,towers=int8")
     results = retrieval_trainer.train_and_evaluate(c, str(tmp_path))
     assert results["step"] == 2 and set(results["test_served"]) == set(results["test"])
     assert results["bytes"]["serving_bytes"] < results["bytes"]["float_bytes"]
+    # CTR-style figures on 10 negatives per test interaction, for both versions.
+    for key in ("test_ctr", "test_served_ctr"):
+        got = results[key]
+        assert got["impressions"] == 11 * 9596 and 0.0 <= got["gauc"] <= 1.0, key
+        assert got["logloss"] > 0
+    # Untrained but for 2 steps, the served integer model agrees with the QAT one.
+    assert results["test_served_ctr"]["auc"] == pytest.approx(results["test_ctr"]["auc"], abs=0.02)
