@@ -9,7 +9,9 @@ definitions of `evaluators.retrieval`, the same users and held-out items):
 
 * `stage1`: stage 1's own metrics, and its `recall@K` — the ceiling for anything stage 2
   can do;
-* `final`: the cascade's metrics;
+* `final`: the cascade's metrics; stage 2 orders the candidates by its own score
+  (`stage2_weight=1`) or by a blend with stage 1's (`fuse`), as production rankers take
+  the retrieval score as a feature; `choose_weight` picks the blend on validation data;
 * `stage2_alone`: stage 2 over the whole catalog (what the cascade approximates);
 * `ms_per_user`: measured wall time per user of stage 1 (catalog scoring + top-K) and of
   stage 2 (K candidates), in batches of `users_per_chunk`, after a warm-up.
@@ -48,6 +50,20 @@ def candidates(
     return jax.lax.top_k(scores, k)
 
 
+def fuse(first: jax.Array, second: jax.Array, weight: float) -> jax.Array:
+    """`(1 - weight) * z(first) + weight * z(second)` over each row's K candidates, where
+    `z` standardises a row (mean 0, deviation 1) so the two stages' scales do not matter;
+    weight 1 is stage 2's order, weight 0 stage 1's. `[n, K]` -> `[n, K]`."""
+
+    def z(x):
+        x = jnp.asarray(x, jnp.float32)
+        return (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-6)
+
+    if weight == 1.0:
+        return jnp.asarray(second, jnp.float32)
+    return (1.0 - weight) * z(first) + weight * z(second)
+
+
 def _as_ranking(items: jax.Array, scores: jax.Array, num_items: int) -> jax.Array:
     """`[n, num_items]` scores that put `items` in the order of `scores`, every other item
     below them."""
@@ -69,6 +85,7 @@ def evaluate(
     num_items: int,
     metrics: Sequence[str] = ("recall@10", "ndcg@10", "mrr@10", "hit@10"),
     users_per_chunk: int = 256,
+    stage2_weight: float = 1.0,
 ) -> dict:
     """The cascade's quality and cost (module docstring).
 
@@ -82,28 +99,20 @@ def evaluate(
       metrics: full-ranking metric names, cutoffs at most `k`; `recall@k` of stage 1 is
         added.
       users_per_chunk: users scored per call.
+      stage2_weight: the final order's blend of the two stages' scores (`fuse`).
 
     Returns:
-      `{"stage1", "final", "stage2_alone": {metric: value}, "ms_per_user": {...}, "k"}`.
+      `{"stage1", "final", "stage2_alone": {metric: value}, "ms_per_user": {...}, "k",
+      "stage2_weight"}`.
     """
-    if not 1 <= k <= num_items:
-        raise ValueError(f"cascade k={k} must be in [1, {num_items}]")
-    for name in metrics:
-        cutoff = retrieval.parse(name)[1]
-        if cutoff > k:  # the cascade returns k items; deeper cutoffs are meaningless
-            raise ValueError(f"metric {name}: cutoff {cutoff} exceeds the cascade's k={k}")
-    seen_users, seen_items = np.asarray(train[0]), np.asarray(train[1])
+    _check(k, num_items, metrics)
     common = dict(train=train, held_out=held_out, num_items=num_items)
     common["users_per_chunk"] = users_per_chunk
-
-    def seen(users):  # rows in the order of `users` (the mask wants them sorted)
-        order = np.argsort(users)
-        mask = retrieval.user_item_mask(seen_users, seen_items, users[order], num_items)
-        return mask[np.argsort(order)]
+    seen = _seen_rows(train, num_items)
 
     def final(users):
-        _, items = candidates(stage1, users, seen(users), k)
-        return _as_ranking(items, stage2(users, items), num_items)
+        first, items = candidates(stage1, users, seen(users), k)
+        return _as_ranking(items, fuse(first, stage2(users, items), stage2_weight), num_items)
 
     def stage2_alone(users):
         items = jnp.broadcast_to(jnp.arange(num_items), (len(users), num_items))
@@ -112,12 +121,79 @@ def evaluate(
     stage1_metrics = tuple(dict.fromkeys((*metrics, f"recall@{k}")))
     out = {
         "k": k,
+        "stage2_weight": stage2_weight,
         "stage1": retrieval.full_ranking(stage1, metrics=stage1_metrics, **common),
         "final": retrieval.full_ranking(final, metrics=tuple(metrics), **common),
         "stage2_alone": retrieval.full_ranking(stage2_alone, metrics=tuple(metrics), **common),
     }
     out["ms_per_user"] = _timings(stage1, stage2, np.unique(held_out[0]), seen, k, users_per_chunk)
     return out
+
+
+def choose_weight(
+    stage1: ScoreFn,
+    stage2: PairScoreFn,
+    *,
+    k: int,
+    train: tuple[np.ndarray, np.ndarray],
+    held_out: tuple[np.ndarray, np.ndarray],
+    num_items: int,
+    metric: str = "ndcg@10",
+    grid: Sequence[float] = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11)),
+    users_per_chunk: int = 256,
+) -> tuple[float, dict[float, float]]:
+    """The `fuse` weight in `grid` that gives the best `metric` on `held_out` (validation
+    data: choosing on test would overfit the figure reported). Each stage scores each
+    user once; the blends re-rank those scores.
+
+    Returns:
+      `(best weight, {weight: metric})`; ties go to the larger weight.
+    """
+    _check(k, num_items, (metric,))
+    seen = _seen_rows(train, num_items)
+    users = np.unique(held_out[0])
+    row = np.zeros(int(users.max(initial=0)) + 1, np.int64)
+    row[users] = np.arange(len(users))
+    parts = []
+    for start in range(0, len(users), users_per_chunk):
+        chunk = users[start : start + users_per_chunk]
+        first, items = candidates(stage1, chunk, seen(chunk), k)
+        parts.append((np.asarray(items), np.asarray(first), np.asarray(stage2(chunk, items))))
+    items, first, second = (np.concatenate(p) for p in zip(*parts, strict=True))
+    common = dict(train=train, held_out=held_out, num_items=num_items)
+    scores = {}
+    for weight in grid:
+        blended = np.asarray(fuse(first, second, float(weight)))
+
+        def ranking(u, blended=blended):
+            r = row[np.asarray(u)]
+            return _as_ranking(jnp.asarray(items[r]), jnp.asarray(blended[r]), num_items)
+
+        got = retrieval.full_ranking(ranking, metrics=(metric,), **common)
+        scores[float(weight)] = got[metric]
+    best = max(sorted(scores, reverse=True), key=lambda w: scores[w])
+    return best, scores
+
+
+def _check(k: int, num_items: int, metrics: Sequence[str]) -> None:
+    if not 1 <= k <= num_items:
+        raise ValueError(f"cascade k={k} must be in [1, {num_items}]")
+    for name in metrics:
+        cutoff = retrieval.parse(name)[1]
+        if cutoff > k:  # the cascade returns k items; deeper cutoffs are meaningless
+            raise ValueError(f"metric {name}: cutoff {cutoff} exceeds the cascade's k={k}")
+
+
+def _seen_rows(train: tuple[np.ndarray, np.ndarray], num_items: int) -> Callable:
+    """`users [n] -> [n, num_items]` mask of their `train` items, rows in `users`' order."""
+    seen_users, seen_items = np.asarray(train[0]), np.asarray(train[1])
+
+    def seen(users):  # the mask wants users sorted
+        order = np.argsort(users)
+        mask = retrieval.user_item_mask(seen_users, seen_items, users[order], num_items)
+        return mask[np.argsort(order)]
+
+    return seen
 
 
 def _timings(stage1, stage2, users, seen, k, chunk, repeats: int = 3) -> dict[str, float]:

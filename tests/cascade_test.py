@@ -73,6 +73,41 @@ def test_cascade_reorders_stage1_candidates_by_stage2():
         )
 
 
+def test_fuse_blends_standardised_scores():
+    first, second = jnp.array([[3.0, 2.0, 1.0]]), jnp.array([[10.0, 40.0, 70.0]])
+    np.testing.assert_array_equal(cascade.fuse(first, second, 1.0), second)
+    # Standardised, both rows are (+-1.2247, 0): weight 0 keeps stage 1's order.
+    z = np.sqrt(1.5)
+    np.testing.assert_allclose(cascade.fuse(first, second, 0.0), [[z, 0, -z]], rtol=1e-5)
+    np.testing.assert_allclose(cascade.fuse(first, second, 0.5), [[0, 0, 0]], atol=1e-5)
+    np.testing.assert_allclose(cascade.fuse(first, second, 0.25), [[z / 2, 0, -z / 2]], rtol=1e-4)
+
+
+def test_choose_weight_picks_the_stage_that_ranks_the_held_out_item_first():
+    common = dict(
+        k=3,
+        train=(np.array([0]), np.array([0])),
+        num_items=6,
+        grid=(0.0, 0.3, 1.0),
+        metric="ndcg@3",
+    )
+    # Item 1 is stage 1's favourite candidate for user 0, item 3 stage 2's.
+    best, scores = cascade.choose_weight(stage1, stage2, held_out=([0], [1]), **common)
+    # Weights 0 and 0.3 both put item 1 first; ties go to the larger weight.
+    assert best == 0.3 and scores[0.0] == pytest.approx(1.0) and scores[1.0] < 1.0
+    best, scores = cascade.choose_weight(stage1, stage2, held_out=([0], [3]), **common)
+    assert best == 1.0 and scores[1.0] == pytest.approx(1.0)
+    r = cascade.evaluate(
+        stage1,
+        stage2,
+        held_out=(np.array([0]), np.array([1])),
+        metrics=("hit@1",),
+        stage2_weight=0.0,
+        **{k: v for k, v in common.items() if k != "grid"},
+    )
+    assert r["final"]["hit@1"] == 1.0 and r["stage2_weight"] == 0.0
+
+
 def test_finished_runs_load_and_cascade(shared_data, tmp_path):
     runs = {}
     retriever = str(tmp_path / "ml100k_two_tower")
