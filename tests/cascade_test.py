@@ -103,7 +103,7 @@ def test_choose_weight_picks_the_stage_that_ranks_the_held_out_item_first():
         held_out=(np.array([0]), np.array([1])),
         metrics=("hit@1",),
         stage2_weight=0.0,
-        **{k: v for k, v in common.items() if k != "grid"},
+        **{k: v for k, v in common.items() if k not in ("grid", "metric")},
     )
     assert r["final"]["hit@1"] == 1.0 and r["stage2_weight"] == 0.0
 
