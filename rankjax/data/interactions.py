@@ -303,8 +303,10 @@ def from_synthetic(world) -> Interactions:
 
     Every catalog product is an item (index = product id, interacted with or not); the
     rating is the event's strength (1 view, 2 click, 3 cart, 4 purchase). Item features:
-    `category`, `brand`, `color` (codes + 1, 0 unknown), `price`, `popularity`; user
-    features: `preferred_brand` (+ 1) and `price_sensitivity`.
+    `category`, `brand`, `color` (codes + 1, 0 unknown), `price`, `popularity`, and for
+    models `log_price` = ln(price) and `log_popularity` = ln(1 + popularity) (heavy-tailed
+    raw values would swamp a dense layer); user features: `preferred_brand` (+ 1) and
+    `price_sensitivity`.
     """
     inter, products, users = world.interactions, world.products, world.users
     num_items = len(products["category"])
@@ -324,6 +326,10 @@ def from_synthetic(world) -> Interactions:
             **token,
             "price": np.asarray(products["price"], np.float32),
             "popularity": np.asarray(products["popularity"], np.float32),
+            "log_price": np.log(np.asarray(products["price"], np.float64)).astype(np.float32),
+            "log_popularity": np.log1p(np.asarray(products["popularity"], np.float64)).astype(
+                np.float32
+            ),
         },
         user_features={
             "preferred_brand": np.asarray(users["preferred_brand"], np.int32) + 1,
