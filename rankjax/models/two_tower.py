@@ -3,7 +3,8 @@ dot product, so the whole catalog can be embedded once and searched by top-K.
 
 Each tower embeds its entity's id and side features — token features (e.g. occupation,
 a movie's year) by an embedding each, token-sequence features (genres, title words) by the
-mean of their tokens' embeddings, float features (price) through a dense layer — and
+mean of their tokens' embeddings, float features (price) through a dense layer, and
+optionally an item text (a title) through a BERT encoder fine-tuned with the tower — and
 maps their concatenation through an MLP to a `dim`-wide vector (L2-normalised when
 `normalize`, so scores are cosines divided by `temperature`). Trained with the in-batch
 sampled softmax of `losses.in_batch_softmax_loss` (Yi et al., 2019: logQ correction,
@@ -18,7 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rankjax.models import layers
+from rankjax.models import bert, layers
+
+TEXT_TOKENS = "text_tokens"  # the feature a tower's BERT encoder reads
 
 
 def hash_ids(ids: jax.Array, buckets: int) -> jax.Array:
@@ -48,6 +51,10 @@ class Tower(nn.Module):
         row, and the side features tell them apart).
       row_multiple: tables padded to a multiple of this many rows (`layers.Embed`), to
         shard them evenly over a mesh axis.
+      text_config: a BERT architecture: the feature `text_tokens [n, T]` (WordPiece ids,
+        0 padding) is encoded by a BERT encoder (`text_encoder`, fine-tuned with the
+        tower), mean-pooled and projected; None: no text encoder.
+      text_layers: the encoder's layers (0: all of `text_config`'s).
     """
 
     num_ids: int
@@ -59,6 +66,8 @@ class Tower(nn.Module):
     embedding_bits: int = 0
     hash_buckets: int = 0
     row_multiple: int = 1
+    text_config: bert.BertConfig | None = None
+    text_layers: int = 0
 
     @nn.compact
     def __call__(self, ids: jax.Array, features: Mapping[str, jax.Array]) -> jax.Array:
@@ -70,6 +79,21 @@ class Tower(nn.Module):
             rows, self.dim, bits=bits, row_multiple=self.row_multiple, name="id_embedding"
         )
         parts = [table(ids)]
+        features = dict(features)
+        if self.text_config is not None:
+            if TEXT_TOKENS not in features:
+                raise ValueError(f"a tower with a text encoder needs the {TEXT_TOKENS} feature")
+            tokens = features.pop(TEXT_TOKENS).astype(jnp.int32)
+            encoder = bert.Encoder(
+                self.text_config,
+                self.text_layers or None,
+                dot_general_cls=self.dot_general_cls,
+                embedding_bits=bits,
+                name="text_encoder",
+            )
+            pooled = bert.pool(encoder(tokens, tokens != 0), tokens != 0, "mean")
+            dense = layers.Dense(self.dim, dot_general_cls=self.dot_general_cls, name="text")
+            parts.append(dense(pooled))
         floats = []
         for name in sorted(features):
             x = features[name]
@@ -108,6 +132,8 @@ class Model(nn.Module):
       embedding_bits: served row-wise quantized embedding tables (0: float).
       hash_buckets: rows of each id table under the hashing trick (0: one row per id).
       row_multiple: id tables padded to a multiple of this many rows (sharding).
+      item_text_config, item_text_layers: the item tower's BERT encoder over its
+        `text_tokens` feature (see `Tower`); None: none.
     """
 
     num_users: int
@@ -122,6 +148,8 @@ class Model(nn.Module):
     embedding_bits: int = 0
     hash_buckets: int = 0
     row_multiple: int = 1
+    item_text_config: bert.BertConfig | None = None
+    item_text_layers: int = 0
 
     def setup(self):
         shape = dict(
@@ -134,7 +162,13 @@ class Model(nn.Module):
             row_multiple=self.row_multiple,
         )
         self.user_tower = Tower(self.num_users, dict(self.user_vocab_sizes), **shape)
-        self.item_tower = Tower(self.num_items, dict(self.item_vocab_sizes), **shape)
+        self.item_tower = Tower(
+            self.num_items,
+            dict(self.item_vocab_sizes),
+            text_config=self.item_text_config,
+            text_layers=self.item_text_layers,
+            **shape,
+        )
 
     def users(self, ids: jax.Array, features: Mapping[str, jax.Array]) -> jax.Array:
         """`[n, dim]` user vectors, already divided by `sqrt(temperature)`."""
