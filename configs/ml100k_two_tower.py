@@ -20,7 +20,7 @@ with integer weights),
 skip=S` (each row adds K hard negatives from ranks S..100 of a finished retrieval run's
 items for its user), `text=frozen|finetune,text_layers=N` (the item tower also reads the
 movie title through all-MiniLM-L6-v2: its frozen sentence embedding, or N of its layers
-fine-tuned with the towers), `steps=N`, `runlocal`.
+fine-tuned with the towers; `text_checkpoint=PATH` another BERT folder), `steps=N`, `runlocal`.
 """
 
 import os
@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         skip=0,
         text="",
         text_layers=0,
+        text_checkpoint="",
         steps=0,
         runlocal=False,
     )
@@ -67,7 +68,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.hash_buckets:
         c.model.hash_buckets = arg.hash_buckets
     if arg.text:  # the item tower also reads the movie title through MiniLM
-        c.model.update(text_feature="movie_title", text_mode=arg.text, text_layers=arg.text_layers)
+        c.model.update(
+            text_feature="movie_title",
+            text_mode=arg.text,
+            text_layers=arg.text_layers,
+            text_checkpoint=arg.text_checkpoint,
+        )
     c.loss = dict(name="in_batch_softmax", log_q=True)
     if arg.hard:
         c.loss.update(

@@ -93,6 +93,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ctr_negatives=10,
     )
     c.ckpt = dict(every=500, keep=1, best_metric="ndcg@10", best_mode="max")
+    # 0: one device, or every device of a multi-process run; N: the first N devices.
+    c.mesh = dict(num_devices=0, model=1)
     quant = quantization.retrieval_section(arg.towers, arg.embedding_bits)
     if quant:
         c.quant = quant

@@ -764,21 +764,30 @@ def _split(config, log) -> dict[str, interactions.Interactions]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains the retrieval model of `config` (two-tower, DCN or sequential) and evaluates
-    it by full ranking or against sampled negatives (`eval.protocol`). One process; its
-    devices as `config.mesh` says.
+    it by full ranking or against sampled negatives (`eval.protocol`), on the devices
+    `config.mesh` names — or, in a multi-process run (`rankjax.distributed`), on every
+    device of every process.
+
+    Several processes: each reads the whole interaction log and builds the same global
+    batch (a pure function of seed and step), placing its devices' rows; the step runs as
+    one global computation; every process evaluates the same gathered parameters (so all
+    agree on the best checkpoint, which orbax writes cooperatively); process 0 writes the
+    JSON files.
 
     Returns:
       The contents of `workdir/results.json`.
     """
     _validate(config)
     os.makedirs(workdir, exist_ok=True)
-    checkpoint.write_json(
-        os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
-    )
+    lead = jax.process_index() == 0
+    if lead:
+        checkpoint.write_json(
+            os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
+        )
     tcfg, ecfg = config.train, config.eval
     mesh_cfg = config.get("mesh") or {}
     model_axis = int(mesh_cfg.get("model", 1))
-    mesh = sharding.make_mesh(int(mesh_cfg.get("num_devices", 1)), model=model_axis)
+    mesh = sharding.make_mesh(_num_devices(mesh_cfg), model=model_axis)
     sharding.check_divisible(int(tcfg.batch_size), mesh)
     log, parts, task = _setup(config, model_axis)
     train = parts["train"]
@@ -801,7 +810,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         }
 
     def evaluate(params, split: str) -> dict[str, float]:
-        return rank(task.scorer({"params": params}, TRAINING, split), split)
+        return rank(task.scorer({"params": _local(params)}, TRAINING, split), split)
 
     rng = jax.random.PRNGKey(int(config.seed))
     step_rng = jax.random.fold_in(rng, 1)  # dropout and sampled negatives, per step
@@ -829,7 +838,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     t0 = time.perf_counter()
     try:
         for step in range(int(state.step), num_steps):
-            batch = jax.device_put(task.batch(step), batch_sharding)
+            batch = _global_batch(task.batch(step), batch_sharding)
             state, m = train_step(state, batch, jax.random.fold_in(step_rng, step))
             done = step + 1
             if done % int(tcfg.log_every) == 0 or done == num_steps:
@@ -857,7 +866,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt.wait()
         writer.close()
     best = ckpt.restore_best(state.params)
-    params = best if best is not None else state.params
+    params = _local(best if best is not None else state.params)
     ckpt.close()
     protocol = ecfg.get("protocol", "full")
     results = {
@@ -904,6 +913,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     popularity = jnp.asarray(counts, jnp.float32)
     by_popularity = lambda users: jnp.broadcast_to(popularity, (len(users), log.num_items))  # noqa: E731
     results["baselines"] = {"popularity": {"test": rank(by_popularity, "test")}}
+    if not lead:
+        return results
     checkpoint.write_json(os.path.join(workdir, "results.json"), results)
     what = "full-ranking" if protocol == "full" else "sampled-negative"
     print(f"\nTest metrics, {what} protocol ({results['params']} parameters), workdir {workdir}:")
@@ -921,6 +932,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 f"{r['logloss']:.4f}  ({r['impressions']} impressions, {r['gauc_users']} users)"
             )
     return results
+
+
+def _num_devices(mesh_cfg) -> int:
+    """`mesh.num_devices` (default one device); every device of every process when there
+    are several processes, which is the only mesh they can share."""
+    given = int(mesh_cfg.get("num_devices", 0))
+    if jax.process_count() == 1:
+        return given or 1
+    if given not in (0, -1, jax.device_count()):
+        raise ValueError(
+            f"mesh.num_devices={given}: a {jax.process_count()}-process run uses all "
+            f"{jax.device_count()} devices (leave it unset)"
+        )
+    return jax.device_count()
+
+
+def _global_batch(batch: dict[str, np.ndarray], sharding_: jax.sharding.Sharding) -> dict:
+    """The global batch (the same on every process) as arrays split by `sharding_`; each
+    process places only its own devices' rows."""
+    return {
+        k: jax.make_array_from_callback(v.shape, sharding_, lambda index, v=v: v[index])
+        for k, v in batch.items()
+    }
+
+
+def _local(tree: Any) -> Any:
+    """`tree` with every array that spans several processes gathered into a host array
+    here (each process then scores on its own devices); other leaves unchanged."""
+    from jax.experimental import multihost_utils
+
+    def gather(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return multihost_utils.process_allgather(x, tiled=True)  # the global value
+        return x
+
+    return jax.tree_util.tree_map(gather, tree)
 
 
 def _pair_fn(task: _Task, variables: Any, form: Form, split: str) -> Callable:

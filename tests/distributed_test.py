@@ -61,6 +61,38 @@ def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
     assert os.listdir(tmp_path / "multi" / "best")  # the best checkpoint, beside them
 
 
+def test_retrieval_on_two_processes_matches_one_process(tmp_path):
+    """The two-tower model on 2 processes x 2 CPU devices, each building its devices' rows
+    of the same global batches, trains and scores as 1 process x 4 devices."""
+    port = free_port()
+    args = [
+        "--config=configs/synthetic_retrieval.py:runlocal,steps=6",
+        "--config.train.eval_every=3",
+        "--config.ckpt.every=3",
+    ]
+    single = f"--workdir={tmp_path / 'single'}"
+    procs = [start_training(*args, single, "--config.mesh.num_devices=4", devices=4)]
+    procs += [
+        start_training(
+            *args,
+            f"--workdir={tmp_path / 'multi'}",
+            f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+            devices=2,
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    single = json.loads((tmp_path / "single" / "results.json").read_text())
+    multi = json.loads((tmp_path / "multi" / "results.json").read_text())
+    assert single["mesh"] == multi["mesh"] == {"data": 4}
+    for split in ("valid", "test"):
+        assert multi[split] == pytest.approx(single[split], rel=1e-5)
+
+
 def test_incomplete_explicit_setup_names_what_is_missing(monkeypatch):
     for var in ("RANKJAX_COORDINATOR_ADDRESS", "RANKJAX_NUM_PROCESSES", "RANKJAX_PROCESS_ID"):
         monkeypatch.delenv(var, raising=False)
