@@ -61,14 +61,15 @@ def test_user_auc_matches_hand_values_and_brute_force():
     )
     want = []
     for u in range(4):
-        pos = set(held[1][held[0] == u])
-        neg = set(range(30)) - pos - set(seen[1][seen[0] == u])
+        before = set(seen[1][seen[0] == u])
+        pos = set(held[1][held[0] == u]) - before  # repeats of seen items do not count
+        neg = set(range(30)) - pos - before
         pairs = [(p, n) for p in pos for n in neg]
         want.append(np.mean([scores[u, p] > scores[u, n] for p, n in pairs]))
     assert got["auc"] == pytest.approx(np.mean(want))
 
 
-def test_training_items_are_excluded_but_never_held_out_ones():
+def test_training_items_are_excluded_and_held_out_repeats_of_them_do_not_count():
     # Without exclusion user 0's top 1 would be the trained item 0.
     got = retrieval.full_ranking(
         lambda users: SCORES[users],
@@ -78,6 +79,16 @@ def test_training_items_are_excluded_but_never_held_out_ones():
         metrics=("hit@1",),
     )
     assert got["hit@1"] == 0.0  # user 0's best remaining is item 0 (not held out)
+    # User 0 trained on item 2 and holds it out again: not rankable, not relevant; item 5
+    # stays (user 0's order without 0 and 2: 3, 5, ...). User 1 repeats item 1 only: skipped.
+    got = retrieval.full_ranking(
+        lambda users: SCORES[users],
+        train=(np.array([0, 0, 1]), np.array([0, 2, 1])),
+        held_out=(np.array([0, 0, 1]), np.array([2, 5, 1])),
+        num_items=6,
+        metrics=("hit@1", "mrr@2", "recall@2"),
+    )
+    assert got == pytest.approx({"hit@1": 0.0, "mrr@2": 0.5, "recall@2": 1.0})
 
 
 def test_full_ranking_rejects_bad_names_and_cutoffs():

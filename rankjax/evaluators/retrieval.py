@@ -3,8 +3,10 @@ against sampled negatives — the two protocols of the literature, named and kep
 
 * **Full ranking** (`full_ranking`, RecBole's `mode=full`): every user's scores over all
   items; the items the user interacted with in the training (and, for test, validation)
-  data are excluded from the ranking, and the held-out items are the relevant ones.
-  Metrics per user, then averaged over users with at least one held-out item:
+  data are excluded from the ranking, and the held-out items are the relevant ones — but
+  for repeats of excluded items, which are no new recommendation (logs with repeated
+  events, such as the synthetic shop's; RecBole's ml-100k and Beauty have none).
+  Metrics per user, then averaged over users with at least one such held-out item:
   `recall@K` = hits in the top K / held-out items, `ndcg@K` with binary gains and the ideal
   DCG of min(held-out, K) hits, `mrr@K` = 1 / rank of the first hit in the top K (0 if
   none), `hit@K` = whether any held-out item is in the top K, `precision@K` = hits / K,
@@ -78,7 +80,7 @@ def full_ranking(
       users_per_chunk: users scored per call (bounds memory: chunk x catalog scores).
 
     Returns:
-      `{name: mean over users with a held-out item}`.
+      `{name: mean over users with a held-out item they had not interacted with}`.
     """
     parsed = [parse(m) for m in metrics]
     kmax = max([k for _, k in parsed] + [1])
@@ -87,10 +89,18 @@ def full_ranking(
     held_users, held_items = (np.asarray(a) for a in held_out)
     users = np.unique(held_users)
     sums = {m: 0.0 for m in metrics}
+    evaluated = 0
     for start in range(0, len(users), users_per_chunk):
         rows = users[start : start + users_per_chunk]
-        relevant = user_item_mask(held_users, held_items, rows, num_items)
-        excluded = user_item_mask(*train, rows, num_items) & ~relevant
+        excluded = user_item_mask(*train, rows, num_items)
+        # A held-out repeat of an excluded item is no new item to recommend (and keeping
+        # just those rankable would tell the scorer which seen items recur: a leak).
+        relevant = user_item_mask(held_users, held_items, rows, num_items) & ~excluded
+        keep = relevant.any(1)
+        rows, relevant, excluded = rows[keep], relevant[keep], excluded[keep]
+        evaluated += len(rows)
+        if not len(rows):
+            continue
         scores = jnp.where(jnp.asarray(excluded), -jnp.inf, score_fn(rows))
         _, top = jax.lax.top_k(scores, kmax)  # [n, kmax] item indices, best first
         hits = np.take_along_axis(relevant, np.asarray(top), axis=1)  # [n, kmax]
@@ -114,7 +124,7 @@ def full_ranking(
                 ideal = np.cumsum(discounts[:k])[np.minimum(num_relevant, k) - 1]
                 v = dcg / ideal
             sums[name] += float(v.sum())
-    return {m: sums[m] / len(users) for m in metrics} if len(users) else dict.fromkeys(metrics, 0.0)
+    return {m: sums[m] / evaluated for m in metrics} if evaluated else dict.fromkeys(metrics, 0.0)
 
 
 def _user_auc(scores: np.ndarray, relevant: np.ndarray, excluded: np.ndarray) -> np.ndarray:
