@@ -13,6 +13,7 @@ setuptools.setup(
     install_requires=[
         "absl-py>=2.1.0",
         "aqtp>=0.8.0",
+        "flatbuffers>=24.3",  # jax.export serialization (rankjax.export)
         "flax>=0.10.2",
         "jax>=0.4.38",
         "ml-collections>=1.0.0",

@@ -342,7 +342,7 @@ QUANTILE_FIT_ITEMS = 1 << 16
 
 
 @functools.cache
-def _ppf_table() -> tuple[np.ndarray, np.ndarray]:
+def ppf_table() -> tuple[np.ndarray, np.ndarray]:
     """The standard-normal inverse CDF tabulated on a fine grid over the knots' range."""
     probs = np.linspace(QUANTILE_PROBS[0], QUANTILE_PROBS[-1], 9_981)
     inv_cdf = statistics.NormalDist().inv_cdf
@@ -357,7 +357,7 @@ def gauss_rank(x: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
     quantiles, like the zeros of a sparse feature) interpolating from the left and from the
     right and averaging gives that value the middle of its range (its mid-rank).
     """
-    probs, scores = _ppf_table()
+    probs, scores = ppf_table()
     out = np.empty(x.shape, np.float64)
     for j in range(x.shape[1]):
         q = quantiles[:, j].astype(np.float64)

@@ -1,0 +1,157 @@
+"""A served ranker as one file that runs without rankjax: `jax.export`.
+
+    rankjax.export.save(rankjax.serving.load(workdir, "served"), "/tmp/ranker.jaxexport")
+    score = rankjax.export.load("/tmp/ranker.jaxexport")   # jax and numpy only
+    scores = score(features, where)                      # [b, n, F], [b, n] -> [b, n]
+
+The file holds the StableHLO of the whole scoring function — the fitted feature transform
+(for feature rankers), the model, and its weights as constants (integer weights and scales
+for a served quantized model) — with the batch and list sizes symbolic, so one artifact
+serves any shape. Loading it needs `jax` only: no model code, no config, no checkpoint
+reader (`jax.export.deserialize(...).call(...)`). Text rankers take their token arrays
+(`models.input_keys`) in place of `features`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rankjax import models
+from rankjax.data import lists
+
+# Platforms the artifact is compiled for; XLA lowers it anew for each at load time.
+PLATFORMS = ("cpu", "cuda")
+_MAGIC = b"rankjax-export-v1\n"
+
+
+def traced_transform(transform: lists.FeatureTransform) -> Callable[[jax.Array], jax.Array]:
+    """`FeatureTransform.__call__` in `jax.numpy` (float32): `[n, F] -> [n, F_out]`.
+
+    NaN handling follows the transform: imputed when it was fitted with imputation,
+    otherwise passed through (the exported function cannot raise; callers check).
+    """
+    knots = jnp.asarray(lists.QUANTILE_PROBS, jnp.float32)
+    probs, normal_scores = (jnp.asarray(a, jnp.float32) for a in lists.ppf_table())
+
+    def gauss_rank(column, q):  # lists.gauss_rank for one feature
+        up = jnp.interp(column, q, knots)
+        down = -jnp.interp(-column, -q[::-1], -knots[::-1])
+        return jnp.interp(0.5 * (up + down), probs, normal_scores)
+
+    def apply(features):
+        x = jnp.asarray(features, jnp.float32)
+        t = transform
+        if t.fill is not None:
+            nan = jnp.isnan(x)
+            flags = nan[:, list(t.indicators)].astype(jnp.float32)
+            x = jnp.concatenate([jnp.where(nan, jnp.asarray(t.fill, jnp.float32), x), flags], 1)
+        if t.log1p:
+            x = jnp.sign(x) * jnp.log1p(jnp.abs(x))
+        if t.quantiles is not None:
+            q = jnp.asarray(t.quantiles, jnp.float32)
+            x = jax.vmap(gauss_rank, in_axes=(1, 1), out_axes=1)(x, q)
+        if t.mean is not None:
+            x = (x - jnp.asarray(t.mean, jnp.float32)) / jnp.asarray(t.std, jnp.float32)
+        return x
+
+    return apply
+
+
+def _signature(ranker, num_features: int | None, token_length: int | None) -> dict[str, Any]:
+    """Input names, dtypes and shapes (`b`, `n`: symbolic batch and list sizes)."""
+    keys = models.input_keys(ranker.model)
+    if keys == ("features",):
+        if num_features is None:
+            raise ValueError("a feature ranker's export needs num_features (raw features)")
+        inputs = {"features": [["b", "n", num_features], "float32"]}
+    else:  # token arrays [b, n, T]; T symbolic unless fixed
+        length = "t" if token_length is None else token_length
+        inputs = {k: [["b", "n", length], "int32"] for k in keys}
+    return {"inputs": inputs, "where": [["b", "n"], "bool"], "output": [["b", "n"], "float32"]}
+
+
+def save(
+    ranker,
+    path: str,
+    *,
+    num_features: int | None = None,
+    token_length: int | None = None,
+    platforms: tuple[str, ...] = PLATFORMS,
+) -> dict[str, Any]:
+    """Exports `ranker`'s scoring function (a `serving.Ranker`) to `path`.
+
+    Args:
+      ranker: from `serving.load` (float, or `"served"`: integer weights).
+      path: the file to write.
+      num_features: raw features per item (feature rankers; the transform maps them).
+      token_length: fixes the token axis of text rankers (None: symbolic).
+      platforms: where it may run.
+
+    Returns:
+      The signature written beside the program (input names, dtypes, symbolic shapes).
+    """
+    signature = _signature(ranker, num_features, token_length)
+    keys = tuple(signature["inputs"])
+    transform = traced_transform(ranker.transform) if keys == ("features",) else None
+    variables, model = ranker.variables, ranker.model
+
+    def score(inputs: dict[str, jax.Array], where: jax.Array) -> jax.Array:
+        if transform is not None:
+            x = inputs["features"]
+            b, n, f = x.shape
+            x = transform(x.reshape(b * n, f)).reshape(b, n, -1)
+        else:
+            x = inputs if len(keys) > 1 else inputs[keys[0]]
+        return model.apply(variables, x, where, train=False).astype(jnp.float32)
+
+    scope = jax.export.SymbolicScope()
+
+    def spec(shape, dtype):
+        dims = ", ".join(str(d) for d in shape)
+        return jax.ShapeDtypeStruct(jax.export.symbolic_shape(dims, scope=scope), dtype)
+
+    args = (
+        {k: spec(*v) for k, v in signature["inputs"].items()},
+        spec(*signature["where"]),
+    )
+    exported = jax.export.export(jax.jit(score), platforms=platforms)(*args)
+    header = json.dumps(signature).encode() + b"\n"
+    with open(path, "wb") as f:
+        f.write(_MAGIC + header + exported.serialize())
+    return signature
+
+
+def load(path: str) -> Callable[..., np.ndarray]:
+    """The exported scoring function: `(features [b, n, F] (or the token arrays by name),
+    where [b, n] = all True) -> [b, n]` numpy scores. Needs jax only.
+
+    Raises:
+      ValueError: `path` is not a rankjax export.
+    """
+    with open(path, "rb") as f:
+        blob = f.read()
+    if not blob.startswith(_MAGIC):
+        raise ValueError(f"{path}: not a rankjax export (no {_MAGIC.strip().decode()!r} header)")
+    header, _, program = blob[len(_MAGIC) :].partition(b"\n")
+    signature = json.loads(header)
+    exported = jax.export.deserialize(bytearray(program))
+    keys = tuple(signature["inputs"])
+
+    def score(*arrays: np.ndarray, where: np.ndarray | None = None, **named) -> np.ndarray:
+        inputs = dict(zip(keys, arrays, strict=False)) | named
+        missing = [k for k in keys if k not in inputs]
+        if missing:
+            raise ValueError(f"{path}: missing inputs {missing}; it takes {list(keys)}")
+        inputs = {k: np.asarray(inputs[k], signature["inputs"][k][1]) for k in keys}
+        b, n = inputs[keys[0]].shape[:2]
+        mask = np.ones((b, n), bool) if where is None else np.asarray(where, bool)
+        return np.asarray(exported.call(inputs, mask))
+
+    score.signature = signature
+    return score

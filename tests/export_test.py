@@ -1,0 +1,68 @@
+"""`jax.export` artifacts: the served ranker as one file, run without rankjax's code."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import load_config
+
+from rankjax import export, serving, trainer
+
+# Loads an artifact with jax and numpy only: the file format is a magic line, a JSON
+# signature line, then `jax.export`'s serialized program.
+STANDALONE = """
+import json, sys
+import jax, numpy as np
+blob = open(sys.argv[1], "rb").read()
+_, header, program = blob.split(b"\\n", 2)
+exported = jax.export.deserialize(bytearray(program))
+x = np.load(sys.argv[2])
+scores = exported.call({"features": x["features"]}, x["where"])
+np.save(sys.argv[3], np.asarray(scores))
+assert "rankjax" not in sys.modules and "flax" not in sys.modules
+"""
+
+
+@pytest.fixture(scope="module")
+def served_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("int8"))
+    trainer.train_and_evaluate(load_config("synthetic_listwise_int8", "runlocal"), workdir)
+    return workdir
+
+
+def test_exported_served_ranker_scores_like_the_ranker_at_any_shape(served_run, tmp_path):
+    ranker = serving.load(served_run, "served")
+    t = ranker.transform
+    num_features = (t.mean if t.mean is not None else t.quantiles.T).shape[0] - len(t.indicators)
+    path = str(tmp_path / "ranker.jaxexport")
+    signature = export.save(ranker, path, num_features=num_features, platforms=("cpu",))
+    assert signature["inputs"] == {"features": [["b", "n", num_features], "float32"]}
+    score = export.load(path)
+    rng = np.random.default_rng(0)
+    for b, n in ((2, 5), (7, 3)):  # one artifact, symbolic batch and list sizes
+        x = rng.lognormal(size=(b, n, num_features)).astype(np.float32)
+        where = rng.random((b, n)) < 0.8
+        want = ranker.score(x, where)
+        np.testing.assert_allclose(score(x, where=where), want, rtol=1e-4, atol=1e-4)
+    # A process that imports neither rankjax nor flax runs it.
+    np.savez(tmp_path / "in.npz", features=x, where=where)
+    script = tmp_path / "standalone.py"
+    script.write_text(STANDALONE)
+    out = tmp_path / "out.npy"
+    subprocess.run(
+        [sys.executable, str(script), path, str(tmp_path / "in.npz"), str(out)],
+        check=True,
+        env={"JAX_PLATFORMS": "cpu", "PATH": ""},
+        timeout=120,
+    )
+    np.testing.assert_allclose(np.load(out), want, rtol=1e-4, atol=1e-4)
+
+
+def test_export_errors_name_the_problem(served_run, tmp_path):
+    ranker = serving.load(served_run, "served")
+    with pytest.raises(ValueError, match="num_features"):
+        export.save(ranker, str(tmp_path / "x"))
+    (tmp_path / "junk").write_bytes(b"not a program")
+    with pytest.raises(ValueError, match="not a rankjax export"):
+        export.load(str(tmp_path / "junk"))
