@@ -25,9 +25,11 @@ setuptools.setup(
     ],
     extras_require={
         # Independent metric implementation, linter and test runner (2 workers: JAX's
-        # compiles are mostly single-threaded, so two test processes keep 2 cores busy).
+        # compiles are mostly single-threaded, so two test processes keep 2 cores busy);
+        # matplotlib for the quickstart notebook's plot, which the tests execute.
         "dev": [
             "hypothesis>=6.100",
+            "matplotlib>=3.8",
             "pytest>=8.0",
             "pytest-xdist>=3.5",
             "pytrec-eval-terrier>=0.5.6",

@@ -81,6 +81,16 @@ def base_config(config_file: str, name: str, arg: str | None) -> ml_collections.
     return module.get_config(arg)
 
 
+def load(spec: str) -> ml_collections.ConfigDict:
+    """The config `"path/to/config.py:arg"` (as `--config=` takes it), from Python or a
+    notebook: `load("configs/synthetic_listwise.py:runlocal")`."""
+    path, _, arg = spec.partition(":")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such config file")
+    name = os.path.splitext(os.path.basename(path))[0]
+    return base_config(path, name, arg or None)
+
+
 def optional_section(cls: type, cfg: Mapping[str, Any] | None, section: str) -> Any | None:
     """Builds dataclass `cls` from an optional config section with an `enabled` switch.
 
