@@ -99,6 +99,29 @@ def latency_ms(
     return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))}
 
 
+def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
+    """Median wall seconds of `fn()` (its result waited for) over `repeats`, after one
+    warm-up call."""
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The `(cost, quality)` points no other point beats on one without losing on the
+    other (lower cost, higher quality), sorted by cost."""
+    front = []
+    for c, q in points:
+        dominated = any((c2 <= c and q2 >= q) and (c2 < c or q2 > q) for c2, q2 in points)
+        if not dominated and (c, q) not in front:
+            front.append((c, q))
+    return sorted(front)
+
+
 def bert_flops_per_sequence(config: bert.BertConfig, num_layers: int, length: float) -> float:
     """Forward FLOPs (2 per multiply-add) of a BERT encoder on one sequence of `length`
     tokens: projections and feed-forward `2 T (4 H^2 + 2 H I)` plus attention scores and

@@ -202,6 +202,23 @@ def save_tree(path: str, tree: Any) -> None:
         ckptr.wait_until_finished()
 
 
+def restore_here(folder: str, step: int) -> Any:
+    """Checkpoint `step` of the manager folder `folder`, every array placed on this
+    process's first device whatever devices saved it (a run trained on 8 GPUs loads on a
+    laptop; restoring without a target would ask for the saving topology)."""
+    quiet_orbax_logs()
+    manager = ocp.CheckpointManager(folder, item_handlers=ocp.StandardCheckpointHandler())
+    try:
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+            manager.item_metadata(step),
+        )
+        return manager.restore(step, args=ocp.args.StandardRestore(target))
+    finally:
+        manager.close()
+
+
 def load_tree(path: str) -> Any:
     """Restores a pytree saved by `save_tree`, with the dtypes it was saved with."""
     quiet_orbax_logs()

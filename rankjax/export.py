@@ -63,6 +63,25 @@ def traced_transform(transform: lists.FeatureTransform) -> Callable[[jax.Array],
     return apply
 
 
+def input_keys(ranker) -> tuple[str, ...]:
+    """What the exported function takes besides `where`: `("features",)` or token arrays."""
+    return tuple(models.input_keys(ranker.model))
+
+
+def raw_width(transform: lists.FeatureTransform) -> int:
+    """Raw features per item that `transform` takes (before missing-value indicators).
+
+    Raises:
+      ValueError: a transform that fixes no width (nothing fitted); pass the width.
+    """
+    if transform.fill is not None:
+        return int(np.shape(transform.fill)[0])
+    for fitted in (transform.quantiles, transform.mean):
+        if fitted is not None:
+            return int(np.shape(fitted)[-1]) - len(transform.indicators)
+    raise ValueError("the feature transform fixes no width; pass num_features")
+
+
 def _signature(ranker, num_features: int | None, token_length: int | None) -> dict[str, Any]:
     """Input names, dtypes and shapes (`b`, `n`: symbolic batch and list sizes)."""
     keys = models.input_keys(ranker.model)
@@ -154,4 +173,5 @@ def load(path: str) -> Callable[..., np.ndarray]:
         return np.asarray(exported.call(inputs, mask))
 
     score.signature = signature
+    score.exported = exported  # `.call(inputs: dict, where)` on device arrays, for timing
     return score

@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from rankjax import models
-from rankjax.checkpoint import load_tree, quiet_orbax_logs
+from rankjax.checkpoint import load_tree, quiet_orbax_logs, restore_here
 from rankjax.compression import quantization, sparsity
 from rankjax.data import lists, tokens
 from rankjax.data.lists import FeatureTransform
@@ -112,8 +112,8 @@ def load(workdir: str, params: str = "best") -> Ranker:
     step = manager.best_step() if params == "best" else manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"{folder}: no checkpoint to load")
-    restored = manager.restore(step)
     manager.close()
+    restored = restore_here(folder, step)
     weights = restored if params == "best" else restored["params"]
     return Ranker(models.get(config.model), {"params": weights}, transform, config)
 

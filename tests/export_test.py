@@ -1,13 +1,15 @@
 """`jax.export` artifacts: the served ranker as one file, run without rankjax's code."""
 
+import json
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from helpers import load_config
+from helpers import ROOT, load_config
 
-from rankjax import export, serving, trainer
+from rankjax import benchmark, export, serving, trainer
 
 # Loads an artifact with jax and numpy only: the file format is a magic line, a JSON
 # signature line, then `jax.export`'s serialized program.
@@ -33,8 +35,7 @@ def served_run(tmp_path_factory):
 
 def test_exported_served_ranker_scores_like_the_ranker_at_any_shape(served_run, tmp_path):
     ranker = serving.load(served_run, "served")
-    t = ranker.transform
-    num_features = (t.mean if t.mean is not None else t.quantiles.T).shape[0] - len(t.indicators)
+    num_features = export.raw_width(ranker.transform)
     path = str(tmp_path / "ranker.jaxexport")
     signature = export.save(ranker, path, num_features=num_features, platforms=("cpu",))
     assert signature["inputs"] == {"features": [["b", "n", num_features], "float32"]}
@@ -66,3 +67,37 @@ def test_export_errors_name_the_problem(served_run, tmp_path):
     (tmp_path / "junk").write_bytes(b"not a program")
     with pytest.raises(ValueError, match="not a rankjax export"):
         export.load(str(tmp_path / "junk"))
+
+
+def test_benchmark_script_times_the_exported_models_and_plots_the_front(served_run, tmp_path):
+    # The run was trained here on 8 CPU devices; the script's process has one, so this also
+    # checks that `serving.load` restores a checkpoint saved by another topology.
+    out = tmp_path / "bench.json"
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "benchmark.py"),
+            "--lists=4",
+            "--candidates=8",
+            f"--json={out}",
+            f"--plots={tmp_path / 'plots'}",
+            served_run,
+        ],
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT},
+        timeout=300,
+        capture_output=True,
+    )
+    rows = json.loads(out.read_text())
+    assert [r["run"].endswith("(served)") for r in rows] == [False, True]
+    assert rows[1]["bytes"] < rows[0]["bytes"] and all(r["items_per_sec"] > 0 for r in rows)
+    assert sorted(os.listdir(tmp_path / "plots")) == [
+        "ndcg10_vs_bytes.png",
+        "ndcg10_vs_latency_p50_ms.png",
+    ]
+
+
+def test_pareto_front_keeps_the_undominated_points():
+    points = [(1.0, 0.5), (2.0, 0.7), (3.0, 0.6), (2.0, 0.4), (4.0, 0.9), (1.0, 0.5)]
+    assert benchmark.pareto_front(points) == [(1.0, 0.5), (2.0, 0.7), (4.0, 0.9)]

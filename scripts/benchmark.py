@@ -1,0 +1,159 @@
+r"""Quality against cost of finished ranking runs: served bytes, scoring throughput and
+one-query latency of the exported served model, and the run's test quality — a table, a
+JSON file and two Pareto plots.
+
+  python scripts/benchmark.py --json=/tmp/rankjax/bench.json --plots=/tmp/rankjax/bench \
+      /tmp/rankjax/quickstart /tmp/rankjax/synthetic_listwise_int8 ...
+
+Each argument is a finished workdir of the ranking trainer (feature or text rankers). Each
+run is measured as trained (`best`) and, when it has one, as served (`served/`: integer
+weights, packed 2:4 kernels). Every model is first exported with `rankjax.export` — one
+`jax.export` file with symbolic batch and list sizes — and timed through that file, as a
+server would run it:
+
+* throughput: `--lists` lists of `--candidates` items per call, items per second, median
+  of 5 calls after a warm-up;
+* latency: p50 / p99 of scoring one query's `--candidates` items (50 calls);
+* inputs: random raw features of the run's width (feature rankers) or the test split's
+  token arrays (text rankers; their cost depends on the length); the cost of a model does
+  not depend on input values, so quality comes from the run's `results.json`;
+* bytes: `results.json`'s `float_bytes` / `serving_bytes`.
+
+Plots (matplotlib): the `--metric` against p50 latency and against bytes, the Pareto front
+(no other variant both better and cheaper) joined by a line.
+"""
+
+import json
+import os
+import tempfile
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+from rankjax import benchmark, export, serving
+from rankjax import data as data_lib
+
+JSON = flags.DEFINE_string("json", "", "also write the rows to this JSON file")
+PLOTS = flags.DEFINE_string("plots", "", "folder for the Pareto plots (PNG)")
+METRIC = flags.DEFINE_string("metric", "ndcg@10", "quality metric from results.json")
+CANDIDATES = flags.DEFINE_integer("candidates", 100, "items per query (list size)")
+LISTS = flags.DEFINE_integer("lists", 64, "queries per call in the throughput test")
+
+
+def _inputs(ranker, lists: int, candidates: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Model inputs `[lists, candidates, ...]`: random raw features, or test tokens."""
+    rng = np.random.default_rng(seed)
+    keys = export.input_keys(ranker)
+    if keys == ("features",):
+        width = export.raw_width(ranker.transform)
+        return {"features": rng.lognormal(size=(lists, candidates, width)).astype(np.float32)}
+    test = data_lib.load(ranker.config.data).test
+    rows = rng.integers(0, test.num_items, size=lists * candidates)
+    return {
+        k: np.asarray(test.extras[k])[rows].reshape(lists, candidates, -1).astype(np.int32)
+        for k in keys
+    }
+
+
+def measure(workdir: str, variant: str, folder: str) -> dict:
+    """One row: the exported model of `workdir` (`best` or `served`) timed, plus quality."""
+    ranker = serving.load(workdir, variant)
+    path = os.path.join(folder, f"{os.path.basename(os.path.normpath(workdir))}.{variant}")
+    keys = export.input_keys(ranker)
+    width = export.raw_width(ranker.transform) if keys == ("features",) else None
+    export.save(ranker, path, num_features=width)
+    exported = export.load(path).exported
+    big = jax.device_put(_inputs(ranker, LISTS.value, CANDIDATES.value))
+    one = {k: v[:1] for k, v in big.items()}
+    everywhere = jax.device_put(np.ones((LISTS.value, CANDIDATES.value), bool))
+    seconds = benchmark.median_seconds(lambda: exported.call(big, everywhere))
+    lat = benchmark.latency_ms(lambda b: exported.call(b, everywhere[:1]), one)
+    with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
+    served = variant == "served"
+    quality = results["test_served" if served else "test"]
+    if METRIC.value not in quality:
+        raise app.UsageError(
+            f"{workdir}: results.json has no {METRIC.value}; it has {list(quality)}"
+        )
+    return {
+        "run": os.path.basename(os.path.normpath(workdir)) + (" (served)" if served else ""),
+        "model": ranker.config.model.name,
+        "bytes": int(results["bytes"]["serving_bytes" if served else "float_bytes"]),
+        METRIC.value: float(quality[METRIC.value]),
+        "items_per_sec": LISTS.value * CANDIDATES.value / seconds,
+        **{f"latency_{k}": v for k, v in lat.items()},
+        "artifact_bytes": os.path.getsize(path),
+    }
+
+
+def plot(rows: list[dict], folder: str, metric: str) -> list[str]:
+    """Two PNGs: `metric` against p50 latency and against bytes, Pareto fronts marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for cost, label in (("latency_p50_ms", "p50 latency, one query (ms)"), ("bytes", "bytes")):
+        points = [(r[cost], r[metric]) for r in rows]
+        front = benchmark.pareto_front(points)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r, (x, y) in zip(rows, points, strict=True):
+            ax.scatter(x, y, color="tab:blue" if (x, y) in front else "tab:gray")
+            ax.annotate(r["run"], (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
+        ax.plot(*zip(*sorted(front), strict=True), color="tab:blue", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"test {metric}")
+        fig.tight_layout()
+        path = os.path.join(folder, f"{metric.replace('@', '')}_vs_{cost}.png")
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv):
+    workdirs = argv[1:]
+    if not workdirs:
+        raise app.UsageError("give one or more finished workdirs")
+    env = benchmark.environment()
+    metric = METRIC.value
+    print(
+        f"\n{env['device']} ({env['platform']}), jax {env['jax']}; {CANDIDATES.value} items/query"
+    )
+    head = (
+        f"| {'run':<44} | {'bytes':>11} | {metric:>8} | {'items/s':>11} | {'p50 ms':>7} "
+        f"| {'p99 ms':>7} |"
+    )
+    print(head + "\n|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|")
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for workdir in workdirs:
+            if not os.path.exists(os.path.join(workdir, "results.json")):
+                logging.warning("%s: no results.json (unfinished run); skipped", workdir)
+                continue
+            has_served = os.path.isdir(os.path.join(workdir, "served"))
+            for variant in ("best", "served") if has_served else ("best",):
+                r = measure(workdir, variant, folder)
+                rows.append({**r, **env, "candidates": CANDIDATES.value})
+                print(
+                    f"| {r['run']:<44} | {r['bytes']:11,d} | {r[metric]:8.4f} | "
+                    f"{r['items_per_sec']:11,.0f} | {r['latency_p50_ms']:7.3f} | "
+                    f"{r['latency_p99_ms']:7.3f} |",
+                    flush=True,
+                )
+    if JSON.value:
+        with open(JSON.value, "w") as f:
+            json.dump(rows, f, indent=2)
+    if PLOTS.value and rows:
+        for path in plot(rows, PLOTS.value, metric):
+            print("wrote", path)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
