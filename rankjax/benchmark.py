@@ -8,6 +8,7 @@ repeats reported, and the device and JAX version recorded beside the numbers.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -21,9 +22,10 @@ from rankjax.models import bert
 
 
 def environment() -> dict[str, str]:
-    """The device kind, device count and JAX version, for the record."""
+    """The date, device kind, device count and JAX version, for the record."""
     devices = jax.devices()
     return {
+        "date": datetime.date.today().isoformat(),
         "device": devices[0].device_kind,
         "platform": devices[0].platform,
         "devices": str(len(devices)),

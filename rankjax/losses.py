@@ -122,6 +122,7 @@ def in_batch_softmax_loss(
     log_q: jax.Array | None = None,
     hard_logits: jax.Array | None = None,
     hard_ids: jax.Array | None = None,
+    hard_log_q: float | jax.Array = 0.0,
 ) -> jax.Array:
     """Sampled softmax over a batch's items (Yi et al., 2019), for two-tower retrieval.
 
@@ -131,8 +132,11 @@ def in_batch_softmax_loss(
     subtracted from the logits so popular items are not over-penalised for being sampled
     as negatives often (logQ correction); other rows' copies of the positive item
     (accidental hits) are removed from the row's negatives. Each row may add its own hard
-    negatives (e.g. a retriever's top items for the user), not logQ-corrected since they
-    are not sampled by frequency; one that is the row's positive is removed.
+    negatives (e.g. a retriever's top items for the user), corrected by their own
+    `hard_log_q`; one that is the row's positive is removed. Mixing the two, both
+    corrections must be on one scale — the log of each item's expected count among the
+    row's negatives (Yang et al., 2020, mixed negative sampling): `log(batch * p)` for
+    in-batch items, `log(K / pool size)` for K hard negatives drawn from a pool.
 
     Args:
       logits: `[batch, batch]` user-item scores.
@@ -140,6 +144,7 @@ def in_batch_softmax_loss(
       log_q: `[batch]` log sampling probability of each column's item, or None.
       hard_logits: `[batch, K]` scores of each row's hard negatives, or None.
       hard_ids: `[batch, K]` their items (with `hard_logits`).
+      hard_log_q: the log expected count of a hard negative (scalar or `[batch, K]`).
 
     Returns:
       The mean cross-entropy over rows.
@@ -152,6 +157,7 @@ def in_batch_softmax_loss(
     accidental = same & ~jnp.eye(n, dtype=bool)
     logits = jnp.where(accidental, -jnp.inf, logits)
     if hard_logits is not None:
-        hard = jnp.where(hard_ids == item_ids[:, None], -jnp.inf, hard_logits.astype(jnp.float32))
+        hard = hard_logits.astype(jnp.float32) - hard_log_q
+        hard = jnp.where(hard_ids == item_ids[:, None], -jnp.inf, hard)
         logits = jnp.concatenate([logits, hard], axis=1)
     return -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=-1)[:, :n]))

@@ -360,11 +360,15 @@ def _two_tower_task(
     item_table = jax.tree_util.tree_map(jnp.asarray, item_feats)
     user_table = jax.tree_util.tree_map(jnp.asarray, user_feats)
     counts = np.bincount(train.items, minlength=log.num_items).astype(np.float64)
-    log_q = jnp.asarray(np.log(np.maximum(counts, 1) / counts.sum()), jnp.float32)
+    batch_size = int(config.train.batch_size)
+    # Log expected count of each item in a batch (a constant shift of log p for pure
+    # in-batch softmax; with hard negatives the two corrections must share a scale).
+    log_q = jnp.asarray(np.log(batch_size * np.maximum(counts, 1) / counts.sum()), jnp.float32)
     use_log_q = bool(config.loss.get("log_q", True))
-    rows = _epoch_rows(int(config.seed), train.num_interactions, int(config.train.batch_size))
+    rows = _epoch_rows(int(config.seed), train.num_interactions, batch_size)
     num_hard = int(config.loss.get("hard_negatives", 0))
     hard_pool = _retrieved(config, train, log.num_items) if num_hard and training else None
+    hard_log_q = float(np.log(num_hard / hard_pool.shape[1])) if hard_pool is not None else 0.0
 
     def gather(table, ids):
         return {k: v[ids] for k, v in table.items()}
@@ -384,7 +388,9 @@ def _two_tower_task(
             hard_v = embed(hard.reshape(-1)).reshape(*hard.shape, -1)
             hard_logits = jnp.einsum("nd,nkd->nk", u, hard_v)
         log_q_ = log_q[items] if use_log_q else None
-        return losses.in_batch_softmax_loss(u @ embed(items).T, items, log_q_, hard_logits, hard)
+        return losses.in_batch_softmax_loss(
+            u @ embed(items).T, items, log_q_, hard_logits, hard, hard_log_q if use_log_q else 0.0
+        )
 
     def batch(step):
         r = rows(step)

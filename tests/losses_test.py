@@ -89,14 +89,15 @@ def test_in_batch_softmax_matches_hand_value_with_log_q_and_accidental_hits():
     assert float(plain) == pytest.approx(want, rel=1e-5)
 
 
-def test_in_batch_softmax_adds_each_rows_hard_negatives_without_log_q():
+def test_in_batch_softmax_adds_each_rows_hard_negatives_with_their_own_log_q():
     logits = jnp.array([[2.0, 0.0], [1.0, 3.0]])
     items = jnp.array([4, 5])
     log_q = jnp.log(jnp.array([0.5, 0.25]))
     hard_ids = jnp.array([[6, 4], [9, 1]])  # row 0's second hard negative is its positive
     hard = jnp.array([[1.5, 9.0], [2.5, -1.0]])
-    got = losses.in_batch_softmax_loss(logits, items, log_q, hard, hard_ids)
+    got = losses.in_batch_softmax_loss(logits, items, log_q, hard, hard_ids, np.log(0.25))
     z = np.array(logits) - np.log([0.5, 0.25])[None, :]
-    row0 = -(z[0, 0] - np.log(np.exp(z[0]).sum() + np.exp(1.5)))
-    row1 = -(z[1, 1] - np.log(np.exp(z[1]).sum() + np.exp(2.5) + np.exp(-1.0)))
+    h = lambda x: np.exp(x - np.log(0.25))  # noqa: E731  (hard negatives' own correction)
+    row0 = -(z[0, 0] - np.log(np.exp(z[0]).sum() + h(1.5)))
+    row1 = -(z[1, 1] - np.log(np.exp(z[1]).sum() + h(2.5) + h(-1.0)))
     assert float(got) == pytest.approx((row0 + row1) / 2, rel=1e-5)
