@@ -4,8 +4,10 @@ interaction log -> per-user split -> model -> training -> periodic validation,
 checkpoints and the best parameters -> test metrics beside a popularity ranker ->
 `results.json`. Models (`model.name`):
 
-* `two_tower`: user and item towers over ids and side features, in-batch sampled softmax
-  with logQ correction (`loss.name="in_batch_softmax"`);
+* `two_tower`: user and item towers over ids and side features (and an item text through
+  a BERT checkpoint, `model.text_feature`), in-batch sampled softmax with logQ correction
+  (`loss.name="in_batch_softmax"`), optionally with hard negatives from a finished run
+  (`loss.hard_negatives`);
 * `dcn`: a DCN-v2 feature-crossing ranker over (user, item) pairs — ids and side
   features — trained on each interaction against `loss.num_negatives` uniform negatives by
   softmax over the list (`softmax`) or pointwise (`bce`); scores every pair;
@@ -16,13 +18,19 @@ checkpoints and the best parameters -> test metrics beside a popularity ranker -
 
 Evaluation (`eval.protocol`): `full` scores the whole catalog for every evaluated user
 (RecBole's protocol), the user's earlier items excluded; `sampled` ranks each held-out item
-against `eval.num_negatives` sampled negatives (SASRec/BERT4Rec's protocol).
+against `eval.num_negatives` sampled negatives (SASRec/BERT4Rec's protocol);
+`eval.ctr_negatives` adds CTR-style AUC, GAUC and log-loss on impressions.
+
+Compression (`quant`, optional): `embedding_bits` serves every table as int8/int4 rows;
+`enabled=True` trains the dense layers with AQT (QAT) and serves them as integer weights.
+The served model is saved in `WORKDIR/served/` and evaluated as loaded (`test_served`).
 
 Devices (`mesh`, optional; default one device): `mesh.num_devices` devices as a
 `(data, model)` mesh with `mesh.model` devices on the model axis. Every embedding table is
 split by rows over `model` (padded to a multiple of it), so a table larger than one
 device's memory trains; the batch is split over `data`; everything else is replicated,
 and `jax.jit` inserts the gathers and reductions. `results.json` names the sharded tables.
+Several processes (`rankjax.distributed`) share one mesh over all their devices.
 """
 
 from __future__ import annotations
