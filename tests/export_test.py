@@ -54,7 +54,7 @@ def test_exported_served_ranker_scores_like_the_ranker_at_any_shape(served_run, 
     subprocess.run(
         [sys.executable, str(script), path, str(tmp_path / "in.npz"), str(out)],
         check=True,
-        env={"JAX_PLATFORMS": "cpu", "PATH": ""},
+        env={"JAX_PLATFORMS": "cpu", "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
         timeout=120,
     )
     np.testing.assert_allclose(np.load(out), want, rtol=1e-4, atol=1e-4)
@@ -85,7 +85,11 @@ def test_benchmark_script_times_the_exported_models_and_plots_the_front(served_r
         ],
         check=True,
         cwd=ROOT,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT},
+        env={
+            **os.environ,
+            "JAX_PLATFORMS": "cpu",
+            "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+        },
         timeout=300,
         capture_output=True,
     )
