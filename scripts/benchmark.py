@@ -17,7 +17,9 @@ server would run it:
 * inputs: random raw features of the run's width (feature rankers) or the test split's
   token arrays (text rankers; their cost depends on the length); the cost of a model does
   not depend on input values, so quality comes from the run's `results.json`;
-* bytes: `results.json`'s `float_bytes` / `serving_bytes`.
+* bytes: `results.json`'s `float_bytes` / `serving_bytes`;
+* training: the median examples/s the run logged (`metrics.jsonl`, the first record, which
+  includes compilation, left out) — measured while it trained, on its machine.
 
 Plots (matplotlib): the `--metric` against p50 latency and against bytes, the Pareto front
 (no other variant both better and cheaper) joined by a line.
@@ -56,6 +58,18 @@ def _inputs(ranker, lists: int, candidates: int, seed: int = 0) -> dict[str, np.
     }
 
 
+def training_rate(workdir: str) -> float | None:
+    """Median training examples/s logged by the run (`metrics.jsonl`), first record left
+    out (it includes compilation); None if it logged none."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    rates = [r["examples_per_sec"] for r in records if "examples_per_sec" in r][1:]
+    return float(np.median(rates)) if rates else None
+
+
 def measure(workdir: str, variant: str, folder: str) -> dict:
     """One row: the exported model of `workdir` (`best` or `served`) timed, plus quality."""
     ranker = serving.load(workdir, variant)
@@ -85,6 +99,7 @@ def measure(workdir: str, variant: str, folder: str) -> dict:
         "items_per_sec": LISTS.value * CANDIDATES.value / seconds,
         **{f"latency_{k}": v for k, v in lat.items()},
         "artifact_bytes": os.path.getsize(path),
+        "train_examples_per_sec": training_rate(workdir),
     }
 
 
@@ -127,7 +142,7 @@ def main(argv):
     )
     head = (
         f"| {'run':<44} | {'bytes':>11} | {metric:>8} | {'items/s':>11} | {'p50 ms':>7} "
-        f"| {'p99 ms':>7} |"
+        f"| {'p99 ms':>7} | {'train ex/s':>10} |"
     )
     print(head + "\n|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|")
     rows = []
@@ -143,7 +158,7 @@ def main(argv):
                 print(
                     f"| {r['run']:<44} | {r['bytes']:11,d} | {r[metric]:8.4f} | "
                     f"{r['items_per_sec']:11,.0f} | {r['latency_p50_ms']:7.3f} | "
-                    f"{r['latency_p99_ms']:7.3f} |",
+                    f"{r['latency_p99_ms']:7.3f} | {r['train_examples_per_sec'] or 0:10,.0f} |",
                     flush=True,
                 )
     if JSON.value:

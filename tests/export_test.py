@@ -96,6 +96,7 @@ def test_benchmark_script_times_the_exported_models_and_plots_the_front(served_r
     rows = json.loads(out.read_text())
     assert [r["run"].endswith("(served)") for r in rows] == [False, True]
     assert rows[1]["bytes"] < rows[0]["bytes"] and all(r["items_per_sec"] > 0 for r in rows)
+    assert rows[0]["train_examples_per_sec"] > 0  # from the run's metrics.jsonl
     assert sorted(os.listdir(tmp_path / "plots")) == [
         "ndcg10_vs_bytes.png",
         "ndcg10_vs_latency_p50_ms.png",
