@@ -55,9 +55,13 @@ def fuse(first: jax.Array, second: jax.Array, weight: float) -> jax.Array:
     `z` standardises a row (mean 0, deviation 1) so the two stages' scales do not matter;
     weight 1 is stage 2's order, weight 0 stage 1's. `[n, K]` -> `[n, K]`."""
 
-    def z(x):
+    def z(x):  # over the finite entries (a user with fewer than K unseen items has -inf)
         x = jnp.asarray(x, jnp.float32)
-        return (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-6)
+        finite = jnp.isfinite(x)
+        count = jnp.maximum(finite.sum(1, keepdims=True), 1)
+        mean = jnp.where(finite, x, 0.0).sum(1, keepdims=True) / count
+        var = jnp.where(finite, (x - mean) ** 2, 0.0).sum(1, keepdims=True) / count
+        return jnp.where(finite, (x - mean) / (jnp.sqrt(var) + 1e-6), -jnp.inf)
 
     if weight == 1.0:
         return jnp.asarray(second, jnp.float32)

@@ -81,6 +81,10 @@ def test_fuse_blends_standardised_scores():
     np.testing.assert_allclose(cascade.fuse(first, second, 0.0), [[z, 0, -z]], rtol=1e-5)
     np.testing.assert_allclose(cascade.fuse(first, second, 0.5), [[0, 0, 0]], atol=1e-5)
     np.testing.assert_allclose(cascade.fuse(first, second, 0.25), [[z / 2, 0, -z / 2]], rtol=1e-4)
+    # A candidate stage 1 could not fill (-inf: fewer unseen items than K) stays last and
+    # does not spoil the others' statistics.
+    got = cascade.fuse(jnp.array([[3.0, 1.0, -jnp.inf]]), jnp.array([[1.0, 3.0, 0.0]]), 0.5)
+    assert np.isfinite(got[0, :2]).all() and got[0, 2] == -np.inf
 
 
 def test_choose_weight_picks_the_stage_that_ranks_the_held_out_item_first():
