@@ -581,13 +581,13 @@ def _retrieved(config, train, num_items: int) -> jax.Array:
     workdir = config.loss.get("retriever")
     if not workdir:
         raise ValueError("loss.hard_negatives needs loss.retriever (a finished retrieval run)")
-    retriever = load(workdir)
-    if retriever.log.num_items != num_items or retriever.log.num_users < train.users.max() + 1:
-        raise ValueError(f"loss.retriever={workdir} was trained on other data")
     top = int(config.loss.get("retriever_top", 100))
     skip = int(config.loss.get("retriever_skip", 0))
     if not 0 <= skip < top:
         raise ValueError(f"loss.retriever_skip={skip} must be in [0, retriever_top={top})")
+    retriever = load(workdir)
+    if retriever.log.num_items != num_items or retriever.log.num_users < train.users.max() + 1:
+        raise ValueError(f"loss.retriever={workdir} was trained on other data")
     score = retriever.scorer("valid")
     users = np.arange(retriever.log.num_users)
     out = []
