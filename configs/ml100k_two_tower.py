@@ -75,13 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             text_checkpoint=arg.text_checkpoint,
         )
     c.loss = dict(name="in_batch_softmax", log_q=True)
-    if arg.hard:
-        c.loss.update(
-            hard_negatives=arg.hard,
-            retriever=arg.retriever,
-            retriever_top=100,
-            retriever_skip=arg.skip,
-        )
+    c.loss.update(config_args.hard_negatives(arg))
     c.optim = dict(
         name="adamw",
         learning_rate=3e-3,

@@ -70,13 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
         c.loss = dict(name=arg.loss, num_negatives=16)
         learning_rate = 1e-3
-    if arg.hard:
-        c.loss.update(
-            hard_negatives=arg.hard,
-            retriever=arg.retriever,
-            retriever_top=100,
-            retriever_skip=arg.skip,
-        )
+    c.loss.update(config_args.hard_negatives(arg))
     c.optim = dict(
         name="adamw",
         learning_rate=learning_rate,

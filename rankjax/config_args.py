@@ -91,6 +91,19 @@ def load(spec: str) -> ml_collections.ConfigDict:
     return base_config(path, name, arg or None)
 
 
+def hard_negatives(arg: ml_collections.ConfigDict, top: int = 100) -> dict[str, Any]:
+    """The retrieval `loss` keys of the config arguments `retriever=PATH,hard=K,skip=S`:
+    K hard negatives per example from ranks S..`top` of a finished run; {} without `hard`."""
+    if not arg.hard:
+        return {}
+    return dict(
+        hard_negatives=arg.hard,
+        retriever=arg.retriever,
+        retriever_top=top,
+        retriever_skip=arg.skip,
+    )
+
+
 def optional_section(cls: type, cfg: Mapping[str, Any] | None, section: str) -> Any | None:
     """Builds dataclass `cls` from an optional config section with an `enabled` switch.
 
