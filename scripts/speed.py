@@ -1,0 +1,211 @@
+r"""rankjax against PyTorch peers on one GPU, measured in one run: cross-encoder scoring
+(bf16 and served compressed), fine-tuning steps (float and QAT), listwise training, and
+data-parallel scaling.
+
+  python scripts/speed.py --json=/tmp/rankjax/speed.json
+
+Parts (`--parts`, comma-separated; all by default):
+
+* `scoring`: the MiniLM-L6-shaped cross-encoder (random weights: speed does not depend on
+  them) scoring `--batch` pairs of `--length` tokens per call (docs/s, TFLOP/s and the
+  share of `--peak_tflops`, the measured bf16 matrix rate) and one query's
+  `--latency_batch` candidates (p50/p99 ms). Variants: bf16 with XLA and with cuDNN
+  attention; served fp8 (static scales, native fp8 GEMMs), AQT int8 and AQT int8
+  weight-only, all converted from the same parameters (Spearman correlation of their
+  scores with bf16's on one batch is reported as a sanity check). The PyTorch peer
+  (`scripts/peers/torch_cross_encoder.py`: transformers BERT, fp16/bf16, eager/compiled)
+  runs first in a subprocess, so the two never share the GPU.
+* `train`: fine-tuning steps of the cross-encoder, `--train_batch` pairs (MSE, AdamW):
+  bf16 float, int8 QAT and fp8 QAT (AQT), and the step-time ratio to float.
+* `listwise`: training steps of rankjax's listwise ranker at allRank's Web30K shape
+  (`--lists` lists of `--list_size` items, 136 features) against allRank itself
+  (`scripts/peers/allrank_listwise.py`, float32 and bf16 autocast, eager/compiled).
+* `scaling`: the fine-tuning step data-parallel over 1, 2, 4, ... of the host's devices
+  (per-device batch fixed at `--train_batch`), pairs/s and speedup over one device.
+
+Prints one table per part and writes every row, with the date, device, JAX and PyTorch
+versions, to `--json`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+from rankjax import benchmark, speed
+from rankjax.compression import quantization
+
+PARTS = flags.DEFINE_list("parts", ["scoring", "train", "listwise", "scaling"], "what to run")
+JSON = flags.DEFINE_string("json", "", "write all rows to this JSON file")
+BATCH = flags.DEFINE_integer("batch", 1024, "pairs per scoring call (throughput)")
+LENGTH = flags.DEFINE_integer("length", 64, "tokens per pair")
+LATENCY_BATCH = flags.DEFINE_integer("latency_batch", 64, "candidates of one query (latency)")
+TRAIN_BATCH = flags.DEFINE_integer("train_batch", 512, "pairs per fine-tuning step per device")
+LISTS = flags.DEFINE_integer("lists", 64, "lists per listwise training step")
+LIST_SIZE = flags.DEFINE_integer("list_size", 240, "items per list (allRank's slate length)")
+PEAK = flags.DEFINE_float("peak_tflops", 790.0, "bf16 matrix rate of the GPU (measured)")
+PEERS = flags.DEFINE_bool("peers", True, "run the PyTorch peers (needs torch and CUDA)")
+REPEATS = flags.DEFINE_integer("repeats", 20, "timed calls per measurement (median)")
+SHAPE = flags.DEFINE_string(
+    "shape", "", "BERT overrides for a quick run, e.g. hidden_size=32,num_attention_heads=2"
+)
+
+_PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers")
+
+
+def _shape() -> dict[str, int] | None:
+    if not SHAPE.value:
+        return None
+    return {k: int(v) for k, v in (kv.split("=") for kv in SHAPE.value.split(","))}
+
+
+def run_peer(script: str, *args: str) -> list[dict]:
+    """Runs `scripts/peers/<script>` and returns its JSON rows ([] if it cannot run)."""
+    cmd = [sys.executable, os.path.join(_PEERS, script), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        logging.warning("peer %s failed:\n%s", script, proc.stderr[-3000:])
+        return []
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def scoring(peers: list[dict]) -> list[dict]:
+    shape, length = _shape(), LENGTH.value
+    attentions = ("xla", "cudnn") if jax.default_backend() == "gpu" else ("xla",)
+    scorers = speed.scoring_variants(shape, attentions)
+    check = speed.pair_tokens(256, length, 9)
+    reference = None
+    rows = []
+    flops = speed.flops_per_doc(shape, length)
+    for s in scorers:
+        logging.info("timing %s", s.name)
+        row = {
+            "variant": s.name,
+            **speed.measure_scoring(s, BATCH.value, length, LATENCY_BATCH.value, REPEATS.value),
+        }
+        scores = s.score(jax.device_put(s.variables), jax.device_put(check))
+        reference = scores if reference is None else reference
+        row["spearman_vs_bf16"] = speed.agreement(reference, scores)
+        rows.append(row)
+    for row in peers + rows:
+        row["tflops"] = row["docs_per_sec"] * flops / 1e12
+        row["peak_share"] = row["tflops"] / PEAK.value
+    torch_best = max((r["docs_per_sec"] for r in peers), default=float("nan"))
+    bf16 = max(r["docs_per_sec"] for r in rows if "bf16" in r["variant"])
+    table = [
+        [
+            r["variant"],
+            r["docs_per_sec"],
+            r["docs_per_sec"] / torch_best,
+            r["docs_per_sec"] / bf16,
+            r["tflops"],
+            f"{100 * r['peak_share']:.0f}%",
+            r["p50_ms"],
+            r["p99_ms"],
+            r.get("spearman_vs_bf16", ""),
+        ]
+        for r in peers + rows
+    ]
+    header = ["variant", "docs/s", "× PyTorch best", "× rankjax bf16", "TFLOP/s", "of peak"]
+    header += [f"p50 ms ({LATENCY_BATCH.value})", "p99 ms", "Spearman vs bf16"]
+    print(
+        benchmark.markdown_table(
+            f"Cross-encoder scoring, {BATCH.value} pairs × {length} tokens", header, table
+        )
+    )
+    return peers + rows
+
+
+def train() -> list[dict]:
+    variants = {
+        "bf16 float": None,
+        "bf16 int8 QAT (AQT)": quantization.Quantizer(),
+        "bf16 fp8 QAT (AQT e4m3)": quantization.Quantizer(fp8=True),
+    }
+    rows = []
+    for name, q in variants.items():
+        logging.info("timing fine-tuning: %s", name)
+        rate = speed.train_step_rate(TRAIN_BATCH.value, LENGTH.value, q, 1, _shape(), REPEATS.value)
+        rows.append({"variant": f"rankjax {name}", "pairs_per_sec": rate})
+    float_rate = rows[0]["pairs_per_sec"]
+    table = [[r["variant"], r["pairs_per_sec"], float_rate / r["pairs_per_sec"]] for r in rows]
+    title = f"Cross-encoder fine-tuning step, {TRAIN_BATCH.value} pairs × {LENGTH.value} tokens"
+    print(benchmark.markdown_table(title, ["variant", "pairs/s", "step time × float"], table))
+    return rows
+
+
+def listwise(peers: list[dict]) -> list[dict]:
+    rows = []
+    for dtype in ("float32", "bfloat16"):
+        logging.info("timing listwise training: %s", dtype)
+        rate = speed.listwise_train_rate(
+            LISTS.value, LIST_SIZE.value, dtype=dtype, repeats=REPEATS.value
+        )
+        rows.append({"variant": f"rankjax listwise {dtype}", "lists_per_sec": rate})
+    peer_best = max((r["lists_per_sec"] for r in peers), default=float("nan"))
+    table = [
+        [r["variant"], r["lists_per_sec"], r["lists_per_sec"] / peer_best] for r in peers + rows
+    ]
+    title = f"Listwise training step, {LISTS.value} lists × {LIST_SIZE.value} items × 136 features"
+    print(benchmark.markdown_table(title, ["variant", "lists/s", "× best peer"], table))
+    return peers + rows
+
+
+def scaling() -> list[dict]:
+    counts = [n for n in (1, 2, 4, 8) if n <= jax.device_count()]
+    rows = []
+    for n in counts:
+        logging.info("timing data-parallel fine-tuning on %d devices", n)
+        rate = speed.train_step_rate(
+            TRAIN_BATCH.value * n, LENGTH.value, None, n, _shape(), REPEATS.value
+        )
+        rows.append({"devices": n, "pairs_per_sec": rate})
+    one = rows[0]["pairs_per_sec"]
+    table = [[r["devices"], r["pairs_per_sec"], r["pairs_per_sec"] / one] for r in rows]
+    title = f"Data-parallel fine-tuning, {TRAIN_BATCH.value} pairs per device per step"
+    print(benchmark.markdown_table(title, ["devices", "pairs/s", "speedup"], table))
+    return rows
+
+
+def main(argv):
+    del argv
+    out = {"environment": benchmark.environment()}
+    gpu_peers = PEERS.value and jax.default_backend() == "gpu"
+    if gpu_peers:
+        try:
+            import torch
+
+            out["environment"]["torch"] = torch.__version__
+        except ImportError:
+            gpu_peers = False
+    print(json.dumps(out["environment"]))
+    if "scoring" in PARTS.value:
+        args = [f"--batch={BATCH.value}", f"--length={LENGTH.value}"]
+        args += [f"--latency_batch={LATENCY_BATCH.value}", f"--repeats={REPEATS.value}"]
+        peers = run_peer("torch_cross_encoder.py", *args) if gpu_peers else []
+        out["scoring"] = scoring(peers)
+    if "train" in PARTS.value:
+        out["train"] = train()
+    if "listwise" in PARTS.value:
+        args = [
+            f"--batch={LISTS.value}",
+            f"--list_size={LIST_SIZE.value}",
+            f"--repeats={REPEATS.value}",
+        ]
+        peers = run_peer("allrank_listwise.py", *args) if gpu_peers else []
+        out["listwise"] = listwise(peers)
+    if "scaling" in PARTS.value:
+        out["scaling"] = scaling()
+    if JSON.value:
+        os.makedirs(os.path.dirname(os.path.abspath(JSON.value)), exist_ok=True)
+        with open(JSON.value, "w") as f:
+            json.dump(out, f, indent=1, default=float)
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    app.run(main)

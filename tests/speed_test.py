@@ -1,0 +1,82 @@
+"""The speed module's pieces at toy sizes: served variants score like bf16, the timers
+return rates, the attention choice, and the results table."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rankjax import benchmark, speed
+from rankjax.models import bert
+
+SHAPE = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_layers=2)
+
+
+def test_served_variants_rank_like_bf16():
+    calib = speed.pair_tokens(32, 16, 1)
+    scorers = speed.scoring_variants(SHAPE, ("xla",), calibration_tokens=calib)
+    assert [s.name for s in scorers][0] == "rankjax bf16, xla attention"
+    batch = speed.pair_tokens(64, 16, 2)
+    scores = [np.asarray(s.score(s.variables, batch), np.float32) for s in scorers]
+    assert all(s.shape == (64, 1) and np.all(np.isfinite(s)) for s in scores)
+    for s, out in zip(scorers[1:], scores[1:], strict=True):
+        assert speed.agreement(scores[0], out) > 0.95, s.name
+        assert not np.allclose(out, scores[0]), s.name  # compression changed something
+    fp8 = next(s for s in scorers if "fp8" in s.name)
+    kernels = [
+        v
+        for p, v in jax.tree_util.tree_leaves_with_path(fp8.variables["aqt"])
+        if p[-1].key == "kernel"
+    ]
+    assert len(kernels) == 2 * 6 and all(k.dtype == jnp.float8_e4m3fn for k in kernels)
+
+
+def test_agreement_is_spearman():
+    assert speed.agreement(np.arange(5.0), np.arange(5.0) ** 3) == pytest.approx(1.0)
+    assert speed.agreement(np.arange(5.0), -np.arange(5.0)) == pytest.approx(-1.0)
+
+
+def test_rates_are_measured():
+    scorer = speed.scoring_variants(SHAPE, ("xla",), served=())[0]
+    timing = speed.measure_scoring(scorer, batch=8, length=16, latency_batch=4, repeats=2)
+    assert timing["docs_per_sec"] > 0 and 0 < timing["p50_ms"] <= timing["p99_ms"]
+    q = speed.SERVED["int8 (AQT w8a8) served"]
+    assert speed.train_step_rate(8, 16, q, shape=SHAPE, repeats=2) > 0
+    assert speed.listwise_train_rate(4, 12, 10, repeats=2, d_model=8, num_heads=2) > 0
+    with pytest.raises(ValueError, match="num_devices=64, but only"):
+        speed.train_step_rate(8, 16, num_devices=64, shape=SHAPE)
+
+
+def test_attention_choice():
+    assert bert.attention_kernel("xla", jnp.bfloat16, 0.1, False) == "xla"
+    auto = bert.attention_kernel("auto", jnp.bfloat16, 0.1, False)
+    assert auto == ("cudnn" if jax.default_backend() == "gpu" else "xla")
+    # Attention dropout while training needs the XLA path; float32 never takes cuDNN.
+    assert bert.attention_kernel("auto", jnp.bfloat16, 0.1, True) == "xla"
+    assert bert.attention_kernel("auto", jnp.float32, 0.0, False) == "xla"
+    with pytest.raises(ValueError, match="model.attention='flash'"):
+        bert.attention_kernel("flash", jnp.bfloat16, 0.0, False)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
+def test_cudnn_attention_matches_xla_on_padded_pairs():
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(4, 16, 2, 32)), jnp.bfloat16) for _ in range(3))
+    mask = jnp.arange(16)[None, :] < jnp.array([[16], [9], [3], [1]])
+    fused = bert.attend(q, k, v, mask, "cudnn")
+    probs = bert.attend(q, k, v, mask, "xla").astype(jnp.bfloat16)
+    plain = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    np.testing.assert_allclose(
+        np.asarray(fused, np.float32), np.asarray(plain, np.float32), atol=2e-2
+    )
+
+
+def test_markdown_table():
+    text = benchmark.markdown_table("T", ["name", "x"], [["a", 12345.6], ["bb", 0.01234]])
+    assert text.splitlines()[1:3] == ["T", ""]
+    assert text.splitlines()[3:] == [
+        "| name |      x |",
+        "|-----:|-------:|",
+        "|    a | 12,346 |",
+        "|   bb | 0.0123 |",
+    ]
