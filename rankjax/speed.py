@@ -94,8 +94,7 @@ def scoring_variants(
     seed: int = 0,
 ) -> list[Scorer]:
     """The cross-encoder in bf16 with each of `attentions`, then served as each of `served`
-    (converted from the same float parameters; compressed variants use `"auto"`
-    attention, i.e. cuDNN on a GPU).
+    (converted from the same float parameters; compressed variants use XLA attention).
 
     Args:
       shape: BERT shape overrides (None: MiniLM-L6).
@@ -114,7 +113,7 @@ def scoring_variants(
         Scorer(
             f"rankjax bf16, {a} attention",
             cross_encoder_model(shape, dtype="bfloat16", attention=a),
-            {"params": params},
+            half_params({"params": params}),
         )
         for a in attentions
     ]
@@ -130,8 +129,17 @@ def scoring_variants(
             batches = [(calib, _where(calib))] * q.calibration_batches
             stats = q.calibrate(build("calibrate"), params, batches)
         variables = q.convert(build("convert"), params, (sample, _where(sample)), stats)
-        out.append(Scorer(f"rankjax {name}", build("serve"), jax.device_get(variables)))
+        variables = half_params(jax.device_get(variables))
+        out.append(Scorer(f"rankjax {name}", build("serve"), variables))
     return out
+
+
+def half_params(variables: dict[str, Any], dtype: Any = jnp.bfloat16) -> dict[str, Any]:
+    """`variables` with the float32 leaves of `params` cast to `dtype`, as a PyTorch user
+    serves (`model.to(torch.bfloat16)`): cast once, not in every call. Integer and fp8
+    weights and their float32 scales (other collections) are left as they are."""
+    cast = lambda a: a.astype(dtype) if a.dtype == jnp.float32 else a  # noqa: E731
+    return {**variables, "params": jax.tree_util.tree_map(cast, variables["params"])}
 
 
 def measure_scoring(

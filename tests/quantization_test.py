@@ -181,8 +181,12 @@ def test_fp8_serving_matches_an_independent_e4m3_reference():
     np.testing.assert_allclose(frozen["input_scale"], amax / 448, rtol=1e-6)
     np.testing.assert_allclose(frozen["kernel_scale"], np.abs(kernel).max() / 448, rtol=1e-6)
     assert "kernel" not in served["params"]["Dense_0"]
+
     # The fp8 product against numpy with ml_dtypes' e4m3 rounding.
-    e4m3 = lambda a, s: np.clip(a / s, -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)  # noqa: E731
+    def e4m3(a, scale):  # as fp8.quantize: times the float32 reciprocal, clipped, rounded
+        scaled = np.asarray(a, np.float32) * (np.float32(1) / np.float32(scale))
+        return np.clip(scaled, -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
+
     sx, sw = float(frozen["input_scale"]), float(frozen["kernel_scale"])
     x = np.asarray(X).reshape(-1, X.shape[-1])
     ref = e4m3(x, sx) @ e4m3(kernel, sw) * sx * sw

@@ -48,14 +48,12 @@ def test_rates_are_measured():
 
 
 def test_attention_choice():
-    assert bert.attention_kernel("xla", jnp.bfloat16, 0.1, False) == "xla"
-    auto = bert.attention_kernel("auto", jnp.bfloat16, 0.1, False)
-    assert auto == ("cudnn" if jax.default_backend() == "gpu" else "xla")
-    # Attention dropout while training needs the XLA path; float32 never takes cuDNN.
-    assert bert.attention_kernel("auto", jnp.bfloat16, 0.1, True) == "xla"
-    assert bert.attention_kernel("auto", jnp.float32, 0.0, False) == "xla"
+    assert bert.attention_kernel("xla", 0.1, True) == "xla"
+    assert bert.attention_kernel("cudnn", 0.1, False) == "cudnn"
+    with pytest.raises(ValueError, match="applies no attention dropout"):
+        bert.attention_kernel("cudnn", 0.1, True)
     with pytest.raises(ValueError, match="model.attention='flash'"):
-        bert.attention_kernel("flash", jnp.bfloat16, 0.0, False)
+        bert.attention_kernel("flash", 0.0, False)
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")

@@ -9,8 +9,8 @@ What is faster there is fp8 e4m3 with every scale fixed before serving:
 * activations: one static scale per layer input, calibrated as the mean over a few
   training batches of the batch's absolute maximum (AQT's `MeanOfAbsMax`); larger values
   are clipped to the e4m3 range;
-* the product: `dot(x_e4m3, w_e4m3)` accumulated by the GEMM and returned in the layer's
-  dtype, times the product of the two scales. The quantize step of `x` fuses into the
+* the product: `dot(x_e4m3, w_e4m3)` accumulated by the GEMM in float32, scaled by the
+  two scales and returned in the layer's dtype. The quantize step of `x` fuses into the
   producer of `x` (a LayerNorm, a GELU), so activations cross memory as fp8.
 
 `Fp8DotGeneral` plugs into the dense-layer seam (`models.layers.Dense`) in three phases:
@@ -33,8 +33,10 @@ E4M3_MAX = 448.0
 
 
 def quantize(x: jax.Array, scale: jax.Array) -> jax.Array:
-    """`x / scale` clipped to ±448 and rounded to e4m3 (out-of-range values would be NaN)."""
-    return jnp.clip(x.astype(jnp.float32) / scale, -E4M3_MAX, E4M3_MAX).astype(E4M3)
+    """`x / scale` clipped to ±448 and rounded to e4m3 (out-of-range values would be NaN),
+    in float32 as a multiply by the reciprocal (cheaper than a divide where it fuses)."""
+    inverse = 1.0 / jnp.asarray(scale, jnp.float32)
+    return jnp.clip(x.astype(jnp.float32) * inverse, -E4M3_MAX, E4M3_MAX).astype(E4M3)
 
 
 def weight_scale(kernel: jax.Array) -> jax.Array:
@@ -61,10 +63,14 @@ def fp8_dot(
     Returns:
       `[..., out]` in `out_dtype`.
     """
+    # Written as dequantize-then-dot, the pattern XLA's GPU compiler rewrites into one
+    # cuBLASLt fp8 GEMM that applies both scales (and a following bias add) itself;
+    # elsewhere it is a plain product of the dequantized values.
     xq = quantize(x, input_scale)
     dims = (((x.ndim - 1,), (1,)), ((), ()))
-    y = jax.lax.dot_general(xq, kernel_t, dims, preferred_element_type=out_dtype)
-    return (y.astype(jnp.float32) * (input_scale * kernel_scale)).astype(out_dtype)
+    lhs = xq.astype(out_dtype) * jnp.asarray(input_scale, out_dtype)
+    rhs = kernel_t.astype(out_dtype) * jnp.asarray(kernel_scale, out_dtype)
+    return jax.lax.dot_general(lhs, rhs, dims, preferred_element_type=out_dtype)
 
 
 class Fp8DotGeneral(nn.Module):
