@@ -16,7 +16,9 @@ Parts (`--parts`, comma-separated; all by default):
   (`scripts/peers/torch_cross_encoder.py`: transformers BERT, fp16/bf16, eager/compiled)
   runs first in a subprocess, so the two never share the GPU.
 * `train`: fine-tuning steps of the cross-encoder, `--train_batch` pairs (MSE, AdamW):
-  bf16 float, int8 QAT and fp8 QAT (AQT), and the step-time ratio to float.
+  bf16 float, int8 QAT and fp8 QAT (AQT), and the step-time ratio to float. Training
+  steps (here and below, peers too) run back to back as in a training loop, the device
+  waited for once per `--block` steps.
 * `listwise`: training steps of rankjax's listwise ranker at allRank's Web30K shape
   (`--lists` lists of `--list_size` items, 136 features) against allRank itself
   (`scripts/peers/allrank_listwise.py`, float32 and bf16 autocast, eager/compiled).
@@ -49,7 +51,9 @@ LISTS = flags.DEFINE_integer("lists", 64, "lists per listwise training step")
 LIST_SIZE = flags.DEFINE_integer("list_size", 240, "items per list (allRank's slate length)")
 PEAK = flags.DEFINE_float("peak_tflops", 790.0, "bf16 matrix rate of the GPU (measured)")
 PEERS = flags.DEFINE_bool("peers", True, "run the PyTorch peers (needs torch and CUDA)")
-REPEATS = flags.DEFINE_integer("repeats", 20, "timed calls per measurement (median)")
+REPEATS = flags.DEFINE_integer("repeats", 20, "timed scoring calls per measurement (median)")
+TRAIN_REPEATS = flags.DEFINE_integer("train_repeats", 5, "timed blocks of training steps")
+BLOCK = flags.DEFINE_integer("block", 10, "training steps run back to back per timed block")
 SHAPE = flags.DEFINE_string(
     "shape", "", "BERT overrides for a quick run, e.g. hidden_size=32,num_attention_heads=2"
 )
@@ -129,7 +133,9 @@ def train() -> list[dict]:
     rows = []
     for name, q in variants.items():
         logging.info("timing fine-tuning: %s", name)
-        rate = speed.train_step_rate(TRAIN_BATCH.value, LENGTH.value, q, 1, _shape(), REPEATS.value)
+        rate = speed.train_step_rate(
+            TRAIN_BATCH.value, LENGTH.value, q, 1, _shape(), TRAIN_REPEATS.value, BLOCK.value
+        )
         rows.append({"variant": f"rankjax {name}", "pairs_per_sec": rate})
     float_rate = rows[0]["pairs_per_sec"]
     table = [[r["variant"], r["pairs_per_sec"], float_rate / r["pairs_per_sec"]] for r in rows]
@@ -143,7 +149,11 @@ def listwise(peers: list[dict]) -> list[dict]:
     for dtype in ("float32", "bfloat16"):
         logging.info("timing listwise training: %s", dtype)
         rate = speed.listwise_train_rate(
-            LISTS.value, LIST_SIZE.value, dtype=dtype, repeats=REPEATS.value
+            LISTS.value,
+            LIST_SIZE.value,
+            dtype=dtype,
+            repeats=TRAIN_REPEATS.value,
+            block=BLOCK.value,
         )
         rows.append({"variant": f"rankjax listwise {dtype}", "lists_per_sec": rate})
     peer_best = max((r["lists_per_sec"] for r in peers), default=float("nan"))
@@ -161,7 +171,7 @@ def scaling() -> list[dict]:
     for n in counts:
         logging.info("timing data-parallel fine-tuning on %d devices", n)
         rate = speed.train_step_rate(
-            TRAIN_BATCH.value * n, LENGTH.value, None, n, _shape(), REPEATS.value
+            TRAIN_BATCH.value * n, LENGTH.value, None, n, _shape(), TRAIN_REPEATS.value, BLOCK.value
         )
         rows.append({"devices": n, "pairs_per_sec": rate})
     one = rows[0]["pairs_per_sec"]
@@ -194,7 +204,8 @@ def main(argv):
         args = [
             f"--batch={LISTS.value}",
             f"--list_size={LIST_SIZE.value}",
-            f"--repeats={REPEATS.value}",
+            f"--repeats={TRAIN_REPEATS.value}",
+            f"--block={BLOCK.value}",
         ]
         peers = run_peer("allrank_listwise.py", *args) if gpu_peers else []
         out["listwise"] = listwise(peers)

@@ -41,8 +41,9 @@ def test_rates_are_measured():
     timing = speed.measure_scoring(scorer, batch=8, length=16, latency_batch=4, repeats=2)
     assert timing["docs_per_sec"] > 0 and 0 < timing["p50_ms"] <= timing["p99_ms"]
     q = speed.SERVED["int8 (AQT w8a8) served"]
-    assert speed.train_step_rate(8, 16, q, shape=SHAPE, repeats=2) > 0
-    assert speed.listwise_train_rate(4, 12, 10, repeats=2, d_model=8, num_heads=2) > 0
+    assert speed.train_step_rate(8, 16, q, shape=SHAPE, repeats=2, block=2) > 0
+    rate = speed.listwise_train_rate(4, 12, 10, repeats=2, block=2, d_model=8, num_heads=2)
+    assert rate > 0
     with pytest.raises(ValueError, match="num_devices=64, but only"):
         speed.train_step_rate(8, 16, num_devices=64, shape=SHAPE)
 
