@@ -108,7 +108,7 @@ def scoring_variants(
     """
     base = cross_encoder_model(shape, dtype="bfloat16")
     sample = pair_tokens(2, 16)
-    params = base.init(jax.random.PRNGKey(seed), sample, _where(sample))["params"]
+    params = jax.jit(base.init)(jax.random.PRNGKey(seed), sample, _where(sample))["params"]
     out = [
         Scorer(
             f"rankjax bf16, {a} attention",
@@ -128,7 +128,8 @@ def scoring_variants(
         if q.static:
             batches = [(calib, _where(calib))] * q.calibration_batches
             stats = q.calibrate(build("calibrate"), params, batches)
-        variables = q.convert(build("convert"), params, (sample, _where(sample)), stats)
+        convert = functools.partial(q.convert, build("convert"), sample=(sample, _where(sample)))
+        variables = jax.jit(lambda p, c, convert=convert: convert(p, calibration=c))(params, stats)
         variables = half_params(jax.device_get(variables))
         out.append(Scorer(f"rankjax {name}", build("serve"), variables))
     return out
@@ -195,12 +196,13 @@ def _train_rate(model, loss_fn, inputs, labels, where, num_devices, repeats, lr,
     """
     batch_sharding, replicated = _data_parallel(num_devices)
     tx = optax.adamw(lr)
-    params = model.init(jax.random.PRNGKey(0), inputs, where)["params"]
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), inputs, where)["params"]
     params = jax.device_put(params, replicated)
     opt_state = jax.device_put(tx.init(params), replicated)
     inputs, labels, where = jax.device_put((inputs, labels, where), batch_sharding)
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    # Outputs placed as the inputs are, so every step reuses the first step's compilation.
+    @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
     def step(params, opt_state, key):
         def loss(p):
             scores = model.apply({"params": p}, inputs, where, train=True, rngs={"dropout": key})

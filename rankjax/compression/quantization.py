@@ -245,7 +245,8 @@ class Quantizer:
         )
         for x, w in batches:
             if stats is None:
-                stats = calibrate_model.init(jax.random.PRNGKey(0), x, w)[CALIBRATION_COLLECTION]
+                init = jax.jit(calibrate_model.init)  # one compilation, not one per op
+                stats = init(jax.random.PRNGKey(0), x, w)[CALIBRATION_COLLECTION]
             stats = apply({"params": params, CALIBRATION_COLLECTION: stats}, x, w)[
                 CALIBRATION_COLLECTION
             ]
