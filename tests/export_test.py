@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, load_config
 
-from rankjax import benchmark, export, serving, trainer
+from rankjax import benchmark, export, serving, speed, trainer
 
 # Loads an artifact with jax and numpy only: the file format is a magic line, a JSON
 # signature line, then `jax.export`'s serialized program.
@@ -58,6 +58,24 @@ def test_exported_served_ranker_scores_like_the_ranker_at_any_shape(served_run, 
         timeout=120,
     )
     np.testing.assert_allclose(np.load(out), want, rtol=1e-4, atol=1e-4)
+
+
+def test_exported_fp8_text_ranker_scores_like_the_model(tmp_path):
+    # A 1-layer cross-encoder served with fp8 weights and static scales: the token arrays
+    # are inputs with a symbolic length, the e4m3 kernels travel inside the program.
+    shape = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_layers=1)
+    served = ("fp8 (static scales) served",)
+    scorer = speed.scoring_variants(shape, (), served, speed.pair_tokens(16, 16, 1))[0]
+    ranker = serving.Ranker(scorer.model, scorer.variables, None, None)
+    path = str(tmp_path / "fp8.jaxexport")
+    signature = export.save(ranker, path, platforms=("cpu",))
+    assert signature["inputs"]["tokens"] == [["b", "n", "t"], "int32"]
+    score = export.load(path)
+    for b, t in ((4, 16), (3, 24)):
+        tokens = speed.pair_tokens(b, t, b)
+        want = np.asarray(scorer.score(scorer.variables, tokens), np.float32)
+        got = score(**tokens)
+        np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)
 
 
 def test_export_errors_name_the_problem(served_run, tmp_path):

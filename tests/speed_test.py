@@ -41,7 +41,7 @@ def test_rates_are_measured():
     scorer = speed.scoring_variants(SHAPE, ("xla",), served=())[0]
     timing = speed.measure_scoring(scorer, batch=8, length=16, latency_batch=4, repeats=2)
     assert timing["docs_per_sec"] > 0 and 0 < timing["p50_ms"] <= timing["p99_ms"]
-    assert speed.train_step_rate(8, 16, shape=SHAPE, repeats=2, block=2) > 0
+    # The training timer (shared by the cross-encoder's steps) on the listwise ranker.
     rate = speed.listwise_train_rate(
         4, 12, 10, repeats=2, block=2, d_model=8, num_heads=2, num_layers=1
     )
