@@ -101,16 +101,23 @@ def latency_ms(
     return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))}
 
 
-def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
-    """Median wall seconds of `fn()` (its result waited for) over `repeats`, after one
-    warm-up call."""
-    jax.block_until_ready(fn())
+def wall_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall seconds of each of `repeats` calls of `fn()` (its result waited for), after
+    `warmup` untimed calls (compilation, first-touch allocation)."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
+    """Median wall seconds of `fn()` (its result waited for) over `repeats`, after one
+    warm-up call."""
+    return statistics.median(wall_seconds(fn, repeats))
 
 
 def _cell(value: object) -> str:

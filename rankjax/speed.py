@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -162,14 +161,7 @@ def measure_scoring(
 
 
 def _times(fn: Callable[[], Any], repeats: int) -> list[float]:
-    for _ in range(2):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return times
+    return benchmark.wall_seconds(fn, repeats, warmup=2)
 
 
 def agreement(reference: jax.Array, other: jax.Array) -> float:
