@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rankjax import models
+from rankjax import models, serving
 from rankjax.data import lists
 
 # Platforms the artifact is compiled for; XLA lowers it anew for each at load time.
@@ -102,6 +102,7 @@ def save(
     num_features: int | None = None,
     token_length: int | None = None,
     platforms: tuple[str, ...] = PLATFORMS,
+    param_dtype: str | None = None,
 ) -> dict[str, Any]:
     """Exports `ranker`'s scoring function (a `serving.Ranker`) to `path`.
 
@@ -111,6 +112,9 @@ def save(
       num_features: raw features per item (feature rankers; the transform maps them).
       token_length: fixes the token axis of text rankers (None: symbolic).
       platforms: where it may run.
+      param_dtype: e.g. `"bfloat16"`: store the float32 parameters in that dtype, for a
+        model that computes in it (half their bytes, and no casts in every call; a float32
+        model would only cast them back); None keeps them as trained.
 
     Returns:
       The signature written beside the program (input names, dtypes, symbolic shapes).
@@ -119,6 +123,8 @@ def save(
     keys = tuple(signature["inputs"])
     transform = traced_transform(ranker.transform) if keys == ("features",) else None
     variables, model = ranker.variables, ranker.model
+    if param_dtype is not None:
+        variables = serving.cast_params(variables, param_dtype)
 
     def score(inputs: dict[str, jax.Array], where: jax.Array) -> jax.Array:
         if transform is not None:

@@ -31,7 +31,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rankjax import benchmark, losses, models
+from rankjax import benchmark, losses, models, serving
 from rankjax.compression import quantization
 from rankjax.models import listwise
 
@@ -112,7 +112,7 @@ def scoring_variants(
         Scorer(
             f"rankjax bf16, {a} attention",
             cross_encoder_model(shape, dtype="bfloat16", attention=a),
-            half_params({"params": params}),
+            serving.cast_params({"params": params}),
         )
         for a in attentions
     ]
@@ -129,17 +129,9 @@ def scoring_variants(
             stats = q.calibrate(build("calibrate"), params, batches)
         convert = functools.partial(q.convert, build("convert"), sample=(sample, _where(sample)))
         variables = jax.jit(lambda p, c, convert=convert: convert(p, calibration=c))(params, stats)
-        variables = half_params(jax.device_get(variables))
+        variables = serving.cast_params(jax.device_get(variables))
         out.append(Scorer(f"rankjax {name}", build("serve"), variables))
     return out
-
-
-def half_params(variables: dict[str, Any], dtype: Any = jnp.bfloat16) -> dict[str, Any]:
-    """`variables` with the float32 leaves of `params` cast to `dtype`, as a PyTorch user
-    serves (`model.to(torch.bfloat16)`): cast once, not in every call. Integer and fp8
-    weights and their float32 scales (other collections) are left as they are."""
-    cast = lambda a: a.astype(dtype) if a.dtype == jnp.float32 else a  # noqa: E731
-    return {**variables, "params": jax.tree_util.tree_map(cast, variables["params"])}
 
 
 def measure_scoring(

@@ -58,6 +58,10 @@ def test_exported_served_ranker_scores_like_the_ranker_at_any_shape(served_run, 
         timeout=120,
     )
     np.testing.assert_allclose(np.load(out), want, rtol=1e-4, atol=1e-4)
+    # Float parameters stored in bf16: scores within bf16's rounding.
+    half = str(tmp_path / "half.jaxexport")
+    export.save(ranker, half, num_features=num_features, platforms=("cpu",), param_dtype="bfloat16")
+    np.testing.assert_allclose(export.load(half)(x, where=where), want, rtol=0.05, atol=0.05)
 
 
 def test_exported_fp8_text_ranker_scores_like_the_model(tmp_path):
