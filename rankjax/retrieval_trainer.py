@@ -719,11 +719,15 @@ class Trained:
     parts: dict[str, interactions.Interactions]
     params: Any
     task: _Task
+    _served: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def _model(self, served_form: bool, embedding_bits: int) -> tuple[Any, Form]:
         if not served_form:
             return {"params": self.params}, TRAINING
-        return served(self.task, quantizer_of(self.config), self.params, embedding_bits)
+        if embedding_bits not in self._served:  # converted once per table width
+            quantizer = quantizer_of(self.config)
+            self._served[embedding_bits] = served(self.task, quantizer, self.params, embedding_bits)
+        return self._served[embedding_bits]
 
     def scorer(self, split: str = "test", embedding_bits: int = 0, serve: bool = False):
         """`users [n] -> [n, num_items]` scores of the trained model (`serve=False`) or of

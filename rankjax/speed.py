@@ -5,15 +5,14 @@ functions take sizes as arguments, so the tests run them on CPU at toy sizes.
 
 * `scoring_variants`: the MiniLM-shaped cross-encoder in bf16 (XLA or cuDNN attention)
   and served compressed (fp8 with static scales, AQT int8, AQT int8 weight-only), each
-  as `(model, variables)` ready to score; `measure_scoring` gives docs/s and one-query
-  latency.
+  a `Scorer` ready to score; `measure_scoring` gives docs/s and one-query latency.
 * `train_step_rate`: fine-tuning steps of the cross-encoder (float or QAT), data-parallel
   over the first `num_devices` devices.
 * `listwise_train_rate`: training steps of the listwise transformer ranker at allRank's
   Web30K shape.
 
-Timing rules are `rankjax.benchmark`'s: compilation and a warm-up call excluded, device
-work finished before each clock read, medians over repeats.
+Timing rules are `rankjax.benchmark`'s: compilation and two warm-up calls excluded,
+device work finished before each clock read, medians over repeats.
 """
 
 from __future__ import annotations
@@ -50,8 +49,9 @@ SERVED = {
 
 
 def cross_encoder_model(shape: dict[str, int] | None = None, **attributes) -> Any:
-    """A randomly initialised cross-encoder of the MiniLM-L6 shape (or `shape`'s
-    overrides: `hidden_size`, `num_attention_heads`, `intermediate_size`, `num_layers`)."""
+    """A cross-encoder module of the MiniLM-L6 shape (or `shape`'s overrides:
+    `hidden_size`, `num_attention_heads`, `intermediate_size`, `num_layers`), to be
+    initialised with random weights (no checkpoint is read)."""
     config = {"name": "cross_encoder", "pretrained": False, **(shape or {})}
     seam = {k: attributes.pop(k) for k in ("dot_general_cls", "embedding_bits") if k in attributes}
     return models.get({**config, **attributes}, **seam)

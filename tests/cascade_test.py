@@ -154,6 +154,7 @@ def test_finished_runs_load_and_cascade(shared_data, tmp_path):
         num_items=first.log.num_items,
     )
     assert 0.0 <= r["final"]["ndcg@10"] <= 1.0 and "recall@20" in r["stage1"]
+    assert first._model(True, 8) is first._model(True, 8)  # converted once, then reused
     with pytest.raises(FileNotFoundError, match="config.json"):
         retrieval_trainer.load(str(tmp_path / "missing"))
     c = load_config("ml100k_dcn", "runlocal,hard=2")  # no retriever named
