@@ -17,7 +17,9 @@ server would run it:
 * inputs: random raw features of the run's width (feature rankers) or the test split's
   token arrays (text rankers; their cost depends on the length); the cost of a model does
   not depend on input values, so quality comes from the run's `results.json`;
-* bytes: `results.json`'s `float_bytes` / `serving_bytes`;
+* bytes: `results.json`'s `float_bytes` / `serving_bytes`; a bf16 or fp16 model's float
+  parameters are exported in that dtype (cast once, as a server holds them; the artifact
+  bytes show it);
 * training: the median examples/s the run logged (`metrics.jsonl`, the first record, which
   includes compilation, left out) — measured while it trained, on its machine.
 
@@ -76,7 +78,11 @@ def measure(workdir: str, variant: str, folder: str) -> dict:
     path = os.path.join(folder, f"{os.path.basename(os.path.normpath(workdir))}.{variant}")
     keys = export.input_keys(ranker)
     width = export.raw_width(ranker.transform) if keys == ("features",) else None
-    export.save(ranker, path, num_features=width)
+    # A 16-bit model is served with its float parameters in that dtype, cast once here
+    # rather than in every call (as `scripts/speed.py` measures it).
+    dtype = ranker.config.model.get("dtype", "float32")
+    param_dtype = dtype if dtype in ("bfloat16", "float16") else None
+    export.save(ranker, path, num_features=width, param_dtype=param_dtype)
     exported = export.load(path).exported
     big = jax.device_put(_inputs(ranker, LISTS.value, CANDIDATES.value))
     one = {k: v[:1] for k, v in big.items()}
