@@ -52,9 +52,7 @@ def cross_encoder_model(shape: dict[str, int] | None = None, **attributes) -> An
     """A cross-encoder module of the MiniLM-L6 shape (or `shape`'s overrides:
     `hidden_size`, `num_attention_heads`, `intermediate_size`, `num_layers`), to be
     initialised with random weights (no checkpoint is read)."""
-    config = {"name": "cross_encoder", "pretrained": False, **(shape or {})}
-    seam = {k: attributes.pop(k) for k in ("dot_general_cls", "embedding_bits") if k in attributes}
-    return models.get({**config, **attributes}, **seam)
+    return models.get({"name": "cross_encoder", "pretrained": False, **(shape or {})}, **attributes)
 
 
 def pair_tokens(batch: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -140,20 +138,11 @@ def measure_scoring(
     """Docs/s scoring `[batch, length]` pairs per call, and p50/p99 ms of one call of
     `latency_batch` pairs (a query's candidates)."""
     variables = jax.device_put(scorer.variables)
-    fn = scorer.score
     big = jax.device_put(pair_tokens(batch, length, 1))
-    small = jax.device_put(pair_tokens(latency_batch, length, 2))
-    seconds = _times(lambda: fn(variables, big), repeats)
-    latency = _times(lambda: fn(variables, small), 5 * repeats)
-    return {
-        "docs_per_sec": batch / statistics.median(seconds),
-        "p50_ms": 1e3 * float(np.percentile(latency, 50)),
-        "p99_ms": 1e3 * float(np.percentile(latency, 99)),
-    }
-
-
-def _times(fn: Callable[[], Any], repeats: int) -> list[float]:
-    return benchmark.wall_seconds(fn, repeats, warmup=2)
+    seconds = benchmark.wall_seconds(lambda: scorer.score(variables, big), repeats, warmup=2)
+    small = pair_tokens(latency_batch, length, 2)
+    latency = benchmark.latency_ms(lambda t: scorer.score(variables, t), small, 5 * repeats)
+    return {"docs_per_sec": batch / statistics.median(seconds), **latency}
 
 
 def agreement(reference: jax.Array, other: jax.Array) -> float:
@@ -205,7 +194,7 @@ def _train_rate(model, loss_fn, inputs, labels, where, num_devices, repeats, lr,
             state = step(*state, next(keys))
         return state
 
-    seconds = statistics.median(_times(run, repeats)) / block
+    seconds = statistics.median(benchmark.wall_seconds(run, repeats, warmup=2)) / block
     return labels.shape[0] / seconds
 
 

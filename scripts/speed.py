@@ -35,7 +35,6 @@ import subprocess
 import sys
 
 import jax
-import numpy as np
 from absl import app, flags, logging
 
 from rankjax import benchmark, speed
@@ -218,5 +217,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     app.run(main)

@@ -274,6 +274,11 @@ class Quantizer:
           "aqt": {layer: {"qrhs": {"value": int8 [in, out], "scale": float}}}}`, plus the
           calibration statistics under static calibration.
         """
+        if self.static and calibration is None:
+            raise ValueError(
+                "quant.calibration='static': convert needs the ranges from calibrate(); "
+                "without them every activation scale would be a default"
+            )
         variables = {"params": params}
         if calibration is not None:
             variables[CALIBRATION_COLLECTION] = calibration
