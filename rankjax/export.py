@@ -95,6 +95,14 @@ def _signature(ranker, num_features: int | None, token_length: int | None) -> di
     return {"inputs": inputs, "where": [["b", "n"], "bool"], "output": [["b", "n"], "float32"]}
 
 
+def exportable(model: Any, platforms: tuple[str, ...]) -> Any:
+    """`model` with attention `"auto"` (text rankers) fixed for `platforms`: the Pallas
+    kernel when they are CUDA alone, XLA's formulation otherwise."""
+    if getattr(model, "attention", None) != "auto":
+        return model
+    return model.clone(attention="pallas" if tuple(platforms) == ("cuda",) else "xla")
+
+
 def save(
     ranker,
     path: str,
@@ -111,7 +119,9 @@ def save(
       path: the file to write.
       num_features: raw features per item (feature rankers; the transform maps them).
       token_length: fixes the token axis of text rankers (None: symbolic).
-      platforms: where it may run.
+      platforms: where it may run. A text ranker with `attention="auto"` exports its
+        fused Pallas attention only for `("cuda",)` (a Triton kernel lowers for CUDA
+        alone); for several platforms it exports XLA's attention.
       param_dtype: e.g. `"bfloat16"`: store the float32 parameters in that dtype, for a
         model that computes in it (half their bytes, and no casts in every call; a float32
         model would only cast them back); None keeps them as trained.
@@ -122,7 +132,7 @@ def save(
     signature = _signature(ranker, num_features, token_length)
     keys = tuple(signature["inputs"])
     transform = traced_transform(ranker.transform) if keys == ("features",) else None
-    variables, model = ranker.variables, ranker.model
+    variables, model = ranker.variables, exportable(ranker.model, platforms)
     if param_dtype is not None:
         variables = serving.cast_params(variables, param_dtype)
 

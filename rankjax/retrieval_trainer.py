@@ -51,7 +51,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from rankjax import checkpoint, losses, optim, sharding
+from rankjax import checkpoint, compiler, losses, optim, sharding
 from rankjax.compression import embeddings, quantization
 from rankjax.data import interactions
 from rankjax.evaluators import ctr, retrieval
@@ -404,7 +404,7 @@ def _two_tower_task(
         r = rows(step)
         return {"users": train.users[r], "items": train.items[r]}
 
-    @functools.partial(jax.jit, static_argnums=0)
+    @functools.partial(compiler.jit, static_argnums=0)
     def catalog_vectors(form, variables, table):
         ids = jnp.arange(log.num_items)
         return build(form).apply(variables, ids, table, method="items")
@@ -417,7 +417,7 @@ def _two_tower_task(
     def user_vectors(form, variables, users):
         return build(form).apply(variables, users, gather(user_table, users), method="users")
 
-    @functools.partial(jax.jit, static_argnums=0)
+    @functools.partial(compiler.jit, static_argnums=0)
     def user_scores(form, variables, users, items_v):
         return user_vectors(form, variables, users) @ items_v.T
 
@@ -426,7 +426,7 @@ def _two_tower_task(
         items_v = item_vectors(form, variables)
         return lambda users: user_scores(form, variables, jnp.asarray(users), items_v)
 
-    @functools.partial(jax.jit, static_argnums=0)
+    @functools.partial(compiler.jit, static_argnums=0)
     def pair_scores(form, variables, users, items, items_v):
         return jnp.einsum("nd,nkd->nk", user_vectors(form, variables, users), items_v[items])
 
@@ -550,7 +550,7 @@ def _dcn_task(config, log, train, row_multiple: int, quantizer, training: bool =
         r = rows(step)
         return {"users": train.users[r], "items": train.items[r]}
 
-    @functools.partial(jax.jit, static_argnums=0)
+    @functools.partial(compiler.jit, static_argnums=0)
     def pair_scores(form, variables, users, items):
         return build(form).apply(variables, pairs(users, items)).reshape(items.shape)
 
@@ -665,11 +665,11 @@ def _sasrec_task(config, log, parts, row_multiple: int, quantizer) -> _Task:
         w = windows[trainable[rows(step)]]
         return {"inputs": w[:, :-1], "targets": w[:, 1:]}
 
-    @functools.partial(jax.jit, static_argnums=0)
+    @functools.partial(compiler.jit, static_argnums=0)
     def item_vectors(form, variables):
         return build(form).apply(variables, jnp.arange(log.num_items), method="items")
 
-    @functools.partial(jax.jit, static_argnums=0)
+    @functools.partial(compiler.jit, static_argnums=0)
     def user_scores(form, variables, history, items_v):
         return build(form).apply(variables, history, method="users") @ items_v.T
 
@@ -839,7 +839,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         params = task.pretrained(jax.device_get(state.params))
         state = state.replace(params=jax.device_put(params, state_sharding.params))
     replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    train_step = jax.jit(
+    train_step = compiler.jit(
         train_step,
         in_shardings=(state_sharding, batch_sharding, replicated),
         out_shardings=(state_sharding, replicated),

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from rankjax import models
+from rankjax import compiler, models
 from rankjax.checkpoint import load_tree, quiet_orbax_logs, restore_here
 from rankjax.compression import quantization, sparsity
 from rankjax.data import lists, tokens
@@ -51,7 +51,7 @@ class Ranker:
     config: ml_collections.ConfigDict
 
     def __post_init__(self):
-        self._apply = jax.jit(
+        self._apply = compiler.jit(
             lambda variables, x, where: self.model.apply(variables, x, where, train=False)
         )
 

@@ -30,7 +30,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rankjax import benchmark, losses, models, serving
+from rankjax import benchmark, compiler, losses, models, serving
 from rankjax.compression import quantization
 from rankjax.models import listwise
 
@@ -80,7 +80,7 @@ class Scorer:
     @functools.cached_property
     def score(self) -> Callable[[Any, dict[str, jax.Array]], jax.Array]:
         model = self.model
-        return jax.jit(lambda v, t: model.apply(v, t, _where(t), train=False))
+        return compiler.jit(lambda v, t: model.apply(v, t, _where(t), train=False))
 
 
 def scoring_variants(
@@ -175,7 +175,7 @@ def _train_rate(model, loss_fn, inputs, labels, where, num_devices, repeats, lr,
     inputs, labels, where = jax.device_put((inputs, labels, where), batch_sharding)
 
     # Outputs placed as the inputs are, so every step reuses the first step's compilation.
-    @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
+    @functools.partial(compiler.jit, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
     def step(params, opt_state, key):
         def loss(p):
             scores = model.apply({"params": p}, inputs, where, train=True, rngs={"dropout": key})

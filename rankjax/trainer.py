@@ -26,6 +26,7 @@ from absl import logging
 from rankjax import (
     baselines,
     checkpoint,
+    compiler,
     config_schema,
     distributed,
     losses,
@@ -284,13 +285,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     batch_sharding = sharding.batch_sharding(mesh)
     batch_size = int(tcfg.batch_size)
     sharding.check_divisible(batch_size, mesh)
-    train_step = jax.jit(
+    train_step = compiler.jit(
         make_train_step(model, objective, tx),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
     )
-    predict = jax.jit(
+    predict = compiler.jit(
         lambda params, batch: model.apply(
             {"params": params}, models.inputs(model, batch), batch["where"], train=False
         ),
@@ -400,7 +401,7 @@ def _with_teacher(distiller, splits, config, prepare):
     """Loads the teacher run's best parameters and adds its scores on every training item
     (the `teacher` extra). Returns `(splits, teacher params)`."""
     teacher = serving.load(distiller.teacher, "best")
-    score = jax.jit(
+    score = compiler.jit(
         lambda v, batch: teacher.model.apply(
             v, models.inputs(teacher.model, batch), batch["where"], train=False
         )
@@ -494,7 +495,7 @@ def _serve(config, quantizer, sparsifier, params, train_batches, evaluators, wor
     checkpoint.save_tree(path, served)
     # Evaluate what a server would load: the saved (packed) tree, unpacked.
     loaded = sparsity.unpack_tree(checkpoint.load_tree(path), sparsifier)
-    predict = jax.jit(
+    predict = compiler.jit(
         lambda v, batch: serve_model.apply(
             v, models.inputs(serve_model, batch), batch["where"], train=False
         )

@@ -1,14 +1,17 @@
 r"""Where a scorer's device time goes: kernel times of the cross-encoder variants of
 `rankjax.speed`, from a `jax.profiler` trace.
 
-  python scripts/kernel_profile.py --variants=xla,cudnn,fp8 --batch=1024 --length=64
+  python scripts/kernel_profile.py --variants=xla,pallas,fp8 --batch=1024 --length=64
+  python scripts/kernel_profile.py --variants=pallas --xla_defaults  # without rankjax's
+                                                                     # compiler options
 
-For each variant (bf16 with `xla` or `cudnn` attention; served `fp8`, `int8`, `w8`), the
-scoring call is run `--calls` times under `jax.profiler.trace(create_perfetto_trace=True)`;
-the trace's kernels on `--device` (e.g. `/device:GPU`) are summed by name. Prints the busy
-time and kernel count per call and the `--top` kernels by time. Kernel names are XLA's
-(`loop_multiply_fusion_5`, `nvjet_...` cuBLAS GEMMs, `cudnn_...`): which model operation
-a fusion holds is read from its size and order, or from an HLO dump.
+For each variant (bf16 with `xla`, `cudnn` or `pallas` attention; served `fp8`, `int8`,
+`w8` with the default attention), the scoring call is run `--calls` times under
+`jax.profiler.trace(create_perfetto_trace=True)`; the trace's kernels on `--device` (e.g.
+`/device:GPU`) are summed by name. Prints the busy time and kernel count per call and the
+`--top` kernels by time. Kernel names are XLA's (`loop_multiply_fusion_5`, `nvjet_...`
+cuBLAS GEMMs, `short_attention` the Pallas kernel): which model operation a fusion holds
+is read from its size and order, or from an HLO dump.
 """
 
 import collections
@@ -21,9 +24,16 @@ import tempfile
 import jax
 from absl import app, flags
 
-from rankjax import speed
+from rankjax import compiler, speed
 
-VARIANTS = flags.DEFINE_list("variants", ["xla", "cudnn", "fp8"], "xla, cudnn, fp8, int8, w8")
+VARIANTS = flags.DEFINE_list(
+    "variants",
+    ["xla", "pallas", "fp8"],
+    "bf16 attention xla, cudnn or pallas; served fp8, int8, w8",
+)
+XLA_DEFAULTS = flags.DEFINE_bool(
+    "xla_defaults", False, "compile with XLA's default options instead of rankjax.compiler's"
+)
 BATCH = flags.DEFINE_integer("batch", 1024, "pairs per call")
 LENGTH = flags.DEFINE_integer("length", 64, "tokens per pair")
 CALLS = flags.DEFINE_integer("calls", 5, "traced calls (times are per call)")
@@ -60,7 +70,9 @@ def kernel_times(fn, calls: int, device: str) -> tuple[collections.Counter, coll
 
 def main(argv):
     del argv
-    attentions = tuple(v for v in VARIANTS.value if v in ("xla", "cudnn"))
+    if XLA_DEFAULTS.value:
+        compiler.OPTIONS.clear()
+    attentions = tuple(v for v in VARIANTS.value if v in ("xla", "cudnn", "pallas"))
     served = tuple(_SERVED[v] for v in VARIANTS.value if v in _SERVED)
     tokens = jax.device_put(speed.pair_tokens(BATCH.value, LENGTH.value, 1))
     for scorer in speed.scoring_variants(None, attentions, served):

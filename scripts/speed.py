@@ -9,12 +9,13 @@ Parts (`--parts`, comma-separated; all by default):
 * `scoring`: the MiniLM-L6-shaped cross-encoder (random weights: speed does not depend on
   them) scoring `--batch` pairs of `--length` tokens per call (docs/s, TFLOP/s and the
   share of `--peak_tflops`, the measured bf16 matrix rate) and one query's
-  `--latency_batch` candidates (p50/p99 ms). Variants: bf16 with XLA and with cuDNN
-  attention; served fp8 (static scales, native fp8 GEMMs), AQT int8 and AQT int8
-  weight-only, all converted from the same parameters (Spearman correlation of their
-  scores with bf16's on one batch is reported as a sanity check). The PyTorch peer
-  (`scripts/peers/torch_cross_encoder.py`: transformers BERT, fp16/bf16, eager/compiled)
-  runs first in a subprocess, so the two never share the GPU.
+  `--latency_batch` candidates (p50/p99 ms). Variants: bf16 with XLA's, cuDNN's and
+  rankjax's Pallas attention; served fp8 (static scales, native fp8 GEMMs), AQT int8 and
+  AQT int8 weight-only with the default attention (Pallas on a GPU), all converted from
+  the same parameters (Spearman correlation of their scores with bf16's on one batch is
+  reported as a sanity check). Every variant compiles with `rankjax.compiler`'s options.
+  The PyTorch peer (`scripts/peers/torch_cross_encoder.py`: transformers BERT, fp16/bf16,
+  eager/compiled) runs first in a subprocess, so the two never share the GPU.
 * `train`: fine-tuning steps of the cross-encoder, `--train_batch` pairs (MSE, AdamW):
   bf16 float, int8 QAT and fp8 QAT (AQT), and the step-time ratio to float. Training
   steps (here and below, peers too) run back to back as in a training loop, the device
@@ -78,7 +79,7 @@ def run_peer(script: str, *args: str) -> list[dict]:
 
 def scoring(peers: list[dict]) -> list[dict]:
     shape, length = _shape(), LENGTH.value
-    attentions = ("xla", "cudnn") if jax.default_backend() == "gpu" else ("xla",)
+    attentions = ("xla", "cudnn", "pallas") if jax.default_backend() == "gpu" else ("xla",)
     scorers = speed.scoring_variants(shape, attentions)
     check = speed.pair_tokens(256, length, 9)
     reference = None

@@ -128,3 +128,14 @@ def test_benchmark_script_times_the_exported_models_and_plots_the_front(served_r
 def test_pareto_front_keeps_the_undominated_points():
     points = [(1.0, 0.5), (2.0, 0.7), (3.0, 0.6), (2.0, 0.4), (4.0, 0.9), (1.0, 0.5)]
     assert benchmark.pareto_front(points) == [(1.0, 0.5), (2.0, 0.7), (4.0, 0.9)]
+
+
+def test_auto_attention_is_fixed_for_the_export_platforms():
+    # The fused Pallas kernel lowers for CUDA only, so a program exported for several
+    # platforms carries XLA's attention.
+    model = speed.cross_encoder_model(dict(hidden_size=32, num_attention_heads=2, num_layers=1))
+    assert model.attention == "auto"
+    assert export.exportable(model, ("cpu", "cuda")).attention == "xla"
+    assert export.exportable(model, ("cuda",)).attention == "pallas"
+    fixed = model.clone(attention="cudnn")
+    assert export.exportable(fixed, ("cpu",)) is fixed

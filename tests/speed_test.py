@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rankjax import benchmark, speed
-from rankjax.models import bert
+from rankjax.models import bert, short_attention
 
 SHAPE = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_layers=1)
 
@@ -53,23 +53,28 @@ def test_rates_are_measured():
 def test_attention_choice():
     assert bert.attention_kernel("xla", 0.1, True) == "xla"
     assert bert.attention_kernel("cudnn", 0.1, False) == "cudnn"
-    with pytest.raises(ValueError, match="applies no attention dropout"):
-        bert.attention_kernel("cudnn", 0.1, True)
+    assert bert.attention_kernel("pallas", 0.0, True) == "pallas"
+    # "auto": the Pallas kernel on a GPU backend without attention dropout, else XLA's.
+    assert bert.attention_kernel("auto", 0.0, False) == "xla"  # the tests run on CPU
+    assert bert.attention_kernel("auto", 0.1, True) == "xla"
+    for fused in ("cudnn", "pallas"):
+        with pytest.raises(ValueError, match="applies no attention dropout"):
+            bert.attention_kernel(fused, 0.1, True)
     with pytest.raises(ValueError, match="model.attention='flash'"):
         bert.attention_kernel("flash", 0.0, False)
 
 
-@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
-def test_cudnn_attention_matches_xla_on_padded_pairs():
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN and Triton kernels need a GPU")
+def test_fused_attention_matches_xla_on_padded_pairs_on_gpu():
     rng = np.random.default_rng(0)
     q, k, v = (jnp.asarray(rng.normal(size=(4, 16, 2, 32)), jnp.bfloat16) for _ in range(3))
     mask = jnp.arange(16)[None, :] < jnp.array([[16], [9], [3], [1]])
-    fused = bert.attend(q, k, v, mask, "cudnn")
-    probs = bert.attend(q, k, v, mask, "xla").astype(jnp.bfloat16)
-    plain = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    np.testing.assert_allclose(
-        np.asarray(fused, np.float32), np.asarray(plain, np.float32), atol=2e-2
-    )
+    plain = short_attention.reference(q, k, v, mask)
+    for kernel in ("cudnn", "pallas"):
+        fused = bert.fused_attention(q, k, v, mask, kernel)
+        np.testing.assert_allclose(
+            np.asarray(fused, np.float32), np.asarray(plain, np.float32), atol=2e-2
+        )
 
 
 def test_markdown_table():

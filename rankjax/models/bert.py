@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rankjax.models import short_attention
 from rankjax.models.layers import Dense, DotGeneralFactory, Embed
 
 
@@ -77,53 +78,76 @@ def activation(name: str, dtype: Any) -> Any:
     return _ACTIVATIONS["gelu_new" if name == "gelu" and half else name]
 
 
-ATTENTIONS = ("xla", "cudnn")
+ATTENTIONS = ("auto", "xla", "cudnn", "pallas")
 
 
 def attention_kernel(attention: str, dropout: float, train: bool) -> str:
-    """Checks the attention implementation: `"xla"` (einsum and softmax, any mask,
-    attention dropout) or `"cudnn"` (fused flash attention: GPU, 16-bit, right-padded
-    inputs, no attention dropout). XLA's is the default: at cross-encoder shapes (64
-    tokens, 32-wide heads) cuDNN's kernel was no faster on an H200 (docs/results.md)."""
+    """Checks and resolves the attention implementation:
+
+    * `"xla"`: einsum and softmax, any mask, attention dropout;
+    * `"cudnn"`: cuDNN's fused flash attention (GPU, 16-bit, right-padded inputs);
+    * `"pallas"`: `short_attention`, one fused kernel per layer for sequences of up to a
+      few hundred tokens (NVIDIA GPUs; interpreted elsewhere), any key mask;
+    * `"auto"` (the default): the Pallas kernel when JAX's default backend is a GPU and no
+      attention dropout applies, XLA's otherwise. (`export.save` resolves it against
+      the platforms it exports for: a Triton kernel lowers for CUDA only.)
+
+    The fused kernels apply no attention dropout. At cross-encoder shapes (64 tokens,
+    32-wide heads) the Pallas kernel took a 1,024-pair call from 5.41 to 4.86 ms of H200
+    time; cuDNN's was no faster than XLA's (docs/results.md).
+    """
     if attention not in ATTENTIONS:
         raise ValueError(f"model.attention={attention!r}; valid: {list(ATTENTIONS)}")
-    if attention == "cudnn" and train and dropout > 0:
+    dropping = train and dropout > 0
+    if attention == "auto":
+        return "pallas" if jax.default_backend() == "gpu" and not dropping else "xla"
+    if attention != "xla" and dropping:
         raise ValueError(
-            "model.attention='cudnn' applies no attention dropout; train with "
+            f"model.attention={attention!r} applies no attention dropout; train with "
             "model.attention='xla' (the checkpoint's attention_probs_dropout_prob is "
             f"{dropout})"
         )
     return attention
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kernel: str) -> jax.Array:
-    """Softmax attention of `q, k, v [B, T, heads, width]` over real keys (`mask [B, T]`).
+def attention_probs(q: jax.Array, k: jax.Array, mask: jax.Array) -> jax.Array:
+    """XLA's softmax attention weights `[B, heads, T, T]` (float32) of `q, k [B, T, heads,
+    width]` over real keys (`mask [B, T]`); the caller applies dropout and weights `v`."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
+    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def fused_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kernel: str
+) -> jax.Array:
+    """Softmax attention of `q, k, v [B, T, heads, width]` over real keys (`mask [B, T]`)
+    by a fused `kernel` (`"cudnn"` or `"pallas"`). Returns `[B, T, heads, width]`.
 
     The cuDNN kernel takes key lengths, so it assumes right-padded sequences (real tokens
-    first), which is how `data.tokens` builds every input; the XLA path takes any mask.
-    Returns `[B, T, heads, width]`.
+    first), which is how `data.tokens` builds every input; the Pallas kernel takes any mask.
     """
     if kernel == "cudnn":
         lengths = jnp.sum(mask, axis=-1, dtype=jnp.int32)
         return jax.nn.dot_product_attention(
             q, k, v, key_value_seq_lengths=lengths, implementation="cudnn"
         )
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
-    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-    return jax.nn.softmax(logits, axis=-1)
+    if kernel == "pallas":
+        return short_attention.attention(q, k, v, mask)
+    raise ValueError(f"fused_attention kernel={kernel!r}; valid: 'cudnn', 'pallas'")
 
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention with query/key/value/output projections on the seam.
 
     Attributes:
-      attention: `"xla"` or `"cudnn"` (see `attention_kernel`).
+      attention: one of `ATTENTIONS` (see `attention_kernel`).
     """
 
     config: BertConfig
     dtype: Any = jnp.float32
     dot_general_cls: DotGeneralFactory | None = None
-    attention: str = "xla"
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
@@ -139,10 +163,10 @@ class SelfAttention(nn.Module):
         q, k, v = split("query"), split("key"), split("value")
         dropout = c.attention_probs_dropout_prob
         kernel = attention_kernel(self.attention, dropout, train)
-        if kernel == "cudnn":
-            y = attend(q, k, v, mask, kernel)
+        if kernel != "xla":
+            y = fused_attention(q, k, v, mask, kernel)
         else:
-            probs = attend(q, k, v, mask, kernel).astype(self.dtype)
+            probs = attention_probs(q, k, mask).astype(self.dtype)
             probs = nn.Dropout(dropout)(probs, deterministic=not train)
             y = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
         y = y.reshape(x.shape[:-1] + (c.hidden_size,))
@@ -155,7 +179,7 @@ class Layer(nn.Module):
     config: BertConfig
     dtype: Any = jnp.float32
     dot_general_cls: DotGeneralFactory | None = None
-    attention: str = "xla"
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
@@ -190,7 +214,7 @@ class Encoder(nn.Module):
     dtype: Any = jnp.float32
     dot_general_cls: DotGeneralFactory | None = None
     embedding_bits: int = 0
-    attention: str = "xla"
+    attention: str = "auto"
 
     @nn.compact
     def __call__(

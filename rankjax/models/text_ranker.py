@@ -33,8 +33,8 @@ class TextRanker(nn.Module):
       dot_general_cls: the quantization seam, passed to every dense layer.
       embedding_bits: set by the quantization seam when serving: read row-wise int8/int4
         embedding tables (`compression.embeddings`); 0: float tables.
-      attention: `"xla"` or `"cudnn"` (fused flash attention; see
-        `bert.attention_kernel`).
+      attention: `"auto"` (fused Pallas kernel on CUDA when no attention dropout
+        applies), `"xla"`, `"cudnn"` or `"pallas"`; see `bert.attention_kernel`.
     """
 
     checkpoint: str = ""
@@ -48,7 +48,7 @@ class TextRanker(nn.Module):
     dtype: str = "float32"
     dot_general_cls: layers.DotGeneralFactory | None = None
     embedding_bits: int = 0
-    attention: str = "xla"
+    attention: str = "auto"
 
     @property
     def bert_config(self) -> bert.BertConfig:

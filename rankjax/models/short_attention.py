@@ -1,0 +1,146 @@
+"""Fused softmax attention for short sequences, as one Pallas kernel per layer.
+
+A cross-encoder scores (query, product) pairs of ~64 tokens with 32-wide heads. At that
+shape XLA's attention is a chain of small kernels: head transposes of q, k and v, a
+batched product, the masked softmax over a materialised `[B, heads, T, T]` tensor, a
+second batched product and a transpose back. On an H200 those took about 1.5 ms of a
+5.4 ms 1,024-pair call, more than a quarter of the model (docs/results.md), and cuDNN's
+flash attention, built for long sequences, was no faster.
+
+Here one program of the grid `(batch, heads)` reads its head's `q, k, v [T, D]` straight
+from the projections' `[B, T, heads, D]` layout (strided loads, no transposes), computes
+the scores, the masked softmax and the weighted sum in registers, and writes its `[T, D]`
+slice of the output in the same layout. The whole key sequence fits one block, so there
+is no online-softmax loop. Gradients come from the XLA formulation (`reference`), so the
+kernel also serves training without attention dropout.
+
+The kernel is Pallas's Triton backend (NVIDIA GPUs); on other backends it runs in
+Pallas's interpreter, which is how the CPU tests check it against `reference`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+
+# Triton's matrix products need every block dimension >= 16 and a power of two.
+_MIN_BLOCK = 16
+# Added to masked keys' logits: finite, so a row with no real key averages its `T` keys
+# (as XLA's `finfo.min` masking does) instead of dividing 0 by 0. Keys added to round `T`
+# up to a block get -inf: they never count.
+_MASKED = -1e30
+
+
+def reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """XLA attention: `q, k, v [B, T, heads, D]`, `mask [B, T]` True for real keys.
+
+    Logits and softmax in float32, the weighted sum in `v`'s dtype; returns
+    `[B, T, heads, D]` in `q`'s dtype.
+    """
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
+    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v).astype(q.dtype)
+
+
+def _kernel(q_ref, k_ref, v_ref, bias_ref, o_ref, *, scale: float):
+    q, k, v = q_ref[...], k_ref[...], v_ref[...]  # [T, D] each
+    dims = (((1,), (1,)), ((), ()))
+    logits = jax.lax.dot_general(q, k, dims, preferred_element_type=jnp.float32)
+    logits = logits * scale + bias_ref[...][None, :]  # [T, T]
+    top = jnp.max(logits, axis=-1)
+    weights = jnp.exp(logits - top[:, None])
+    total = jnp.sum(weights, axis=-1)
+    out = jnp.dot(weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    o_ref[...] = (out / total[:, None]).astype(o_ref.dtype)
+
+
+def _block(n: int) -> int:
+    return max(_MIN_BLOCK, pl.next_power_of_2(n))
+
+
+def _pad(x: jax.Array, axis: int, size: int) -> jax.Array:
+    if x.shape[axis] == size:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, widths)
+
+
+def _forward(q, k, v, mask, num_warps: int, interpret: bool):
+    batch, length, heads, width = q.shape
+    t, d = _block(length), _block(width)
+    q, k, v = (_pad(_pad(x, 1, t), 3, d) for x in (q, k, v))
+    bias = jnp.where(mask, 0.0, _MASKED).astype(jnp.float32)
+    bias = jnp.pad(bias, ((0, 0), (0, t - length)), constant_values=-jnp.inf)
+    head = pl.BlockSpec((None, t, None, d), lambda b, h: (b, 0, h, 0))
+    call = pl.pallas_call(
+        functools.partial(_kernel, scale=1.0 / float(np.sqrt(width))),
+        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        grid=(batch, heads),
+        in_specs=[head, head, head, pl.BlockSpec((None, t), lambda b, h: (b, 0))],
+        out_specs=head,
+        compiler_params=_compiler_params(num_warps),
+        interpret=interpret,
+        name="short_attention",
+    )
+    return call(q, k, v, bias)[:, :length, :, :width]
+
+
+def _compiler_params(num_warps: int):
+    from jax.experimental.pallas import triton as plgpu
+
+    return plgpu.CompilerParams(num_warps=num_warps, num_stages=1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _attention(q, k, v, mask, num_warps, interpret):
+    return _forward(q, k, v, mask, num_warps, interpret)
+
+
+def _attention_fwd(q, k, v, mask, num_warps, interpret):
+    return _forward(q, k, v, mask, num_warps, interpret), (q, k, v, mask)
+
+
+def _attention_bwd(num_warps, interpret, residuals, grad):
+    q, k, v, mask = residuals
+    _, vjp = jax.vjp(lambda q, k, v: reference(q, k, v, mask), q, k, v)
+    return (*vjp(grad), None)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    num_warps: int = 4,
+    interpret: bool | None = None,
+) -> jax.Array:
+    """Softmax attention of every query over the real keys, fused into one kernel.
+
+    Args:
+      q, k, v: `[B, T, heads, D]` in one float dtype (bf16 or f16 for speed).
+      mask: `[B, T]`, True for real keys. A row with no real key averages all keys.
+      num_warps: Triton warps per program (one program per sequence and head).
+      interpret: run Pallas's interpreter; None: on any backend but GPU.
+
+    Returns:
+      `[B, T, heads, D]` in `q`'s dtype. Sequences longer than a few hundred tokens
+      exceed one block's registers: use a flash-attention kernel for those.
+    """
+    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(
+            f"q, k, v must share a [B, T, heads, D] shape; got {q.shape}, {k.shape}, {v.shape}"
+        )
+    if mask.shape != q.shape[:2]:
+        raise ValueError(f"mask must be [B, T] = {q.shape[:2]}; got {mask.shape}")
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    return _attention(q, k, v, mask.astype(bool), num_warps, interpret)
