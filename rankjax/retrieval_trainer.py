@@ -839,7 +839,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         params = task.pretrained(jax.device_get(state.params))
         state = state.replace(params=jax.device_put(params, state_sharding.params))
     replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    train_step = compiler.jit(
+    train_step = jax.jit(
         train_step,
         in_shardings=(state_sharding, batch_sharding, replicated),
         out_shardings=(state_sharding, replicated),

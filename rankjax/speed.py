@@ -175,7 +175,7 @@ def _train_rate(model, loss_fn, inputs, labels, where, num_devices, repeats, lr,
     inputs, labels, where = jax.device_put((inputs, labels, where), batch_sharding)
 
     # Outputs placed as the inputs are, so every step reuses the first step's compilation.
-    @functools.partial(compiler.jit, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
+    @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
     def step(params, opt_state, key):
         def loss(p):
             scores = model.apply({"params": p}, inputs, where, train=True, rngs={"dropout": key})

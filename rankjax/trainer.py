@@ -285,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     batch_sharding = sharding.batch_sharding(mesh)
     batch_size = int(tcfg.batch_size)
     sharding.check_divisible(batch_size, mesh)
-    train_step = compiler.jit(
+    train_step = jax.jit(
         make_train_step(model, objective, tx),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
