@@ -5,7 +5,7 @@ elementwise work around it before cuBLAS's epilogue rewrite can see it; autotuni
 often runs the product on cuBLAS anyway, with the bias or activation left as a separate
 pass over memory. With Triton GEMMs off, cuBLASLt takes bias and GELU into the GEMM
 epilogue (`BIAS_GELU`). On an H200 the MiniLM-shaped cross-encoder's 1,024 × 64 scoring
-call went from 4.86 to 4.01 ms of GPU time with that option alone (docs/results.md).
+call went from 4.85 to 4.00 ms of GPU time with that option alone (docs/results.md).
 
 `jit` applies `OPTIONS[backend]` where rankjax compiles a model for inference (scoring,
 evaluation, serving); other backends compile with XLA's defaults. Training steps keep

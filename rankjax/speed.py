@@ -159,9 +159,12 @@ def _data_parallel(num_devices: int) -> tuple[NamedSharding, NamedSharding]:
     return NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
 
 
-def _train_rate(model, loss_fn, inputs, labels, where, num_devices, repeats, lr, block):
+def _train_rate(
+    model, loss_fn, inputs, labels, where, num_devices, repeats, lr, block, options=None
+):
     """Examples/s of `model`'s training step (forward, loss, backward, AdamW update),
-    batch split over `num_devices`, parameters replicated and updated in place (donated).
+    batch split over `num_devices`, parameters replicated and updated in place (donated),
+    compiled with the XLA `options` (None: XLA's defaults, as `trainer` compiles steps).
 
     As in a training loop, steps are dispatched back to back and the device is waited for
     once per `block` steps (the median block time over `repeats`, divided by `block`), so
@@ -175,7 +178,12 @@ def _train_rate(model, loss_fn, inputs, labels, where, num_devices, repeats, lr,
     inputs, labels, where = jax.device_put((inputs, labels, where), batch_sharding)
 
     # Outputs placed as the inputs are, so every step reuses the first step's compilation.
-    @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
+    @functools.partial(
+        jax.jit,
+        donate_argnums=(0, 1),
+        out_shardings=(replicated, replicated),
+        compiler_options=options,
+    )
     def step(params, opt_state, key):
         def loss(p):
             scores = model.apply({"params": p}, inputs, where, train=True, rngs={"dropout": key})
@@ -206,16 +214,20 @@ def train_step_rate(
     shape: dict[str, int] | None = None,
     repeats: int = 10,
     block: int = 10,
+    compiler_options: dict[str, Any] | None = None,
 ) -> float:
     """Pairs/s of fine-tuning the bf16 cross-encoder (MSE on graded labels, AdamW), in float
-    or with `quantizer`'s training seam (QAT), over `num_devices` devices."""
+    or with `quantizer`'s training seam (QAT), over `num_devices` devices, compiled with
+    `compiler_options` (None: XLA's defaults)."""
     seam = quantizer.model_seam("train") if quantizer else {}
     model = cross_encoder_model(shape, dtype="bfloat16", **seam)
     tokens = pair_tokens(batch, length, 3)
     labels = np.random.default_rng(4).uniform(0, 2, size=(batch, 1)).astype(np.float32)
     where = np.ones((batch, 1), bool)
     mse = losses.get("mse")
-    return _train_rate(model, mse, tokens, labels, where, num_devices, repeats, 5e-5, block)
+    return _train_rate(
+        model, mse, tokens, labels, where, num_devices, repeats, 5e-5, block, compiler_options
+    )
 
 
 def listwise_train_rate(

@@ -38,7 +38,7 @@ import sys
 import jax
 from absl import app, flags, logging
 
-from rankjax import benchmark, speed
+from rankjax import benchmark, compiler, speed
 from rankjax.compression import quantization
 
 PARTS = flags.DEFINE_list("parts", ["scoring", "train", "listwise", "scaling"], "what to run")
@@ -53,6 +53,12 @@ PEAK = flags.DEFINE_float("peak_tflops", 790.0, "bf16 matrix rate of the GPU (me
 PEERS = flags.DEFINE_bool("peers", True, "run the PyTorch peers (needs torch and CUDA)")
 REPEATS = flags.DEFINE_integer("repeats", 20, "timed scoring calls per measurement (median)")
 TRAIN_REPEATS = flags.DEFINE_integer("train_repeats", 5, "timed blocks of training steps")
+TRAIN_OPTIONS = flags.DEFINE_bool(
+    "train_compiler_options",
+    False,
+    "compile the fine-tuning steps with rankjax.compiler's inference options too (training "
+    "uses XLA's defaults; this measures what the options would do to it)",
+)
 BLOCK = flags.DEFINE_integer("block", 10, "training steps run back to back per timed block")
 SHAPE = flags.DEFINE_string(
     "shape", "", "BERT overrides for a quick run, e.g. hidden_size=32,num_attention_heads=2"
@@ -131,12 +137,21 @@ def train() -> list[dict]:
         "bf16 fp8 QAT (AQT e4m3)": quantization.Quantizer(fp8=True),
     }
     rows = []
+    options = compiler.options() if TRAIN_OPTIONS.value else None
+    suffix = ", rankjax.compiler options" if TRAIN_OPTIONS.value else ""
     for name, q in variants.items():
         logging.info("timing fine-tuning: %s", name)
         rate = speed.train_step_rate(
-            TRAIN_BATCH.value, LENGTH.value, q, 1, _shape(), TRAIN_REPEATS.value, BLOCK.value
+            TRAIN_BATCH.value,
+            LENGTH.value,
+            q,
+            1,
+            _shape(),
+            TRAIN_REPEATS.value,
+            BLOCK.value,
+            compiler_options=options,
         )
-        rows.append({"variant": f"rankjax {name}", "pairs_per_sec": rate})
+        rows.append({"variant": f"rankjax {name}{suffix}", "pairs_per_sec": rate})
     float_rate = rows[0]["pairs_per_sec"]
     table = [[r["variant"], r["pairs_per_sec"], float_rate / r["pairs_per_sec"]] for r in rows]
     title = f"Cross-encoder fine-tuning step, {TRAIN_BATCH.value} pairs × {LENGTH.value} tokens"
