@@ -110,14 +110,6 @@ def attention_kernel(attention: str, dropout: float, train: bool) -> str:
     return attention
 
 
-def attention_probs(q: jax.Array, k: jax.Array, mask: jax.Array) -> jax.Array:
-    """XLA's softmax attention weights `[B, heads, T, T]` (float32) of `q, k [B, T, heads,
-    width]` over real keys (`mask [B, T]`); the caller applies dropout and weights `v`."""
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
-    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-    return jax.nn.softmax(logits, axis=-1)
-
-
 def fused_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kernel: str
 ) -> jax.Array:
@@ -166,7 +158,7 @@ class SelfAttention(nn.Module):
         if kernel != "xla":
             y = fused_attention(q, k, v, mask, kernel)
         else:
-            probs = attention_probs(q, k, mask).astype(self.dtype)
+            probs = short_attention.probabilities(q, k, mask).astype(self.dtype)
             probs = nn.Dropout(dropout)(probs, deterministic=not train)
             y = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
         y = y.reshape(x.shape[:-1] + (c.hidden_size,))

@@ -35,15 +35,21 @@ _MIN_BLOCK = 16
 _MASKED = -1e30
 
 
+def probabilities(q: jax.Array, k: jax.Array, mask: jax.Array) -> jax.Array:
+    """XLA's softmax attention weights `[B, heads, T, T]` (float32) of `q, k [B, T, heads,
+    D]` over real keys (`mask [B, T]`); a row with no real key weights all keys equally."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
+    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(logits, axis=-1)
+
+
 def reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """XLA attention: `q, k, v [B, T, heads, D]`, `mask [B, T]` True for real keys.
 
     Logits and softmax in float32, the weighted sum in `v`'s dtype; returns
     `[B, T, heads, D]` in `q`'s dtype.
     """
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
-    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    probs = probabilities(q, k, mask).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v).astype(q.dtype)
 
 
