@@ -3,9 +3,10 @@
 `scripts/speed.py` drives these on a GPU next to PyTorch peers (`scripts/peers/`); the
 functions take sizes as arguments, so the tests run them on CPU at toy sizes.
 
-* `scoring_variants`: the MiniLM-shaped cross-encoder in bf16 (XLA or cuDNN attention)
-  and served compressed (fp8 with static scales, AQT int8, AQT int8 weight-only), each
-  a `Scorer` ready to score; `measure_scoring` gives docs/s and one-query latency.
+* `scoring_variants`: the MiniLM-shaped cross-encoder in bf16 (XLA, cuDNN or Pallas
+  attention) and served compressed (fp8 with static scales, AQT int8, AQT int8
+  weight-only), each a `Scorer` ready to score; `measure_scoring` gives docs/s and
+  one-query latency.
 * `train_step_rate`: fine-tuning steps of the cross-encoder (float or QAT), data-parallel
   over the first `num_devices` devices.
 * `listwise_train_rate`: training steps of the listwise transformer ranker at allRank's
@@ -85,13 +86,14 @@ class Scorer:
 
 def scoring_variants(
     shape: dict[str, int] | None = None,
-    attentions: tuple[str, ...] = ("xla", "cudnn"),
+    attentions: tuple[str, ...] = ("xla", "cudnn", "pallas"),
     served: tuple[str, ...] = tuple(SERVED),
     calibration_tokens: dict[str, np.ndarray] | None = None,
     seed: int = 0,
 ) -> list[Scorer]:
     """The cross-encoder in bf16 with each of `attentions`, then served as each of `served`
-    (converted from the same float parameters; compressed variants use XLA attention).
+    (converted from the same float parameters; compressed variants use the default
+    attention, `"auto"`: the Pallas kernel on a GPU, XLA's elsewhere).
 
     Args:
       shape: BERT shape overrides (None: MiniLM-L6).
