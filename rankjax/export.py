@@ -24,6 +24,7 @@ import numpy as np
 
 from rankjax import models, serving
 from rankjax.data import lists
+from rankjax.models import short_attention
 
 # Platforms the artifact is compiled for; XLA lowers it anew for each at load time.
 PLATFORMS = ("cpu", "cuda")
@@ -95,12 +96,15 @@ def _signature(ranker, num_features: int | None, token_length: int | None) -> di
     return {"inputs": inputs, "where": [["b", "n"], "bool"], "output": [["b", "n"], "float32"]}
 
 
-def exportable(model: Any, platforms: tuple[str, ...]) -> Any:
-    """`model` with attention `"auto"` (text rankers) fixed for `platforms`: the Pallas
-    kernel when they are CUDA alone, XLA's formulation otherwise."""
+def exportable(model: Any, platforms: tuple[str, ...], token_length: int | None) -> Any:
+    """`model` with attention `"auto"` (text rankers) fixed for the export: the Pallas
+    kernel when `platforms` are CUDA alone and `token_length` is fixed and short (its
+    blocks need concrete sizes), XLA's formulation otherwise."""
     if getattr(model, "attention", None) != "auto":
         return model
-    return model.clone(attention="pallas" if tuple(platforms) == ("cuda",) else "xla")
+    short = token_length is not None and token_length <= short_attention.AUTO_MAX_LENGTH
+    fused = tuple(platforms) == ("cuda",) and short
+    return model.clone(attention="pallas" if fused else "xla")
 
 
 def save(
@@ -120,8 +124,8 @@ def save(
       num_features: raw features per item (feature rankers; the transform maps them).
       token_length: fixes the token axis of text rankers (None: symbolic).
       platforms: where it may run. A text ranker with `attention="auto"` exports its
-        fused Pallas attention only for `("cuda",)` (a Triton kernel lowers for CUDA
-        alone); for several platforms it exports XLA's attention.
+        fused Pallas attention only for `("cuda",)` and a fixed, short `token_length`
+        (see `exportable`); otherwise XLA's attention.
       param_dtype: e.g. `"bfloat16"`: store the float32 parameters in that dtype, for a
         model that computes in it (half their bytes, and no casts in every call; a float32
         model would only cast them back); None keeps them as trained.
@@ -132,7 +136,7 @@ def save(
     signature = _signature(ranker, num_features, token_length)
     keys = tuple(signature["inputs"])
     transform = traced_transform(ranker.transform) if keys == ("features",) else None
-    variables, model = ranker.variables, exportable(ranker.model, platforms)
+    variables, model = ranker.variables, exportable(ranker.model, platforms, token_length)
     if param_dtype is not None:
         variables = serving.cast_params(variables, param_dtype)
 

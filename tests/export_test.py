@@ -131,11 +131,13 @@ def test_pareto_front_keeps_the_undominated_points():
 
 
 def test_auto_attention_is_fixed_for_the_export_platforms():
-    # The fused Pallas kernel lowers for CUDA only, so a program exported for several
-    # platforms carries XLA's attention.
+    # The fused Pallas kernel lowers for CUDA only and needs a fixed, short token length,
+    # so other exports carry XLA's attention.
     model = speed.cross_encoder_model(dict(hidden_size=32, num_attention_heads=2, num_layers=1))
     assert model.attention == "auto"
-    assert export.exportable(model, ("cpu", "cuda")).attention == "xla"
-    assert export.exportable(model, ("cuda",)).attention == "pallas"
+    assert export.exportable(model, ("cuda",), 64).attention == "pallas"
+    assert export.exportable(model, ("cpu", "cuda"), 64).attention == "xla"
+    assert export.exportable(model, ("cuda",), None).attention == "xla"  # symbolic length
+    assert export.exportable(model, ("cuda",), 512).attention == "xla"
     fixed = model.clone(attention="cudnn")
-    assert export.exportable(fixed, ("cpu",)) is fixed
+    assert export.exportable(fixed, ("cpu",), 64) is fixed

@@ -50,13 +50,19 @@ def test_rates_are_measured():
         speed.train_step_rate(8, 16, num_devices=64, shape=SHAPE)
 
 
-def test_attention_choice():
+def test_attention_choice(monkeypatch):
     assert bert.attention_kernel("xla", 0.1, True) == "xla"
     assert bert.attention_kernel("cudnn", 0.1, False) == "cudnn"
     assert bert.attention_kernel("pallas", 0.0, True) == "pallas"
-    # "auto": the Pallas kernel on a GPU backend without attention dropout, else XLA's.
-    assert bert.attention_kernel("auto", 0.0, False) == "xla"  # the tests run on CPU
-    assert bert.attention_kernel("auto", 0.1, True) == "xla"
+    # "auto": the Pallas kernel on a GPU backend for short sequences without attention
+    # dropout, else XLA's.
+    assert bert.attention_kernel("auto", 0.0, False, 64) == "xla"  # the tests run on CPU
+    monkeypatch.setattr(bert.jax, "default_backend", lambda: "gpu")
+    assert bert.attention_kernel("auto", 0.1, False, 64) == "pallas"
+    assert bert.attention_kernel("auto", 0.0, True, 128) == "pallas"
+    assert bert.attention_kernel("auto", 0.1, True, 64) == "xla"  # dropout
+    assert bert.attention_kernel("auto", 0.0, False, 256) == "xla"  # too long for one block
+    assert bert.attention_kernel("auto", 0.0, False) == "xla"  # length unknown
     for fused in ("cudnn", "pallas"):
         with pytest.raises(ValueError, match="applies no attention dropout"):
             bert.attention_kernel(fused, 0.1, True)

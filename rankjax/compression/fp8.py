@@ -11,7 +11,9 @@ What is faster there is fp8 e4m3 with every scale fixed before serving:
   are clipped to the e4m3 range;
 * the product: `dot(x_e4m3, w_e4m3)` accumulated by the GEMM in float32, scaled by the
   two scales and returned in the layer's dtype. The quantize step of `x` fuses into the
-  producer of `x` (a LayerNorm, a GELU), so activations cross memory as fp8.
+  producer of `x` where XLA can (a LayerNorm's fusion); after a GEMM (the feed-forward
+  GELU) it is a pass of its own, which is why served fp8 is not yet faster than bf16 on
+  an H200 (docs/results.md says what would fold it into the GEMM).
 
 `Fp8DotGeneral` plugs into the dense-layer seam (`models.layers.Dense`) in three phases:
 `calibrate` (float product, ranges collected), `convert` (float product, fp8 weights and

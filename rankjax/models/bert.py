@@ -81,16 +81,18 @@ def activation(name: str, dtype: Any) -> Any:
 ATTENTIONS = ("auto", "xla", "cudnn", "pallas")
 
 
-def attention_kernel(attention: str, dropout: float, train: bool) -> str:
+def attention_kernel(attention: str, dropout: float, train: bool, length: int = 0) -> str:
     """Checks and resolves the attention implementation:
 
     * `"xla"`: einsum and softmax, any mask, attention dropout;
     * `"cudnn"`: cuDNN's fused flash attention (GPU, 16-bit, right-padded inputs);
     * `"pallas"`: `short_attention`, one fused kernel per layer for sequences of up to a
       few hundred tokens (NVIDIA GPUs; interpreted elsewhere), any key mask;
-    * `"auto"` (the default): the Pallas kernel when JAX's default backend is a GPU and no
-      attention dropout applies, XLA's otherwise. (`export.save` resolves it against
-      the platforms it exports for: a Triton kernel lowers for CUDA only.)
+    * `"auto"` (the default): the Pallas kernel when JAX's default backend is a GPU, no
+      attention dropout applies and the sequence `length` is known and at most
+      `short_attention.AUTO_MAX_LENGTH`; XLA's otherwise. (`export.save` resolves it
+      against the platforms and token length it exports for: a Triton kernel lowers for
+      CUDA only, and for a fixed length.)
 
     The fused kernels apply no attention dropout. At cross-encoder shapes (64 tokens,
     32-wide heads) the Pallas kernel took a 1,024-pair call from 5.41 to 4.86 ms of H200
@@ -100,7 +102,8 @@ def attention_kernel(attention: str, dropout: float, train: bool) -> str:
         raise ValueError(f"model.attention={attention!r}; valid: {list(ATTENTIONS)}")
     dropping = train and dropout > 0
     if attention == "auto":
-        return "pallas" if jax.default_backend() == "gpu" and not dropping else "xla"
+        short = isinstance(length, int) and 0 < length <= short_attention.AUTO_MAX_LENGTH
+        return "pallas" if jax.default_backend() == "gpu" and short and not dropping else "xla"
     if attention != "xla" and dropping:
         raise ValueError(
             f"model.attention={attention!r} applies no attention dropout; train with "
@@ -154,7 +157,7 @@ class SelfAttention(nn.Module):
 
         q, k, v = split("query"), split("key"), split("value")
         dropout = c.attention_probs_dropout_prob
-        kernel = attention_kernel(self.attention, dropout, train)
+        kernel = attention_kernel(self.attention, dropout, train, x.shape[-2])
         if kernel != "xla":
             y = fused_attention(q, k, v, mask, kernel)
         else:

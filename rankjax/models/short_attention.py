@@ -26,9 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
 
 # Triton's matrix products need every block dimension >= 16 and a power of two.
 _MIN_BLOCK = 16
+# The longest sequence `model.attention="auto"` sends here: the whole `[T, T]` score
+# block lives in one program's registers. Measured at T = 64 (docs/results.md); longer
+# sequences go to XLA's attention (or a flash-attention kernel).
+AUTO_MAX_LENGTH = 128
 # Added to masked keys' logits: finite, so a row with no real key averages its `T` keys
 # (as XLA's `finfo.min` masking does) instead of dividing 0 by 0. Keys added to round `T`
 # up to a block get -inf: they never count.
@@ -90,17 +95,11 @@ def _forward(q, k, v, mask, num_warps: int, interpret: bool):
         grid=(batch, heads),
         in_specs=[head, head, head, pl.BlockSpec((None, t), lambda b, h: (b, 0))],
         out_specs=head,
-        compiler_params=_compiler_params(num_warps),
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         interpret=interpret,
         name="short_attention",
     )
     return call(q, k, v, bias)[:, :length, :, :width]
-
-
-def _compiler_params(num_warps: int):
-    from jax.experimental.pallas import triton as plgpu
-
-    return plgpu.CompilerParams(num_warps=num_warps, num_stages=1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))

@@ -33,8 +33,9 @@ class TextRanker(nn.Module):
       dot_general_cls: the quantization seam, passed to every dense layer.
       embedding_bits: set by the quantization seam when serving: read row-wise int8/int4
         embedding tables (`compression.embeddings`); 0: float tables.
-      attention: `"auto"` (fused Pallas kernel on CUDA when no attention dropout
-        applies), `"xla"`, `"cudnn"` or `"pallas"`; see `bert.attention_kernel`.
+      attention: `"auto"` (the fused Pallas kernel on a GPU for short sequences when no
+        attention dropout applies), `"xla"`, `"cudnn"` or `"pallas"`; see
+        `bert.attention_kernel`.
     """
 
     checkpoint: str = ""
