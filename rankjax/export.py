@@ -97,14 +97,18 @@ def _signature(ranker, num_features: int | None, token_length: int | None) -> di
 
 
 def exportable(model: Any, platforms: tuple[str, ...], token_length: int | None) -> Any:
-    """`model` with attention `"auto"` (text rankers) fixed for the export: the Pallas
-    kernel when `platforms` are CUDA alone and `token_length` is fixed and short (its
-    blocks need concrete sizes), XLA's formulation otherwise."""
-    if getattr(model, "attention", None) != "auto":
-        return model
-    short = token_length is not None and token_length <= short_attention.AUTO_MAX_LENGTH
-    fused = tuple(platforms) == ("cuda",) and short
-    return model.clone(attention="pallas" if fused else "xla")
+    """`model` with its `"auto"` kernels (text rankers) fixed for the export. Triton
+    kernels lower for CUDA alone: the Pallas LayerNorm when `platforms` are `("cuda",)`,
+    the Pallas attention when, in addition, `token_length` is fixed and short (its blocks
+    need concrete sizes); XLA's formulations otherwise."""
+    cuda = tuple(platforms) == ("cuda",)
+    fixed = {}
+    if getattr(model, "attention", None) == "auto":
+        short = token_length is not None and token_length <= short_attention.AUTO_MAX_LENGTH
+        fixed["attention"] = "pallas" if cuda and short else "xla"
+    if getattr(model, "norm", None) == "auto":
+        fixed["norm"] = "pallas" if cuda else "xla"
+    return model.clone(**fixed) if fixed else model
 
 
 def save(
@@ -123,9 +127,9 @@ def save(
       path: the file to write.
       num_features: raw features per item (feature rankers; the transform maps them).
       token_length: fixes the token axis of text rankers (None: symbolic).
-      platforms: where it may run. A text ranker with `attention="auto"` exports its
-        fused Pallas attention only for `("cuda",)` and a fixed, short `token_length`
-        (see `exportable`); otherwise XLA's attention.
+      platforms: where it may run. A text ranker's `"auto"` kernels export as its
+        fused Pallas kernels only for `("cuda",)` (the attention also needs a fixed,
+        short `token_length`; see `exportable`); otherwise as XLA's formulations.
       param_dtype: e.g. `"bfloat16"`: store the float32 parameters in that dtype, for a
         model that computes in it (half their bytes, and no casts in every call; a float32
         model would only cast them back); None keeps them as trained.

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from helpers import ROOT, load_config
@@ -82,6 +83,29 @@ def test_exported_fp8_text_ranker_scores_like_the_model(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="Triton kernels lower for CUDA only")
+def test_cuda_export_carries_the_pallas_kernels_on_gpu(tmp_path):
+    # A CUDA-only export with a fixed token length and a symbolic batch holds the fused
+    # attention and LayerNorm kernels and scores like XLA's formulation.
+    shape = dict(hidden_size=64, num_attention_heads=2, intermediate_size=128, num_layers=2)
+    auto, xla = speed.scoring_variants(shape, ("auto", "xla"), ())
+    plain = xla.model.clone(norm="xla")
+    path = str(tmp_path / "cuda.jaxexport")
+    export.save(
+        serving.Ranker(auto.model, auto.variables, None, None),
+        path,
+        token_length=16,
+        platforms=("cuda",),
+    )
+    score = export.load(path)
+    program = score.exported.mlir_module()
+    assert "short_attention" in program and "layer_norm" in program
+    for b in (4, 7):
+        tokens = speed.pair_tokens(b, 16, b)
+        want = np.asarray(speed.Scorer("xla", plain, xla.variables).score(xla.variables, tokens))
+        np.testing.assert_allclose(score(**tokens), want, rtol=3e-2, atol=3e-2)
+
+
 def test_export_errors_name_the_problem(served_run, tmp_path):
     ranker = serving.load(served_run, "served")
     with pytest.raises(ValueError, match="num_features"):
@@ -130,14 +154,17 @@ def test_pareto_front_keeps_the_undominated_points():
     assert benchmark.pareto_front(points) == [(1.0, 0.5), (2.0, 0.7), (4.0, 0.9)]
 
 
-def test_auto_attention_is_fixed_for_the_export_platforms():
-    # The fused Pallas kernel lowers for CUDA only and needs a fixed, short token length,
-    # so other exports carry XLA's attention.
+def test_auto_kernels_are_fixed_for_the_export_platforms():
+    # The fused Pallas kernels lower for CUDA only, and the attention needs a fixed, short
+    # token length, so other exports carry XLA's formulations.
     model = speed.cross_encoder_model(dict(hidden_size=32, num_attention_heads=2, num_layers=1))
-    assert model.attention == "auto"
-    assert export.exportable(model, ("cuda",), 64).attention == "pallas"
-    assert export.exportable(model, ("cpu", "cuda"), 64).attention == "xla"
-    assert export.exportable(model, ("cuda",), None).attention == "xla"  # symbolic length
+    assert (model.attention, model.norm) == ("auto", "auto")
+    cuda = export.exportable(model, ("cuda",), 64)
+    assert (cuda.attention, cuda.norm) == ("pallas", "pallas")
+    both = export.exportable(model, ("cpu", "cuda"), 64)
+    assert (both.attention, both.norm) == ("xla", "xla")
+    symbolic = export.exportable(model, ("cuda",), None)
+    assert (symbolic.attention, symbolic.norm) == ("xla", "pallas")
     assert export.exportable(model, ("cuda",), 512).attention == "xla"
-    fixed = model.clone(attention="cudnn")
+    fixed = model.clone(attention="cudnn", norm="xla")
     assert export.exportable(fixed, ("cpu",), 64) is fixed

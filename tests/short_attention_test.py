@@ -67,28 +67,94 @@ def test_gradients_follow_the_xla_formulation():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
+def test_packed_layout_reads_the_same_attention():
+    q, k, v, mask = inputs((3, 10, 2, 8), [10, 4, 0], seed=5)
+    qkv = jnp.stack([q, k, v], axis=2)  # [B, T, 3, heads, D], as one projection writes it
+    packed = np.asarray(jax.jit(short_attention.packed_attention)(qkv, mask))
+    np.testing.assert_allclose(packed, numpy_attention(q, k, v, mask), atol=2e-6)
+
+    weights = jnp.asarray(np.random.default_rng(6).normal(size=q.shape), jnp.float32)
+    grad = jax.grad(lambda x: jnp.sum(short_attention.packed_attention(x, mask) * weights))(qkv)
+    plain = jax.grad(
+        lambda q, k, v: jnp.sum(short_attention.reference(q, k, v, mask) * weights),
+        argnums=(0, 1, 2),
+    )(q, k, v)
+    np.testing.assert_allclose(np.asarray(grad), np.stack(plain, axis=2), atol=1e-5)
+
+
 def test_shape_errors_name_the_shapes():
     q, k, v, mask = inputs((2, 8, 2, 16), [8, 8])
     with pytest.raises(ValueError, match=r"share a \[B, T, heads, D\] shape"):
         short_attention.attention(q, k[:, :4], v, mask)
     with pytest.raises(ValueError, match=r"mask must be \[B, T\] = \(2, 8\)"):
         short_attention.attention(q, k, v, mask[:, :4])
+    with pytest.raises(ValueError, match=r"qkv must be \[B, T, 3, heads, D\]; got \(2, 8, 2, 16\)"):
+        short_attention.packed_attention(q, mask)
 
 
-def test_encoder_with_pallas_attention_matches_xla():
-    config = bert.BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=16,
-    )
+CONFIG = bert.BertConfig(
+    vocab_size=50,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=16,
+)
+
+
+def encoder_inputs():
     ids = jnp.asarray(np.random.default_rng(4).integers(1, 50, size=(3, 12)))
     mask = jnp.arange(12)[None, :] < jnp.array([[12], [6], [2]])
-    xla = bert.Encoder(config)
+    return ids, mask
+
+
+@pytest.mark.parametrize("norm", ["xla", "pallas"])
+def test_encoder_with_pallas_kernels_matches_xla(norm):
+    # Pallas attention reads a packed q, k, v product; the LayerNorm kernel is optional.
+    ids, mask = encoder_inputs()
+    xla = bert.Encoder(CONFIG, attention="xla", norm="xla")
     params = xla.init(jax.random.PRNGKey(0), ids, mask)
-    fused = bert.Encoder(config, attention="pallas").apply(params, ids, mask)
+    fused = bert.Encoder(CONFIG, attention="pallas", norm=norm).apply(params, ids, mask)
     plain = xla.apply(params, ids, mask)
     real = np.asarray(mask)
     np.testing.assert_allclose(np.asarray(fused)[real], np.asarray(plain)[real], atol=2e-5)
+
+
+def test_pallas_kernels_declare_the_same_parameters():
+    # Checkpoints, pruning and quantization address query/key/value and the LayerNorms by
+    # name: the packed product and the fused LayerNorm must not change the tree.
+    ids, mask = encoder_inputs()
+    xla = bert.Encoder(CONFIG, attention="xla", norm="xla").init(jax.random.PRNGKey(0), ids, mask)
+    fused = bert.Encoder(CONFIG, attention="pallas", norm="pallas")
+    jax.tree.map(np.testing.assert_array_equal, fused.init(jax.random.PRNGKey(0), ids, mask), xla)
+
+
+def test_bf16_encoder_with_fused_norm_is_as_close_to_float32_as_xla():
+    # The fused LayerNorm stores its output (the residual stream) in bf16, where XLA's
+    # keeps float32: its error against the float32 encoder must stay at XLA's bf16 level.
+    ids, mask = encoder_inputs()
+    exact = bert.Encoder(CONFIG, attention="xla", norm="xla")
+    params = exact.init(jax.random.PRNGKey(1), ids, mask)
+    real = np.asarray(mask)
+    want = np.asarray(exact.apply(params, ids, mask))[real]
+
+    def error(attention, norm):
+        model = bert.Encoder(CONFIG, dtype=jnp.bfloat16, attention=attention, norm=norm)
+        out = model.apply(params, ids, mask)
+        assert out.dtype == jnp.bfloat16
+        return np.abs(np.asarray(out, np.float32)[real] - want)
+
+    fused, xla = error("pallas", "pallas"), error("xla", "xla")
+    assert fused.max() < 0.05 and xla.max() < 0.05
+    assert fused.mean() < 1.25 * xla.mean()
+
+
+def test_norm_kernel_resolves_auto_and_rejects_unknown_names(monkeypatch):
+    assert bert.norm_kernel("pallas", train=True) == "pallas"
+    with pytest.raises(ValueError, match=r"model.norm='fused'; valid: \['auto', 'xla', 'pallas'\]"):
+        bert.norm_kernel("fused", train=False)
+    monkeypatch.setattr(bert.jax, "default_backend", lambda: "cpu")
+    assert bert.norm_kernel("auto", train=False) == "xla"
+    monkeypatch.setattr(bert.jax, "default_backend", lambda: "gpu")
+    assert bert.norm_kernel("auto", train=False) == "pallas"
+    assert bert.norm_kernel("auto", train=True) == "xla"  # training keeps XLA's numerics

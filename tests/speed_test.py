@@ -20,6 +20,9 @@ def test_served_variants_rank_like_bf16():
     batch = speed.pair_tokens(64, 16, 2)
     scores = [np.asarray(s.score(s.variables, batch), np.float32) for s in scorers]
     assert all(s.shape == (64, 1) and np.all(np.isfinite(s)) for s in scores)
+    for s, out in zip(scorers, scores, strict=True):  # weights compiled in: the same scores
+        served = np.asarray(s.served(batch), np.float32)
+        np.testing.assert_allclose(served, out, rtol=1e-2, atol=1e-2, err_msg=s.name)
     for s, out in zip(scorers[1:], scores[1:], strict=True):
         assert speed.agreement(scores[0], out) > 0.95, s.name
         assert not np.allclose(out, scores[0]), s.name  # compression changed something

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rankjax.models import short_attention
-from rankjax.models.layers import Dense, DotGeneralFactory, Embed
+from rankjax.models import fused_norm, short_attention
+from rankjax.models.layers import Dense, DenseParams, DotGeneralFactory, Embed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +79,7 @@ def activation(name: str, dtype: Any) -> Any:
 
 
 ATTENTIONS = ("auto", "xla", "cudnn", "pallas")
+NORMS = ("auto", "xla", "pallas")
 
 
 def attention_kernel(attention: str, dropout: float, train: bool, length: int = 0) -> str:
@@ -113,6 +114,26 @@ def attention_kernel(attention: str, dropout: float, train: bool, length: int = 
     return attention
 
 
+def norm_kernel(norm: str, train: bool) -> str:
+    """Checks and resolves the LayerNorm implementation:
+
+    * `"xla"`: `flax.linen.LayerNorm` with a float32 output, so a bf16 model carries its
+      residual stream in float32;
+    * `"pallas"`: `fused_norm`, one kernel per LayerNorm whose output keeps the
+      computation dtype; with bf16 residual terms the sum before it fuses into the
+      preceding matrix product (NVIDIA GPUs; interpreted elsewhere);
+    * `"auto"` (the default): the Pallas kernel when JAX's default backend is a GPU and
+      the call does not train (scoring, evaluation); XLA's otherwise, so training
+      numerics do not depend on the device. (`export.save` resolves it against the
+      platforms it exports for.)
+    """
+    if norm not in NORMS:
+        raise ValueError(f"model.norm={norm!r}; valid: {list(NORMS)}")
+    if norm == "auto":
+        return "pallas" if jax.default_backend() == "gpu" and not train else "xla"
+    return norm
+
+
 def fused_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kernel: str
 ) -> jax.Array:
@@ -136,7 +157,8 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention with query/key/value/output projections on the seam.
 
     Attributes:
-      attention: one of `ATTENTIONS` (see `attention_kernel`).
+      attention: one of `ATTENTIONS` (see `attention_kernel`). With the Pallas kernel and
+        no quantization seam, q, k and v come from one packed product.
     """
 
     config: BertConfig
@@ -155,12 +177,25 @@ class SelfAttention(nn.Module):
             y = Dense(c.hidden_size, name=name, **dense)(x)
             return y.reshape(y.shape[:-1] + (heads, width))
 
-        q, k, v = split("query"), split("key"), split("value")
+        def packed():
+            # One product writes q, k and v side by side and the Pallas kernel reads them
+            # in place; the three layers keep their own parameters (checkpoints, pruning).
+            names = ("query", "key", "value")
+            weights = [DenseParams(c.hidden_size, name=n)(x.shape[-1]) for n in names]
+            kernel = jnp.concatenate([w for w, _ in weights], axis=1).astype(self.dtype)
+            bias = jnp.concatenate([b for _, b in weights]).astype(self.dtype)
+            y = jnp.dot(x.astype(self.dtype), kernel) + bias
+            return y.reshape(y.shape[:-1] + (3, heads, width))
+
         dropout = c.attention_probs_dropout_prob
         kernel = attention_kernel(self.attention, dropout, train, x.shape[-2])
-        if kernel != "xla":
+        if kernel == "pallas" and self.dot_general_cls is None:
+            y = short_attention.packed_attention(packed(), mask)
+        elif kernel != "xla":
+            q, k, v = split("query"), split("key"), split("value")
             y = fused_attention(q, k, v, mask, kernel)
         else:
+            q, k, v = split("query"), split("key"), split("value")
             probs = short_attention.probabilities(q, k, mask).astype(self.dtype)
             probs = nn.Dropout(dropout)(probs, deterministic=not train)
             y = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
@@ -169,25 +204,32 @@ class SelfAttention(nn.Module):
 
 
 class Layer(nn.Module):
-    """One post-LayerNorm transformer block."""
+    """One post-LayerNorm transformer block (`norm`: one of `NORMS`, see `norm_kernel`)."""
 
     config: BertConfig
     dtype: Any = jnp.float32
     dot_general_cls: DotGeneralFactory | None = None
     attention: str = "auto"
+    norm: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
         c = self.config
         dense = dict(dtype=self.dtype, dot_general_cls=self.dot_general_cls)
-        norm = dict(epsilon=c.layer_norm_eps, dtype=jnp.float32)
+        fused = norm_kernel(self.norm, train) == "pallas"
+
+        def normalize(name: str, y: jax.Array) -> jax.Array:
+            if fused:
+                return fused_norm.LayerNorm(c.layer_norm_eps, name=name)(y)
+            return nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=jnp.float32, name=name)(y)
+
         drop = nn.Dropout(c.hidden_dropout_prob)
         a = SelfAttention(c, name="attention", attention=self.attention, **dense)(x, mask, train)
-        x = nn.LayerNorm(name="attention_norm", **norm)(x + drop(a, deterministic=not train))
+        x = normalize("attention_norm", x + drop(a, deterministic=not train))
         act = activation(c.hidden_act, self.dtype)
         h = act(Dense(c.intermediate_size, name="intermediate", **dense)(x))
         h = Dense(c.hidden_size, name="ffn_output", **dense)(h)
-        x = nn.LayerNorm(name="output_norm", **norm)(x + drop(h, deterministic=not train))
+        x = normalize("output_norm", x + drop(h, deterministic=not train))
         return x.astype(self.dtype)
 
 
@@ -202,6 +244,7 @@ class Encoder(nn.Module):
       dot_general_cls: the quantization seam (see `models.layers`).
       embedding_bits: 0 (float tables) or 8/4: read served row-wise quantized tables.
       attention: the attention implementation (`ATTENTIONS`; see `attention_kernel`).
+      norm: the LayerNorm implementation of the layers (`NORMS`; see `norm_kernel`).
     """
 
     config: BertConfig
@@ -210,6 +253,7 @@ class Encoder(nn.Module):
     dot_general_cls: DotGeneralFactory | None = None
     embedding_bits: int = 0
     attention: str = "auto"
+    norm: str = "auto"
 
     @nn.compact
     def __call__(
@@ -233,7 +277,9 @@ class Encoder(nn.Module):
         x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="embeddings_norm")(x)
         x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=not train).astype(self.dtype)
         for i in range(self.num_layers or c.num_hidden_layers):
-            layer = Layer(c, self.dtype, self.dot_general_cls, self.attention, name=f"layer_{i}")
+            layer = Layer(
+                c, self.dtype, self.dot_general_cls, self.attention, self.norm, name=f"layer_{i}"
+            )
             x = layer(x, mask, train)
         return x
 

@@ -68,9 +68,30 @@ class Dense(nn.Module):
         dims = (((x.ndim - 1,), (0,)), ((), ()))
         y = dot_general(x, jnp.asarray(kernel, self.dtype), dims, precision=None)
         if self.use_bias:
-            bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-            y = y + jnp.asarray(bias, self.dtype)
+            y = y + jnp.asarray(_bias(self, self.features), self.dtype)
         return y
+
+
+def _bias(module: nn.Module, features: int) -> jax.Array:
+    return module.param("bias", nn.initializers.zeros, (features,), module.param_dtype)
+
+
+class DenseParams(nn.Module):
+    """The parameters `Dense(features)` declares (same names, shapes and initialisers),
+    without the product: for a fused projection that concatenates several layers' weights
+    and computes them in one matrix product.
+    """
+
+    features: int
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+        """Returns `kernel [in_features, features]` and `bias [features]`."""
+        shape = (in_features, self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        return kernel, _bias(self, self.features)
 
 
 class Embed(nn.Module):

@@ -82,33 +82,46 @@ def _pad(x: jax.Array, axis: int, size: int) -> jax.Array:
     return jnp.pad(x, widths)
 
 
-def _forward(q, k, v, mask, num_warps: int, interpret: bool):
-    batch, length, heads, width = q.shape
+def _slot(j: int):
+    """Index map of slot `j` (q, k or v) of a packed `[B, T, 3, heads, D]` array."""
+    return lambda b, h: (b, 0, j, h, 0)
+
+
+def _forward(arrays, mask, num_warps: int, interpret: bool):
+    """`arrays`: `(q, k, v)`, each `[B, T, heads, D]`, or `(qkv,)` packed `[B, T, 3,
+    heads, D]` (read in place, three times). Returns `[B, T, heads, D]`."""
+    batch, length = arrays[0].shape[:2]
+    heads, width = arrays[0].shape[-2:]
     t, d = _block(length), _block(width)
-    q, k, v = (_pad(_pad(x, 1, t), 3, d) for x in (q, k, v))
+    arrays = [_pad(_pad(x, 1, t), x.ndim - 1, d) for x in arrays]
     bias = jnp.where(mask, 0.0, _MASKED).astype(jnp.float32)
     bias = jnp.pad(bias, ((0, 0), (0, t - length)), constant_values=-jnp.inf)
     head = pl.BlockSpec((None, t, None, d), lambda b, h: (b, 0, h, 0))
+    if len(arrays) == 1:
+        arrays = arrays * 3
+        specs = [pl.BlockSpec((None, t, None, None, d), _slot(j)) for j in range(3)]
+    else:
+        specs = [head] * 3
     call = pl.pallas_call(
         functools.partial(_kernel, scale=1.0 / float(np.sqrt(width))),
-        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        out_shape=jax.ShapeDtypeStruct((batch, t, heads, d), arrays[0].dtype),
         grid=(batch, heads),
-        in_specs=[head, head, head, pl.BlockSpec((None, t), lambda b, h: (b, 0))],
+        in_specs=[*specs, pl.BlockSpec((None, t), lambda b, h: (b, 0))],
         out_specs=head,
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         interpret=interpret,
         name="short_attention",
     )
-    return call(q, k, v, bias)[:, :length, :, :width]
+    return call(*arrays, bias)[:, :length, :, :width]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _attention(q, k, v, mask, num_warps, interpret):
-    return _forward(q, k, v, mask, num_warps, interpret)
+    return _forward((q, k, v), mask, num_warps, interpret)
 
 
 def _attention_fwd(q, k, v, mask, num_warps, interpret):
-    return _forward(q, k, v, mask, num_warps, interpret), (q, k, v, mask)
+    return _forward((q, k, v), mask, num_warps, interpret), (q, k, v, mask)
 
 
 def _attention_bwd(num_warps, interpret, residuals, grad):
@@ -118,6 +131,32 @@ def _attention_bwd(num_warps, interpret, residuals, grad):
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def _unpack(qkv: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _packed(qkv, mask, num_warps, interpret):
+    return _forward((qkv,), mask, num_warps, interpret)
+
+
+def _packed_fwd(qkv, mask, num_warps, interpret):
+    return _forward((qkv,), mask, num_warps, interpret), (qkv, mask)
+
+
+def _packed_bwd(num_warps, interpret, residuals, grad):
+    qkv, mask = residuals
+    _, vjp = jax.vjp(lambda x: reference(*_unpack(x), mask), qkv)
+    return (*vjp(grad), None)
+
+
+_packed.defvjp(_packed_fwd, _packed_bwd)
+
+
+def _interpret(interpret: bool | None) -> bool:
+    return jax.default_backend() != "gpu" if interpret is None else interpret
 
 
 def attention(
@@ -146,6 +185,29 @@ def attention(
         )
     if mask.shape != q.shape[:2]:
         raise ValueError(f"mask must be [B, T] = {q.shape[:2]}; got {mask.shape}")
-    if interpret is None:
-        interpret = jax.default_backend() != "gpu"
-    return _attention(q, k, v, mask.astype(bool), num_warps, interpret)
+    return _attention(q, k, v, mask.astype(bool), num_warps, _interpret(interpret))
+
+
+def packed_attention(
+    qkv: jax.Array, mask: jax.Array, num_warps: int = 2, interpret: bool | None = None
+) -> jax.Array:
+    """`attention` of q, k and v packed in one array, as one projection with
+    `[in, 3 * heads * D]` weights writes them: the kernel reads each slot in place, so
+    no slice is copied out.
+
+    Args:
+      qkv: `[B, T, 3, heads, D]`: q, k, v along axis 2.
+      mask: `[B, T]`, True for real keys.
+      num_warps: Triton warps per program. At `[1024, 64, 3, 12, 32]` bf16 on an H200
+        the kernel took 135, 107, 112 and 134 us with 1, 2, 4 and 8 warps (and no less
+        with 2 or 4 heads per program; docs/results.md).
+      interpret: as for `attention`.
+
+    Returns:
+      `[B, T, heads, D]` in `qkv`'s dtype.
+    """
+    if qkv.ndim != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"qkv must be [B, T, 3, heads, D]; got {qkv.shape}")
+    if mask.shape != qkv.shape[:2]:
+        raise ValueError(f"mask must be [B, T] = {qkv.shape[:2]}; got {mask.shape}")
+    return _packed(qkv, mask.astype(bool), num_warps, _interpret(interpret))

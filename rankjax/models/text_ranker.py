@@ -36,6 +36,8 @@ class TextRanker(nn.Module):
       attention: `"auto"` (the fused Pallas kernel on a GPU for short sequences when no
         attention dropout applies), `"xla"`, `"cudnn"` or `"pallas"`; see
         `bert.attention_kernel`.
+      norm: `"auto"` (the fused Pallas LayerNorm on a GPU when not training), `"xla"` or
+        `"pallas"`; see `bert.norm_kernel`.
     """
 
     checkpoint: str = ""
@@ -50,6 +52,7 @@ class TextRanker(nn.Module):
     dot_general_cls: layers.DotGeneralFactory | None = None
     embedding_bits: int = 0
     attention: str = "auto"
+    norm: str = "auto"
 
     @property
     def bert_config(self) -> bert.BertConfig:
@@ -64,6 +67,7 @@ class TextRanker(nn.Module):
             self.dot_general_cls,
             self.embedding_bits,
             self.attention,
+            self.norm,
             name=name,
         )
 
