@@ -171,32 +171,32 @@ def _data_parallel(num_devices: int) -> tuple[NamedSharding, NamedSharding]:
     return NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
 
 
-def _train_rate(
-    model, loss_fn, inputs, labels, where, num_devices, repeats, lr, block, options=None
-):
-    """Examples/s of `model`'s training step (forward, loss, backward, AdamW update),
-    batch split over `num_devices`, parameters replicated and updated in place (donated),
-    compiled with the XLA `options` (None: XLA's defaults, as `trainer` compiles steps).
+def training_step(model, loss_fn, inputs, labels, where, num_devices, lr, options=None):
+    """`model`'s jitted training step (forward, loss, backward, AdamW update) with its
+    first state and batch placed for data parallelism over `num_devices`: the batch split,
+    parameters replicated and updated in place (donated), compiled with the XLA `options`
+    (None: XLA's defaults, as `trainer` compiles steps).
 
-    As in a training loop, steps are dispatched back to back and the device is waited for
-    once per `block` steps (the median block time over `repeats`, divided by `block`), so
-    the host's dispatch of one step overlaps the device's work on the previous one.
+    Returns:
+      `(step, state, batch)`: `step(*state, key, *batch) -> state`.
     """
     batch_sharding, replicated = _data_parallel(num_devices)
     tx = optax.adamw(lr)
     params = jax.jit(model.init)(jax.random.PRNGKey(0), inputs, where)["params"]
     params = jax.device_put(params, replicated)
     opt_state = jax.device_put(tx.init(params), replicated)
-    inputs, labels, where = jax.device_put((inputs, labels, where), batch_sharding)
+    batch = jax.device_put((inputs, labels, where), batch_sharding)
 
-    # Outputs placed as the inputs are, so every step reuses the first step's compilation.
+    # The batch is an argument: closed over, jit would embed it as a constant, which drops
+    # its sharding (every device would compute the whole batch). Outputs are placed as the
+    # inputs are, so every step reuses the first step's compilation.
     @functools.partial(
         jax.jit,
         donate_argnums=(0, 1),
         out_shardings=(replicated, replicated),
         compiler_options=options,
     )
-    def step(params, opt_state, key):
+    def step(params, opt_state, key, inputs, labels, where):
         def loss(p):
             scores = model.apply({"params": p}, inputs, where, train=True, rngs={"dropout": key})
             return loss_fn(scores, labels, where=where)
@@ -205,13 +205,27 @@ def _train_rate(
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    state = (params, opt_state)
+    return step, (params, opt_state), batch
+
+
+def _train_rate(
+    model, loss_fn, inputs, labels, where, num_devices, repeats, lr, block, options=None
+):
+    """Examples/s of `training_step`.
+
+    As in a training loop, steps are dispatched back to back and the device is waited for
+    once per `block` steps (the median block time over `repeats`, divided by `block`), so
+    the host's dispatch of one step overlaps the device's work on the previous one.
+    """
+    step, state, batch = training_step(
+        model, loss_fn, inputs, labels, where, num_devices, lr, options
+    )
     keys = iter(jax.random.split(jax.random.PRNGKey(1), (repeats + 2) * block))
 
     def run():
         nonlocal state
         for _ in range(block):
-            state = step(*state, next(keys))
+            state = step(*state, next(keys), *batch)
         return state
 
     seconds = statistics.median(benchmark.wall_seconds(run, repeats, warmup=2)) / block

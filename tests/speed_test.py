@@ -53,6 +53,22 @@ def test_rates_are_measured():
         speed.train_step_rate(8, 16, num_devices=64, shape=SHAPE)
 
 
+def test_data_parallel_training_step_splits_the_batch():
+    # Each device computes its share of the batch and the gradients are summed across
+    # devices (an earlier version closed over the batch, which jit embedded as a replicated
+    # constant: every device computed the whole batch and scaling read 1.0x).
+    model = speed.cross_encoder_model(SHAPE, dtype="bfloat16")
+    tokens = speed.pair_tokens(8, 16, 0)
+    labels, where = np.ones((8, 1), np.float32), np.ones((8, 1), bool)
+    step, state, batch = speed.training_step(
+        model, speed.losses.get("mse"), tokens, labels, where, 2, 1e-3
+    )
+    assert batch[0]["tokens"].sharding.shard_shape((8, 1, 16)) == (4, 1, 16)
+    hlo = step.lower(*state, jax.random.PRNGKey(0), *batch).compile().as_text()
+    assert "all-reduce" in hlo
+    assert "s32[4,1,16]" in hlo and "s32[8,1,16]" not in hlo  # per-device token blocks
+
+
 def test_attention_choice(monkeypatch):
     assert bert.attention_kernel("xla", 0.1, True) == "xla"
     assert bert.attention_kernel("cudnn", 0.1, False) == "cudnn"
