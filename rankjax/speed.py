@@ -4,9 +4,11 @@
 functions take sizes as arguments, so the tests run them on CPU at toy sizes.
 
 * `scoring_variants`: the MiniLM-shaped cross-encoder in bf16 (XLA, cuDNN or Pallas
-  attention) and served compressed (fp8 with static scales, AQT int8, AQT int8
-  weight-only), each a `Scorer` ready to score; `measure_scoring` gives docs/s and
-  one-query latency.
+  attention; the default LayerNorm) and served compressed (fp8 with static scales, AQT
+  int8, AQT int8 weight-only), each a `Scorer` ready to score; `measure_scoring` gives
+  docs/s and one-query latency with the weights compiled in (`Scorer.served`).
+* `training_step`: a jitted training step with its state and batch placed for data
+  parallelism.
 * `train_step_rate`: fine-tuning steps of the cross-encoder (float or QAT), data-parallel
   over the first `num_devices` devices.
 * `listwise_train_rate`: training steps of the listwise transformer ranker at allRank's

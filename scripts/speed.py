@@ -13,7 +13,9 @@ Parts (`--parts`, comma-separated; all by default):
   rankjax's Pallas attention; served fp8 (static scales, native fp8 GEMMs), AQT int8 and
   AQT int8 weight-only with the default attention (Pallas on a GPU), all converted from
   the same parameters (Spearman correlation of their scores with bf16's on one batch is
-  reported as a sanity check). Every variant compiles with `rankjax.compiler`'s options.
+  reported as a sanity check). Every variant compiles with `rankjax.compiler`'s options,
+  uses the default LayerNorm (the Pallas kernel on a GPU) and is timed with its weights
+  compiled in (`speed.Scorer.served`), as the exported artifact holds them.
   The PyTorch peer (`scripts/peers/torch_cross_encoder.py`: transformers BERT, fp16/bf16,
   eager/compiled) runs first in a subprocess, so the two never share the GPU.
 * `train`: fine-tuning steps of the cross-encoder, `--train_batch` pairs (MSE, AdamW):
