@@ -191,14 +191,14 @@ class SelfAttention(nn.Module):
         kernel = attention_kernel(self.attention, dropout, train, x.shape[-2])
         if kernel == "pallas" and self.dot_general_cls is None:
             y = short_attention.packed_attention(packed(), mask)
-        elif kernel != "xla":
-            q, k, v = split("query"), split("key"), split("value")
-            y = fused_attention(q, k, v, mask, kernel)
         else:
             q, k, v = split("query"), split("key"), split("value")
-            probs = short_attention.probabilities(q, k, mask).astype(self.dtype)
-            probs = nn.Dropout(dropout)(probs, deterministic=not train)
-            y = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+            if kernel != "xla":
+                y = fused_attention(q, k, v, mask, kernel)
+            else:
+                probs = short_attention.probabilities(q, k, mask).astype(self.dtype)
+                probs = nn.Dropout(dropout)(probs, deterministic=not train)
+                y = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
         y = y.reshape(x.shape[:-1] + (c.hidden_size,))
         return Dense(c.hidden_size, name="output", **dense)(y)
 

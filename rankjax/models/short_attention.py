@@ -115,44 +115,31 @@ def _forward(arrays, mask, num_warps: int, interpret: bool):
     return call(*arrays, bias)[:, :length, :, :width]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _attention(q, k, v, mask, num_warps, interpret):
-    return _forward((q, k, v), mask, num_warps, interpret)
-
-
-def _attention_fwd(q, k, v, mask, num_warps, interpret):
-    return _forward((q, k, v), mask, num_warps, interpret), (q, k, v, mask)
-
-
-def _attention_bwd(num_warps, interpret, residuals, grad):
-    q, k, v, mask = residuals
-    _, vjp = jax.vjp(lambda q, k, v: reference(q, k, v, mask), q, k, v)
-    return (*vjp(grad), None)
-
-
-_attention.defvjp(_attention_fwd, _attention_bwd)
-
-
-def _unpack(qkv: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _split(arrays: tuple) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`(q, k, v)` of `arrays`: the three arrays, or the slots of one packed array."""
+    if len(arrays) == 3:
+        return arrays
+    (qkv,) = arrays
     return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
 
+# `arrays` as `_forward` takes them; gradients through XLA's formulation (`reference`).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _packed(qkv, mask, num_warps, interpret):
-    return _forward((qkv,), mask, num_warps, interpret)
+def _fused(arrays, mask, num_warps, interpret):
+    return _forward(arrays, mask, num_warps, interpret)
 
 
-def _packed_fwd(qkv, mask, num_warps, interpret):
-    return _forward((qkv,), mask, num_warps, interpret), (qkv, mask)
+def _fused_fwd(arrays, mask, num_warps, interpret):
+    return _forward(arrays, mask, num_warps, interpret), (arrays, mask)
 
 
-def _packed_bwd(num_warps, interpret, residuals, grad):
-    qkv, mask = residuals
-    _, vjp = jax.vjp(lambda x: reference(*_unpack(x), mask), qkv)
+def _fused_bwd(num_warps, interpret, residuals, grad):
+    arrays, mask = residuals
+    _, vjp = jax.vjp(lambda a: reference(*_split(a), mask), arrays)
     return (*vjp(grad), None)
 
 
-_packed.defvjp(_packed_fwd, _packed_bwd)
+_fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 def _interpret(interpret: bool | None) -> bool:
@@ -185,7 +172,7 @@ def attention(
         )
     if mask.shape != q.shape[:2]:
         raise ValueError(f"mask must be [B, T] = {q.shape[:2]}; got {mask.shape}")
-    return _attention(q, k, v, mask.astype(bool), num_warps, _interpret(interpret))
+    return _fused((q, k, v), mask.astype(bool), num_warps, _interpret(interpret))
 
 
 def packed_attention(
@@ -210,4 +197,4 @@ def packed_attention(
         raise ValueError(f"qkv must be [B, T, 3, heads, D]; got {qkv.shape}")
     if mask.shape != qkv.shape[:2]:
         raise ValueError(f"mask must be [B, T] = {qkv.shape[:2]}; got {mask.shape}")
-    return _packed(qkv, mask.astype(bool), num_warps, _interpret(interpret))
+    return _fused((qkv,), mask.astype(bool), num_warps, _interpret(interpret))
