@@ -23,6 +23,8 @@ scales written) and `serve` (the fp8 product; the layer then holds no float kern
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -35,10 +37,15 @@ E4M3_MAX = 448.0
 
 
 def quantize(x: jax.Array, scale: jax.Array) -> jax.Array:
-    """`x / scale` clipped to ±448 and rounded to e4m3 (out-of-range values would be NaN),
-    in float32 as a multiply by the reciprocal (cheaper than a divide where it fuses)."""
-    inverse = 1.0 / jnp.asarray(scale, jnp.float32)
-    return jnp.clip(x.astype(jnp.float32) * inverse, -E4M3_MAX, E4M3_MAX).astype(E4M3)
+    """`x / scale` clipped to ±448 and rounded to e4m3 (out-of-range values would be NaN).
+
+    Computed in `x`'s own dtype with `lax.clamp`: that is the form XLA's GPU compiler folds
+    into a cuBLASLt fp8 GEMM that produced `x` in that dtype (the GEMM then writes e4m3
+    itself). A float32 detour or `jnp.clip` kept it a separate pass over the activations
+    (`scripts/fp8_output_probe.py`, docs/results.md).
+    """
+    limit = jnp.asarray(E4M3_MAX, x.dtype)
+    return jax.lax.clamp(-limit, x / jnp.asarray(scale, x.dtype), limit).astype(E4M3)
 
 
 def weight_scale(kernel: jax.Array) -> jax.Array:
@@ -57,7 +64,8 @@ def fp8_dot(
     """`x [..., in] @ kernel [in, out]` from e4m3 operands.
 
     Args:
-      x: float activations `[..., in]`; quantized here with the static `input_scale`.
+      x: float activations `[..., in]`, quantized here with the static `input_scale`; or
+        e4m3 values a kernel already quantized with that scale.
       kernel_t: e4m3 weights `[out, in]`.
       input_scale, kernel_scale: float32 scalars.
       out_dtype: dtype of the result (the GEMM accumulates in float32).
@@ -68,7 +76,7 @@ def fp8_dot(
     # Written as dequantize-then-dot, the pattern XLA's GPU compiler rewrites into one
     # cuBLASLt fp8 GEMM that applies both scales (and a following bias add) itself;
     # elsewhere it is a plain product of the dequantized values.
-    xq = quantize(x, input_scale)
+    xq = x if x.dtype == E4M3 else quantize(x, input_scale)
     dims = (((x.ndim - 1,), (1,)), ((), ()))
     lhs = xq.astype(out_dtype) * jnp.asarray(input_scale, out_dtype)
     rhs = kernel_t.astype(out_dtype) * jnp.asarray(kernel_scale, out_dtype)
@@ -93,6 +101,12 @@ class Fp8DotGeneral(nn.Module):
         """Serving reads its own fp8 kernel; the layer then declares no float kernel."""
         return self.phase == "serve"
 
+    @property
+    def takes_e4m3(self) -> bool:
+        """Serving also takes inputs already quantized with its `input_scale` (by a kernel
+        that wrote its output in e4m3: `Seam.served` tells producers the scale)."""
+        return self.phase == "serve"
+
     @nn.compact
     def __call__(
         self,
@@ -111,7 +125,10 @@ class Fp8DotGeneral(nn.Module):
                 f"fp8 layers serve dense products x[..., in] @ kernel[in, out]; got lhs "
                 f"{lhs.shape}, rhs {rhs.shape}, dimension_numbers {dimension_numbers}"
             )
-        out_dtype = preferred_element_type or lhs.dtype
+        if lhs.dtype == E4M3 and not self.takes_e4m3:
+            raise ValueError(f"phase={self.phase!r} takes float inputs; got e4m3 {lhs.shape}")
+        # An e4m3 input leaves the result in the layer's dtype (the placeholder kernel's).
+        out_dtype = preferred_element_type or (rhs.dtype if lhs.dtype == E4M3 else lhs.dtype)
         if self.phase != "serve":
             calibration = self.calibration_collection
             amax_sum = self.variable(calibration, "input_amax_sum", jnp.zeros, (), jnp.float32)
@@ -133,3 +150,49 @@ class Fp8DotGeneral(nn.Module):
             kernel.value = quantize(rhs.T, kernel_scale.value)
             return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, out_dtype)
         return fp8_dot(lhs, kernel.value, input_scale.value, kernel_scale.value, out_dtype)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Seam:
+    """The fp8 model seam of one phase (a `models.layers.DotGeneralFactory`): `seam(path)`
+    is an `Fp8DotGeneral` for the layers `quantizes(path)` selects, None for the others.
+
+    It also tells a model what fp8 serving lets it fuse:
+
+    * `flat_tokens`: ranges are per-tensor scalars whatever the input's rank, so a model
+      may run products on `[tokens, features]`. XLA folds the next layer's input quantize
+      into a GEMM's output only on 2D products (docs/results.md).
+    * `served(module, *path)`: the frozen fp8 variables of the layer at `path` below
+      `module`, so a kernel can write its output already quantized with that layer's input
+      scale, or one product can compute several layers that read the same input.
+    """
+
+    phase: str
+    quantizes: Callable[[str], bool]
+    frozen_collection: str = "aqt"
+    calibration_collection: str = "aqt_calibration"
+    name: str = "quant_dot_general"
+
+    flat_tokens = True
+
+    def __call__(self, path: str) -> Fp8DotGeneral | None:
+        if not self.quantizes(path):
+            return None
+        collections = dict(
+            frozen_collection=self.frozen_collection,
+            calibration_collection=self.calibration_collection,
+        )
+        return Fp8DotGeneral(self.phase, name=self.name, **collections)
+
+    def served(self, module: nn.Module, *path: str) -> dict[str, jax.Array] | None:
+        """`{"kernel": e4m3 [out, in], "kernel_scale": (), "input_scale": ()}` of the layer
+        at `path` (submodule names below `module`), from the variables `module` is applied
+        with; None unless serving a quantized layer there (or while initialising)."""
+        if self.phase != "serve":
+            return None
+        node = module.variables.get(self.frozen_collection)
+        for key in (*path, self.name):
+            if not isinstance(node, Mapping) or key not in node:
+                return None
+            node = node[key]
+        return dict(node)

@@ -183,13 +183,10 @@ class Quantizer:
         if phase == "train" and self.mode == "ptq":
             return lambda path: None
         if self.serving == "fp8" and phase != "train":
-            dot = functools.partial(
-                fp8.Fp8DotGeneral,
-                phase,
-                frozen_collection=FROZEN_COLLECTION,
-                calibration_collection=CALIBRATION_COLLECTION,
+            collections = dict(
+                frozen_collection=FROZEN_COLLECTION, calibration_collection=CALIBRATION_COLLECTION
             )
-            return lambda path: dot(name=_DG_NAME) if self.quantizes(path) else None
+            return fp8.Seam(phase, self.quantizes, name=_DG_NAME, **collections)
         static = self.static and phase != "train"
         cls = ServedAqtDotGeneral if phase == "serve" else aqt_flax.AqtDotGeneral
         lhs = {}

@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rankjax.compression import fp8
 from rankjax.models import fused_norm, short_attention
-from rankjax.models.layers import Dense, DenseParams, DotGeneralFactory, Embed
+from rankjax.models.layers import Dense, DenseParams, DotGeneralFactory, Embed, flat_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,12 +154,34 @@ def fused_attention(
     raise ValueError(f"fused_attention kernel={kernel!r}; valid: 'cudnn', 'pallas'")
 
 
+def _served(seam: DotGeneralFactory | None, module: nn.Module, *path: str) -> dict | None:
+    """The served fp8 variables of the layer at `path` below `module` (`fp8.Seam.served`),
+    or None (float, AQT, or not serving)."""
+    served = getattr(seam, "served", None)
+    return served(module, *path) if served else None
+
+
+def _input_scale(seam: DotGeneralFactory | None, module: nn.Module, *path: str) -> Any:
+    """The fp8 input scale of the layer at `path` below `module` when served (None
+    otherwise): a kernel that produces that input can write it in e4m3."""
+    frozen = _served(seam, module, *path)
+    return None if frozen is None else frozen["input_scale"]
+
+
+def _qkv_input_scale(seam: DotGeneralFactory | None, module: nn.Module, *path: str) -> Any:
+    """The input scale q, k and v of the attention at `path` share when all three are
+    served fp8 (they read the same input, so they calibrate the same scale); else None."""
+    scales = [_input_scale(seam, module, *path, n) for n in ("query", "key", "value")]
+    return None if None in scales else scales[0]
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with query/key/value/output projections on the seam.
 
     Attributes:
-      attention: one of `ATTENTIONS` (see `attention_kernel`). With the Pallas kernel and
-        no quantization seam, q, k and v come from one packed product.
+      attention: one of `ATTENTIONS` (see `attention_kernel`). With the Pallas kernel, q,
+        k and v come from one packed product in float and in fp8 serving; other seams
+        keep three.
     """
 
     config: BertConfig
@@ -167,30 +190,56 @@ class SelfAttention(nn.Module):
     attention: str = "auto"
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
-        """Maps `[B, T, H]` (with `mask [B, T]`, True for real tokens) to `[B, T, H]`."""
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, train: bool, x_e4m3: jax.Array | None = None
+    ) -> jax.Array:
+        """Maps `[B, T, H]` (with `mask [B, T]`, True for real tokens) to `[B, T, H]`.
+        `x_e4m3`: `x` already quantized with q, k and v's fp8 input scale (or None)."""
         c = self.config
         heads, width = c.num_attention_heads, c.hidden_size // c.num_attention_heads
-        dense = dict(dtype=self.dtype, dot_general_cls=self.dot_general_cls)
+        seam = self.dot_general_cls
+        dense = dict(dtype=self.dtype, dot_general_cls=seam)
+        names = ("query", "key", "value")
+
+        source = x if x_e4m3 is None else x_e4m3  # q, k and v's input
 
         def split(name):
-            y = Dense(c.hidden_size, name=name, **dense)(x)
+            y = Dense(c.hidden_size, name=name, **dense)(source)
             return y.reshape(y.shape[:-1] + (heads, width))
 
         def packed():
             # One product writes q, k and v side by side and the Pallas kernel reads them
             # in place; the three layers keep their own parameters (checkpoints, pruning).
-            names = ("query", "key", "value")
             weights = [DenseParams(c.hidden_size, name=n)(x.shape[-1]) for n in names]
             kernel = jnp.concatenate([w for w, _ in weights], axis=1).astype(self.dtype)
             bias = jnp.concatenate([b for _, b in weights]).astype(self.dtype)
-            y = jnp.dot(x.astype(self.dtype), kernel) + bias
-            return y.reshape(y.shape[:-1] + (3, heads, width))
+            return jnp.dot(x.astype(self.dtype), kernel) + bias, None
+
+        def packed_fp8():
+            # One fp8 product of the three layers' e4m3 weights. q, k and v read the same
+            # input, so their calibrated input scales are equal; each weight scale is left
+            # to the attention kernel (a per-slot multiply there is free), so the biases
+            # are divided by them here.
+            kernel_t = jnp.concatenate([f["kernel"] for f in frozen])  # [3 H, in]
+            weight_scales = jnp.stack([f["kernel_scale"] for f in frozen])
+            params = self.variables["params"]
+            bias = jnp.concatenate(
+                [params[n]["bias"] / s for n, s in zip(names, weight_scales, strict=True)]
+            )
+            y = fp8.fp8_dot(source, kernel_t, frozen[0]["input_scale"], 1.0, self.dtype)
+            return y + bias.astype(self.dtype), weight_scales
 
         dropout = c.attention_probs_dropout_prob
         kernel = attention_kernel(self.attention, dropout, train, x.shape[-2])
-        if kernel == "pallas" and self.dot_general_cls is None:
-            y = short_attention.packed_attention(packed(), mask)
+        frozen = [_served(seam, self, n) for n in names]
+        if kernel == "pallas" and (seam is None or None not in frozen):
+            qkv, slot_scales = packed() if seam is None else packed_fp8()
+            qkv = qkv.reshape(qkv.shape[:-1] + (3, heads, width))
+            # Served in fp8, the kernel writes the output product's input in e4m3.
+            out_scale = _input_scale(seam, self, "output")
+            y = short_attention.packed_attention(
+                qkv, mask, slot_scales=slot_scales, out_scale=out_scale
+            )
         else:
             q, k, v = split("query"), split("key"), split("value")
             if kernel != "xla":
@@ -204,7 +253,14 @@ class SelfAttention(nn.Module):
 
 
 class Layer(nn.Module):
-    """One post-LayerNorm transformer block (`norm`: one of `NORMS`, see `norm_kernel`)."""
+    """One post-LayerNorm transformer block (`norm`: one of `NORMS`, see `norm_kernel`).
+
+    Where the seam allows (`layers.flat_tokens`: float and fp8), the feed-forward block
+    runs on `[tokens, H]`. Served in fp8 with the Pallas kernels, every product's input
+    arrives in e4m3 from the kernel that produced it: the LayerNorms write an e4m3 copy of
+    their output, the attention kernel writes e4m3, and XLA folds the second feed-forward
+    product's input quantize into the first product's output (docs/results.md).
+    """
 
     config: BertConfig
     dtype: Any = jnp.float32
@@ -213,24 +269,53 @@ class Layer(nn.Module):
     norm: str = "auto"
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array,
+        train: bool,
+        x_e4m3: jax.Array | None = None,
+        next_scale: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """Maps `[B, T, H]` to `[B, T, H]`.
+
+        Args:
+          x, mask, train: as `Encoder`'s layers take them.
+          x_e4m3: `x` quantized with this layer's q, k and v input scale, or None.
+          next_scale: the next layer's q, k and v input scale, or None.
+
+        Returns:
+          The output, and its e4m3 copy divided by `next_scale` when the Pallas LayerNorm
+          could write one (else None).
+        """
         c = self.config
-        dense = dict(dtype=self.dtype, dot_general_cls=self.dot_general_cls)
+        seam = self.dot_general_cls
+        dense = dict(dtype=self.dtype, dot_general_cls=seam)
         fused = norm_kernel(self.norm, train) == "pallas"
 
-        def normalize(name: str, y: jax.Array) -> jax.Array:
-            if fused:
-                return fused_norm.LayerNorm(c.layer_norm_eps, name=name)(y)
-            return nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=jnp.float32, name=name)(y)
+        def normalize(name: str, y: jax.Array, out_scale: Any) -> tuple[jax.Array, Any]:
+            # The normalized stream and, with the Pallas kernel and a scale, its e4m3 copy
+            # from the same pass.
+            if not fused:
+                y = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=jnp.float32, name=name)(y)
+                return y, None
+            norm = fused_norm.LayerNorm(c.layer_norm_eps, name=name)
+            return (norm(y), None) if out_scale is None else norm(y, out_scale)
 
         drop = nn.Dropout(c.hidden_dropout_prob)
-        a = SelfAttention(c, name="attention", attention=self.attention, **dense)(x, mask, train)
-        x = normalize("attention_norm", x + drop(a, deterministic=not train))
-        act = activation(c.hidden_act, self.dtype)
-        h = act(Dense(c.intermediate_size, name="intermediate", **dense)(x))
-        h = Dense(c.hidden_size, name="ffn_output", **dense)(h)
-        x = normalize("output_norm", x + drop(h, deterministic=not train))
-        return x.astype(self.dtype)
+        attention = SelfAttention(c, name="attention", attention=self.attention, **dense)
+        a = attention(x, mask, train, x_e4m3)
+        y = x + drop(a, deterministic=not train)
+        x, h = normalize("attention_norm", y, _input_scale(seam, self, "intermediate"))
+        h = x if h is None else h
+        if flat_tokens(seam):
+            h = h.reshape(-1, h.shape[-1])
+        h = activation(c.hidden_act, self.dtype)(
+            Dense(c.intermediate_size, name="intermediate", **dense)(h)
+        )
+        h = Dense(c.hidden_size, name="ffn_output", **dense)(h).reshape(x.shape)
+        x, x_e4m3 = normalize("output_norm", x + drop(h, deterministic=not train), next_scale)
+        return x.astype(self.dtype), x_e4m3
 
 
 class Encoder(nn.Module):
@@ -276,11 +361,17 @@ class Encoder(nn.Module):
         )
         x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="embeddings_norm")(x)
         x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=not train).astype(self.dtype)
-        for i in range(self.num_layers or c.num_hidden_layers):
-            layer = Layer(
-                c, self.dtype, self.dot_general_cls, self.attention, self.norm, name=f"layer_{i}"
+        x_e4m3, seam = None, self.dot_general_cls
+        depth = self.num_layers or c.num_hidden_layers
+        for i in range(depth):
+            # Served in fp8, each layer's last LayerNorm also writes the next layer's
+            # q, k, v input in e4m3.
+            last = i + 1 == depth
+            next_scale = (
+                None if last else _qkv_input_scale(seam, self, f"layer_{i + 1}", "attention")
             )
-            x = layer(x, mask, train)
+            layer = Layer(c, self.dtype, seam, self.attention, self.norm, name=f"layer_{i}")
+            x, x_e4m3 = layer(x, mask, train, x_e4m3, next_scale)
         return x
 
 

@@ -32,6 +32,7 @@ _ROWS = 16
 # Features are read in chunks of the largest power of two dividing the width, at most
 # this wide: Triton's tensors must have power-of-two sizes, and 384 = 3 x 128.
 _MAX_CHUNK = 128
+_E4M3_MAX = 448.0
 
 
 def reference(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
@@ -43,8 +44,11 @@ def reference(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -
     return y.astype(x.dtype)
 
 
-def _kernel(x_ref, scale_ref, bias_ref, o_ref, *, epsilon: float):
-    # x_ref [rows, chunks, chunk]; scale_ref, bias_ref [chunks, chunk].
+def _kernel(x_ref, scale_ref, bias_ref, *refs, epsilon: float):
+    # x_ref [rows, chunks, chunk]; scale_ref, bias_ref [chunks, chunk]. refs: (o_ref,), or
+    # (divisor_ref [1], o_ref, q_ref) to also write the output divided by the divisor in
+    # e4m3 (the input of an fp8 layer).
+    divisor_ref, o_ref, q_ref = refs if len(refs) == 3 else (None, *refs, None)
     chunks = x_ref.shape[1]
     parts = [x_ref[:, j, :].astype(jnp.float32) for j in range(chunks)]
     width = chunks * x_ref.shape[2]
@@ -55,7 +59,12 @@ def _kernel(x_ref, scale_ref, bias_ref, o_ref, *, epsilon: float):
     for j, p in enumerate(centred):
         scale = scale_ref[j, :].astype(jnp.float32)[None, :]
         bias = bias_ref[j, :].astype(jnp.float32)[None, :]
-        o_ref[:, j, :] = (p * rstd * scale + bias).astype(o_ref.dtype)
+        y = (p * rstd * scale + bias).astype(o_ref.dtype)
+        o_ref[:, j, :] = y
+        if q_ref is not None:
+            # From the rounded output, as quantizing the output separately would.
+            scaled = y.astype(jnp.float32) / divisor_ref[0]
+            q_ref[:, j, :] = jnp.clip(scaled, -_E4M3_MAX, _E4M3_MAX).astype(q_ref.dtype)
 
 
 def _chunk(width: int) -> int:
@@ -69,27 +78,35 @@ def _rows(leading: tuple) -> int:
     return min(_ROWS, static & -static)
 
 
-def _forward(x, scale, bias, epsilon, num_warps, interpret):
+def _forward(x, scale, bias, epsilon, num_warps, interpret, out_scale=None):
     width = x.shape[-1]
     chunk = _chunk(width)
     rows = _rows(x.shape[:-1])
     x3 = x.reshape(-1, width // chunk, chunk)
     block = pl.BlockSpec((rows, width // chunk, chunk), lambda i: (i, 0, 0))
     params = pl.BlockSpec((width // chunk, chunk), lambda i: (0, 0))
+    # Parameters keep their dtype (the kernel casts them): a separate cast would be two
+    # more kernel launches per LayerNorm.
+    args = [x3, *(p.reshape(width // chunk, chunk) for p in (scale, bias))]
+    specs, out_shape = [block, params, params], [jax.ShapeDtypeStruct(x3.shape, x.dtype)]
+    if out_scale is not None:
+        # The scale as `x`'s dtype rounds it: `compression.fp8` quantizes and dequantizes
+        # a 16-bit layer's input with that value.
+        args.append(jnp.asarray(out_scale, x.dtype).astype(jnp.float32).reshape(1))
+        specs.append(pl.BlockSpec((1,), lambda i: (0,)))
+        out_shape.append(jax.ShapeDtypeStruct(x3.shape, jnp.float8_e4m3fn))
     call = pl.pallas_call(
         functools.partial(_kernel, epsilon=epsilon),
-        out_shape=jax.ShapeDtypeStruct(x3.shape, x.dtype),
+        out_shape=out_shape,
         grid=(x3.shape[0] // rows,),
-        in_specs=[block, params, params],
-        out_specs=block,
+        in_specs=specs,
+        out_specs=[block] * len(out_shape),
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         interpret=interpret,
         name="layer_norm",
     )
-    # Parameters keep their dtype (the kernel casts them): a separate cast would be two
-    # more kernel launches per LayerNorm.
-    folded = (p.reshape(width // chunk, chunk) for p in (scale, bias))
-    return call(x3, *folded).reshape(x.shape)
+    outs = [y.reshape(x.shape) for y in call(*args)]
+    return outs[0] if out_scale is None else tuple(outs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -117,7 +134,8 @@ def layer_norm(
     epsilon: float,
     num_warps: int = 4,
     interpret: bool | None = None,
-) -> jax.Array:
+    out_scale: jax.Array | None = None,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """LayerNorm of `x [..., F]` over its last axis by one fused kernel.
 
     Args:
@@ -126,9 +144,12 @@ def layer_norm(
       epsilon: added to the variance.
       num_warps: Triton warps per program.
       interpret: run Pallas's interpreter; None: on any backend but GPU.
+      out_scale: None, or a float32 scalar: the kernel also writes the output divided by
+        it, clipped to ±448, in e4m3 (the input of an fp8 layer, quantized in the same
+        pass). Serving only: no gradient.
 
     Returns:
-      `[..., F]` in `x`'s dtype.
+      `[..., F]` in `x`'s dtype; with `out_scale`, that and its e4m3 copy.
     """
     if scale.shape != x.shape[-1:] or bias.shape != x.shape[-1:]:
         raise ValueError(
@@ -137,6 +158,8 @@ def layer_norm(
         )
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
+    if out_scale is not None:
+        return _forward(x, scale, bias, float(epsilon), num_warps, interpret, out_scale)
     return _layer_norm(x, scale, bias, float(epsilon), num_warps, interpret)
 
 
@@ -147,9 +170,12 @@ class LayerNorm(nn.Module):
     epsilon: float = 1e-6
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Maps `[..., F]` to `[..., F]` in `x`'s dtype."""
+    def __call__(
+        self, x: jax.Array, out_scale: jax.Array | None = None
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """Maps `[..., F]` to `[..., F]` in `x`'s dtype (and its e4m3 copy divided by
+        `out_scale`, when given; see `layer_norm`)."""
         features = (x.shape[-1],)
         scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
-        return layer_norm(x, scale, bias, self.epsilon)
+        return layer_norm(x, scale, bias, self.epsilon, out_scale=out_scale)

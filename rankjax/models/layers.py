@@ -25,6 +25,13 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 DotGeneralFactory = Callable[[str], Callable[..., jax.Array] | None]
 
 
+def flat_tokens(seam: DotGeneralFactory | None) -> bool:
+    """Whether a model may run products of this seam on `[tokens, features]` rather than
+    `[batch, tokens, features]`: always in float, and where the seam says so (fp8). AQT's
+    static ranges are stored with the input's rank, so AQT seams keep the shapes."""
+    return seam is None or getattr(seam, "flat_tokens", False)
+
+
 def dtype_of(name: str) -> Any:
     """Maps a config string such as `"bfloat16"` to a JAX dtype, listing valid names."""
     if name not in DTYPES:
@@ -63,8 +70,13 @@ class Dense(nn.Module):
             kernel = jnp.zeros(shape, self.param_dtype)
         else:
             kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        if x.dtype == jnp.float8_e4m3fn:
+            # Quantized by the producer with this layer's input scale (fp8 serving).
+            if not getattr(dot_general, "takes_e4m3", False):
+                raise ValueError(f"{'/'.join(self.path)}: e4m3 input to a float layer")
+        else:
+            x = jnp.asarray(x, self.dtype)
         dot_general = dot_general or jax.lax.dot_general
-        x = jnp.asarray(x, self.dtype)
         dims = (((x.ndim - 1,), (0,)), ((), ()))
         y = dot_general(x, jnp.asarray(kernel, self.dtype), dims, precision=None)
         if self.use_bias:

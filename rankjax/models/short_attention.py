@@ -38,6 +38,7 @@ AUTO_MAX_LENGTH = 128
 # (as XLA's `finfo.min` masking does) instead of dividing 0 by 0. Keys added to round `T`
 # up to a block get -inf: they never count.
 _MASKED = -1e30
+_E4M3_MAX = 448.0
 
 
 def probabilities(q: jax.Array, k: jax.Array, mask: jax.Array) -> jax.Array:
@@ -58,16 +59,24 @@ def reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v).astype(q.dtype)
 
 
-def _kernel(q_ref, k_ref, v_ref, bias_ref, o_ref, *, scale: float):
+def _kernel(q_ref, k_ref, v_ref, bias_ref, *refs, scale: float):
+    # refs: (o_ref,), or (coef_ref, o_ref) when the slots are scaled (fp8 serving): the
+    # logits are multiplied by coef[0] and the output by coef[1]. An e4m3 output is
+    # clipped to its range first (a larger value would become NaN).
+    *coef_ref, o_ref = refs
     q, k, v = q_ref[...], k_ref[...], v_ref[...]  # [T, D] each
     dims = (((1,), (1,)), ((), ()))
     logits = jax.lax.dot_general(q, k, dims, preferred_element_type=jnp.float32)
-    logits = logits * scale + bias_ref[...][None, :]  # [T, T]
+    logits = logits * (scale * coef_ref[0][0] if coef_ref else scale)
+    logits = logits + bias_ref[...][None, :]  # [T, T]
     top = jnp.max(logits, axis=-1)
     weights = jnp.exp(logits - top[:, None])
     total = jnp.sum(weights, axis=-1)
     out = jnp.dot(weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    o_ref[...] = (out / total[:, None]).astype(o_ref.dtype)
+    out = out / (total[:, None] / coef_ref[0][1] if coef_ref else total[:, None])
+    if o_ref.dtype == jnp.float8_e4m3fn:
+        out = jnp.clip(out, -_E4M3_MAX, _E4M3_MAX)
+    o_ref[...] = out.astype(o_ref.dtype)
 
 
 def _block(n: int) -> int:
@@ -87,9 +96,10 @@ def _slot(j: int):
     return lambda b, h: (b, 0, j, h, 0)
 
 
-def _forward(arrays, mask, num_warps: int, interpret: bool):
+def _forward(arrays, mask, num_warps: int, interpret: bool, coef=None, out_dtype=None):
     """`arrays`: `(q, k, v)`, each `[B, T, heads, D]`, or `(qkv,)` packed `[B, T, 3,
-    heads, D]` (read in place, three times). Returns `[B, T, heads, D]`."""
+    heads, D]` (read in place, three times). `coef`: None, or float32 `[2]` (logit and
+    output multipliers). Returns `[B, T, heads, D]` in `out_dtype` (default: the inputs')."""
     batch, length = arrays[0].shape[:2]
     heads, width = arrays[0].shape[-2:]
     t, d = _block(length), _block(width)
@@ -102,17 +112,22 @@ def _forward(arrays, mask, num_warps: int, interpret: bool):
         specs = [pl.BlockSpec((None, t, None, None, d), _slot(j)) for j in range(3)]
     else:
         specs = [head] * 3
+    specs.append(pl.BlockSpec((None, t), lambda b, h: (b, 0)))
+    extra = []
+    if coef is not None:
+        extra = [jnp.asarray(coef, jnp.float32)]
+        specs.append(pl.BlockSpec((2,), lambda b, h: (0,)))
     call = pl.pallas_call(
         functools.partial(_kernel, scale=1.0 / float(np.sqrt(width))),
-        out_shape=jax.ShapeDtypeStruct((batch, t, heads, d), arrays[0].dtype),
+        out_shape=jax.ShapeDtypeStruct((batch, t, heads, d), out_dtype or arrays[0].dtype),
         grid=(batch, heads),
-        in_specs=[*specs, pl.BlockSpec((None, t), lambda b, h: (b, 0))],
+        in_specs=specs,
         out_specs=head,
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         interpret=interpret,
         name="short_attention",
     )
-    return call(*arrays, bias)[:, :length, :, :width]
+    return call(*arrays, bias, *extra)[:, :length, :, :width]
 
 
 def _split(arrays: tuple) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -176,7 +191,12 @@ def attention(
 
 
 def packed_attention(
-    qkv: jax.Array, mask: jax.Array, num_warps: int = 2, interpret: bool | None = None
+    qkv: jax.Array,
+    mask: jax.Array,
+    num_warps: int = 2,
+    interpret: bool | None = None,
+    slot_scales: jax.Array | None = None,
+    out_scale: jax.Array | None = None,
 ) -> jax.Array:
     """`attention` of q, k and v packed in one array, as one projection with
     `[in, 3 * heads * D]` weights writes them: the kernel reads each slot in place, so
@@ -189,12 +209,30 @@ def packed_attention(
         the kernel took 135, 107, 112 and 134 us with 1, 2, 4 and 8 warps (and no less
         with 2 or 4 heads per program; docs/results.md).
       interpret: as for `attention`.
+      slot_scales: None, or float32 `[3]`: q, k and v are `qkv`'s slots times these
+        (fp8 serving: one product of three layers' e4m3 weights leaves each layer's
+        weight scale to apply, and the kernel applies it for free).
+      out_scale: None, or a float32 scalar: the output is written in e4m3, divided by
+        it and clipped to ±448 (the next fp8 layer's input, quantized in the kernel).
 
     Returns:
-      `[B, T, heads, D]` in `qkv`'s dtype.
+      `[B, T, heads, D]` in `qkv`'s dtype, or e4m3 with `out_scale`. With either scale
+      argument the call serves only (no gradient).
     """
     if qkv.ndim != 5 or qkv.shape[2] != 3:
         raise ValueError(f"qkv must be [B, T, 3, heads, D]; got {qkv.shape}")
     if mask.shape != qkv.shape[:2]:
         raise ValueError(f"mask must be [B, T] = {qkv.shape[:2]}; got {mask.shape}")
-    return _fused((qkv,), mask.astype(bool), num_warps, _interpret(interpret))
+    mask = mask.astype(bool)
+    if slot_scales is None and out_scale is None:
+        return _fused((qkv,), mask, num_warps, _interpret(interpret))
+    q_scale, k_scale, v_scale = (
+        jnp.ones(3, jnp.float32) if slot_scales is None else jnp.asarray(slot_scales, jnp.float32)
+    )
+    # The output scale as the next layer rounds it (`compression.fp8` dequantizes a 16-bit
+    # layer's input with the scale in that dtype).
+    out_scale = None if out_scale is None else jnp.asarray(out_scale, qkv.dtype)
+    output = v_scale if out_scale is None else v_scale / out_scale.astype(jnp.float32)
+    coef = jnp.stack([q_scale * k_scale, output])
+    out_dtype = None if out_scale is None else jnp.float8_e4m3fn
+    return _forward((qkv,), mask, num_warps, _interpret(interpret), coef, out_dtype)

@@ -1,0 +1,158 @@
+"""Served fp8 with fused kernels (Pallas's interpreter on CPU): the attention kernel's slot
+and output scales, the LayerNorm's e4m3 copy, and the cross-encoder whose q, k, v run as
+one fp8 product and whose kernels write the next layer's input in e4m3, against the same
+served variables computed layer by layer."""
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+from rankjax import compiler, speed
+from rankjax.compression import fp8
+from rankjax.models import fused_norm, short_attention
+from tests.short_attention_test import inputs, numpy_attention
+
+SHAPE = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_layers=2)
+FP8 = "fp8 (static scales) served"
+
+
+def e4m3(x, scale):
+    """NumPy reference quantize: divide in float32, clip to ±448, round to e4m3."""
+    scaled = np.asarray(x, np.float32) / np.float32(scale)
+    return np.clip(scaled, -448, 448).astype(ml_dtypes.float8_e4m3fn)
+
+
+def test_packed_attention_applies_slot_scales_and_writes_e4m3():
+    q, k, v, mask = inputs((3, 12, 2, 8), [12, 5, 0], seed=7)
+    scales = np.array([0.5, 2.0, 0.25], np.float32)
+    qkv = jnp.stack([q / scales[0], k / scales[1], v / scales[2]], axis=2)
+    want = numpy_attention(q, k, v, mask)
+    scaled = short_attention.packed_attention(qkv, mask, slot_scales=scales)
+    np.testing.assert_allclose(np.asarray(scaled), want, atol=2e-6)
+    # An output scale writes e4m3: the attention divided by it, clipped (0.004 sends the
+    # largest values past 448), rounded; at most a rounding tie apart from NumPy's.
+    out_scale = np.float32(0.004)
+    got = short_attention.packed_attention(qkv, mask, slot_scales=scales, out_scale=out_scale)
+    assert got.dtype == jnp.float8_e4m3fn
+    ref = e4m3(want, out_scale).astype(np.float32)
+    assert np.abs(ref).max() == 448 and np.isfinite(np.asarray(got, np.float32)).all()
+    np.testing.assert_allclose(np.asarray(got, np.float32), ref, rtol=0.07)
+
+
+def test_layer_norm_writes_its_e4m3_copy_in_the_same_pass():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(6, 8, 48)) * 3, jnp.bfloat16)
+    scale, bias = (jnp.asarray(rng.normal(size=48), jnp.float32) for _ in range(2))
+    out_scale = np.float32(0.006)
+    y, yq = fused_norm.layer_norm(x, scale, bias, 1e-12, out_scale=out_scale)
+    np.testing.assert_array_equal(y, fused_norm.layer_norm(x, scale, bias, 1e-12))
+    assert yq.dtype == jnp.float8_e4m3fn and yq.shape == x.shape
+    # Quantized from the bf16 output with the bf16-rounded scale (what the fp8 product's
+    # dequantize uses), clipped.
+    divisor = np.float32(jnp.asarray(out_scale, jnp.bfloat16))
+    want = e4m3(np.asarray(y, np.float32), divisor)
+    assert np.abs(want.astype(np.float32)).max() == 448
+    np.testing.assert_array_equal(np.asarray(yq, np.float32), want.astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def variants():
+    """The bf16 model (XLA attention) and the same parameters served in fp8."""
+    return speed.scoring_variants(SHAPE, ("xla",), (FP8,), speed.pair_tokens(32, 16, 1))
+
+
+def test_q_k_v_calibrate_the_same_input_scale(variants):
+    # The packed fp8 product quantizes x once with the query's input scale.
+    served = variants[1]
+    for i in range(SHAPE["num_layers"]):
+        attention = served.variables["aqt"]["encoder"][f"layer_{i}"]["attention"]
+        scales = {n: float(attention[n]["quant_dot_general"]["input_scale"]) for n in attention}
+        assert scales["query"] == scales["key"] == scales["value"] != scales["output"], scales
+
+
+def test_fused_fp8_encoder_is_as_close_to_float_as_the_layer_by_layer_one(variants):
+    # The same served variables, once through the fused kernels (one q, k, v product;
+    # LayerNorm and attention writing the next product's input in e4m3; feed-forward on
+    # flat tokens) and once with a seam that offers no fusion (three products, separate
+    # quantize steps, [B, T, H] products). Each rounds differently, so both are compared
+    # with the float32 model: fp8's error at this toy width is about 0.05 a score; a
+    # wrong scale or slot would be far off.
+    bf16, served = variants
+    seam = served.model.dot_general_cls
+    fused = served.model.clone(attention="pallas", norm="pallas")
+    plain = fused.clone(dot_general_cls=lambda path: seam(path))
+    tokens = speed.pair_tokens(48, 16, 3)
+    tokens["tokens"][5:, :, 11:] = 0  # padded pairs
+    where = jnp.ones((48, 1), bool)
+
+    def score(model, variables):
+        out = model.apply(variables, tokens, where, train=False)
+        return np.asarray(out, np.float32).ravel()
+
+    exact = score(bf16.model.clone(dtype="float32"), bf16.variables)
+    scores = {m: score(m, served.variables) for m in (fused, plain)}
+    errors = {m: np.abs(s - exact) for m, s in scores.items()}
+    assert errors[fused].mean() <= 1.25 * errors[plain].mean(), errors
+    assert errors[fused].max() <= 0.1 * np.abs(exact).max() + 0.1, errors[fused]
+    assert speed.agreement(exact, scores[fused]) > 0.9
+
+    def census(model):
+        # Matrix products outside kernels, and kernels that write e4m3.
+        jaxpr = jax.make_jaxpr(lambda v: model.apply(v, tokens, where, train=False))
+        counts = {"dot_general": 0, "e4m3 kernels": 0}
+        for eqn in _equations(jaxpr(served.variables).jaxpr):
+            counts["dot_general"] += eqn.primitive.name == "dot_general"
+            e4m3_out = any(v.aval.dtype == jnp.float8_e4m3fn for v in eqn.outvars)
+            counts["e4m3 kernels"] += eqn.primitive.name == "pallas_call" and e4m3_out
+        return counts
+
+    # Per layer: q, k, v as one product, not three; the attention and both LayerNorms
+    # write e4m3 (the last layer's output LayerNorm has no fp8 reader).
+    layers, products = SHAPE["num_layers"], 1 + 6 * SHAPE["num_layers"]  # + the score
+    assert census(plain) == {"dot_general": products, "e4m3 kernels": 0}
+    want = {"dot_general": products - 2 * layers, "e4m3 kernels": 3 * layers - 1}
+    assert census(fused) == want
+
+
+def _equations(jaxpr):
+    """Every equation of `jaxpr`, including those of the jaxprs it calls (not kernels')."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        if eqn.primitive.name == "pallas_call":
+            continue
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", param)
+            if hasattr(inner, "eqns"):
+                yield from _equations(inner)
+
+
+def test_e4m3_inputs_reach_only_fp8_serving_layers():
+    from rankjax.models import layers
+
+    x = jnp.zeros((2, 4), jnp.float8_e4m3fn)
+    dense = layers.Dense(3)
+    with pytest.raises(ValueError, match="e4m3 input to a float layer"):
+        dense.init(jax.random.PRNGKey(0), x)
+    assert layers.flat_tokens(None) and not layers.flat_tokens(lambda path: None)
+    seam = fp8.Seam("serve", lambda path: True)
+    assert layers.flat_tokens(seam) and seam("x").takes_e4m3
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuBLASLt fp8 GEMMs: NVIDIA GPUs")
+def test_compiled_fp8_encoder_writes_e4m3_from_the_gemms_on_gpu(variants):
+    # On the GPU the feed-forward GEMM writes the next GEMM's e4m3 input itself (the
+    # quantize folded into cuBLASLt's output), and the Pallas kernels lower for Triton.
+    served = variants[1]
+    model = served.model.clone(attention="auto", norm="auto")
+    tokens = speed.pair_tokens(64, 16, 4)
+    where = jnp.ones((64, 1), bool)
+    step = compiler.jit(lambda v, t: model.apply(v, t, where, train=False))
+    text = step.lower(served.variables, tokens).compile().as_text()
+    gemms = [ln for ln in text.splitlines() if "__cublas$lt$matmul$f8" in ln]
+    assert any(ln.split("=", 1)[1].lstrip(" (").startswith("f8e4m3fn") for ln in gemms), gemms
+    plain = served.model.clone(dot_general_cls=lambda path: served.model.dot_general_cls(path))
+    want = plain.clone(attention="xla", norm="xla").apply(served.variables, tokens, where)
+    got = step(served.variables, tokens)
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0.1, atol=0.15)
