@@ -15,6 +15,7 @@ is read from its size and order, or from an HLO dump.
 """
 
 import collections
+import functools
 import glob
 import gzip
 import json
@@ -33,6 +34,12 @@ VARIANTS = flags.DEFINE_list(
 )
 XLA_DEFAULTS = flags.DEFINE_bool(
     "xla_defaults", False, "compile with XLA's default options instead of rankjax.compiler's"
+)
+WEIGHTS_AS_ARGUMENTS = flags.DEFINE_bool(
+    "weights_as_arguments",
+    False,
+    "pass the weights in every call (`Scorer.score`) instead of compiling them in as "
+    "`scripts/speed.py` and the exported artifact do (`Scorer.served`)",
 )
 BATCH = flags.DEFINE_integer("batch", 1024, "pairs per call")
 LENGTH = flags.DEFINE_integer("length", 64, "tokens per pair")
@@ -76,10 +83,12 @@ def main(argv):
     served = tuple(_SERVED[v] for v in VARIANTS.value if v in _SERVED)
     tokens = jax.device_put(speed.pair_tokens(BATCH.value, LENGTH.value, 1))
     for scorer in speed.scoring_variants(None, attentions, served):
-        variables = jax.device_put(scorer.variables)
-        micros, launches = kernel_times(
-            lambda s=scorer, v=variables: s.score(v, tokens), CALLS.value, DEVICE.value
-        )
+        if WEIGHTS_AS_ARGUMENTS.value:
+            variables = jax.device_put(scorer.variables)
+            call = functools.partial(scorer.score, variables, tokens)
+        else:
+            call = functools.partial(scorer.served, tokens)
+        micros, launches = kernel_times(call, CALLS.value, DEVICE.value)
         busy = sum(micros.values()) / 1e3
         print(f"== {scorer.name}: busy {busy:.3f} ms/call, {sum(launches.values()):.0f} kernels")
         for name, us in micros.most_common(TOP.value):

@@ -9,7 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from rankjax import compiler, speed
+from rankjax import speed
 from rankjax.compression import fp8
 from rankjax.models import fused_norm, short_attention
 from tests.short_attention_test import inputs, numpy_attention
@@ -141,18 +141,27 @@ def test_e4m3_inputs_reach_only_fp8_serving_layers():
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuBLASLt fp8 GEMMs: NVIDIA GPUs")
-def test_compiled_fp8_encoder_writes_e4m3_from_the_gemms_on_gpu(variants):
-    # On the GPU the feed-forward GEMM writes the next GEMM's e4m3 input itself (the
-    # quantize folded into cuBLASLt's output), and the Pallas kernels lower for Triton.
+def test_compiled_fp8_encoder_runs_fp8_gemms_writing_e4m3_on_gpu(variants):
+    # On the GPU every encoder product is a cuBLASLt fp8 GEMM, with the weights passed in
+    # and with them compiled in (where XLA would fold an unguarded dequantize into a bf16
+    # constant); the feed-forward GEMM writes the next GEMM's e4m3 input itself; and the
+    # Pallas kernels lower for Triton.
     served = variants[1]
     model = served.model.clone(attention="auto", norm="auto")
+    scorer = speed.Scorer("fp8", model, served.variables)
     tokens = speed.pair_tokens(64, 16, 4)
+    programs = {
+        "weights as arguments": scorer.score.lower(served.variables, tokens),
+        "weights compiled in": scorer.served.lower(tokens),
+    }
+    for how, lowered in programs.items():
+        text = lowered.compile().as_text()
+        gemms = [ln for ln in text.splitlines() if "__cublas$lt$matmul$f8" in ln]
+        assert len(gemms) == 4 * SHAPE["num_layers"], (how, gemms)
+        outputs = [ln.split("=", 1)[1].lstrip(" (") for ln in gemms]
+        assert any(out.startswith("f8e4m3fn") for out in outputs), (how, outputs)
     where = jnp.ones((64, 1), bool)
-    step = compiler.jit(lambda v, t: model.apply(v, t, where, train=False))
-    text = step.lower(served.variables, tokens).compile().as_text()
-    gemms = [ln for ln in text.splitlines() if "__cublas$lt$matmul$f8" in ln]
-    assert any(ln.split("=", 1)[1].lstrip(" (").startswith("f8e4m3fn") for ln in gemms), gemms
     plain = served.model.clone(dot_general_cls=lambda path: served.model.dot_general_cls(path))
     want = plain.clone(attention="xla", norm="xla").apply(served.variables, tokens, where)
-    got = step(served.variables, tokens)
-    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0.1, atol=0.15)
+    for got in (scorer.score(served.variables, tokens), scorer.served(tokens)):
+        np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0.1, atol=0.15)

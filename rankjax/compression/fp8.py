@@ -78,6 +78,9 @@ def fp8_dot(
     # elsewhere it is a plain product of the dequantized values.
     xq = x if x.dtype == E4M3 else quantize(x, input_scale)
     dims = (((x.ndim - 1,), (1,)), ((), ()))
+    # With the weights compiled into the program (a served artifact), XLA would fold their
+    # dequantize into a 16-bit constant and run a 16-bit GEMM; the barrier keeps them e4m3.
+    kernel_t = jax.lax.optimization_barrier(kernel_t)
     lhs = xq.astype(out_dtype) * jnp.asarray(input_scale, out_dtype)
     rhs = kernel_t.astype(out_dtype) * jnp.asarray(kernel_scale, out_dtype)
     return jax.lax.dot_general(lhs, rhs, dims, preferred_element_type=out_dtype)
