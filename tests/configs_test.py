@@ -17,6 +17,9 @@ NEEDS_SHARED = {
 }
 # Configs distilled from a teacher run: the runlocal cross-encoder trained once here.
 NEEDS_TEACHER = {"homedepot_distill", "homedepot_student_int8_nm24"}
+# tests/notebook_test.py trains these with `:runlocal` and checks the same (the suite's
+# time budget is better spent elsewhere than on training them twice).
+IN_NOTEBOOK = {f"synthetic_listwise{s}" for s in ("", "_int8", "_nm24", "_int8_nm24")}
 
 
 def _skip_without_shared(name):
@@ -37,7 +40,14 @@ def test_configs_are_found():
     assert {"synthetic_listwise", "letor_lightgbm"} <= set(CONFIGS)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+def test_notebook_trains_the_configs_left_out_here():
+    from notebook_test import NOTEBOOK, code_cells
+
+    source = "\n".join(code_cells(NOTEBOOK))
+    assert all(f'"{name}"' in source for name in IN_NOTEBOOK), IN_NOTEBOOK
+
+
+@pytest.mark.parametrize("name", sorted(set(CONFIGS) - IN_NOTEBOOK))
 def test_config_runs_two_steps(name, tmp_path, request):
     _skip_without_shared(name)
     if name.startswith("homedepot"):

@@ -10,15 +10,19 @@ What is faster there is fp8 e4m3 with every scale fixed before serving:
   training batches of the batch's absolute maximum (AQT's `MeanOfAbsMax`); larger values
   are clipped to the e4m3 range;
 * the product: `dot(x_e4m3, w_e4m3)` accumulated by the GEMM in float32, scaled by the
-  two scales and returned in the layer's dtype. The quantize step of `x` fuses into the
-  producer of `x` where XLA can (a LayerNorm's fusion); after a GEMM (the feed-forward
-  GELU) it is a pass of its own, which is why served fp8 is not yet faster than bf16 on
-  an H200 (docs/results.md says what would fold it into the GEMM).
+  two scales and returned in the layer's dtype.
+
+A layer quantizes its own input unless the input arrives in e4m3 already: served fp8
+is faster than bf16 only when no quantize runs as a pass of its own. `Seam` tells a model
+the scales its kernels need to write e4m3 (the BERT encoder's LayerNorm and attention
+kernels do, and the feed-forward GEMM writes e4m3 when XLA folds the quantize into it;
+docs/results.md has the H200 figures).
 
 `Fp8DotGeneral` plugs into the dense-layer seam (`models.layers.Dense`) in three phases:
 `calibrate` (float product, ranges collected), `convert` (float product, fp8 weights and
 scales written) and `serve` (the fp8 product; the layer then holds no float kernel).
-`compression.quantization.Quantizer(serving="fp8")` builds these for the trainer.
+`compression.quantization.Quantizer(serving="fp8")` builds a `Seam` of these for the
+trainer.
 """
 
 from __future__ import annotations

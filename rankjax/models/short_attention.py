@@ -7,7 +7,7 @@ second batched product and a transpose back. On an H200 those took about 1.5 ms 
 5.4 ms 1,024-pair call, more than a quarter of the model (docs/results.md), and cuDNN's
 flash attention, built for long sequences, was no faster.
 
-Here one program of the grid `(batch, heads)` reads its head's `q, k, v [T, D]` straight
+Here one program of the grid `(heads, batch)` reads its head's `q, k, v [T, D]` straight
 from the projections' `[B, T, heads, D]` layout (strided loads, no transposes), computes
 the scores, the masked softmax and the weighted sum in registers, and writes its `[T, D]`
 slice of the output in the same layout. The whole key sequence fits one block, so there
@@ -93,7 +93,7 @@ def _pad(x: jax.Array, axis: int, size: int) -> jax.Array:
 
 def _slot(j: int):
     """Index map of slot `j` (q, k or v) of a packed `[B, T, 3, heads, D]` array."""
-    return lambda b, h: (b, 0, j, h, 0)
+    return lambda h, b: (b, 0, j, h, 0)
 
 
 def _forward(arrays, mask, num_warps: int, interpret: bool, coef=None, out_dtype=None):
@@ -106,21 +106,23 @@ def _forward(arrays, mask, num_warps: int, interpret: bool, coef=None, out_dtype
     arrays = [_pad(_pad(x, 1, t), x.ndim - 1, d) for x in arrays]
     bias = jnp.where(mask, 0.0, _MASKED).astype(jnp.float32)
     bias = jnp.pad(bias, ((0, 0), (0, t - length)), constant_values=-jnp.inf)
-    head = pl.BlockSpec((None, t, None, d), lambda b, h: (b, 0, h, 0))
+    head = pl.BlockSpec((None, t, None, d), lambda h, b: (b, 0, h, 0))
     if len(arrays) == 1:
         arrays = arrays * 3
         specs = [pl.BlockSpec((None, t, None, None, d), _slot(j)) for j in range(3)]
     else:
         specs = [head] * 3
-    specs.append(pl.BlockSpec((None, t), lambda b, h: (b, 0)))
+    specs.append(pl.BlockSpec((None, t), lambda h, b: (b, 0)))
     extra = []
     if coef is not None:
         extra = [jnp.asarray(coef, jnp.float32)]
-        specs.append(pl.BlockSpec((2,), lambda b, h: (0,)))
+        specs.append(pl.BlockSpec((2,), lambda h, b: (0,)))
     call = pl.pallas_call(
         functools.partial(_kernel, scale=1.0 / float(np.sqrt(width))),
         out_shape=jax.ShapeDtypeStruct((batch, t, heads, d), out_dtype or arrays[0].dtype),
-        grid=(batch, heads),
+        # Heads outer: a 1,024 x 64 call took 92 us a layer against 105 us with the
+        # batch outer (H200, docs/results.md).
+        grid=(heads, batch),
         in_specs=specs,
         out_specs=head,
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
@@ -206,8 +208,8 @@ def packed_attention(
       qkv: `[B, T, 3, heads, D]`: q, k, v along axis 2.
       mask: `[B, T]`, True for real keys.
       num_warps: Triton warps per program. At `[1024, 64, 3, 12, 32]` bf16 on an H200
-        the kernel took 135, 107, 112 and 134 us with 1, 2, 4 and 8 warps (and no less
-        with 2 or 4 heads per program; docs/results.md).
+        the kernel took 123, 92, 97 and 128 us with 1, 2, 4 and 8 warps (no less with 2
+        or 4 heads per program, or 16 or 32 queries per program; docs/results.md).
       interpret: as for `attention`.
       slot_scales: None, or float32 `[3]`: q, k and v are `qkv`'s slots times these
         (fp8 serving: one product of three layers' e4m3 weights leaves each layer's
