@@ -24,7 +24,6 @@ import numpy as np
 
 from rankjax import models, serving
 from rankjax.data import lists
-from rankjax.models import short_attention
 
 # Platforms the artifact is compiled for; XLA lowers it anew for each at load time.
 PLATFORMS = ("cpu", "cuda")
@@ -96,18 +95,30 @@ def _signature(ranker, num_features: int | None, token_length: int | None) -> di
     return {"inputs": inputs, "where": [["b", "n"], "bool"], "output": [["b", "n"], "float32"]}
 
 
-def exportable(model: Any, platforms: tuple[str, ...], token_length: int | None) -> Any:
-    """`model` with its `"auto"` kernels (text rankers) fixed for the export. Triton
-    kernels lower for CUDA alone: the Pallas LayerNorm when `platforms` are `("cuda",)`,
-    the Pallas attention when, in addition, `token_length` is fixed and short (its blocks
-    need concrete sizes); XLA's formulations otherwise."""
-    cuda = tuple(platforms) == ("cuda",)
+def exportable(model: Any) -> Any:
+    """`model` with its `"auto"` kernels (text rankers) fixed to XLA's formulations for
+    the export.
+
+    The fused Pallas kernels (attention, LayerNorm) cannot go into an export: its batch
+    and list sizes are symbolic, a Triton kernel's grid must be static (lowering for a
+    GPU fails with "dynamic grid bounds not supported"), and lowered off a GPU they would
+    export as Pallas's interpreter loops. An earlier version exported them for
+    `("cuda",)`; its GPU test was never collected on a GPU.
+
+    Raises:
+      ValueError: the model asks for a Pallas kernel by name.
+    """
     fixed = {}
-    if getattr(model, "attention", None) == "auto":
-        short = token_length is not None and token_length <= short_attention.AUTO_MAX_LENGTH
-        fixed["attention"] = "pallas" if cuda and short else "xla"
-    if getattr(model, "norm", None) == "auto":
-        fixed["norm"] = "pallas" if cuda else "xla"
+    for field in ("attention", "norm"):
+        choice = getattr(model, field, None)
+        if choice == "pallas":
+            raise ValueError(
+                f"model.{field}='pallas' cannot be exported: an export has a symbolic batch "
+                f"and a Triton kernel needs a static grid; export with model.{field}='auto' "
+                "or 'xla' (XLA's formulation; the weights are the same)"
+            )
+        if choice == "auto":
+            fixed[field] = "xla"
     return model.clone(**fixed) if fixed else model
 
 
@@ -127,9 +138,8 @@ def save(
       path: the file to write.
       num_features: raw features per item (feature rankers; the transform maps them).
       token_length: fixes the token axis of text rankers (None: symbolic).
-      platforms: where it may run. A text ranker's `"auto"` kernels export as its
-        fused Pallas kernels only for `("cuda",)` (the attention also needs a fixed,
-        short `token_length`; see `exportable`); otherwise as XLA's formulations.
+      platforms: where it may run. A text ranker's `"auto"` kernels export as XLA's
+        formulations (see `exportable`).
       param_dtype: e.g. `"bfloat16"`: store the float32 parameters in that dtype, for a
         model that computes in it (half their bytes, and no casts in every call; a float32
         model would only cast them back); None keeps them as trained.
@@ -140,7 +150,7 @@ def save(
     signature = _signature(ranker, num_features, token_length)
     keys = tuple(signature["inputs"])
     transform = traced_transform(ranker.transform) if keys == ("features",) else None
-    variables, model = ranker.variables, exportable(ranker.model, platforms, token_length)
+    variables, model = ranker.variables, exportable(ranker.model)
     if param_dtype is not None:
         variables = serving.cast_params(variables, param_dtype)
 

@@ -1,4 +1,9 @@
-"""Test setup: 8 virtual CPU devices (set before JAX starts) and the shared data folder."""
+"""Test setup: 8 virtual CPU devices (set before JAX starts) and the shared data folder.
+
+The suite runs on CPU. On a GPU machine, `RANKJAX_TEST_PLATFORMS=cuda,cpu pytest tests -k
+on_gpu` runs the GPU-only tests (their names end in `on_gpu`) with the GPU as JAX's
+default backend.
+"""
 
 import os
 
@@ -6,7 +11,7 @@ import jax
 
 # Multi-device tests run on 8 CPU devices; single-device runs pick one with mesh.num_devices.
 jax.config.update("jax_num_cpu_devices", 8)
-jax.config.update("jax_platforms", "cpu")
+jax.config.update("jax_platforms", os.environ.get("RANKJAX_TEST_PLATFORMS", "cpu"))
 
 import pytest  # noqa: E402
 

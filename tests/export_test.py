@@ -83,10 +83,25 @@ def test_exported_fp8_text_ranker_scores_like_the_model(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.skipif(jax.default_backend() != "gpu", reason="Triton kernels lower for CUDA only")
-def test_cuda_export_carries_the_pallas_kernels_on_gpu(tmp_path):
-    # A CUDA-only export with a fixed token length and a symbolic batch holds the fused
-    # attention and LayerNorm kernels and scores like XLA's formulation.
+def test_cuda_export_carries_xla_formulations_not_pallas_kernels(tmp_path):
+    # An export's batch is symbolic and a Triton grid must be static, so "auto" kernels
+    # export as XLA's formulations, on any machine (off a GPU, Pallas would otherwise
+    # export its interpreter's loop over the grid).
+    shape = dict(hidden_size=64, num_attention_heads=2, intermediate_size=128, num_layers=1)
+    (auto,) = speed.scoring_variants(shape, ("auto",), ())
+    path = str(tmp_path / "cuda.jaxexport")
+    export.save(
+        serving.Ranker(auto.model, auto.variables, None, None),
+        path,
+        token_length=16,
+        platforms=("cuda",),
+    )
+    program = export.load(path).exported.mlir_module()
+    assert "stablehlo.while" not in program and "triton" not in program.lower()
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="runs a CUDA export")
+def test_cuda_export_scores_like_xla_on_gpu(tmp_path):
     shape = dict(hidden_size=64, num_attention_heads=2, intermediate_size=128, num_layers=2)
     auto, xla = speed.scoring_variants(shape, ("auto", "xla"), ())
     plain = xla.model.clone(norm="xla")
@@ -98,12 +113,31 @@ def test_cuda_export_carries_the_pallas_kernels_on_gpu(tmp_path):
         platforms=("cuda",),
     )
     score = export.load(path)
-    program = score.exported.mlir_module()
-    assert "short_attention" in program and "layer_norm" in program
     for b in (4, 7):
         tokens = speed.pair_tokens(b, 16, b)
         want = np.asarray(speed.Scorer("xla", plain, xla.variables).score(xla.variables, tokens))
         np.testing.assert_allclose(score(**tokens), want, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuBLASLt fp8 GEMMs: NVIDIA GPUs")
+def test_cuda_fp8_export_runs_fp8_gemms_on_gpu(tmp_path):
+    # The exported fp8 artifact carries e4m3 weights as constants; compiled, every encoder
+    # product must stay an fp8 GEMM (an unguarded dequantize folds into a bf16 constant).
+    # Exported with XLA's attention, q, k and v stay three products.
+    shape = dict(hidden_size=64, num_attention_heads=2, intermediate_size=128, num_layers=2)
+    served = ("fp8 (static scales) served",)
+    scorer = speed.scoring_variants(shape, (), served, speed.pair_tokens(32, 16, 1))[0]
+    path = str(tmp_path / "fp8_cuda.jaxexport")
+    ranker = serving.Ranker(scorer.model, scorer.variables, None, None)
+    export.save(ranker, path, token_length=16, platforms=("cuda",))
+    score = export.load(path)
+    tokens = speed.pair_tokens(8, 16, 5)
+    where = np.ones((8, 1), bool)
+    text = jax.jit(score.exported.call).lower(tokens, where).compile().as_text()
+    gemms = [ln for ln in text.splitlines() if "__cublas$lt$matmul$f8" in ln]
+    assert len(gemms) == 6 * shape["num_layers"], gemms
+    want = np.asarray(scorer.score(scorer.variables, tokens), np.float32)
+    np.testing.assert_allclose(score(**tokens), want, rtol=0.05, atol=0.05)
 
 
 def test_export_errors_name_the_problem(served_run, tmp_path):
@@ -154,17 +188,13 @@ def test_pareto_front_keeps_the_undominated_points():
     assert benchmark.pareto_front(points) == [(1.0, 0.5), (2.0, 0.7), (4.0, 0.9)]
 
 
-def test_auto_kernels_are_fixed_for_the_export_platforms():
-    # The fused Pallas kernels lower for CUDA only, and the attention needs a fixed, short
-    # token length, so other exports carry XLA's formulations.
+def test_auto_kernels_export_as_xla_and_pallas_is_refused():
     model = speed.cross_encoder_model(dict(hidden_size=32, num_attention_heads=2, num_layers=1))
     assert (model.attention, model.norm) == ("auto", "auto")
-    cuda = export.exportable(model, ("cuda",), 64)
-    assert (cuda.attention, cuda.norm) == ("pallas", "pallas")
-    both = export.exportable(model, ("cpu", "cuda"), 64)
-    assert (both.attention, both.norm) == ("xla", "xla")
-    symbolic = export.exportable(model, ("cuda",), None)
-    assert (symbolic.attention, symbolic.norm) == ("xla", "pallas")
-    assert export.exportable(model, ("cuda",), 512).attention == "xla"
-    fixed = model.clone(attention="cudnn", norm="xla")
-    assert export.exportable(fixed, ("cpu",), 64) is fixed
+    fixed = export.exportable(model)
+    assert (fixed.attention, fixed.norm) == ("xla", "xla")
+    chosen = model.clone(attention="cudnn", norm="xla")
+    assert export.exportable(chosen) is chosen
+    for field in ("attention", "norm"):
+        with pytest.raises(ValueError, match=f"model.{field}='pallas' cannot be exported"):
+            export.exportable(model.clone(**{field: "pallas"}))

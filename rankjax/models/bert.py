@@ -92,9 +92,8 @@ def attention_kernel(attention: str, dropout: float, train: bool, length: int = 
       few hundred tokens (NVIDIA GPUs; interpreted elsewhere), any key mask;
     * `"auto"` (the default): the Pallas kernel when JAX's default backend is a GPU, no
       attention dropout applies and the sequence `length` is known and at most
-      `short_attention.AUTO_MAX_LENGTH`; XLA's otherwise. (`export.save` resolves it
-      against the platforms and token length it exports for: a Triton kernel lowers for
-      CUDA only, and for a fixed length.)
+      `short_attention.AUTO_MAX_LENGTH`; XLA's otherwise. (`export.save` exports it as
+      XLA's: an export's batch is symbolic, and a Triton kernel's grid must be static.)
 
     The fused kernels apply no attention dropout. At cross-encoder shapes (64 tokens,
     32-wide heads) the Pallas kernel took a 1,024-pair call from 5.41 to 4.86 ms of H200
@@ -125,8 +124,7 @@ def norm_kernel(norm: str, train: bool) -> str:
       preceding matrix product (NVIDIA GPUs; interpreted elsewhere);
     * `"auto"` (the default): the Pallas kernel when JAX's default backend is a GPU and
       the call does not train (scoring, evaluation); XLA's otherwise, so training
-      numerics do not depend on the device. (`export.save` resolves it against the
-      platforms it exports for.)
+      numerics do not depend on the device. (`export.save` exports it as XLA's.)
     """
     if norm not in NORMS:
         raise ValueError(f"model.norm={norm!r}; valid: {list(NORMS)}")
