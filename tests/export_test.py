@@ -83,20 +83,21 @@ def test_exported_fp8_text_ranker_scores_like_the_model(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)
 
 
+def _cuda_export(scorer, tmp_path) -> str:
+    """Exports `scorer`'s model for CUDA alone with 16 tokens; returns the file's path."""
+    path = str(tmp_path / "cuda.jaxexport")
+    ranker = serving.Ranker(scorer.model, scorer.variables, None, None)
+    export.save(ranker, path, token_length=16, platforms=("cuda",))
+    return path
+
+
 def test_cuda_export_carries_xla_formulations_not_pallas_kernels(tmp_path):
     # An export's batch is symbolic and a Triton grid must be static, so "auto" kernels
     # export as XLA's formulations, on any machine (off a GPU, Pallas would otherwise
     # export its interpreter's loop over the grid).
     shape = dict(hidden_size=64, num_attention_heads=2, intermediate_size=128, num_layers=1)
     (auto,) = speed.scoring_variants(shape, ("auto",), ())
-    path = str(tmp_path / "cuda.jaxexport")
-    export.save(
-        serving.Ranker(auto.model, auto.variables, None, None),
-        path,
-        token_length=16,
-        platforms=("cuda",),
-    )
-    program = export.load(path).exported.mlir_module()
+    program = export.load(_cuda_export(auto, tmp_path)).exported.mlir_module()
     assert "stablehlo.while" not in program and "triton" not in program.lower()
 
 
@@ -105,14 +106,7 @@ def test_cuda_export_scores_like_xla_on_gpu(tmp_path):
     shape = dict(hidden_size=64, num_attention_heads=2, intermediate_size=128, num_layers=2)
     auto, xla = speed.scoring_variants(shape, ("auto", "xla"), ())
     plain = xla.model.clone(norm="xla")
-    path = str(tmp_path / "cuda.jaxexport")
-    export.save(
-        serving.Ranker(auto.model, auto.variables, None, None),
-        path,
-        token_length=16,
-        platforms=("cuda",),
-    )
-    score = export.load(path)
+    score = export.load(_cuda_export(auto, tmp_path))
     for b in (4, 7):
         tokens = speed.pair_tokens(b, 16, b)
         want = np.asarray(speed.Scorer("xla", plain, xla.variables).score(xla.variables, tokens))
@@ -127,10 +121,7 @@ def test_cuda_fp8_export_runs_fp8_gemms_on_gpu(tmp_path):
     shape = dict(hidden_size=64, num_attention_heads=2, intermediate_size=128, num_layers=2)
     served = ("fp8 (static scales) served",)
     scorer = speed.scoring_variants(shape, (), served, speed.pair_tokens(32, 16, 1))[0]
-    path = str(tmp_path / "fp8_cuda.jaxexport")
-    ranker = serving.Ranker(scorer.model, scorer.variables, None, None)
-    export.save(ranker, path, token_length=16, platforms=("cuda",))
-    score = export.load(path)
+    score = export.load(_cuda_export(scorer, tmp_path))
     tokens = speed.pair_tokens(8, 16, 5)
     where = np.ones((8, 1), bool)
     text = jax.jit(score.exported.call).lower(tokens, where).compile().as_text()
