@@ -72,8 +72,9 @@ def _chunk(width: int) -> int:
 
 
 def _rows(leading: tuple) -> int:
-    """Rows per program: a power of two dividing the row count's static factor (export
-    leaves the batch symbolic; the token axis is fixed)."""
+    """Rows per program: a power of two dividing the row count's static factor (under
+    symbolic shapes only some axes are known; a Triton kernel still needs a static grid,
+    so `export` does not use this kernel)."""
     static = math.prod(d for d in leading if isinstance(d, int))
     return min(_ROWS, static & -static)
 
