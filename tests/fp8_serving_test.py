@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from short_attention_test import inputs, numpy_attention
 
 from rankjax import speed
 from rankjax.compression import fp8
 from rankjax.models import fused_norm, short_attention
-from tests.short_attention_test import inputs, numpy_attention
 
 SHAPE = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_layers=2)
 FP8 = "fp8 (static scales) served"
