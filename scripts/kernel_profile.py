@@ -6,7 +6,9 @@ r"""Where a scorer's device time goes: kernel times of the cross-encoder variant
                                                                      # compiler options
 
 For each variant (bf16 with `xla`, `cudnn` or `pallas` attention; served `fp8`, `int8`,
-`w8` with the default attention), the scoring call is run `--calls` times under
+`w8` with the default attention), the scoring call (weights compiled in, as
+`scripts/speed.py` times it and the exported artifact holds them; or passed in every call
+with `--weights_as_arguments`) is run `--calls` times under
 `jax.profiler.trace(create_perfetto_trace=True)`; the trace's kernels on `--device` (e.g.
 `/device:GPU`) are summed by name. Prints the busy time and kernel count per call and the
 `--top` kernels by time. Kernel names are XLA's (`loop_multiply_fusion_5`, `nvjet_...`
