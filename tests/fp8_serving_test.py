@@ -128,6 +128,19 @@ def _equations(jaxpr):
                 yield from _equations(inner)
 
 
+def test_a_serving_model_initialises_through_the_layer_by_layer_path(variants):
+    # `init` has no frozen variables to read, so the fused paths step aside and each layer
+    # declares its own e4m3 kernel and scales (the tree `convert` fills).
+    served = variants[1]
+    model = served.model.clone(attention="pallas", norm="pallas")
+    tokens = speed.pair_tokens(2, 16, 0)
+    where = jnp.ones((2, 1), bool)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, where))
+    got = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), shapes["aqt"])
+    want = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), served.variables["aqt"])
+    assert got == want
+
+
 def test_e4m3_inputs_reach_only_fp8_serving_layers():
     from rankjax.models import layers
 
