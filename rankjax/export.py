@@ -102,8 +102,7 @@ def exportable(model: Any) -> Any:
     The fused Pallas kernels (attention, LayerNorm) cannot go into an export: its batch
     and list sizes are symbolic, a Triton kernel's grid must be static (lowering for a
     GPU fails with "dynamic grid bounds not supported"), and lowered off a GPU they would
-    export as Pallas's interpreter loops. An earlier version exported them for
-    `("cuda",)`; its GPU test was never collected on a GPU.
+    export as Pallas's interpreter loops.
 
     Raises:
       ValueError: the model asks for a Pallas kernel by name.

@@ -12,7 +12,7 @@ from short_attention_test import inputs, numpy_attention
 
 from rankjax import speed
 from rankjax.compression import fp8
-from rankjax.models import fused_norm, short_attention
+from rankjax.models import fused_norm, layers, short_attention
 
 SHAPE = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_layers=2)
 FP8 = "fp8 (static scales) served"
@@ -142,8 +142,6 @@ def test_a_serving_model_initialises_through_the_layer_by_layer_path(variants):
 
 
 def test_e4m3_inputs_reach_only_fp8_serving_layers():
-    from rankjax.models import layers
-
     x = jnp.zeros((2, 4), jnp.float8_e4m3fn)
     dense = layers.Dense(3)
     with pytest.raises(ValueError, match="e4m3 input to a float layer"):

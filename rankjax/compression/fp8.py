@@ -52,6 +52,13 @@ def quantize(x: jax.Array, scale: jax.Array) -> jax.Array:
     return jax.lax.clamp(-limit, x / jnp.asarray(scale, x.dtype), limit).astype(E4M3)
 
 
+def scale_as(scale: jax.Array, dtype: Any) -> jax.Array:
+    """`scale` rounded to `dtype`, as float32. `quantize` and `fp8_dot` compute with the
+    scale in the activations' dtype, so a kernel that writes a 16-bit layer's e4m3 input
+    divides by this value to match them."""
+    return jnp.asarray(scale, dtype).astype(jnp.float32)
+
+
 def weight_scale(kernel: jax.Array) -> jax.Array:
     """One scale for the whole kernel: its absolute maximum maps to 448 (1 if all zero)."""
     amax = jnp.max(jnp.abs(kernel.astype(jnp.float32)))

@@ -26,13 +26,14 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from rankjax.compression import fp8
+
 # Rows per program (a power of two dividing the row count; fewer if it does not).
 # 4 to 16 rows per program timed the same on an H200 at 384 features (docs/results.md).
 _ROWS = 16
 # Features are read in chunks of the largest power of two dividing the width, at most
 # this wide: Triton's tensors must have power-of-two sizes, and 384 = 3 x 128.
 _MAX_CHUNK = 128
-_E4M3_MAX = 448.0
 
 
 def reference(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
@@ -64,7 +65,7 @@ def _kernel(x_ref, scale_ref, bias_ref, *refs, epsilon: float):
         if q_ref is not None:
             # From the rounded output, as quantizing the output separately would.
             scaled = y.astype(jnp.float32) / divisor_ref[0]
-            q_ref[:, j, :] = jnp.clip(scaled, -_E4M3_MAX, _E4M3_MAX).astype(q_ref.dtype)
+            q_ref[:, j, :] = jnp.clip(scaled, -fp8.E4M3_MAX, fp8.E4M3_MAX).astype(q_ref.dtype)
 
 
 def _chunk(width: int) -> int:
@@ -91,9 +92,7 @@ def _forward(x, scale, bias, epsilon, num_warps, interpret, out_scale=None):
     args = [x3, *(p.reshape(width // chunk, chunk) for p in (scale, bias))]
     specs, out_shape = [block, params, params], [jax.ShapeDtypeStruct(x3.shape, x.dtype)]
     if out_scale is not None:
-        # The scale as `x`'s dtype rounds it: `compression.fp8` quantizes and dequantizes
-        # a 16-bit layer's input with that value.
-        args.append(jnp.asarray(out_scale, x.dtype).astype(jnp.float32).reshape(1))
+        args.append(fp8.scale_as(out_scale, x.dtype).reshape(1))
         specs.append(pl.BlockSpec((1,), lambda i: (0,)))
         out_shape.append(jax.ShapeDtypeStruct(x3.shape, jnp.float8_e4m3fn))
     call = pl.pallas_call(

@@ -28,6 +28,8 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from rankjax.compression import fp8
+
 # Triton's matrix products need every block dimension >= 16 and a power of two.
 _MIN_BLOCK = 16
 # The longest sequence `model.attention="auto"` sends here: the whole `[T, T]` score
@@ -38,7 +40,6 @@ AUTO_MAX_LENGTH = 128
 # (as XLA's `finfo.min` masking does) instead of dividing 0 by 0. Keys added to round `T`
 # up to a block get -inf: they never count.
 _MASKED = -1e30
-_E4M3_MAX = 448.0
 
 
 def probabilities(q: jax.Array, k: jax.Array, mask: jax.Array) -> jax.Array:
@@ -75,7 +76,7 @@ def _kernel(q_ref, k_ref, v_ref, bias_ref, *refs, scale: float):
     out = jnp.dot(weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
     out = out / (total[:, None] / coef_ref[0][1] if coef_ref else total[:, None])
     if o_ref.dtype == jnp.float8_e4m3fn:
-        out = jnp.clip(out, -_E4M3_MAX, _E4M3_MAX)
+        out = jnp.clip(out, -fp8.E4M3_MAX, fp8.E4M3_MAX)
     o_ref[...] = out.astype(o_ref.dtype)
 
 
@@ -231,10 +232,7 @@ def packed_attention(
     q_scale, k_scale, v_scale = (
         jnp.ones(3, jnp.float32) if slot_scales is None else jnp.asarray(slot_scales, jnp.float32)
     )
-    # The output scale as the next layer rounds it (`compression.fp8` dequantizes a 16-bit
-    # layer's input with the scale in that dtype).
-    out_scale = None if out_scale is None else jnp.asarray(out_scale, qkv.dtype)
-    output = v_scale if out_scale is None else v_scale / out_scale.astype(jnp.float32)
+    output = v_scale if out_scale is None else v_scale / fp8.scale_as(out_scale, qkv.dtype)
     coef = jnp.stack([q_scale * k_scale, output])
     out_dtype = None if out_scale is None else jnp.float8_e4m3fn
     return _forward((qkv,), mask, num_warps, _interpret(interpret), coef, out_dtype)
