@@ -35,7 +35,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from rankjax import benchmark, compiler, export, serving
+from rankjax import benchmark, export, serving
 from rankjax import data as data_lib
 
 JSON = flags.DEFINE_string("json", "", "also write the rows to this JSON file")
@@ -83,9 +83,8 @@ def measure(workdir: str, variant: str, folder: str) -> dict:
     dtype = ranker.config.model.get("dtype", "float32")
     param_dtype = dtype if dtype in ("bfloat16", "float16") else None
     export.save(ranker, path, num_features=width, param_dtype=param_dtype)
-    # Compiled as rankjax compiles inference (on GPUs without XLA's Triton GEMMs, so
-    # cuBLASLt fuses the epilogues); a bare `exported.call` would take XLA's defaults.
-    call = compiler.jit(export.load(path).exported.call)
+    # `call`: the program compiled as rankjax compiles inference (`export.load`).
+    call = export.load(path).call
     big = jax.device_put(_inputs(ranker, LISTS.value, CANDIDATES.value))
     one = {k: v[:1] for k, v in big.items()}
     everywhere = jax.device_put(np.ones((LISTS.value, CANDIDATES.value), bool))

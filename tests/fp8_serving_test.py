@@ -76,13 +76,15 @@ def test_fused_fp8_encoder_is_as_close_to_float_as_the_layer_by_layer_one(varian
     # The same served variables, once through the fused kernels (one q, k, v product;
     # LayerNorm and attention writing the next product's input in e4m3; feed-forward on
     # flat tokens) and once with a seam that offers no fusion (three products, separate
-    # quantize steps, [B, T, H] products). Each rounds differently, so both are compared
-    # with the float32 model: fp8's error at this toy width is about 0.05 a score; a
-    # wrong scale or slot would be far off.
+    # quantize steps, [B, T, H] products); and with XLA's attention and LayerNorm, as an
+    # export runs it (one q, k, v product, scaled per slot after it). Each rounds
+    # differently, so all are compared with the float32 model: fp8's error at this toy
+    # width is about 0.05 a score; a wrong scale or slot would be far off.
     bf16, served = variants
     seam = served.model.dot_general_cls
     fused = served.model.clone(attention="pallas", norm="pallas")
     plain = fused.clone(dot_general_cls=lambda path: seam(path))
+    packed = served.model.clone(attention="xla", norm="xla")
     tokens = speed.pair_tokens(24, 16, 3)
     tokens["tokens"][5:, :, 11:] = 0  # padded pairs
     where = jnp.ones((24, 1), bool)
@@ -92,28 +94,33 @@ def test_fused_fp8_encoder_is_as_close_to_float_as_the_layer_by_layer_one(varian
         return np.asarray(out, np.float32).ravel()
 
     exact = score(bf16.model.clone(dtype="float32"), bf16.variables)
-    scores = {m: score(m, served.variables) for m in (fused, plain)}
+    scores = {m: score(m, served.variables) for m in (fused, plain, packed)}
     errors = {m: np.abs(s - exact) for m, s in scores.items()}
-    assert errors[fused].mean() <= 1.25 * errors[plain].mean(), errors
-    assert errors[fused].max() <= 0.1 * np.abs(exact).max() + 0.1, errors[fused]
-    assert speed.agreement(exact, scores[fused]) > 0.9
+    for model in (fused, packed):
+        assert errors[model].mean() <= 1.25 * errors[plain].mean(), errors
+        assert errors[model].max() <= 0.1 * np.abs(exact).max() + 0.1, errors[model]
+        assert speed.agreement(exact, scores[model]) > 0.9
 
     def census(model):
-        # Matrix products outside kernels, and kernels that write e4m3.
+        # Matrix products outside kernels, fp8 products (each guards its e4m3 weights
+        # with an optimization barrier), and kernels that write e4m3.
         jaxpr = jax.make_jaxpr(lambda v: model.apply(v, tokens, where, train=False))
-        counts = {"dot_general": 0, "e4m3 kernels": 0}
+        counts = {"dot_general": 0, "fp8": 0, "e4m3 kernels": 0}
         for eqn in _equations(jaxpr(served.variables).jaxpr):
             counts["dot_general"] += eqn.primitive.name == "dot_general"
+            counts["fp8"] += eqn.primitive.name == "optimization_barrier"
             e4m3_out = any(v.aval.dtype == jnp.float8_e4m3fn for v in eqn.outvars)
             counts["e4m3 kernels"] += eqn.primitive.name == "pallas_call" and e4m3_out
         return counts
 
     # Per layer: q, k, v as one product, not three; the attention and both LayerNorms
-    # write e4m3 (the last layer's output LayerNorm has no fp8 reader).
+    # write e4m3 (the last layer's output LayerNorm has no fp8 reader). XLA's attention
+    # adds its two batched products.
     layers, products = SHAPE["num_layers"], 1 + 6 * SHAPE["num_layers"]  # + the score
-    assert census(plain) == {"dot_general": products, "e4m3 kernels": 0}
-    want = {"dot_general": products - 2 * layers, "e4m3 kernels": 3 * layers - 1}
-    assert census(fused) == want
+    assert census(plain) == {"dot_general": products, "fp8": 6 * layers, "e4m3 kernels": 0}
+    want = {"dot_general": products - 2 * layers, "fp8": 4 * layers}
+    assert census(fused) == want | {"e4m3 kernels": 3 * layers - 1}
+    assert census(packed) == {"dot_general": products, "fp8": 4 * layers, "e4m3 kernels": 0}
 
 
 def _equations(jaxpr):

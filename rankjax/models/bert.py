@@ -177,9 +177,9 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention with query/key/value/output projections on the seam.
 
     Attributes:
-      attention: one of `ATTENTIONS` (see `attention_kernel`). With the Pallas kernel, q,
-        k and v come from one packed product in float and in fp8 serving; other seams
-        keep three.
+      attention: one of `ATTENTIONS` (see `attention_kernel`). q, k and v come from one
+        packed product in fp8 serving, and in float with the Pallas kernel; otherwise
+        from three.
     """
 
     config: BertConfig
@@ -215,9 +215,9 @@ class SelfAttention(nn.Module):
 
         def packed_fp8():
             # One fp8 product of the three layers' e4m3 weights. q, k and v read the same
-            # input, so their calibrated input scales are equal; each weight scale is left
-            # to the attention kernel (a per-slot multiply there is free), so the biases
-            # are divided by them here.
+            # input, so their calibrated input scales are equal. Each weight scale is left
+            # to the consumer (a per-slot multiply in the attention kernel is free; XLA
+            # fuses it into the split otherwise), so the biases are divided by them here.
             kernel_t = jnp.concatenate([f["kernel"] for f in frozen])  # [3 H, in]
             weight_scales = jnp.stack([f["kernel_scale"] for f in frozen])
             params = self.variables["params"]
@@ -227,10 +227,18 @@ class SelfAttention(nn.Module):
             y = fp8.fp8_dot(source, kernel_t, frozen[0]["input_scale"], 1.0, self.dtype)
             return y + bias.astype(self.dtype), weight_scales
 
+        def attend(q, k, v):
+            if kernel != "xla":
+                return fused_attention(q, k, v, mask, kernel)
+            probs = short_attention.probabilities(q, k, mask).astype(self.dtype)
+            probs = nn.Dropout(dropout)(probs, deterministic=not train)
+            return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
         dropout = c.attention_probs_dropout_prob
         kernel = attention_kernel(self.attention, dropout, train, x.shape[-2])
         frozen = [_served(seam, self, n) for n in names]
-        if kernel == "pallas" and (seam is None or None not in frozen):
+        served_fp8 = seam is not None and None not in frozen
+        if kernel == "pallas" and (seam is None or served_fp8):
             qkv, slot_scales = packed() if seam is None else packed_fp8()
             qkv = qkv.reshape(qkv.shape[:-1] + (3, heads, width))
             # Served in fp8, the kernel writes the output product's input in e4m3.
@@ -238,14 +246,16 @@ class SelfAttention(nn.Module):
             y = short_attention.packed_attention(
                 qkv, mask, slot_scales=slot_scales, out_scale=out_scale
             )
+        elif served_fp8:
+            # Left as three fp8 products of one input, XLA's dot merger joins them into one
+            # product that its fp8 GEMM rewrite no longer matches: a bf16 GEMM (seen on the
+            # H200 in an exported artifact). One explicit fp8 product keeps them fp8.
+            qkv, slot_scales = packed_fp8()
+            qkv = qkv.reshape(qkv.shape[:-1] + (3, heads, width))
+            qkv = qkv * slot_scales.astype(qkv.dtype)[:, None, None]
+            y = attend(qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :])
         else:
-            q, k, v = split("query"), split("key"), split("value")
-            if kernel != "xla":
-                y = fused_attention(q, k, v, mask, kernel)
-            else:
-                probs = short_attention.probabilities(q, k, mask).astype(self.dtype)
-                probs = nn.Dropout(dropout)(probs, deterministic=not train)
-                y = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+            y = attend(split("query"), split("key"), split("value"))
         y = y.reshape(x.shape[:-1] + (c.hidden_size,))
         return Dense(c.hidden_size, name="output", **dense)(y)
 
