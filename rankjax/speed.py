@@ -13,6 +13,9 @@ functions take sizes as arguments, so the tests run them on CPU at toy sizes.
   over the first `num_devices` devices.
 * `listwise_train_rate`: training steps of the listwise transformer ranker at allRank's
   Web30K shape.
+* `two_tower_train_rate`: training steps of the two-tower retrieval model with large id
+  tables, data-parallel with the tables replicated or with their rows split over a
+  `model` mesh axis (as `mesh.model` does in the retrieval trainer).
 
 Timing rules are `rankjax.benchmark`'s: compilation and two warm-up calls excluded,
 device work finished before each clock read, medians over repeats.
@@ -33,9 +36,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rankjax import benchmark, compiler, losses, models, serving
+from rankjax import benchmark, compiler, losses, models, retrieval_trainer, serving, sharding
 from rankjax.compression import quantization
-from rankjax.models import listwise
+from rankjax.models import listwise, two_tower
 
 # Served compression variants: post-training quantization of the float model (as the
 # Home Depot config's `serve=` argument does; the scoring layer stays float).
@@ -280,6 +283,64 @@ def listwise_train_rate(
     labels = np.where(where, rng.integers(0, 5, size=where.shape), 0).astype(np.float32)
     softmax = losses.get("softmax")
     return _train_rate(model, softmax, x, labels, where, num_devices, repeats, 1e-3, block)
+
+
+def two_tower_train_rate(
+    rows: int,
+    dim: int,
+    batch: int,
+    num_devices: int = 1,
+    model_axis: int = 1,
+    repeats: int = 5,
+    block: int = 10,
+) -> float:
+    """Examples/s of training the two-tower model (id tables of `rows` users and `rows`
+    items, `dim` wide; in-batch softmax, AdamW) on `num_devices` devices: with
+    `model_axis` 1 the tables are replicated and their gradients summed across devices
+    (plain data parallelism); with `model_axis` > 1 every table's rows are split over
+    that many devices (`retrieval_trainer.TABLE_RULES`), the batch over the rest.
+
+    Each row is a user and an item drawn as in a shop's log: users uniformly, items from a
+    Zipf law (popular items recur, and the loss removes accidental hits).
+    """
+    mesh = sharding.make_mesh(num_devices, model=model_axis)
+    sharding.check_divisible(batch, mesh)
+    model = two_tower.Model(rows, rows, {}, {}, dim=dim, row_multiple=model_axis)
+    rng = np.random.default_rng(6)
+    users = rng.integers(0, rows, size=batch).astype(np.int32)
+    items = ((rng.zipf(1.2, size=batch) - 1) % rows).astype(np.int32)
+    tx = optax.adamw(1e-3)
+
+    def init(key):
+        params = model.init(key, users[:2], {}, items[:2], {})["params"]
+        return params, tx.init(params)
+
+    def step(state, users, items):
+        params, opt_state = state
+
+        def loss(p):
+            logits = model.apply({"params": p}, users, {}, items, {})
+            return losses.in_batch_softmax_loss(logits, items)
+
+        updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    key = jax.random.PRNGKey(0)
+    rules = retrieval_trainer.TABLE_RULES if model_axis > 1 else ()
+    placed = sharding.tree_shardings(jax.eval_shape(init, key), mesh, rules)
+    state = jax.jit(init, out_shardings=placed)(key)
+    data = sharding.batch_sharding(mesh)
+    step = jax.jit(step, in_shardings=(placed, data, data), out_shardings=placed, donate_argnums=0)
+    inputs = jax.device_put((users, items), data)
+
+    def run():
+        nonlocal state
+        for _ in range(block):
+            state = step(state, *inputs)
+        return state
+
+    seconds = statistics.median(benchmark.wall_seconds(run, repeats, warmup=2)) / block
+    return batch / seconds
 
 
 def flops_per_doc(shape: dict[str, int] | None, length: int) -> float:

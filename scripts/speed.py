@@ -27,6 +27,10 @@ Parts (`--parts`, comma-separated; all by default):
   (`scripts/peers/allrank_listwise.py`, float32 and bf16 autocast, eager/compiled).
 * `scaling`: the fine-tuning step data-parallel over 1, 2, 4, ... of the host's devices
   (per-device batch fixed at `--train_batch`), pairs/s and speedup over one device.
+* `tables`: training steps of the two-tower retrieval model with `--table_rows` users and
+  items (`--table_dim` wide), `--table_batch` rows per step, on 1, 2, 4, ... devices:
+  plain data parallelism (tables replicated, their gradients summed) against the tables'
+  rows split over all the devices (`mesh.model`).
 
 Prints one table per part and writes every row, with the date, device, JAX and PyTorch
 versions, to `--json`.
@@ -43,7 +47,9 @@ from absl import app, flags, logging
 from rankjax import benchmark, compiler, speed
 from rankjax.compression import quantization
 
-PARTS = flags.DEFINE_list("parts", ["scoring", "train", "listwise", "scaling"], "what to run")
+PARTS = flags.DEFINE_list(
+    "parts", ["scoring", "train", "listwise", "scaling", "tables"], "what to run"
+)
 JSON = flags.DEFINE_string("json", "", "write all rows to this JSON file")
 BATCH = flags.DEFINE_integer("batch", 1024, "pairs per scoring call (throughput)")
 LENGTH = flags.DEFINE_integer("length", 64, "tokens per pair")
@@ -51,6 +57,9 @@ LATENCY_BATCH = flags.DEFINE_integer("latency_batch", 64, "candidates of one que
 TRAIN_BATCH = flags.DEFINE_integer("train_batch", 512, "pairs per fine-tuning step per device")
 LISTS = flags.DEFINE_integer("lists", 64, "lists per listwise training step")
 LIST_SIZE = flags.DEFINE_integer("list_size", 240, "items per list (allRank's slate length)")
+TABLE_ROWS = flags.DEFINE_integer("table_rows", 10_000_000, "users and items (tables)")
+TABLE_DIM = flags.DEFINE_integer("table_dim", 64, "embedding width (tables)")
+TABLE_BATCH = flags.DEFINE_integer("table_batch", 8192, "rows per two-tower step (tables)")
 PEAK = flags.DEFINE_float("peak_tflops", 790.0, "bf16 matrix rate of the GPU (measured)")
 PEERS = flags.DEFINE_bool("peers", True, "run the PyTorch peers (needs torch and CUDA)")
 REPEATS = flags.DEFINE_integer("repeats", 20, "timed scoring calls per measurement (median)")
@@ -198,6 +207,36 @@ def scaling() -> list[dict]:
     return rows
 
 
+def tables() -> list[dict]:
+    counts = [n for n in (1, 2, 4, 8) if n <= jax.device_count()]
+    layouts = [(1, 1)] + [(n, m) for n in counts[1:] for m in (1, n)]
+    rows = []
+    for n, m in layouts:
+        logging.info("timing the two-tower step on %d devices, model axis %d", n, m)
+        rate = speed.two_tower_train_rate(
+            TABLE_ROWS.value,
+            TABLE_DIM.value,
+            TABLE_BATCH.value,
+            n,
+            m,
+            TRAIN_REPEATS.value,
+            BLOCK.value,
+        )
+        layout = "one device" if n == 1 else ("rows split" if m > 1 else "replicated")
+        rows.append({"devices": n, "model_axis": m, "layout": layout, "examples_per_sec": rate})
+    one = rows[0]["examples_per_sec"]
+    table = [
+        [r["devices"], r["layout"], r["examples_per_sec"], r["examples_per_sec"] / one]
+        for r in rows
+    ]
+    title = (
+        f"Two-tower training, {TABLE_ROWS.value:,} users and items × {TABLE_DIM.value}, "
+        f"{TABLE_BATCH.value} rows per step"
+    )
+    print(benchmark.markdown_table(title, ["devices", "tables", "rows/s", "× one device"], table))
+    return rows
+
+
 def main(argv):
     del argv
     out = {"environment": benchmark.environment()}
@@ -228,6 +267,8 @@ def main(argv):
         out["listwise"] = listwise(peers)
     if "scaling" in PARTS.value:
         out["scaling"] = scaling()
+    if "tables" in PARTS.value:
+        out["tables"] = tables()
     if JSON.value:
         os.makedirs(os.path.dirname(os.path.abspath(JSON.value)), exist_ok=True)
         with open(JSON.value, "w") as f:

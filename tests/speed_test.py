@@ -49,6 +49,9 @@ def test_rates_are_measured():
         4, 12, 10, repeats=2, block=2, d_model=8, num_heads=2, num_layers=1
     )
     assert rate > 0
+    # The two-tower step with its tables replicated and with their rows split.
+    for model_axis in (1, 2):
+        assert speed.two_tower_train_rate(1000, 8, 16, 2, model_axis, repeats=1, block=1) > 0
     with pytest.raises(ValueError, match="num_devices=64, but only"):
         speed.train_step_rate(8, 16, num_devices=64, shape=SHAPE)
 
