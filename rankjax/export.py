@@ -82,43 +82,70 @@ def raw_width(transform: lists.FeatureTransform) -> int:
     raise ValueError("the feature transform fixes no width; pass num_features")
 
 
-def _signature(ranker, num_features: int | None, token_length: int | None) -> dict[str, Any]:
-    """Input names, dtypes and shapes (`b`, `n`: symbolic batch and list sizes)."""
+def _signature(
+    ranker,
+    num_features: int | None,
+    token_length: int | None,
+    fixed_shape: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Input names, dtypes and shapes (`b`, `n`: symbolic batch and list sizes, unless
+    `fixed_shape` fixes them)."""
     keys = models.input_keys(ranker.model)
+    b, n = ("b", "n") if fixed_shape is None else tuple(int(d) for d in fixed_shape)
     if keys == ("features",):
         if num_features is None:
             raise ValueError("a feature ranker's export needs num_features (raw features)")
-        inputs = {"features": [["b", "n", num_features], "float32"]}
+        inputs = {"features": [[b, n, num_features], "float32"]}
     else:  # token arrays [b, n, T]; T symbolic unless fixed
         length = "t" if token_length is None else token_length
-        inputs = {k: [["b", "n", length], "int32"] for k in keys}
-    return {"inputs": inputs, "where": [["b", "n"], "bool"], "output": [["b", "n"], "float32"]}
+        inputs = {k: [[b, n, length], "int32"] for k in keys}
+    return {"inputs": inputs, "where": [[b, n], "bool"], "output": [[b, n], "float32"]}
 
 
-def exportable(model: Any) -> Any:
-    """`model` with its `"auto"` kernels (text rankers) fixed to XLA's formulations for
-    the export.
+def exportable(model: Any, kernels: str = "xla") -> Any:
+    """`model` with its `"auto"` kernels (text rankers) fixed to `kernels` for the export.
 
-    The fused Pallas kernels (attention, LayerNorm) cannot go into an export: its batch
-    and list sizes are symbolic, a Triton kernel's grid must be static (lowering for a
-    GPU fails with "dynamic grid bounds not supported"), and lowered off a GPU they would
-    export as Pallas's interpreter loops.
+    With `"xla"` (the default) the fused Pallas kernels (attention, LayerNorm) stay out: a
+    default export's batch and list sizes are symbolic, a Triton kernel's grid must be
+    static (lowering for a GPU fails with "dynamic grid bounds not supported"), and
+    lowered off a GPU they would export as Pallas's interpreter loops. `"pallas"` (see
+    `save`'s `kernels`) puts them in.
 
     Raises:
-      ValueError: the model asks for a Pallas kernel by name.
+      ValueError: the model asks for a Pallas kernel by name in an `"xla"` export.
     """
     fixed = {}
     for field in ("attention", "norm"):
         choice = getattr(model, field, None)
-        if choice == "pallas":
+        if choice == "pallas" and kernels != "pallas":
             raise ValueError(
-                f"model.{field}='pallas' cannot be exported: an export has a symbolic batch "
-                f"and a Triton kernel needs a static grid; export with model.{field}='auto' "
-                "or 'xla' (XLA's formulation; the weights are the same)"
+                f"model.{field}='pallas' cannot be exported with symbolic sizes: a Triton "
+                f"kernel needs a static grid; export with model.{field}='auto' or 'xla' "
+                "(XLA's formulation; the weights are the same), or with kernels='pallas' "
+                "and a fixed_shape"
             )
         if choice == "auto":
-            fixed[field] = "xla"
+            fixed[field] = kernels
     return model.clone(**fixed) if fixed else model
+
+
+# The custom call that carries a Pallas kernel's Triton IR. jax.export guarantees no
+# compatibility for it across jaxlib versions, so a "pallas" export records the version
+# and `load` refuses another.
+_TRITON_CALL = "__gpu$xla.gpu.triton"
+
+
+def _check_pallas_export(platforms, fixed_shape, token_length) -> None:
+    """Raises ValueError unless a `kernels="pallas"` export can hold the kernels."""
+    problems = []
+    if tuple(platforms) != ("cuda",):
+        problems.append(f"platforms=('cuda',) (got {tuple(platforms)})")
+    if fixed_shape is None or token_length is None:
+        problems.append("fixed_shape=(batch, list size) and token_length (static grids)")
+    if jax.default_backend() != "gpu":
+        problems.append(f"a GPU to lower the kernels on (JAX's backend is {jax.default_backend()})")
+    if problems:
+        raise ValueError("kernels='pallas' needs " + "; ".join(problems))
 
 
 def save(
@@ -129,6 +156,8 @@ def save(
     token_length: int | None = None,
     platforms: tuple[str, ...] = PLATFORMS,
     param_dtype: str | None = None,
+    fixed_shape: tuple[int, int] | None = None,
+    kernels: str = "xla",
 ) -> dict[str, Any]:
     """Exports `ranker`'s scoring function (a `serving.Ranker`) to `path`.
 
@@ -138,18 +167,34 @@ def save(
       num_features: raw features per item (feature rankers; the transform maps them).
       token_length: fixes the token axis of text rankers (None: symbolic).
       platforms: where it may run. A text ranker's `"auto"` kernels export as XLA's
-        formulations (see `exportable`).
+        formulations unless `kernels="pallas"` (see `exportable`).
       param_dtype: e.g. `"bfloat16"`: store the float32 parameters in that dtype, for a
         model that computes in it (half their bytes, and no casts in every call; a float32
         model would only cast them back); None keeps them as trained.
+      fixed_shape: `(batch, list size)` fixed in the program (None: both symbolic), e.g.
+        a serving endpoint that pads every request to 64 candidates.
+      kernels: `"xla"`, or `"pallas"`: a text ranker's `"auto"` kernels export as rankjax's
+        fused Pallas kernels (Triton), as it scores in process on a GPU. Needs
+        `platforms=("cuda",)`, `fixed_shape`, `token_length`, and a GPU to export on; the
+        file then loads only under the same jax version (Triton IR has no compatibility
+        guarantee).
 
     Returns:
-      The signature written beside the program (input names, dtypes, symbolic shapes).
+      The signature written beside the program (input names, dtypes, shapes).
+
+    Raises:
+      ValueError: `kernels="pallas"` without what it needs, or an unknown `kernels`.
     """
-    signature = _signature(ranker, num_features, token_length)
+    if kernels not in ("xla", "pallas"):
+        raise ValueError(f"kernels={kernels!r}; valid: 'xla', 'pallas'")
+    if kernels == "pallas":
+        _check_pallas_export(platforms, fixed_shape, token_length)
+    signature = _signature(ranker, num_features, token_length, fixed_shape)
+    if kernels == "pallas":
+        signature["kernels"] = {"name": "pallas", "jax": jax.__version__}
     keys = tuple(signature["inputs"])
     transform = traced_transform(ranker.transform) if keys == ("features",) else None
-    variables, model = ranker.variables, exportable(ranker.model)
+    variables, model = ranker.variables, exportable(ranker.model, kernels)
     if param_dtype is not None:
         variables = serving.cast_params(variables, param_dtype)
 
@@ -172,11 +217,26 @@ def save(
         {k: spec(*v) for k, v in signature["inputs"].items()},
         spec(*signature["where"]),
     )
-    exported = jax.export.export(jax.jit(score), platforms=platforms)(*args)
+    checks = (
+        [jax.export.DisabledSafetyCheck.custom_call(_TRITON_CALL)] if kernels == "pallas" else []
+    )
+    exported = jax.export.export(jax.jit(score), platforms=platforms, disabled_checks=checks)(*args)
     header = json.dumps(signature).encode() + b"\n"
     with open(path, "wb") as f:
         f.write(_MAGIC + header + exported.serialize())
     return signature
+
+
+def _check_shape(path: str, key: str, shape: tuple, expected: list) -> None:
+    """Raises ValueError when `shape` breaks the signature's fixed sizes (strings are
+    symbolic and take any size)."""
+    fits = len(shape) == len(expected) and all(
+        isinstance(e, str) or e == d for d, e in zip(shape, expected, strict=True)
+    )
+    if not fits:
+        raise ValueError(
+            f"{path}: input {key!r} has shape {tuple(shape)}; the export takes {expected}"
+        )
 
 
 def load(path: str) -> Callable[..., np.ndarray]:
@@ -192,6 +252,12 @@ def load(path: str) -> Callable[..., np.ndarray]:
         raise ValueError(f"{path}: not a rankjax export (no {_MAGIC.strip().decode()!r} header)")
     header, _, program = blob[len(_MAGIC) :].partition(b"\n")
     signature = json.loads(header)
+    made_by = signature.get("kernels", {}).get("jax")
+    if made_by and made_by != jax.__version__:
+        raise ValueError(
+            f"{path}: exported with Pallas kernels under jax {made_by}, whose Triton IR "
+            f"need not load under jax {jax.__version__}; export it again with this version"
+        )
     exported = jax.export.deserialize(bytearray(program))
     keys = tuple(signature["inputs"])
 
@@ -201,6 +267,8 @@ def load(path: str) -> Callable[..., np.ndarray]:
         if missing:
             raise ValueError(f"{path}: missing inputs {missing}; it takes {list(keys)}")
         inputs = {k: np.asarray(inputs[k], signature["inputs"][k][1]) for k in keys}
+        for k in keys:
+            _check_shape(path, k, inputs[k].shape, signature["inputs"][k][0])
         b, n = inputs[keys[0]].shape[:2]
         mask = np.ones((b, n), bool) if where is None else np.asarray(where, bool)
         return np.asarray(call(inputs, mask))

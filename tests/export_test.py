@@ -136,6 +136,27 @@ def test_cuda_fp8_export_runs_fp8_gemms_on_gpu(tmp_path):
     np.testing.assert_allclose(score(**tokens), want, rtol=0.05, atol=0.05)
 
 
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="Triton kernels: NVIDIA GPUs")
+def test_cuda_pallas_export_holds_the_kernels_on_gpu(tmp_path):
+    # A fixed-shape export with kernels="pallas" carries rankjax's Triton kernels and scores
+    # as the model does in process with them (bf16, and fp8 with its e4m3-writing kernels).
+    shape = dict(hidden_size=64, num_attention_heads=2, intermediate_size=128, num_layers=2)
+    served = ("fp8 (static scales) served",)
+    calibration = speed.pair_tokens(32, 16, 1)
+    for scorer in speed.scoring_variants(shape, ("auto",), served, calibration):
+        path = str(tmp_path / "pallas.jaxexport")
+        ranker = serving.Ranker(scorer.model, scorer.variables, None, None)
+        kwargs = dict(token_length=16, platforms=("cuda",), fixed_shape=(8, 1))
+        signature = export.save(ranker, path, kernels="pallas", **kwargs)
+        assert signature["kernels"] == {"name": "pallas", "jax": jax.__version__}
+        score = export.load(path)
+        program = score.exported.mlir_module()
+        assert program.count("xla.gpu.triton") >= 2 * shape["num_layers"], scorer.name
+        tokens = speed.pair_tokens(8, 16, 5)
+        want = np.asarray(scorer.served(tokens), np.float32)
+        np.testing.assert_allclose(score(**tokens), want, rtol=2e-2, atol=2e-2)
+
+
 def test_export_errors_name_the_problem(served_run, tmp_path):
     ranker = serving.load(served_run, "served")
     with pytest.raises(ValueError, match="num_features"):
@@ -143,6 +164,31 @@ def test_export_errors_name_the_problem(served_run, tmp_path):
     (tmp_path / "junk").write_bytes(b"not a program")
     with pytest.raises(ValueError, match="not a rankjax export"):
         export.load(str(tmp_path / "junk"))
+    # A fixed-shape export takes only its shape; any export only its feature width.
+    width = export.raw_width(ranker.transform)
+    path = str(tmp_path / "fixed.jaxexport")
+    kwargs = dict(num_features=width, platforms=("cpu",))
+    signature = export.save(ranker, path, fixed_shape=(2, 5), **kwargs)
+    assert signature["where"] == [[2, 5], "bool"]
+    score = export.load(path)
+    x = np.ones((2, 5, width), np.float32)
+    np.testing.assert_allclose(score(x), ranker.score(x, np.ones((2, 5), bool)), rtol=1e-4)
+    with pytest.raises(ValueError, match=r"input 'features' has shape \(3, 5, \d+\); the export"):
+        score(np.ones((3, 5, width), np.float32))
+    with pytest.raises(ValueError, match="input 'features' has shape"):
+        score(np.ones((2, 5, width + 1), np.float32))
+    # Pallas kernels: only a fixed-shape CUDA export made on a GPU holds them, and it loads
+    # only under the jax version that made it.
+    with pytest.raises(ValueError, match="kernels="):
+        export.save(ranker, path, kernels="triton", **kwargs)
+    with pytest.raises(ValueError, match=r"kernels='pallas' needs platforms=\('cuda',\)"):
+        export.save(ranker, path, kernels="pallas", **kwargs)
+    blob = open(path, "rb").read().split(b"\n", 2)
+    header = json.loads(blob[1]) | {"kernels": {"name": "pallas", "jax": "0.0.1"}}
+    other = tmp_path / "other.jaxexport"
+    other.write_bytes(b"\n".join([blob[0], json.dumps(header).encode(), blob[2]]))
+    with pytest.raises(ValueError, match="under jax 0.0.1"):
+        export.load(str(other))
 
 
 def test_benchmark_script_times_the_exported_models_and_plots_the_front(served_run, tmp_path):
@@ -194,3 +240,5 @@ def test_auto_kernels_export_as_xla_and_pallas_is_refused():
     for field in ("attention", "norm"):
         with pytest.raises(ValueError, match=f"model.{field}='pallas' cannot be exported"):
             export.exportable(model.clone(**{field: "pallas"}))
+    pallas = export.exportable(model, "pallas")
+    assert (pallas.attention, pallas.norm) == ("pallas", "pallas")
