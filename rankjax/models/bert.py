@@ -367,18 +367,9 @@ class Encoder(nn.Module):
             + Embed(c.max_position_embeddings, name="position_embeddings", **embed)(positions)
             + Embed(c.type_vocab_size, name="token_type_embeddings", **embed)(token_type_ids)
         )
-        x_e4m3, seam = None, self.dot_general_cls
-        if norm_kernel(self.norm, train) == "pallas":
-            # One kernel over the sum in the computation dtype (the layers' kernels keep
-            # that stream too) instead of XLA's reduce, rsqrt and convert passes. Served
-            # in fp8 it also writes the first layer's q, k, v input in e4m3.
-            norm = fused_norm.LayerNorm(c.layer_norm_eps, name="embeddings_norm")
-            first = _qkv_input_scale(seam, self, "layer_0", "attention")
-            x = x.astype(self.dtype)
-            x, x_e4m3 = (norm(x), None) if first is None else norm(x, first)
-        else:
-            x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="embeddings_norm")(x)
+        x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="embeddings_norm")(x)
         x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=not train).astype(self.dtype)
+        x_e4m3, seam = None, self.dot_general_cls
         depth = self.num_layers or c.num_hidden_layers
         for i in range(depth):
             # Served in fp8, each layer's last LayerNorm also writes the next layer's
