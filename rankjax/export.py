@@ -9,7 +9,8 @@ The file holds the StableHLO of the whole scoring function — the fitted featur
 for a served quantized model) — with the batch and list sizes symbolic, so one artifact
 serves any shape. Loading it needs `jax` only: no model code, no config, no checkpoint
 reader (`jax.export.deserialize(...).call(...)`). Text rankers take their token arrays
-(`models.input_keys`) in place of `features`.
+(`models.input_keys`) in place of `features`. A fixed-shape CUDA export can carry
+rankjax's Pallas kernels instead of XLA's formulations (`save`'s `kernels="pallas"`).
 """
 
 from __future__ import annotations
