@@ -6,7 +6,8 @@ functions take sizes as arguments, so the tests run them on CPU at toy sizes.
 * `scoring_variants`: the MiniLM-shaped cross-encoder in bf16 (XLA, cuDNN or Pallas
   attention; the default LayerNorm) and served compressed (fp8 with static scales, AQT
   int8, AQT int8 weight-only), each a `Scorer` ready to score; `measure_scoring` gives
-  docs/s and one-query latency with the weights compiled in (`Scorer.served`).
+  docs/s and one-query latency with the weights compiled in (`Scorer.served`), and
+  `measure_exported` the same through the serving artifact (`rankjax.export`).
 * `training_step`: a jitted training step with its state and batch placed for data
   parallelism.
 * `train_step_rate`: fine-tuning steps of the cross-encoder (float or QAT), data-parallel
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import statistics
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +39,16 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rankjax import benchmark, compiler, losses, models, retrieval_trainer, serving, sharding
+from rankjax import (
+    benchmark,
+    compiler,
+    export,
+    losses,
+    models,
+    retrieval_trainer,
+    serving,
+    sharding,
+)
 from rankjax.compression import quantization
 from rankjax.models import listwise, two_tower
 
@@ -155,10 +167,44 @@ def measure_scoring(
     """Docs/s scoring `[batch, length]` pairs per call, and p50/p99 ms of one call of
     `latency_batch` pairs (a query's candidates); each call waited for, weights compiled
     in (`Scorer.served`)."""
+    served = scorer.served
+    return _measure(served, served, batch, length, latency_batch, repeats)
+
+
+def exported_scorer(scorer: Scorer, batch: int, length: int, folder: str) -> Callable:
+    """`scorer` exported by `rankjax.export` for `[batch, length]` pairs and loaded back:
+    `tokens -> [batch, 1]` scores, called as `Scorer.served` is. On a GPU a fixed-shape
+    CUDA export with the kernels the model runs in process (`kernels="pallas"`);
+    elsewhere XLA's formulations."""
+    on_gpu = jax.default_backend() == "gpu"
+    path = os.path.join(folder, f"{batch}x{length}.jaxexport")
+    export.save(
+        serving.Ranker(scorer.model, scorer.variables, None, None),
+        path,
+        token_length=length,
+        fixed_shape=(batch, 1),
+        platforms=("cuda",) if on_gpu else (jax.default_backend(),),
+        kernels="pallas" if on_gpu else "xla",
+    )
+    call, where = export.load(path).call, jax.device_put(np.ones((batch, 1), bool))
+    return lambda tokens: call(tokens, where)
+
+
+def measure_exported(
+    scorer: Scorer, batch: int, length: int, latency_batch: int, repeats: int = 20
+) -> dict[str, float]:
+    """`measure_scoring` through `exported_scorer`'s files (one per shape)."""
+    with tempfile.TemporaryDirectory() as folder:
+        big = exported_scorer(scorer, batch, length, folder)
+        small = exported_scorer(scorer, latency_batch, length, folder)
+    return _measure(big, small, batch, length, latency_batch, repeats)
+
+
+def _measure(big_fn, small_fn, batch, length, latency_batch, repeats) -> dict[str, float]:
     big = jax.device_put(pair_tokens(batch, length, 1))
-    seconds = benchmark.wall_seconds(lambda: scorer.served(big), repeats, warmup=2)
+    seconds = benchmark.wall_seconds(lambda: big_fn(big), repeats, warmup=2)
     small = pair_tokens(latency_batch, length, 2)
-    latency = benchmark.latency_ms(scorer.served, small, 5 * repeats)
+    latency = benchmark.latency_ms(small_fn, small, 5 * repeats)
     return {"docs_per_sec": batch / statistics.median(seconds), **latency}
 
 

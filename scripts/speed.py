@@ -13,7 +13,9 @@ Parts (`--parts`, comma-separated; all by default):
   rankjax's Pallas attention; served fp8 (static scales, native fp8 GEMMs), AQT int8 and
   AQT int8 weight-only with the default attention (Pallas on a GPU), all converted from
   the same parameters (Spearman correlation of their scores with bf16's on one batch is
-  reported as a sanity check). Every variant compiles with `rankjax.compiler`'s options,
+  reported as a sanity check). The `--exported` variants are timed again through the
+  serving artifact (`rankjax.export`; on a GPU a fixed-shape export holding the Pallas
+  kernels), as a server would load it. Every variant compiles with `rankjax.compiler`'s options,
   uses the default LayerNorm (the Pallas kernel on a GPU) and is timed with its weights
   compiled in (`speed.Scorer.served`), as the exported artifact holds them.
   The PyTorch peer (`scripts/peers/torch_cross_encoder.py`: transformers BERT, fp16/bf16,
@@ -61,6 +63,11 @@ TABLE_ROWS = flags.DEFINE_integer("table_rows", 10_000_000, "users and items (ta
 TABLE_DIM = flags.DEFINE_integer("table_dim", 64, "embedding width (tables)")
 TABLE_BATCH = flags.DEFINE_integer("table_batch", 8192, "rows per two-tower step (tables)")
 PEAK = flags.DEFINE_float("peak_tflops", 790.0, "bf16 matrix rate of the GPU (measured)")
+EXPORTED = flags.DEFINE_list(
+    "exported",
+    ["pallas attention", "fp8"],
+    "scoring variants (parts of their names) also timed through the serving artifact",
+)
 PEERS = flags.DEFINE_bool("peers", True, "run the PyTorch peers (needs torch and CUDA)")
 REPEATS = flags.DEFINE_integer("repeats", 20, "timed scoring calls per measurement (median)")
 TRAIN_REPEATS = flags.DEFINE_integer("train_repeats", 5, "timed blocks of training steps")
@@ -112,6 +119,13 @@ def scoring(peers: list[dict]) -> list[dict]:
         reference = scores if reference is None else reference
         row["spearman_vs_bf16"] = speed.agreement(reference, scores)
         rows.append(row)
+    for s in scorers:
+        if any(part in s.name for part in EXPORTED.value):
+            logging.info("timing %s through its export", s.name)
+            timing = speed.measure_exported(
+                s, BATCH.value, length, LATENCY_BATCH.value, REPEATS.value
+            )
+            rows.append({"variant": f"{s.name}, exported", **timing})
     for row in peers + rows:
         row["tflops"] = row["docs_per_sec"] * flops / 1e12
         row["peak_share"] = row["tflops"] / PEAK.value

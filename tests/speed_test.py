@@ -35,6 +35,16 @@ def test_served_variants_rank_like_bf16():
     assert len(kernels) == 6 and all(k.dtype == jnp.float8_e4m3fn for k in kernels)
 
 
+def test_exported_scorer_scores_like_the_served_model(tmp_path):
+    scorer = speed.scoring_variants(SHAPE, ("xla",), served=())[0]
+    tokens = speed.pair_tokens(6, 16, 4)
+    got = speed.exported_scorer(scorer, 6, 16, str(tmp_path))(tokens)
+    want = scorer.served(tokens)
+    np.testing.assert_allclose(
+        np.asarray(got), np.asarray(want, np.float32).reshape(6, 1), rtol=1e-3, atol=1e-3
+    )
+
+
 def test_agreement_is_spearman():
     assert speed.agreement(np.arange(5.0), np.arange(5.0) ** 3) == pytest.approx(1.0)
     assert speed.agreement(np.arange(5.0), -np.arange(5.0)) == pytest.approx(-1.0)
@@ -44,6 +54,8 @@ def test_rates_are_measured():
     scorer = speed.scoring_variants(SHAPE, ("xla",), served=())[0]
     timing = speed.measure_scoring(scorer, batch=8, length=16, latency_batch=4, repeats=2)
     assert timing["docs_per_sec"] > 0 and 0 < timing["p50_ms"] <= timing["p99_ms"]
+    exported = speed.measure_exported(scorer, batch=8, length=16, latency_batch=4, repeats=2)
+    assert exported["docs_per_sec"] > 0 and 0 < exported["p50_ms"] <= exported["p99_ms"]
     # The training timer (shared by the cross-encoder's steps) on the listwise ranker.
     rate = speed.listwise_train_rate(
         4, 12, 10, repeats=2, block=2, d_model=8, num_heads=2, num_layers=1
