@@ -36,8 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from rankjax import (
     benchmark,
@@ -215,11 +214,9 @@ def agreement(reference: jax.Array, other: jax.Array) -> float:
 
 
 def _data_parallel(num_devices: int) -> tuple[NamedSharding, NamedSharding]:
-    devices = jax.devices()
-    if num_devices > len(devices):
-        raise ValueError(f"num_devices={num_devices}, but only {len(devices)} devices")
-    mesh = Mesh(np.array(devices[:num_devices]), ("data",))
-    return NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    """Batch and replicated shardings over the first `num_devices` devices."""
+    mesh = sharding.make_mesh(num_devices)
+    return sharding.batch_sharding(mesh), sharding.replicated(mesh)
 
 
 def training_step(model, loss_fn, inputs, labels, where, num_devices, lr, options=None):
@@ -262,25 +259,31 @@ def training_step(model, loss_fn, inputs, labels, where, num_devices, lr, option
 def _train_rate(
     model, loss_fn, inputs, labels, where, num_devices, repeats, lr, block, options=None
 ):
-    """Examples/s of `training_step`.
+    """Examples/s of `training_step` (timed by `_steps_rate`)."""
+    step, state, batch = training_step(
+        model, loss_fn, inputs, labels, where, num_devices, lr, options
+    )
+    keys = iter(jax.random.split(jax.random.PRNGKey(1), (repeats + 2) * block))
+    advance = lambda state: step(*state, next(keys), *batch)  # noqa: E731
+    return _steps_rate(advance, state, labels.shape[0], repeats, block)
+
+
+def _steps_rate(advance: Callable, state: Any, examples: int, repeats: int, block: int) -> float:
+    """Examples/s of training steps `state = advance(state)` on `examples` each.
 
     As in a training loop, steps are dispatched back to back and the device is waited for
     once per `block` steps (the median block time over `repeats`, divided by `block`), so
     the host's dispatch of one step overlaps the device's work on the previous one.
     """
-    step, state, batch = training_step(
-        model, loss_fn, inputs, labels, where, num_devices, lr, options
-    )
-    keys = iter(jax.random.split(jax.random.PRNGKey(1), (repeats + 2) * block))
 
     def run():
         nonlocal state
         for _ in range(block):
-            state = step(*state, next(keys), *batch)
+            state = advance(state)
         return state
 
     seconds = statistics.median(benchmark.wall_seconds(run, repeats, warmup=2)) / block
-    return labels.shape[0] / seconds
+    return examples / seconds
 
 
 def train_step_rate(
@@ -378,15 +381,7 @@ def two_tower_train_rate(
     data = sharding.batch_sharding(mesh)
     step = jax.jit(step, in_shardings=(placed, data, data), out_shardings=placed, donate_argnums=0)
     inputs = jax.device_put((users, items), data)
-
-    def run():
-        nonlocal state
-        for _ in range(block):
-            state = step(state, *inputs)
-        return state
-
-    seconds = statistics.median(benchmark.wall_seconds(run, repeats, warmup=2)) / block
-    return batch / seconds
+    return _steps_rate(lambda state: step(state, *inputs), state, batch, repeats, block)
 
 
 def flops_per_doc(shape: dict[str, int] | None, length: int) -> float:

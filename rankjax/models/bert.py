@@ -237,23 +237,23 @@ class SelfAttention(nn.Module):
         dropout = c.attention_probs_dropout_prob
         kernel = attention_kernel(self.attention, dropout, train, x.shape[-2])
         frozen = [_served(seam, self, n) for n in names]
+        # Served in fp8, q, k and v are always one product: left as three fp8 products of
+        # one input, XLA's dot merger joins them into one product that its fp8 GEMM
+        # rewrite no longer matches, a bf16 GEMM (seen on the H200 in an exported
+        # artifact). In float, the Pallas kernel reads the packed product in place.
         served_fp8 = seam is not None and None not in frozen
-        if kernel == "pallas" and (seam is None or served_fp8):
-            qkv, slot_scales = packed() if seam is None else packed_fp8()
+        if served_fp8 or (kernel == "pallas" and seam is None):
+            qkv, slot_scales = packed_fp8() if served_fp8 else packed()
             qkv = qkv.reshape(qkv.shape[:-1] + (3, heads, width))
-            # Served in fp8, the kernel writes the output product's input in e4m3.
-            out_scale = _input_scale(seam, self, "output")
-            y = short_attention.packed_attention(
-                qkv, mask, slot_scales=slot_scales, out_scale=out_scale
-            )
-        elif served_fp8:
-            # Left as three fp8 products of one input, XLA's dot merger joins them into one
-            # product that its fp8 GEMM rewrite no longer matches: a bf16 GEMM (seen on the
-            # H200 in an exported artifact). One explicit fp8 product keeps them fp8.
-            qkv, slot_scales = packed_fp8()
-            qkv = qkv.reshape(qkv.shape[:-1] + (3, heads, width))
-            qkv = qkv * slot_scales.astype(qkv.dtype)[:, None, None]
-            y = attend(qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :])
+            if kernel == "pallas":
+                # Served in fp8, the kernel writes the output product's input in e4m3.
+                out_scale = _input_scale(seam, self, "output")
+                y = short_attention.packed_attention(
+                    qkv, mask, slot_scales=slot_scales, out_scale=out_scale
+                )
+            else:
+                qkv = qkv * slot_scales.astype(qkv.dtype)[:, None, None]
+                y = attend(*(qkv[..., i, :, :] for i in range(3)))
         else:
             y = attend(split("query"), split("key"), split("value"))
         y = y.reshape(x.shape[:-1] + (c.hidden_size,))
