@@ -29,8 +29,13 @@ from jax.experimental.pallas import triton as plgpu
 from rankjax.compression import fp8
 
 # Rows per program (a power of two dividing the row count; fewer if it does not).
-# 4 to 16 rows per program timed the same on an H200 at 384 features (docs/results.md).
+# 4 to 16 rows per program timed the same on an H200 at 384 features with 4 warps; with
+# the e4m3 copy 32 rows cost more (docs/results.md).
 _ROWS = 16
+# Warps per program. On an H200, 8 warps against 4 at 16 rows cut a [65536, 384]
+# LayerNorm with its e4m3 copy from 37.9 to 33.9 us, and the scorer's kernel time per
+# 1,024 x 64 call by 1.7% (bf16) and 2.4% (fp8) (docs/results.md).
+_WARPS = 8
 # Features are read in chunks of the largest power of two dividing the width, at most
 # this wide: Triton's tensors must have power-of-two sizes, and 384 = 3 x 128.
 _MAX_CHUNK = 128
@@ -132,7 +137,7 @@ def layer_norm(
     scale: jax.Array,
     bias: jax.Array,
     epsilon: float,
-    num_warps: int = 4,
+    num_warps: int = _WARPS,
     interpret: bool | None = None,
     out_scale: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
