@@ -207,6 +207,29 @@ def _measure(big_fn, small_fn, batch, length, latency_batch, repeats) -> dict[st
     return {"docs_per_sec": batch / statistics.median(seconds), **latency}
 
 
+EXPORTED = ", exported"  # suffix of a variant's name timed through its exported file
+
+
+def bf16_baseline(rows: list[dict], variant: str) -> float:
+    """The docs/s that `variant`'s "× rankjax bf16" divides by: the fastest rankjax bf16
+    row timed the same way, through exported files (names ending in `EXPORTED`) or in
+    process. The same program timed both ways differs only by run-to-run noise, so
+    mixing the two would credit or charge a variant with that noise. An exported row
+    falls back to the in-process rate when no bf16 variant was exported.
+
+    Args:
+      rows: dicts with "variant" (name) and "docs_per_sec".
+      variant: the row's name.
+    """
+    bf16 = [r for r in rows if "bf16" in r["variant"]]
+    in_process = [r["docs_per_sec"] for r in bf16 if not r["variant"].endswith(EXPORTED)]
+    exported = [r["docs_per_sec"] for r in bf16 if r["variant"].endswith(EXPORTED)]
+    same = exported if variant.endswith(EXPORTED) and exported else in_process
+    if not same:
+        raise ValueError(f"no rankjax bf16 row to compare {variant!r} with")
+    return max(same)
+
+
 def agreement(reference: jax.Array, other: jax.Array) -> float:
     """Spearman rank correlation of two score vectors (ties broken by position)."""
     ranks = [np.argsort(np.argsort(np.asarray(s, np.float64).ravel())) for s in (reference, other)]

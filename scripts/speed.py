@@ -125,18 +125,17 @@ def scoring(peers: list[dict]) -> list[dict]:
             timing = speed.measure_exported(
                 s, BATCH.value, length, LATENCY_BATCH.value, REPEATS.value
             )
-            rows.append({"variant": f"{s.name}, exported", **timing})
+            rows.append({"variant": s.name + speed.EXPORTED, **timing})
     for row in peers + rows:
         row["tflops"] = row["docs_per_sec"] * flops / 1e12
         row["peak_share"] = row["tflops"] / PEAK.value
     torch_best = max((r["docs_per_sec"] for r in peers), default=float("nan"))
-    bf16 = max(r["docs_per_sec"] for r in rows if "bf16" in r["variant"])
     table = [
         [
             r["variant"],
             r["docs_per_sec"],
             r["docs_per_sec"] / torch_best,
-            r["docs_per_sec"] / bf16,
+            r["docs_per_sec"] / speed.bf16_baseline(rows, r["variant"]),
             r["tflops"],
             f"{100 * r['peak_share']:.0f}%",
             r["p50_ms"],

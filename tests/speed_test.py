@@ -126,3 +126,20 @@ def test_markdown_table():
         "|    a | 12,346 |",
         "|   bb | 0.0123 |",
     ]
+
+
+def test_bf16_baseline_compares_like_with_like():
+    rows = [
+        {"variant": "rankjax bf16, xla attention", "docs_per_sec": 200.0},
+        {"variant": "rankjax bf16, pallas attention", "docs_per_sec": 270.0},
+        {"variant": "rankjax fp8 (static scales) served", "docs_per_sec": 330.0},
+        {"variant": "rankjax bf16, pallas attention" + speed.EXPORTED, "docs_per_sec": 290.0},
+        {"variant": "rankjax fp8 (static scales) served" + speed.EXPORTED, "docs_per_sec": 320.0},
+    ]
+    assert speed.bf16_baseline(rows, "rankjax fp8 (static scales) served") == 270.0
+    assert speed.bf16_baseline(rows, "PyTorch bfloat16 eager") == 270.0
+    assert speed.bf16_baseline(rows, rows[-1]["variant"]) == 290.0
+    no_bf16_export = rows[:3] + rows[4:]
+    assert speed.bf16_baseline(no_bf16_export, rows[-1]["variant"]) == 270.0
+    with pytest.raises(ValueError, match="no rankjax bf16 row"):
+        speed.bf16_baseline(rows[2:3], rows[2]["variant"])
