@@ -7,7 +7,8 @@ functions take sizes as arguments, so the tests run them on CPU at toy sizes.
   attention; the default LayerNorm) and served compressed (fp8 with static scales, AQT
   int8, AQT int8 weight-only), each a `Scorer` ready to score; `measure_scoring` gives
   docs/s and one-query latency with the weights compiled in (`Scorer.served`), and
-  `measure_exported` the same through the serving artifact (`rankjax.export`).
+  `measure_exported` the same through the serving artifact (`rankjax.export`);
+  `latency_breakdown` splits one call's latency into launch, device time and wait.
 * `training_step`: a jitted training step with its state and batch placed for data
   parallelism.
 * `train_step_rate`: fine-tuning steps of the cross-encoder (float or QAT), data-parallel
@@ -29,6 +30,7 @@ import functools
 import os
 import statistics
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -228,6 +230,60 @@ def bf16_baseline(rows: list[dict], variant: str) -> float:
     if not same:
         raise ValueError(f"no rankjax bf16 row to compare {variant!r} with")
     return max(same)
+
+
+def latency_breakdown(
+    fn: Callable[[Any], jax.Array], batch: Any, calls: int = 400, block: int = 20
+) -> dict[str, float]:
+    """Where one waited-for call's time goes, without a profiler (which changes it).
+
+    Three loops over `fn(batch)`, after 30 warm-up calls, each result dropped before the
+    next call (so XLA's CUDA graph keeps its buffer addresses and is not re-recorded):
+
+    * synced: the call and its wait, as `benchmark.latency_ms` times it;
+    * back to back: `block` calls issued, then one wait; the time per call is the
+      device's own when it exceeds the host's launch cost;
+    * dispatch: the time until the call returns, before its wait.
+
+    Args:
+      fn: a jitted function of `batch`.
+      batch: its argument, already on the device.
+      calls: timed calls in the synced and dispatch loops.
+      block: calls per back-to-back group (`calls // block` groups).
+
+    Returns:
+      Milliseconds: `synced_p50`, `synced_p10`, `synced_p99`, `back_to_back` (median per
+      call) and `dispatch_p50`.
+    """
+    for _ in range(30):
+        jax.block_until_ready(fn(batch))
+    synced, dispatch, groups = [], [], []
+    for _ in range(calls):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(batch))
+        synced.append(time.perf_counter() - start)
+    for _ in range(max(1, calls // block)):
+        start = time.perf_counter()
+        for _ in range(block - 1):
+            fn(batch)
+        jax.block_until_ready(fn(batch))
+        groups.append((time.perf_counter() - start) / block)
+    for _ in range(calls):
+        start = time.perf_counter()
+        out = fn(batch)
+        dispatch.append(time.perf_counter() - start)
+        jax.block_until_ready(out)
+        del out
+    ms = {f"synced_p{q}": float(np.percentile(synced, q)) * 1e3 for q in (50, 10, 99)}
+    ms["back_to_back"] = statistics.median(groups) * 1e3
+    ms["dispatch_p50"] = statistics.median(dispatch) * 1e3
+    return ms
+
+
+def one_kernel_program() -> tuple[Callable[[jax.Array], jax.Array], jax.Array]:
+    """A jitted one-kernel program (`x + 1` on 64 floats) and its argument on the device:
+    `latency_breakdown` of it is the runtime's own round trip, the floor under any call."""
+    return jax.jit(lambda x: x + 1), jax.device_put(np.ones((64, 1), np.float32))
 
 
 def agreement(reference: jax.Array, other: jax.Array) -> float:

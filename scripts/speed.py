@@ -34,6 +34,11 @@ Parts (`--parts`, comma-separated; all by default):
   plain data parallelism (tables replicated, their gradients summed) against the tables'
   rows split over all the devices (`mesh.model`).
 
+* `latency` (not in the default parts): where one query's `--latency_batch`-candidate call
+  goes, for the bf16 (Pallas on a GPU) and served fp8 scorers with their weights
+  compiled in, beside a one-kernel program: synced p50/p10/p99, back-to-back time per
+  call (the device's own) and dispatch (`speed.latency_breakdown`).
+
 Prints one table per part and writes every row, with the date, device, JAX and PyTorch
 versions, to `--json`.
 """
@@ -50,7 +55,9 @@ from rankjax import benchmark, compiler, speed
 from rankjax.compression import quantization
 
 PARTS = flags.DEFINE_list(
-    "parts", ["scoring", "train", "listwise", "scaling", "tables"], "what to run"
+    "parts",
+    ["scoring", "train", "listwise", "scaling", "tables"],
+    "what to run (also: latency, not run by default)",
 )
 JSON = flags.DEFINE_string("json", "", "write all rows to this JSON file")
 BATCH = flags.DEFINE_integer("batch", 1024, "pairs per scoring call (throughput)")
@@ -152,6 +159,24 @@ def scoring(peers: list[dict]) -> list[dict]:
         )
     )
     return peers + rows
+
+
+def latency() -> list[dict]:
+    attention = "pallas" if jax.default_backend() == "gpu" else "xla"
+    scorers = speed.scoring_variants(_shape(), (attention,), ("fp8 (static scales) served",))
+    tokens = jax.device_put(speed.pair_tokens(LATENCY_BATCH.value, LENGTH.value, 2))
+    programs = [("one-kernel program (x + 1), the runtime's floor", *speed.one_kernel_program())]
+    programs += [(s.name, s.served, tokens) for s in scorers]
+    rows = []
+    for name, fn, batch in programs:
+        logging.info("latency breakdown: %s", name)
+        rows.append({"variant": name, **speed.latency_breakdown(fn, batch)})
+    keys = ["synced_p50", "synced_p10", "synced_p99", "back_to_back", "dispatch_p50"]
+    table = [[r["variant"], *(r[k] for k in keys)] for r in rows]
+    header = ["variant", "synced p50 ms", "p10", "p99", "back-to-back ms/call", "dispatch ms"]
+    title = f"One query's call, {LATENCY_BATCH.value} pairs × {LENGTH.value} tokens"
+    print(benchmark.markdown_table(title, header, table))
+    return rows
 
 
 def train() -> list[dict]:
@@ -267,6 +292,8 @@ def main(argv):
         args += [f"--latency_batch={LATENCY_BATCH.value}", f"--repeats={REPEATS.value}"]
         peers = run_peer("torch_cross_encoder.py", *args) if gpu_peers else []
         out["scoring"] = scoring(peers)
+    if "latency" in PARTS.value:
+        out["latency"] = latency()
     if "train" in PARTS.value:
         out["train"] = train()
     if "listwise" in PARTS.value:

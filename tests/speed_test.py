@@ -143,3 +143,14 @@ def test_bf16_baseline_compares_like_with_like():
     assert speed.bf16_baseline(no_bf16_export, rows[-1]["variant"]) == 270.0
     with pytest.raises(ValueError, match="no rankjax bf16 row"):
         speed.bf16_baseline(rows[2:3], rows[2]["variant"])
+
+
+def test_latency_breakdown_times_each_loop():
+    fn, x = speed.one_kernel_program()
+    ms = speed.latency_breakdown(fn, x, calls=20, block=5)
+    assert set(ms) == {"synced_p50", "synced_p10", "synced_p99", "back_to_back", "dispatch_p50"}
+    assert all(v > 0 for v in ms.values()), ms
+    assert ms["synced_p10"] <= ms["synced_p50"] <= ms["synced_p99"]
+    scorer = speed.scoring_variants(SHAPE, ("xla",), served=())[0]
+    tokens = jax.device_put(speed.pair_tokens(4, 16, 2))
+    assert speed.latency_breakdown(scorer.served, tokens, calls=10, block=5)["synced_p50"] > 0
