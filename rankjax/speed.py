@@ -298,11 +298,30 @@ def _data_parallel(num_devices: int) -> tuple[NamedSharding, NamedSharding]:
     return sharding.batch_sharding(mesh), sharding.replicated(mesh)
 
 
-def training_step(model, loss_fn, inputs, labels, where, num_devices, lr, options=None):
+def training_step(
+    model,
+    loss_fn,
+    inputs,
+    labels,
+    where,
+    num_devices,
+    lr,
+    options=None,
+    grad_reduce: str | None = None,
+):
     """`model`'s jitted training step (forward, loss, backward, AdamW update) with its
     first state and batch placed for data parallelism over `num_devices`: the batch split,
     parameters replicated and updated in place (donated), compiled with the XLA `options`
     (None: XLA's defaults, as `trainer` compiles steps).
+
+    `grad_reduce`: None lets XLA sum the gradients across devices as it computes them
+    (the embedding tables' gradients in float32, the products' in their bf16 compute
+    dtype). A dtype such as "bfloat16" computes each device's gradients of its share in
+    `shard_map` and sums them in that dtype, as PyTorch DDP's bf16 compression hook does:
+    half the bytes for the float32 word-embedding gradient, at bf16's rounding of each
+    share's sum. Each device then draws its own dropout masks, and the step averages
+    the shares' mean losses, which equals the batch mean when every share has as many
+    real items (as `train_step_rate`'s batches do).
 
     Returns:
       `(step, state, batch)`: `step(*state, key, *batch) -> state`.
@@ -314,6 +333,14 @@ def training_step(model, loss_fn, inputs, labels, where, num_devices, lr, option
     opt_state = jax.device_put(tx.init(params), replicated)
     batch = jax.device_put((inputs, labels, where), batch_sharding)
 
+    def loss(p, key, inputs, labels, where):
+        scores = model.apply({"params": p}, inputs, where, train=True, rngs={"dropout": key})
+        return loss_fn(scores, labels, where=where)
+
+    gradients = jax.grad(loss)
+    if grad_reduce is not None:
+        gradients = _reduced_gradients(loss, jnp.dtype(grad_reduce), batch_sharding.mesh)
+
     # The batch is an argument: closed over, jit would embed it as a constant, which drops
     # its sharding (every device would compute the whole batch). Outputs are placed as the
     # inputs are, so every step reuses the first step's compilation.
@@ -324,23 +351,59 @@ def training_step(model, loss_fn, inputs, labels, where, num_devices, lr, option
         compiler_options=options,
     )
     def step(params, opt_state, key, inputs, labels, where):
-        def loss(p):
-            scores = model.apply({"params": p}, inputs, where, train=True, rngs={"dropout": key})
-            return loss_fn(scores, labels, where=where)
-
-        grads = jax.grad(loss)(params)
+        grads = gradients(params, key, inputs, labels, where)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
     return step, (params, opt_state), batch
 
 
+def _varying(tree: Any, axis: str) -> Any:
+    """`tree` marked as varying over `axis` inside `shard_map` (`lax.pcast`, or `lax.pvary`
+    in JAX versions before it)."""
+    if hasattr(jax.lax, "pcast"):
+        return jax.tree.map(lambda x: jax.lax.pcast(x, axis, to="varying"), tree)
+    return jax.lax.pvary(tree, axis)
+
+
+def _reduced_gradients(loss: Callable, dtype: Any, mesh: jax.sharding.Mesh) -> Callable:
+    """`(params, key, *batch) -> grads` of `loss` averaged over the mesh's data axis, each
+    device's share summed in `dtype` (see `training_step`)."""
+    axis = sharding.DATA_AXIS
+    share, whole = jax.sharding.PartitionSpec(axis), jax.sharding.PartitionSpec()
+
+    def local(params, key, inputs, labels, where):
+        key = jax.random.fold_in(key, jax.lax.axis_index(axis))
+        # Marked as varying over the axis, the parameters' gradients stay each device's
+        # own; replicated, shard_map would sum them across devices itself, in float32.
+        params = _varying(params, axis)
+        grads = jax.grad(loss)(params, key, inputs, labels, where)
+        n = mesh.shape[axis]
+        return jax.tree.map(
+            lambda g: jax.lax.psum(g.astype(dtype), axis).astype(g.dtype) / n, grads
+        )
+
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(whole, whole, share, share, share), out_specs=whole
+    )
+
+
 def _train_rate(
-    model, loss_fn, inputs, labels, where, num_devices, repeats, lr, block, options=None
+    model,
+    loss_fn,
+    inputs,
+    labels,
+    where,
+    num_devices,
+    repeats,
+    lr,
+    block,
+    options=None,
+    grad_reduce=None,
 ):
     """Examples/s of `training_step` (timed by `_steps_rate`)."""
     step, state, batch = training_step(
-        model, loss_fn, inputs, labels, where, num_devices, lr, options
+        model, loss_fn, inputs, labels, where, num_devices, lr, options, grad_reduce
     )
     keys = iter(jax.random.split(jax.random.PRNGKey(1), (repeats + 2) * block))
     advance = lambda state: step(*state, next(keys), *batch)  # noqa: E731
@@ -374,10 +437,12 @@ def train_step_rate(
     repeats: int = 10,
     block: int = 10,
     compiler_options: dict[str, Any] | None = None,
+    grad_reduce: str | None = None,
 ) -> float:
     """Pairs/s of fine-tuning the bf16 cross-encoder (MSE on graded labels, AdamW), in float
     or with `quantizer`'s training seam (QAT), over `num_devices` devices, compiled with
-    `compiler_options` (None: XLA's defaults)."""
+    `compiler_options` (None: XLA's defaults), the gradients summed across devices as
+    `training_step`'s `grad_reduce` says."""
     seam = quantizer.model_seam("train") if quantizer else {}
     model = cross_encoder_model(shape, dtype="bfloat16", **seam)
     tokens = pair_tokens(batch, length, 3)
@@ -385,7 +450,17 @@ def train_step_rate(
     where = np.ones((batch, 1), bool)
     mse = losses.get("mse")
     return _train_rate(
-        model, mse, tokens, labels, where, num_devices, repeats, 5e-5, block, compiler_options
+        model,
+        mse,
+        tokens,
+        labels,
+        where,
+        num_devices,
+        repeats,
+        5e-5,
+        block,
+        compiler_options,
+        grad_reduce,
     )
 
 

@@ -28,7 +28,8 @@ Parts (`--parts`, comma-separated; all by default):
   (`--lists` lists of `--list_size` items, 136 features) against allRank itself
   (`scripts/peers/allrank_listwise.py`, float32 and bf16 autocast, eager/compiled).
 * `scaling`: the fine-tuning step data-parallel over 1, 2, 4, ... of the host's devices
-  (per-device batch fixed at `--train_batch`), pairs/s and speedup over one device.
+  (per-device batch fixed at `--train_batch`), pairs/s and speedup over one device, with
+  the gradients summed as XLA computes them and/or in a `--grad_reduce` dtype.
 * `tables`: training steps of the two-tower retrieval model with `--table_rows` users and
   items (`--table_dim` wide), `--table_batch` rows per step, on 1, 2, 4, ... devices:
   plain data parallelism (tables replicated, their gradients summed) against the tables'
@@ -69,6 +70,12 @@ LIST_SIZE = flags.DEFINE_integer("list_size", 240, "items per list (allRank's sl
 TABLE_ROWS = flags.DEFINE_integer("table_rows", 10_000_000, "users and items (tables)")
 TABLE_DIM = flags.DEFINE_integer("table_dim", 64, "embedding width (tables)")
 TABLE_BATCH = flags.DEFINE_integer("table_batch", 8192, "rows per two-tower step (tables)")
+GRAD_REDUCE = flags.DEFINE_list(
+    "grad_reduce",
+    ["xla"],
+    "scaling: how the gradients are summed across devices, each timed: xla (as XLA "
+    "computes them) or a dtype such as bfloat16 (`speed.training_step`'s grad_reduce)",
+)
 PEAK = flags.DEFINE_float("peak_tflops", 790.0, "bf16 matrix rate of the GPU (measured)")
 EXPORTED = flags.DEFINE_list(
     "exported",
@@ -232,16 +239,27 @@ def listwise(peers: list[dict]) -> list[dict]:
 def scaling() -> list[dict]:
     counts = [n for n in (1, 2, 4, 8) if n <= jax.device_count()]
     rows = []
-    for n in counts:
-        logging.info("timing data-parallel fine-tuning on %d devices", n)
-        rate = speed.train_step_rate(
-            TRAIN_BATCH.value * n, LENGTH.value, None, n, _shape(), TRAIN_REPEATS.value, BLOCK.value
-        )
-        rows.append({"devices": n, "pairs_per_sec": rate})
+    for reduce in GRAD_REDUCE.value:
+        for n in counts:
+            logging.info("timing data-parallel fine-tuning on %d devices (%s)", n, reduce)
+            rate = speed.train_step_rate(
+                TRAIN_BATCH.value * n,
+                LENGTH.value,
+                None,
+                n,
+                _shape(),
+                TRAIN_REPEATS.value,
+                BLOCK.value,
+                grad_reduce=None if reduce == "xla" else reduce,
+            )
+            rows.append({"devices": n, "grad_reduce": reduce, "pairs_per_sec": rate})
     one = rows[0]["pairs_per_sec"]
-    table = [[r["devices"], r["pairs_per_sec"], r["pairs_per_sec"] / one] for r in rows]
+    table = [
+        [r["devices"], r["grad_reduce"], r["pairs_per_sec"], r["pairs_per_sec"] / one] for r in rows
+    ]
     title = f"Data-parallel fine-tuning, {TRAIN_BATCH.value} pairs per device per step"
-    print(benchmark.markdown_table(title, ["devices", "pairs/s", "speedup"], table))
+    header = ["devices", "gradient sum", "pairs/s", "speedup"]
+    print(benchmark.markdown_table(title, header, table))
     return rows
 
 
