@@ -87,7 +87,8 @@ def main(argv):
     w2 = jax.random.normal(key, (1536, 384), jnp.float32) * 0.05
     b = (jax.random.normal(key, (1536,)) * 0.1).astype(jnp.bfloat16)
     b2 = (jax.random.normal(key, (384,)) * 0.1).astype(jnp.bfloat16)
-    sx, sw, sw2, so = jnp.float32(0.02), fp8.weight_scale(w), fp8.weight_scale(w2), 0.01
+    sx, sw, sw2 = jnp.float32(0.02), fp8.weight_scale(w), fp8.weight_scale(w2)
+    so = jnp.float32(0.01)
     x2 = jax.random.normal(key, (TOKENS.value, 384), jnp.bfloat16)
     h2 = jax.random.normal(key, (TOKENS.value, 1536), jnp.bfloat16)
     inputs = {

@@ -34,7 +34,6 @@ Parts (`--parts`, comma-separated; all by default):
   items (`--table_dim` wide), `--table_batch` rows per step, on 1, 2, 4, ... devices:
   plain data parallelism (tables replicated, their gradients summed) against the tables'
   rows split over all the devices (`mesh.model`).
-
 * `latency` (not in the default parts): where one query's `--latency_batch`-candidate call
   goes, for the bf16 (Pallas on a GPU) and served fp8 scorers with their weights
   compiled in, beside a one-kernel program: synced p50/p10/p99, back-to-back time per
