@@ -389,21 +389,12 @@ def _reduced_gradients(loss: Callable, dtype: Any, mesh: jax.sharding.Mesh) -> C
 
 
 def _train_rate(
-    model,
-    loss_fn,
-    inputs,
-    labels,
-    where,
-    num_devices,
-    repeats,
-    lr,
-    block,
-    options=None,
-    grad_reduce=None,
+    model, loss_fn, inputs, labels, where, num_devices, repeats, lr, block, **step_options
 ):
-    """Examples/s of `training_step` (timed by `_steps_rate`)."""
+    """Examples/s of `training_step` (`step_options`: its `options`, `grad_reduce`), timed
+    by `_steps_rate`."""
     step, state, batch = training_step(
-        model, loss_fn, inputs, labels, where, num_devices, lr, options, grad_reduce
+        model, loss_fn, inputs, labels, where, num_devices, lr, **step_options
     )
     keys = iter(jax.random.split(jax.random.PRNGKey(1), (repeats + 2) * block))
     advance = lambda state: step(*state, next(keys), *batch)  # noqa: E731
@@ -449,18 +440,9 @@ def train_step_rate(
     labels = np.random.default_rng(4).uniform(0, 2, size=(batch, 1)).astype(np.float32)
     where = np.ones((batch, 1), bool)
     mse = losses.get("mse")
+    options = {"options": compiler_options, "grad_reduce": grad_reduce}
     return _train_rate(
-        model,
-        mse,
-        tokens,
-        labels,
-        where,
-        num_devices,
-        repeats,
-        5e-5,
-        block,
-        compiler_options,
-        grad_reduce,
+        model, mse, tokens, labels, where, num_devices, repeats, 5e-5, block, **options
     )
 
 
