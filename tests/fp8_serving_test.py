@@ -57,6 +57,36 @@ def test_layer_norm_writes_its_e4m3_copy_in_the_same_pass():
     np.testing.assert_array_equal(np.asarray(yq, np.float32), want.astype(np.float32))
 
 
+def test_e4m3_copies_keep_subnormals():
+    # Small activations land in e4m3's subnormal range (2^-9 to 2^-6 after the scale). A
+    # kernel that flushed them to zero would bias the next product; Pallas's interpreter
+    # and the compiled Triton kernels must both keep them (on a GPU, run this file with
+    # RANKJAX_TEST_PLATFORMS=cuda,cpu).
+    tiny = float(ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).tiny)  # 2^-6
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(4, 16, 64)), jnp.bfloat16)
+    scale = jnp.asarray(np.logspace(-4, -0.5, 64), jnp.float32)  # outputs from 1e-5 to 1
+    bias = jnp.zeros(64, jnp.float32)
+    y, yq = fused_norm.layer_norm(x, scale, bias, 1e-12, out_scale=np.float32(1.0))
+    want = e4m3(np.asarray(y, np.float32), 1.0).astype(np.float32)
+    subnormal = (want != 0) & (np.abs(want) < tiny)
+    assert subnormal.sum() > 200, subnormal.sum()
+    np.testing.assert_array_equal(np.asarray(yq, np.float32), want)
+
+    q, k, v, mask = inputs((3, 16, 2, 8), [16, 9, 3], seed=2)
+    qkv = jnp.stack([q, k, v * 0.006], axis=2)  # attention outputs of about 1e-3
+    got = short_attention.packed_attention(qkv, mask, out_scale=np.float32(1.0))
+    want = e4m3(numpy_attention(q, k, v * 0.006, mask), 1.0).astype(np.float32)
+    got = np.asarray(got, np.float32)
+    subnormal = (want != 0) & (np.abs(want) < tiny)
+    assert subnormal.sum() > 100, subnormal.sum()
+    # Within one subnormal step of NumPy's (float32 against float64 may round a tie the
+    # other way), and not flushed: as many nonzero values as NumPy's.
+    step = float(ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).smallest_subnormal)
+    assert np.abs(got - want)[subnormal].max() <= step
+    assert (got[subnormal] != 0).mean() > 0.97
+
+
 @pytest.fixture(scope="module")
 def variants():
     """The bf16 model (XLA attention) and the same parameters served in fp8."""
