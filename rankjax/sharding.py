@@ -117,3 +117,39 @@ def put_batch(
         k: jax.make_array_from_process_local_data(sharding, v, (global_size,) + v.shape[1:])
         for k, v in batch.items()
     }
+
+
+def per_batch_shard(fn: Any, *args: Any, batched: Sequence[bool]) -> Any:
+    """`fn(*args)`, run on each device's share of the batch when traced under a context
+    mesh (`jax.set_mesh`) whose `data` axis splits the batch; else as it is.
+
+    For functions XLA cannot partition itself, such as Pallas kernels (Triton custom
+    calls on GPUs, loops in the interpreter): left alone in a data-parallel `jit`, XLA
+    gathers their whole batch onto every device, which then computes all of it. The
+    trainers set the mesh as context, so their kernels split. Outside a mesh context (one
+    device, `rankjax.export`) this is `fn(*args)`.
+
+    Args:
+      fn: maps `args` to an array or a tuple of arrays, each with the batch leading.
+      *args: arrays; those marked in `batched` have the batch as their leading axis, the
+        others are used whole on every device.
+      batched: one flag per argument.
+
+    Returns:
+      `fn(*args)`, its outputs split over `data` like the batch under a mesh.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or DATA_AXIS not in mesh.axis_names:
+        return fn(*args)
+    n = mesh.shape[DATA_AXIS]
+    sizes = {a.shape[0] for a, b in zip(args, batched, strict=True) if b}
+    if n == 1 or any(size % n for size in sizes):
+        return fn(*args)  # unsplittable: XLA's placement, correct if wasteful
+    specs = tuple(PartitionSpec(DATA_AXIS) if b else PartitionSpec() for b in batched)
+    return jax.shard_map(
+        fn,
+        in_specs=specs,
+        out_specs=PartitionSpec(DATA_AXIS),
+        axis_names={DATA_AXIS},
+        check_vma=False,
+    )(*args)

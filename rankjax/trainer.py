@@ -7,6 +7,7 @@ best parameters beside a random and an oracle ranker -> `results.json`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -167,7 +168,10 @@ def data_shards(data_config: ml_collections.ConfigDict) -> tuple[int, tuple[int,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains the ranker described by `config`, evaluates it and writes `workdir`.
 
-    Rerunning with the same workdir resumes from the newest checkpoint.
+    Rerunning with the same workdir resumes from the newest checkpoint. Once the device
+    mesh is made, everything runs with it as JAX's context mesh (`jax.set_mesh`), so
+    the Pallas kernels of a data-parallel evaluation split over the batch
+    (`sharding.per_batch_shard`).
 
     Args:
       config: the experiment config (see `configs/`).
@@ -177,6 +181,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns:
       The contents of `results.json`.
     """
+    with contextlib.ExitStack() as context:
+        return _train_and_evaluate(config, workdir, context)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, context: contextlib.ExitStack
+) -> dict[str, Any]:
     config_schema.validate(config)
     _prepare_workdir(workdir)
     if jax.process_index() == 0:
@@ -197,6 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             os.path.join(workdir, "feature_transform.json"), splits.transform.to_json()
         )
     mesh = sharding.make_mesh(int(config.mesh.num_devices))
+    context.enter_context(jax.set_mesh(mesh))
     # Token axes are cut to each batch's longest sequence; with several processes every
     # one would need the same width, so they keep the full width there.
     text_cfg = config.data.get("text") or {}

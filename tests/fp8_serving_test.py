@@ -214,3 +214,22 @@ def test_compiled_fp8_encoder_runs_fp8_gemms_writing_e4m3_on_gpu(variants):
     want = plain.clone(attention="xla", norm="xla").apply(served.variables, tokens, where)
     for got in (scorer.score(served.variables, tokens), scorer.served(tokens)):
         np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0.1, atol=0.15)
+
+
+def test_fused_fp8_encoder_splits_over_the_batch_under_a_context_mesh(variants):
+    # The e4m3-writing kernels (tuple outputs) run on each device's share, as the float
+    # ones do (short_attention_test): no all-gather, the same scores as on one device.
+    from rankjax import sharding
+
+    served = variants[1]
+    model = served.model.clone(attention="pallas", norm="pallas")
+    tokens, where = speed.pair_tokens(8, 16, 3), jnp.ones((8, 1), bool)
+    want = jax.jit(lambda v: model.apply(v, tokens, where, train=False))(served.variables)
+    mesh = sharding.make_mesh(4)
+    split = (sharding.replicated(mesh), *[sharding.batch_sharding(mesh)] * 2)
+    score = jax.jit(lambda v, t, w: model.apply(v, t, w, train=False), in_shardings=split)
+    with jax.set_mesh(mesh):
+        text = score.lower(served.variables, tokens, where).compile().as_text()
+        got = score(served.variables, tokens, where)
+    assert "all-gather" not in text
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))

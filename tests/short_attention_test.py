@@ -158,3 +158,36 @@ def test_norm_kernel_resolves_auto_and_rejects_unknown_names(monkeypatch):
     monkeypatch.setattr(bert.jax, "default_backend", lambda: "gpu")
     assert bert.norm_kernel("auto", train=False) == "pallas"
     assert bert.norm_kernel("auto", train=True) == "xla"  # training keeps XLA's numerics
+
+
+def test_kernels_split_over_the_batch_under_a_context_mesh():
+    # In a data-parallel jit XLA cannot partition the Pallas kernels itself: it gathers
+    # the whole batch onto every device. Under a context mesh (as the trainer sets it)
+    # each device runs the kernels on its share: no all-gather, the same scores.
+    from rankjax import sharding, speed
+
+    shape = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_layers=1)
+    model = speed.cross_encoder_model(shape, dtype="bfloat16", attention="pallas", norm="pallas")
+    tokens, where = speed.pair_tokens(8, 16, 0), jnp.ones((8, 1), bool)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), tokens, where)
+    want = np.asarray(jax.jit(lambda v: model.apply(v, tokens, where, train=False))(variables))
+    mesh = sharding.make_mesh(4)
+    score = jax.jit(
+        lambda v, t, w: model.apply(v, t, w, train=False),
+        in_shardings=(sharding.replicated(mesh), *[sharding.batch_sharding(mesh)] * 2),
+    )
+
+    def gathers():
+        return score.lower(variables, tokens, where).compile().as_text().count("all-gather")
+
+    assert gathers() > 0  # without the context: the kernels see the whole batch
+    with jax.set_mesh(mesh):
+        assert gathers() == 0
+        np.testing.assert_array_equal(np.asarray(score(variables, tokens, where)), want)
+        # A batch the data axis cannot split evenly runs whole, still correct.
+        odd = speed.pair_tokens(6, 16, 0)
+        got = jax.jit(lambda v, t: model.apply(v, t, jnp.ones((6, 1), bool), train=False))(
+            variables, odd
+        )
+        plain = model.apply(variables, odd, jnp.ones((6, 1), bool), train=False)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(plain), atol=1e-6)

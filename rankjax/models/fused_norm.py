@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from rankjax import sharding
 from rankjax.compression import fp8
 
 # Rows per program (a power of two dividing the row count; fewer if it does not).
@@ -86,18 +87,37 @@ def _rows(leading: tuple) -> int:
 
 
 def _forward(x, scale, bias, epsilon, num_warps, interpret, out_scale=None):
+    """The kernel over `x`'s rows; under a mesh context each device normalizes its share
+    of the batch (`sharding.per_batch_shard`)."""
     width = x.shape[-1]
     chunk = _chunk(width)
-    rows = _rows(x.shape[:-1])
     x3 = x.reshape(-1, width // chunk, chunk)
-    block = pl.BlockSpec((rows, width // chunk, chunk), lambda i: (i, 0, 0))
-    params = pl.BlockSpec((width // chunk, chunk), lambda i: (0, 0))
     # Parameters keep their dtype (the kernel casts them): a separate cast would be two
     # more kernel launches per LayerNorm.
     args = [x3, *(p.reshape(width // chunk, chunk) for p in (scale, bias))]
-    specs, out_shape = [block, params, params], [jax.ShapeDtypeStruct(x3.shape, x.dtype)]
     if out_scale is not None:
         args.append(fp8.scale_as(out_scale, x.dtype).reshape(1))
+    run = functools.partial(
+        _call,
+        epsilon=epsilon,
+        rows=_rows(x.shape[:-1]),
+        num_warps=num_warps,
+        interpret=interpret,
+    )
+    batched = (True,) + (False,) * (len(args) - 1)
+    outs = [y.reshape(x.shape) for y in sharding.per_batch_shard(run, *args, batched=batched)]
+    return outs[0] if out_scale is None else tuple(outs)
+
+
+def _call(x3, *args, epsilon: float, rows: int, num_warps: int, interpret: bool) -> list:
+    """The kernel over `x3 [rows, chunks, chunk]`; `args`: scale and bias `[chunks,
+    chunk]`, and the e4m3 copy's divisor `[1]` when it is written."""
+    if isinstance(x3.shape[0], int):  # one device's share may hold fewer rows
+        rows = min(rows, x3.shape[0] & -x3.shape[0])
+    block = pl.BlockSpec((rows,) + x3.shape[1:], lambda i: (i, 0, 0))
+    params = pl.BlockSpec(x3.shape[1:], lambda i: (0, 0))
+    specs, out_shape = [block, params, params], [jax.ShapeDtypeStruct(x3.shape, x3.dtype)]
+    if len(args) == 3:
         specs.append(pl.BlockSpec((1,), lambda i: (0,)))
         out_shape.append(jax.ShapeDtypeStruct(x3.shape, jnp.float8_e4m3fn))
     call = pl.pallas_call(
@@ -110,8 +130,7 @@ def _forward(x, scale, bias, epsilon, num_warps, interpret, out_scale=None):
         interpret=interpret,
         name="layer_norm",
     )
-    outs = [y.reshape(x.shape) for y in call(*args)]
-    return outs[0] if out_scale is None else tuple(outs)
+    return call(x3, *args)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))

@@ -28,6 +28,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from rankjax import sharding
 from rankjax.compression import fp8
 
 # Triton's matrix products need every block dimension >= 16 and a power of two.
@@ -100,27 +101,46 @@ def _slot(j: int):
 def _forward(arrays, mask, num_warps: int, interpret: bool, coef=None, out_dtype=None):
     """`arrays`: `(q, k, v)`, each `[B, T, heads, D]`, or `(qkv,)` packed `[B, T, 3,
     heads, D]` (read in place, three times). `coef`: None, or float32 `[2]` (logit and
-    output multipliers). Returns `[B, T, heads, D]` in `out_dtype` (default: the inputs')."""
-    batch, length = arrays[0].shape[:2]
-    heads, width = arrays[0].shape[-2:]
+    output multipliers). Returns `[B, T, heads, D]` in `out_dtype` (default: the inputs').
+    Under a mesh context each device runs the kernel on its share of the batch
+    (`sharding.per_batch_shard`)."""
+    length, width = arrays[0].shape[1], arrays[0].shape[-1]
     t, d = _block(length), _block(width)
     arrays = [_pad(_pad(x, 1, t), x.ndim - 1, d) for x in arrays]
     bias = jnp.where(mask, 0.0, _MASKED).astype(jnp.float32)
     bias = jnp.pad(bias, ((0, 0), (0, t - length)), constant_values=-jnp.inf)
+    extra = [] if coef is None else [jnp.asarray(coef, jnp.float32)]
+    run = functools.partial(
+        _call,
+        packed=len(arrays) == 1,
+        scale=1.0 / float(np.sqrt(width)),
+        num_warps=num_warps,
+        interpret=interpret,
+        out_dtype=out_dtype or arrays[0].dtype,
+    )
+    batched = (True,) * (len(arrays) + 1) + (False,) * len(extra)
+    out = sharding.per_batch_shard(run, *arrays, bias, *extra, batched=batched)
+    return out[:, :length, :, :width]
+
+
+def _call(*args, packed: bool, scale: float, num_warps: int, interpret: bool, out_dtype):
+    """The kernel over the sequences `args` hold (padded to blocks): `(qkv, bias[,
+    coef])` when `packed`, else `(q, k, v, bias[, coef])`."""
+    arrays = args[:1] * 3 if packed else args[:3]
+    bias, *extra = args[1:] if packed else args[3:]
+    batch, t = arrays[0].shape[:2]
+    heads, d = arrays[0].shape[-2:]
     head = pl.BlockSpec((None, t, None, d), lambda h, b: (b, 0, h, 0))
-    if len(arrays) == 1:
-        arrays = arrays * 3
+    if packed:
         specs = [pl.BlockSpec((None, t, None, None, d), _slot(j)) for j in range(3)]
     else:
         specs = [head] * 3
     specs.append(pl.BlockSpec((None, t), lambda h, b: (b, 0)))
-    extra = []
-    if coef is not None:
-        extra = [jnp.asarray(coef, jnp.float32)]
+    if extra:
         specs.append(pl.BlockSpec((2,), lambda h, b: (0,)))
     call = pl.pallas_call(
-        functools.partial(_kernel, scale=1.0 / float(np.sqrt(width))),
-        out_shape=jax.ShapeDtypeStruct((batch, t, heads, d), out_dtype or arrays[0].dtype),
+        functools.partial(_kernel, scale=scale),
+        out_shape=jax.ShapeDtypeStruct((batch, t, heads, d), out_dtype),
         # Heads outer: a 1,024 x 64 call took 92 us a layer against 105 us with the
         # batch outer (H200, docs/results.md).
         grid=(heads, batch),
@@ -130,7 +150,7 @@ def _forward(arrays, mask, num_warps: int, interpret: bool, coef=None, out_dtype
         interpret=interpret,
         name="short_attention",
     )
-    return call(*arrays, bias, *extra)[:, :length, :, :width]
+    return call(*arrays, bias, *extra)
 
 
 def _split(arrays: tuple) -> tuple[jax.Array, jax.Array, jax.Array]:
