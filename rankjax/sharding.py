@@ -7,6 +7,7 @@ default replicates), so model parallel layouts are a config change, not a code c
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -126,8 +127,8 @@ def per_batch_shard(fn: Any, *args: Any, batched: Sequence[bool]) -> Any:
     For functions XLA cannot partition itself, such as Pallas kernels (Triton custom
     calls on GPUs, loops in the interpreter): left alone in a data-parallel `jit`, XLA
     gathers their whole batch onto every device, which then computes all of it. The
-    trainers set the mesh as context, so their kernels split. Outside a mesh context (one
-    device, `rankjax.export`) this is `fn(*args)`.
+    trainer's evaluation runs under its mesh (`with_mesh`), so its kernels split. Outside a
+    mesh context (one device, `rankjax.export`) this is `fn(*args)`.
 
     Args:
       fn: maps `args` to an array or a tuple of arrays, each with the batch leading.
@@ -153,3 +154,17 @@ def per_batch_shard(fn: Any, *args: Any, batched: Sequence[bool]) -> Any:
         axis_names={DATA_AXIS},
         check_vma=False,
     )(*args)
+
+
+def with_mesh(fn: Any, mesh: Mesh) -> Any:
+    """`fn` called with `mesh` as JAX's context mesh (`jax.set_mesh`): the Pallas kernels
+    a jitted `fn` traces then split over the batch (`per_batch_shard`). Only for functions
+    whose arguments live on the mesh's devices, or are not yet placed: under a context
+    mesh, jit refuses arrays committed to other devices."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with jax.set_mesh(mesh):
+            return fn(*args, **kwargs)
+
+    return call

@@ -7,7 +7,6 @@ best parameters beside a random and an oracle ranker -> `results.json`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -168,10 +167,7 @@ def data_shards(data_config: ml_collections.ConfigDict) -> tuple[int, tuple[int,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains the ranker described by `config`, evaluates it and writes `workdir`.
 
-    Rerunning with the same workdir resumes from the newest checkpoint. Once the device
-    mesh is made, everything runs with it as JAX's context mesh (`jax.set_mesh`), so
-    the Pallas kernels of a data-parallel evaluation split over the batch
-    (`sharding.per_batch_shard`).
+    Rerunning with the same workdir resumes from the newest checkpoint.
 
     Args:
       config: the experiment config (see `configs/`).
@@ -181,13 +177,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns:
       The contents of `results.json`.
     """
-    with contextlib.ExitStack() as context:
-        return _train_and_evaluate(config, workdir, context)
-
-
-def _train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, context: contextlib.ExitStack
-) -> dict[str, Any]:
     config_schema.validate(config)
     _prepare_workdir(workdir)
     if jax.process_index() == 0:
@@ -208,7 +197,6 @@ def _train_and_evaluate(
             os.path.join(workdir, "feature_transform.json"), splits.transform.to_json()
         )
     mesh = sharding.make_mesh(int(config.mesh.num_devices))
-    context.enter_context(jax.set_mesh(mesh))
     # Token axes are cut to each batch's longest sequence; with several processes every
     # one would need the same width, so they keep the full width there.
     text_cfg = config.data.get("text") or {}
@@ -303,11 +291,16 @@ def _train_and_evaluate(
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
     )
-    predict = compiler.jit(
-        lambda params, batch: model.apply(
-            {"params": params}, models.inputs(model, batch), batch["where"], train=False
+    # Under the mesh as context the Pallas kernels of a data-parallel evaluation split
+    # over the batch; without it XLA would gather the whole batch onto every device.
+    predict = sharding.with_mesh(
+        compiler.jit(
+            lambda params, batch: model.apply(
+                {"params": params}, models.inputs(model, batch), batch["where"], train=False
+            ),
+            in_shardings=(state_shardings.params, batch_sharding),
         ),
-        in_shardings=(state_shardings.params, batch_sharding),
+        mesh,
     )
     evaluators = {
         name: ranking.RankingEvaluator(
@@ -507,10 +500,13 @@ def _serve(config, quantizer, sparsifier, params, train_batches, evaluators, wor
     checkpoint.save_tree(path, served)
     # Evaluate what a server would load: the saved (packed) tree, unpacked.
     loaded = sparsity.unpack_tree(checkpoint.load_tree(path), sparsifier)
-    predict = compiler.jit(
-        lambda v, batch: serve_model.apply(
-            v, models.inputs(serve_model, batch), batch["where"], train=False
-        )
+    predict = sharding.with_mesh(
+        compiler.jit(
+            lambda v, batch: serve_model.apply(
+                v, models.inputs(serve_model, batch), batch["where"], train=False
+            )
+        ),
+        mesh,
     )
 
     def served_scores(batch, i):

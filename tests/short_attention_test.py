@@ -181,9 +181,12 @@ def test_kernels_split_over_the_batch_under_a_context_mesh():
         return score.lower(variables, tokens, where).compile().as_text().count("all-gather")
 
     assert gathers() > 0  # without the context: the kernels see the whole batch
+    # `sharding.with_mesh` (how the trainer calls its evaluation) sets the context.
+    assert sharding.with_mesh(jax.sharding.get_abstract_mesh, mesh)().axis_names == ("data",)
+    got = sharding.with_mesh(score, mesh)(variables, tokens, where)
+    np.testing.assert_array_equal(np.asarray(got), want)
     with jax.set_mesh(mesh):
         assert gathers() == 0
-        np.testing.assert_array_equal(np.asarray(score(variables, tokens, where)), want)
         # A batch the data axis cannot split evenly runs whole, still correct.
         odd = speed.pair_tokens(6, 16, 0)
         got = jax.jit(lambda v, t: model.apply(v, t, jnp.ones((6, 1), bool), train=False))(
