@@ -255,19 +255,15 @@ def latency_breakdown(
       Milliseconds: `synced_p50`, `synced_p10`, `synced_p99`, `back_to_back` (median per
       call) and `dispatch_p50`.
     """
-    for _ in range(30):
-        jax.block_until_ready(fn(batch))
-    synced, dispatch, groups = [], [], []
-    for _ in range(calls):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(batch))
-        synced.append(time.perf_counter() - start)
-    for _ in range(max(1, calls // block)):
-        start = time.perf_counter()
+    synced = benchmark.wall_seconds(lambda: fn(batch), calls, warmup=30)
+
+    def group():
         for _ in range(block - 1):
-            fn(batch)
-        jax.block_until_ready(fn(batch))
-        groups.append((time.perf_counter() - start) / block)
+            fn(batch)  # dropped at once, as in the other loops
+        return fn(batch)
+
+    groups = [t / block for t in benchmark.wall_seconds(group, max(1, calls // block), 0)]
+    dispatch = []
     for _ in range(calls):
         start = time.perf_counter()
         out = fn(batch)

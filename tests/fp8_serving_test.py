@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from short_attention_test import inputs, numpy_attention
 
-from rankjax import speed
+from rankjax import sharding, speed
 from rankjax.compression import fp8
 from rankjax.models import fused_norm, layers, short_attention
 
@@ -219,8 +219,6 @@ def test_compiled_fp8_encoder_runs_fp8_gemms_writing_e4m3_on_gpu(variants):
 def test_fused_fp8_encoder_splits_over_the_batch_under_a_context_mesh(variants):
     # The e4m3-writing kernels (tuple outputs) run on each device's share, as the float
     # ones do (short_attention_test): no all-gather, the same scores as on one device.
-    from rankjax import sharding
-
     served = variants[1]
     model = served.model.clone(attention="pallas", norm="pallas")
     tokens, where = speed.pair_tokens(8, 16, 3), jnp.ones((8, 1), bool)

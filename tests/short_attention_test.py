@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rankjax import sharding, speed
 from rankjax.models import bert, short_attention
 
 
@@ -164,8 +165,6 @@ def test_kernels_split_over_the_batch_under_a_context_mesh():
     # In a data-parallel jit XLA cannot partition the Pallas kernels itself: it gathers
     # the whole batch onto every device. Under a context mesh (as the trainer sets it)
     # each device runs the kernels on its share: no all-gather, the same scores.
-    from rankjax import sharding, speed
-
     shape = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_layers=1)
     model = speed.cross_encoder_model(shape, dtype="bfloat16", attention="pallas", norm="pallas")
     tokens, where = speed.pair_tokens(8, 16, 0), jnp.ones((8, 1), bool)
