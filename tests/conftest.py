@@ -28,6 +28,26 @@ import pytest  # noqa: E402
 from rankjax.data import shared_dir  # noqa: E402
 
 
+@pytest.fixture
+def float32_products():
+    """Full float32 matrix products for the test. On a GPU, JAX's default precision runs
+    float32 products in TF32 (about 1e-3 relative), XLA's and the Pallas kernels' alike;
+    tests that hold float32 kernels to float32 tolerances ask for "highest"."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
+@pytest.fixture
+def data_mesh():
+    """A `data` mesh over up to 4 devices (virtual CPU devices in the suite, GPUs with
+    `RANKJAX_TEST_PLATFORMS`); skipped where only one device is present."""
+    if jax.device_count() < 2:
+        pytest.skip("needs at least 2 devices")
+    from rankjax import sharding
+
+    return sharding.make_mesh(min(4, jax.device_count()))
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     """`$RANKJAX_SHARED/data`; tests that need it are skipped on a machine without it."""

@@ -24,6 +24,7 @@ def e4m3(x, scale):
     return np.clip(scaled, -448, 448).astype(ml_dtypes.float8_e4m3fn)
 
 
+@pytest.mark.usefixtures("float32_products")
 def test_packed_attention_applies_slot_scales_and_writes_e4m3():
     q, k, v, mask = inputs((3, 12, 2, 8), [12, 5, 0], seed=7)
     scales = np.array([0.5, 2.0, 0.25], np.float32)
@@ -121,8 +122,13 @@ def test_fused_fp8_encoder_is_as_close_to_float_as_the_layer_by_layer_one(varian
     where = jnp.ones((256, 1), bool)
 
     def score(model, variables):
-        out = jax.jit(lambda v: model.apply(v, tokens, where, train=False))(variables)
-        return np.asarray(out, np.float32).ravel()
+        # Without excess precision: XLA on a GPU otherwise drops a quantize-dequantize
+        # pair (f32 -> e4m3 -> f32) wherever a product is not an fp8 GEMM, as at this
+        # toy width, so the layer-by-layer path would skip fp8's rounding (mean error
+        # 0.027 against the kernels' 0.043 on an H200; 0.055 and 0.055 without it).
+        run = jax.jit(lambda v: model.apply(v, tokens, where, train=False))
+        compiled = run.lower(variables).compile({"xla_allow_excess_precision": False})
+        return np.asarray(compiled(variables), np.float32).ravel()
 
     exact = score(bf16.model.clone(dtype="float32"), bf16.variables)
     scores = {m: score(m, served.variables) for m in (fused, plain, packed)}
@@ -216,14 +222,14 @@ def test_compiled_fp8_encoder_runs_fp8_gemms_writing_e4m3_on_gpu(variants):
         np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0.1, atol=0.15)
 
 
-def test_fused_fp8_encoder_splits_over_the_batch_under_a_context_mesh(variants):
+def test_fused_fp8_encoder_splits_over_the_batch_under_a_context_mesh(variants, data_mesh):
     # The e4m3-writing kernels (tuple outputs) run on each device's share, as the float
     # ones do (short_attention_test): no all-gather, the same scores as on one device.
     served = variants[1]
     model = served.model.clone(attention="pallas", norm="pallas")
     tokens, where = speed.pair_tokens(8, 16, 3), jnp.ones((8, 1), bool)
     want = jax.jit(lambda v: model.apply(v, tokens, where, train=False))(served.variables)
-    mesh = sharding.make_mesh(4)
+    mesh = data_mesh
     split = (sharding.replicated(mesh), *[sharding.batch_sharding(mesh)] * 2)
     score = jax.jit(lambda v, t, w: model.apply(v, t, w, train=False), in_shardings=split)
     with jax.set_mesh(mesh):

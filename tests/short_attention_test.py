@@ -35,6 +35,7 @@ def inputs(shape, lengths, dtype=jnp.float32, seed=0):
     return q, k, v, mask
 
 
+@pytest.mark.usefixtures("float32_products")
 @pytest.mark.parametrize("shape", [(4, 16, 2, 16), (4, 10, 3, 8), (4, 40, 1, 24)])
 def test_matches_numpy_and_xla_with_padding(shape):
     # Lengths: full, partial, one token, none (that row averages all keys).
@@ -68,6 +69,7 @@ def test_gradients_follow_the_xla_formulation():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
+@pytest.mark.usefixtures("float32_products")
 def test_packed_layout_reads_the_same_attention():
     q, k, v, mask = inputs((3, 10, 2, 8), [10, 4, 0], seed=5)
     qkv = jnp.stack([q, k, v], axis=2)  # [B, T, 3, heads, D], as one projection writes it
@@ -109,6 +111,7 @@ def encoder_inputs():
     return ids, mask
 
 
+@pytest.mark.usefixtures("float32_products")
 @pytest.mark.parametrize("norm", ["xla", "pallas"])
 def test_encoder_with_pallas_kernels_matches_xla(norm):
     # Pallas attention reads a packed q, k, v product; the LayerNorm kernel is optional.
@@ -161,7 +164,7 @@ def test_norm_kernel_resolves_auto_and_rejects_unknown_names(monkeypatch):
     assert bert.norm_kernel("auto", train=True) == "xla"  # training keeps XLA's numerics
 
 
-def test_kernels_split_over_the_batch_under_a_context_mesh():
+def test_kernels_split_over_the_batch_under_a_context_mesh(data_mesh):
     # In a data-parallel jit XLA cannot partition the Pallas kernels itself: it gathers
     # the whole batch onto every device. Under a context mesh (as the trainer sets it)
     # each device runs the kernels on its share: no all-gather, the same scores.
@@ -170,7 +173,7 @@ def test_kernels_split_over_the_batch_under_a_context_mesh():
     tokens, where = speed.pair_tokens(8, 16, 0), jnp.ones((8, 1), bool)
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), tokens, where)
     want = np.asarray(jax.jit(lambda v: model.apply(v, tokens, where, train=False))(variables))
-    mesh = sharding.make_mesh(4)
+    mesh = data_mesh
     score = jax.jit(
         lambda v, t, w: model.apply(v, t, w, train=False),
         in_shardings=(sharding.replicated(mesh), *[sharding.batch_sharding(mesh)] * 2),
@@ -187,9 +190,9 @@ def test_kernels_split_over_the_batch_under_a_context_mesh():
     with jax.set_mesh(mesh):
         assert gathers() == 0
         # A batch the data axis cannot split evenly runs whole, still correct.
-        odd = speed.pair_tokens(6, 16, 0)
-        got = jax.jit(lambda v, t: model.apply(v, t, jnp.ones((6, 1), bool), train=False))(
+        odd = speed.pair_tokens(7, 16, 0)
+        got = jax.jit(lambda v, t: model.apply(v, t, jnp.ones((7, 1), bool), train=False))(
             variables, odd
         )
-        plain = model.apply(variables, odd, jnp.ones((6, 1), bool), train=False)
+        plain = model.apply(variables, odd, jnp.ones((7, 1), bool), train=False)
         np.testing.assert_allclose(np.asarray(got), np.asarray(plain), atol=1e-6)
