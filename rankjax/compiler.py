@@ -7,6 +7,12 @@ pass over memory. With Triton GEMMs off, cuBLASLt takes bias and GELU into the G
 epilogue (`BIAS_GELU`). On an H200 the MiniLM-shaped cross-encoder's 1,024 × 64 scoring
 call went from 4.85 to 4.00 ms of GPU time with that option alone (docs/results.md).
 
+Excess precision is off on GPUs: with it, XLA drops a convert pair such as
+`f32 -> e4m3 -> f32` as a rounding it may skip, so a served fp8 product that does not
+become an fp8 GEMM (a shape cuBLASLt refuses) would silently compute with unquantized
+activations, and report better quality than the fp8 model has. Off, it cost nothing
+measurable on the H200 (bf16 and fp8 scorers' docs/s and 64-pair latency within noise).
+
 `jit` applies `OPTIONS[backend]` where rankjax compiles a model for inference (scoring,
 evaluation, serving); other backends compile with XLA's defaults. Training steps keep
 XLA's defaults: there Triton GEMMs pay, and the cross-encoder's fine-tuning step ran
@@ -23,7 +29,7 @@ from typing import Any
 import jax
 
 OPTIONS: dict[str, dict[str, Any]] = {
-    "gpu": {"xla_gpu_enable_triton_gemm": False},
+    "gpu": {"xla_gpu_enable_triton_gemm": False, "xla_allow_excess_precision": False},
 }
 
 

@@ -5,14 +5,16 @@ import numpy as np
 
 from rankjax import compiler
 
+GPU = {"xla_gpu_enable_triton_gemm": False, "xla_allow_excess_precision": False}
 
-def test_gpu_inference_turns_triton_gemms_off_and_other_backends_keep_defaults():
-    assert compiler.options("gpu") == {"xla_gpu_enable_triton_gemm": False}
+
+def test_gpu_inference_turns_triton_gemms_and_excess_precision_off_others_keep_defaults():
+    assert compiler.options("gpu") == GPU
     assert compiler.options("cpu") is None
     assert compiler.options("tpu") is None
     # A copy: callers cannot change the table through it.
     compiler.options("gpu")["xla_gpu_enable_triton_gemm"] = True
-    assert compiler.OPTIONS["gpu"] == {"xla_gpu_enable_triton_gemm": False}
+    assert compiler.OPTIONS["gpu"] == GPU
 
 
 def test_jit_compiles_and_passes_jit_arguments():
