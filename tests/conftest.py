@@ -25,6 +25,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 import pytest  # noqa: E402
 
+from rankjax import sharding  # noqa: E402
 from rankjax.data import shared_dir  # noqa: E402
 
 
@@ -43,8 +44,6 @@ def data_mesh():
     `RANKJAX_TEST_PLATFORMS`); skipped where only one device is present."""
     if jax.device_count() < 2:
         pytest.skip("needs at least 2 devices")
-    from rankjax import sharding
-
     return sharding.make_mesh(min(4, jax.device_count()))
 
 
