@@ -8,11 +8,20 @@ default backend.
 import os
 import tempfile
 
-import jax
+PLATFORMS = os.environ.get("RANKJAX_TEST_PLATFORMS", "cpu")
+if PLATFORMS == "cpu":
+    # The suite compiles hundreds of small programs and runs each briefly: at LLVM's
+    # optimization level 0 XLA's CPU backend compiles them faster, and the whole suite
+    # took 13% less time on 2 cores (subprocess tests inherit the setting).
+    os.environ["XLA_FLAGS"] = " ".join(
+        [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]
+    ).strip()
+
+import jax  # noqa: E402
 
 # Multi-device tests run on 8 CPU devices; single-device runs pick one with mesh.num_devices.
 jax.config.update("jax_num_cpu_devices", 8)
-jax.config.update("jax_platforms", os.environ.get("RANKJAX_TEST_PLATFORMS", "cpu"))
+jax.config.update("jax_platforms", PLATFORMS)
 # Many tests train the same small configs (and the resume and distributed tests rerun them
 # in subprocesses, which inherit the variable): XLA's persistent compilation cache lets
 # them compile each program once per machine instead of once per run.
