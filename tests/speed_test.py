@@ -194,9 +194,10 @@ def test_bf16_gradient_reduction_sums_no_float32_across_devices():
         step, state, batch = speed.training_step(
             model, mse, tokens, labels, where, 2, 1e-3, grad_reduce=reduce
         )
-        lowered[reduce] = step.lower(*state, jax.random.PRNGKey(0), *batch).as_text()
-        texts[reduce] = step.lower(*state, jax.random.PRNGKey(0), *batch).compile().as_text()
-        params, _ = step(*state, jax.random.PRNGKey(0), *batch)
+        stage = step.lower(*state, jax.random.PRNGKey(0), *batch)
+        lowered[reduce], compiled = stage.as_text(), stage.compile()
+        texts[reduce] = compiled.as_text()
+        params, _ = compiled(*state, jax.random.PRNGKey(0), *batch)  # one compile per step
         assert all(np.isfinite(np.asarray(v, np.float32)).all() for v in jax.tree.leaves(params))
 
     def reduced_types(text):
