@@ -13,7 +13,8 @@ from rankjax import checkpoint, trainer
 from rankjax.compression import sparsity as sp
 
 
-@settings(max_examples=60, deadline=None)
+# Each example compiles the mask for a new shape: the examples are the test's cost.
+@settings(max_examples=30, deadline=None)
 @given(
     nm=st.sampled_from([(1, 4), (2, 4), (3, 4), (2, 8), (1, 2)]),
     groups=st.integers(1, 5),
@@ -181,7 +182,7 @@ def test_trainer_prunes_quantizes_and_serves(tmp_path):
     assert np.asarray(packed[sp.PACKED_INDEX]).nbytes == 8 * 8 // 2 * 2 // 8
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     nm=st.sampled_from([(1, 4), (2, 4), (2, 8), (1, 2), (4, 16)]),
     groups=st.integers(1, 4),
