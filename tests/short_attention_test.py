@@ -179,16 +179,18 @@ def test_kernels_split_over_the_batch_under_a_context_mesh(data_mesh):
         in_shardings=(sharding.replicated(mesh), *[sharding.batch_sharding(mesh)] * 2),
     )
 
-    def gathers():
-        return score.lower(variables, tokens, where).compile().as_text().count("all-gather")
+    def compile_score():
+        return score.lower(variables, tokens, where).compile()
 
-    assert gathers() > 0  # without the context: the kernels see the whole batch
-    # `sharding.with_mesh` (how the trainer calls its evaluation) sets the context.
+    # Without the context the kernels see the whole batch.
+    assert compile_score().as_text().count("all-gather") > 0
+    # `sharding.with_mesh` (how the trainer calls its evaluation) sets the context; the
+    # program compiled under it is inspected and run (one compile).
     assert sharding.with_mesh(jax.sharding.get_abstract_mesh, mesh)().axis_names == ("data",)
-    got = sharding.with_mesh(score, mesh)(variables, tokens, where)
-    np.testing.assert_array_equal(np.asarray(got), want)
+    compiled = sharding.with_mesh(compile_score, mesh)()
+    assert compiled.as_text().count("all-gather") == 0
+    np.testing.assert_array_equal(np.asarray(compiled(variables, tokens, where)), want)
     with jax.set_mesh(mesh):
-        assert gathers() == 0
         # A batch the data axis cannot split evenly runs whole, still correct.
         odd = speed.pair_tokens(7, 16, 0)
         got = jax.jit(lambda v, t: model.apply(v, t, jnp.ones((7, 1), bool), train=False))(
