@@ -9,7 +9,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rankjax import checkpoint, distributed, preemption, retrieval_trainer, trainer
+from rankjax import checkpoint, distributed, preemption, trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -36,10 +36,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-        if FLAGS.config.get("task", "ranking") == "retrieval":
-            retrieval_trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-        else:
-            trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except preemption.Preempted as e:
         logging.warning("%s", e)
         print(f"rankjax: {e}", file=sys.stderr)

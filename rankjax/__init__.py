@@ -2,7 +2,7 @@
 
 Stable API:
   rankjax.metrics.evaluate(scores, labels, *, where=None, metrics=..., no_relevant="zero")
-  rankjax.train_and_evaluate(config, workdir)   ranking, or retrieval when config.task says so
+  rankjax.train_and_evaluate(config, workdir)   any task: config.task, default "ranking"
   rankjax.serving.load(workdir).score(...) / .score_texts(query, products)
   rankjax.text.embed(texts, checkpoint_dir=None, pooling="mean", normalize=True)
   rankjax.data.load(config.data), rankjax.data.synthetic.make_world(...)
@@ -16,12 +16,7 @@ __version__ = "0.1.0"
 
 
 def train_and_evaluate(config, workdir):
-    """`rankjax.trainer.train_and_evaluate`, or `rankjax.retrieval_trainer`'s for a config
-    with `task="retrieval"` (imported lazily: they pull in orbax)."""
-    if config.get("task", "ranking") == "retrieval":
-        from rankjax import retrieval_trainer
-
-        return retrieval_trainer.train_and_evaluate(config, workdir)
+    """`rankjax.trainer.train_and_evaluate` (imported lazily: it pulls in orbax)."""
     from rankjax import trainer
 
     return trainer.train_and_evaluate(config, workdir)

@@ -34,7 +34,7 @@ _SECTIONS: dict[str, tuple[set[str], set[str]]] = {
         },
     ),
     "ckpt": ({"every", "keep"}, {"best_metric", "best_mode"}),
-    "mesh": ({"num_devices"}, {"rules"}),
+    "mesh": ({"num_devices"}, {"model", "rules"}),
 }
 _DATA_COMMON = (
     {"source", "list_size"},
@@ -59,7 +59,7 @@ _DATA_BY_SOURCE = {
     ),
 }
 _TOP = {"seed", "data", "model", *_SECTIONS}
-_OPTIONAL_TOP = {"quant", "sparsity", "distill"}  # checked by their modules' from_config
+_OPTIONAL_TOP = {"task", "quant", "sparsity", "distill"}  # checked by their modules' from_config
 
 
 def _check_keys(where: str, given: Mapping, required: set[str], optional: set[str]) -> None:

@@ -120,6 +120,16 @@ def put_batch(
     }
 
 
+def put_global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Places the global batch (the same on every process) on the mesh, split along the
+    batch axis; each process places only its own devices' rows."""
+    sharding = batch_sharding(mesh)
+    return {
+        k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
+        for k, v in batch.items()
+    }
+
+
 def per_batch_shard(fn: Any, *args: Any, batched: Sequence[bool]) -> Any:
     """`fn(*args)`, run on each device's share of the batch when traced under a context
     mesh (`jax.set_mesh`) whose `data` axis splits the batch; else as it is.

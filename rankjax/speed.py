@@ -17,7 +17,7 @@ functions take sizes as arguments, so the tests run them on CPU at toy sizes.
   Web30K shape.
 * `two_tower_train_rate`: training steps of the two-tower retrieval model with large id
   tables, data-parallel with the tables replicated or with their rows split over a
-  `model` mesh axis (as `mesh.model` does in the retrieval trainer).
+  `model` mesh axis (as `mesh.model` does in the retrieval task).
 
 Timing rules are `rankjax.benchmark`'s: compilation and two warm-up calls excluded,
 device work finished before each clock read, medians over repeats.
@@ -46,12 +46,12 @@ from rankjax import (
     export,
     losses,
     models,
-    retrieval_trainer,
     serving,
     sharding,
 )
 from rankjax.compression import quantization
 from rankjax.models import listwise, two_tower
+from rankjax.tasks import retrieval as tasks_retrieval
 
 # Served compression variants: post-training quantization of the float model (as the
 # Home Depot config's `serve=` argument does; the scoring layer stays float).
@@ -479,7 +479,7 @@ def two_tower_train_rate(
     items, `dim` wide; in-batch softmax, AdamW) on `num_devices` devices: with
     `model_axis` 1 the tables are replicated and their gradients summed across devices
     (plain data parallelism); with `model_axis` > 1 every table's rows are split over
-    that many devices (`retrieval_trainer.TABLE_RULES`), the batch over the rest.
+    that many devices (`tasks_retrieval.TABLE_RULES`), the batch over the rest.
 
     Each row is a user and an item drawn as in a shop's log: users uniformly, items from a
     Zipf law (popular items recur, and the loss removes accidental hits).
@@ -507,7 +507,7 @@ def two_tower_train_rate(
         return optax.apply_updates(params, updates), opt_state
 
     key = jax.random.PRNGKey(0)
-    rules = retrieval_trainer.TABLE_RULES if model_axis > 1 else ()
+    rules = tasks_retrieval.TABLE_RULES if model_axis > 1 else ()
     placed = sharding.tree_shardings(jax.eval_shape(init, key), mesh, rules)
     state = jax.jit(init, out_shardings=placed)(key)
     data = sharding.batch_sharding(mesh)

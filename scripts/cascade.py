@@ -18,7 +18,8 @@ them). `--json=PATH` writes the rows.
 import numpy as np
 from absl import app, flags
 
-from rankjax import benchmark, cascade, checkpoint, retrieval_trainer
+from rankjax import benchmark, cascade, checkpoint
+from rankjax.tasks import retrieval as tasks_retrieval
 
 STAGE1 = flags.DEFINE_string("stage1", None, "workdir of the retrieval (recall) run", required=True)
 STAGE2 = flags.DEFINE_string("stage2", None, "workdir of the ranking run", required=True)
@@ -43,7 +44,7 @@ HEAD = (
 SPLIT_KEYS = ("source", "inter_file", "file", "world", "max_users", "split", "fractions")
 
 
-def _same_data(a: retrieval_trainer.Trained, b: retrieval_trainer.Trained) -> None:
+def _same_data(a: tasks_retrieval.Trained, b: tasks_retrieval.Trained) -> None:
     def split_of(t):
         d = t.config.data.to_dict()
         return {k: d.get(k) for k in SPLIT_KEYS} | {"split_seed": d.get("split_seed", 0)}
@@ -79,7 +80,7 @@ def _weight(first, second, bits: int, k: int) -> tuple[float, dict[float, float]
 
 def main(argv):
     del argv
-    first, second = retrieval_trainer.load(STAGE1.value), retrieval_trainer.load(STAGE2.value)
+    first, second = tasks_retrieval.load(STAGE1.value), tasks_retrieval.load(STAGE2.value)
     _same_data(first, second)
     parts = first.parts
     seen = [parts["train"], parts["valid"]]

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from rankjax import cascade, retrieval_trainer
+from rankjax import cascade, trainer
 from rankjax.evaluators import retrieval
+from rankjax.tasks import retrieval as tasks_retrieval
 
 # 2 users, 6 items. Stage 1 prefers low ids; stage 2 prefers high ids.
 STAGE1 = jnp.array([[6.0, 5, 4, 3, 2, 1], [6.0, 5, 4, 3, 2, 1]])
@@ -118,15 +119,15 @@ def test_finished_runs_load_and_cascade(shared_data, tmp_path):
     # The ranker takes hard negatives from the retriever's top items.
     for name, arg in (("ml100k_two_tower", ""), ("ml100k_dcn", f",retriever={retriever},hard=2")):
         c = load_config(name, "runlocal" + arg)
-        retrieval_trainer.train_and_evaluate(c, str(tmp_path / name))
-        runs[name] = retrieval_trainer.load(str(tmp_path / name))
+        trainer.train_and_evaluate(c, str(tmp_path / name))
+        runs[name] = tasks_retrieval.load(str(tmp_path / name))
     assert runs["ml100k_dcn"].config.loss.hard_negatives == 2
     first, second = runs["ml100k_two_tower"], runs["ml100k_dcn"]
     # A second two-tower run adds hard negatives from ranks 3..10 of the first's items.
     c = load_config("ml100k_two_tower", f"runlocal,retriever={retriever},hard=2,skip=3")
-    assert retrieval_trainer.train_and_evaluate(c, str(tmp_path / "hard"))["step"] == 2
+    assert trainer.train_and_evaluate(c, str(tmp_path / "hard"))["step"] == 2
     train, n = first.parts["train"], first.log.num_items
-    pool = retrieval_trainer._retrieved(c, train, n)
+    pool = tasks_retrieval._retrieved(c, train, n)
     everyone = np.arange(first.log.num_users)
     seen = retrieval.user_item_mask(train.users, train.items, everyone, n)
     top = np.asarray(cascade.candidates(first.scorer("valid"), everyone, seen, 10)[1])
@@ -134,7 +135,7 @@ def test_finished_runs_load_and_cascade(shared_data, tmp_path):
     assert not np.take_along_axis(seen, np.asarray(pool), 1).any()  # never a training item
     c.loss.retriever_skip = 10
     with pytest.raises(ValueError, match="retriever_skip=10"):
-        retrieval_trainer._retrieved(c, train, n)
+        tasks_retrieval._retrieved(c, train, n)
     users = np.arange(4)
     # The loaded pair scorer agrees with the catalog scorer on the chosen items.
     items = jnp.array([[0, 5, 9]] * 4)
@@ -156,7 +157,7 @@ def test_finished_runs_load_and_cascade(shared_data, tmp_path):
     assert 0.0 <= r["final"]["ndcg@10"] <= 1.0 and "recall@20" in r["stage1"]
     assert first._model(True, 8) is first._model(True, 8)  # converted once, then reused
     with pytest.raises(FileNotFoundError, match="config.json"):
-        retrieval_trainer.load(str(tmp_path / "missing"))
+        tasks_retrieval.load(str(tmp_path / "missing"))
     c = load_config("ml100k_dcn", "runlocal,hard=2")  # no retriever named
     with pytest.raises(ValueError, match="loss.retriever"):
-        retrieval_trainer.train_and_evaluate(c, str(tmp_path / "bad"))
+        trainer.train_and_evaluate(c, str(tmp_path / "bad"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import CONFIG_DIR, load_config
 
-from rankjax import retrieval_trainer, trainer
+from rankjax import trainer
 from rankjax.data import shared_dir
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "*.py")))
@@ -61,7 +61,7 @@ def test_config_runs_two_steps(name, tmp_path, request):
         with open(os.path.join(request.getfixturevalue("teacher"), "results.json")) as f:
             results = json.load(f)
     elif config.get("task") == "retrieval":
-        results = retrieval_trainer.train_and_evaluate(config, str(tmp_path))
+        results = trainer.train_and_evaluate(config, str(tmp_path))
     else:
         results = trainer.train_and_evaluate(config, str(tmp_path))
     assert results["step"] == 2

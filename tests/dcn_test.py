@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from rankjax import retrieval_trainer
+from rankjax import trainer
 from rankjax.models import dcn
 
 
@@ -54,7 +54,7 @@ def test_dcn_input_errors_name_the_problem():
 
 def test_pointwise_dcn_trains_and_serves_int8_layers_and_tables(shared_data, tmp_path):
     c = load_config("ml100k_dcn", "runlocal,loss=bce,embedding_bits=8,towers=int8")
-    results = retrieval_trainer.train_and_evaluate(c, str(tmp_path))
+    results = trainer.train_and_evaluate(c, str(tmp_path))
     assert results["step"] == 2 and set(results["test_served"]) == set(results["test"])
     assert results["bytes"]["serving_bytes"] < results["bytes"]["float_bytes"]
     # CTR-style figures on 10 negatives per test interaction, for both versions.

@@ -13,20 +13,20 @@ from helpers import load_config, start_training
 
 from rankjax import checkpoint, trainer
 
-ARGS = [
-    "--config=configs/synthetic_listwise.py:runlocal,steps=300",
-    "--config.ckpt.every=20",
-    "--config.train.eval_every=100",
-    "--config.train.log_every=10",
-]
+# The same loop trains both tasks; each is interrupted and resumed the same way.
+ARGS = {
+    "ranking": ["--config=configs/synthetic_listwise.py:runlocal,steps=300"],
+    "retrieval": ["--config=configs/synthetic_retrieval.py:runlocal,steps=300"],
+}
+COMMON = ["--config.ckpt.every=20", "--config.train.eval_every=100", "--config.train.log_every=10"]
 
 
-def start(workdir):
-    return start_training(*ARGS, f"--workdir={workdir}")
+def start(workdir, task):
+    return start_training(*ARGS[task], *COMMON, f"--workdir={workdir}")
 
 
-def finish(workdir):
-    p = start(workdir)
+def finish(workdir, task):
+    p = start(workdir, task)
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-3000:]
     return json.loads((workdir / "results.json").read_text())
@@ -50,32 +50,35 @@ def train_records(workdir):
         return [r for r in map(json.loads, f) if r["split"] == "train"]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+@pytest.fixture(scope="module", params=sorted(ARGS))
+def uninterrupted(request, tmp_path_factory):
+    """`(task, results, train records)` of a run that nothing stopped."""
     workdir = tmp_path_factory.mktemp("straight")
-    return finish(workdir), train_records(workdir)
+    return request.param, finish(workdir, request.param), train_records(workdir)
 
 
 def test_sigkill_then_rerun_matches_uninterrupted_run(tmp_path, uninterrupted):
-    p = start(tmp_path)
+    task, straight, straight_records = uninterrupted
+    p = start(tmp_path, task)
     wait_for_checkpoint(tmp_path, 60, p)
     p.send_signal(signal.SIGKILL)
     p.communicate(timeout=60)
     assert p.returncode == -signal.SIGKILL
     assert not (tmp_path / "results.json").exists()
-    results = finish(tmp_path)
-    assert results["valid"] == pytest.approx(uninterrupted[0]["valid"], rel=1e-6)
-    assert results["test"] == pytest.approx(uninterrupted[0]["test"], rel=1e-6)
+    results = finish(tmp_path, task)
+    assert results["valid"] == pytest.approx(straight["valid"], rel=1e-6)
+    assert results["test"] == pytest.approx(straight["test"], rel=1e-6)
     # Events logged after the last checkpoint were dropped and logged again once.
     records = train_records(tmp_path)
     assert [r["step"] for r in records] == list(range(10, 301, 10))
     np.testing.assert_allclose(
-        [r["loss"] for r in records], [r["loss"] for r in uninterrupted[1]], rtol=1e-6
+        [r["loss"] for r in records], [r["loss"] for r in straight_records], rtol=1e-6
     )
 
 
 def test_sigterm_saves_a_checkpoint_and_rerun_resumes(tmp_path, uninterrupted):
-    p = start(tmp_path)
+    task, straight, _ = uninterrupted
+    p = start(tmp_path, task)
     wait_for_checkpoint(tmp_path, 60, p)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
@@ -83,8 +86,8 @@ def test_sigterm_saves_a_checkpoint_and_rerun_resumes(tmp_path, uninterrupted):
     assert "stopped by SIGTERM after step" in err
     stopped_at = int(err.split("stopped by SIGTERM after step ")[1].split(";")[0])
     assert (tmp_path / "checkpoints" / str(stopped_at) / "commit_success.txt").exists()
-    results = finish(tmp_path)
-    assert results["test"] == pytest.approx(uninterrupted[0]["test"], rel=1e-6)
+    results = finish(tmp_path, task)
+    assert results["test"] == pytest.approx(straight["test"], rel=1e-6)
 
 
 def _saved(tmp_path, steps):

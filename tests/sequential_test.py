@@ -1,5 +1,5 @@
 """SASRec-style sequential recommender: causality, padding, served tables, and training
-through the retrieval trainer under both evaluation protocols."""
+through the trainer's retrieval task under both evaluation protocols."""
 
 import jax
 import jax.numpy as jnp
@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from rankjax import checkpoint, retrieval_trainer
+from rankjax import checkpoint, trainer
 from rankjax.compression import embeddings
 from rankjax.evaluators import retrieval
 from rankjax.models import sequential
+from rankjax.tasks import sequential as tasks_sequential
 
 
 def _model(**kw):
@@ -76,7 +77,7 @@ def test_sampled_protocol_ranks_each_positive_against_its_negatives():
 
 
 def test_right_aligned_histories_keep_the_newest_items():
-    got = retrieval_trainer._right_aligned([np.array([3, 1, 4, 1, 5]), np.array([], int)], 3)
+    got = tasks_sequential.right_aligned([np.array([3, 1, 4, 1, 5]), np.array([], int)], 3)
     np.testing.assert_array_equal(got, [[5, 2, 6], [0, 0, 0]])
 
 
@@ -106,7 +107,7 @@ def test_sasrec_learns_a_deterministic_next_item(tmp_path, loss, protocol, tower
     c.optim.update(learning_rate=1e-2, warmup_steps=10)
     c.train = dict(num_steps=150, batch_size=32, log_every=50, eval_every=150)
     c.ckpt.every = 150
-    results = retrieval_trainer.train_and_evaluate(c, str(tmp_path / "run"))
+    results = trainer.train_and_evaluate(c, str(tmp_path / "run"))
     assert results["protocol"] == protocol
     assert set(results["test"]) == set(c.eval.metrics)
     # The next item is fully determined by the last one; popularity knows nothing.
@@ -137,7 +138,7 @@ def test_sharded_tables_train_like_one_device(tmp_path):
         c.ckpt.every = 100
         c.optim.update(learning_rate=1e-2, warmup_steps=10)
         c.mesh = mesh
-        results.append(retrieval_trainer.train_and_evaluate(c, str(tmp_path / str(len(results)))))
+        results.append(trainer.train_and_evaluate(c, str(tmp_path / str(len(results)))))
     one, many = results
     assert many["sharded"] == [
         "item_embedding/embedding",
@@ -153,16 +154,16 @@ def test_sequential_config_errors_name_the_key(tmp_path):
     c = load_config("beauty_sequential", "runlocal")
     c.data.split = "random"
     with pytest.raises(ValueError, match="leave_one_out"):
-        retrieval_trainer.train_and_evaluate(c, str(tmp_path))
+        trainer.train_and_evaluate(c, str(tmp_path))
     c = load_config("beauty_sequential", "runlocal")
     c.model.temperature = 0.1
     with pytest.raises(ValueError, match="model.temperature is not one of sasrec's"):
-        retrieval_trainer.train_and_evaluate(c, str(tmp_path))
+        trainer.train_and_evaluate(c, str(tmp_path))
     c = load_config("beauty_sequential", "runlocal")
     c.loss.name = "in_batch_softmax"
     with pytest.raises(ValueError, match="valid for model sasrec"):
-        retrieval_trainer.train_and_evaluate(c, str(tmp_path))
+        trainer.train_and_evaluate(c, str(tmp_path))
     c = load_config("beauty_sequential", "runlocal")
     c.eval.protocol = "sampeld"
     with pytest.raises(ValueError, match="eval.protocol"):
-        retrieval_trainer.train_and_evaluate(c, str(tmp_path))
+        trainer.train_and_evaluate(c, str(tmp_path))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from rankjax import retrieval_trainer, sharding
+from rankjax import sharding, trainer
 from rankjax.models import layers, two_tower
 
 
@@ -58,7 +58,7 @@ def _config(batch_size=64, **mesh):
 
 
 def _run(tmp_path, name, **mesh):
-    return retrieval_trainer.train_and_evaluate(_config(**mesh), str(tmp_path / name))
+    return trainer.train_and_evaluate(_config(**mesh), str(tmp_path / name))
 
 
 def test_tables_sharded_over_the_model_axis_train_like_one_device(tmp_path):
@@ -74,4 +74,4 @@ def test_tables_sharded_over_the_model_axis_train_like_one_device(tmp_path):
 
     with pytest.raises(ValueError, match="data axis"):
         c = _config(batch_size=63, num_devices=8, model=4)
-        retrieval_trainer.train_and_evaluate(c, str(tmp_path / "bad"))
+        trainer.train_and_evaluate(c, str(tmp_path / "bad"))

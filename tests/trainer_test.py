@@ -1,4 +1,5 @@
-"""The trainer end to end: multi-device equivalence, exact resume, divergence, learning."""
+"""The trainer end to end: multi-device equivalence, exact resume, divergence, learning,
+for the ranking task and (resume, divergence) the retrieval task through the same loop."""
 
 import json
 import os
@@ -18,6 +19,16 @@ def tiny_config(steps=4, **optim):
     c.eval.metrics = ("ndcg@5", "ndcg@10", "mrr", "rmse")
     c.optim.update(optim)
     return c
+
+
+def tiny_retrieval_config(steps=4, **optim):
+    c = load_config("synthetic_retrieval", f"runlocal,steps={steps}")
+    c.train.eval_every = steps
+    c.optim.update(optim)
+    return c
+
+
+TINY = {"ranking": tiny_config, "retrieval": tiny_retrieval_config}
 
 
 def read_jsonl(workdir, split):
@@ -54,10 +65,12 @@ def test_workdir_has_every_artifact(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "listwise"
 
 
-def test_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("task", sorted(TINY))
+def test_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, task):
     def config(steps):
-        c = tiny_config(steps=steps, schedule="constant", warmup_steps=0)
+        c = TINY[task](steps=steps, schedule="constant", warmup_steps=0)
         c.eval.use_best = False
+        c.ckpt.every = 2
         return c
 
     straight = trainer.train_and_evaluate(config(6), str(tmp_path / "straight"))
@@ -71,9 +84,10 @@ def test_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
     np.testing.assert_allclose(losses, straight_losses, rtol=1e-6)
 
 
-def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("task", sorted(TINY))
+def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, task):
     # The warm-up makes step 1 a no-op (learning rate 0); step 2 blows the parameters up.
-    c = tiny_config(
+    c = TINY[task](
         steps=6,
         name="sgd",
         learning_rate=1e30,

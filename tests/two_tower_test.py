@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from rankjax import checkpoint, retrieval_trainer
+from rankjax import checkpoint, trainer
 from rankjax.models import two_tower
+from rankjax.tasks import retrieval as tasks_retrieval
 
 
 def model(**kw):
@@ -60,16 +61,16 @@ def test_retrieval_config_errors_name_the_key():
     c = load_config("ml100k_two_tower", "runlocal")
     c.model.tempreature = 0.1
     with pytest.raises(ValueError, match="model.tempreature"):
-        retrieval_trainer.train_and_evaluate(c, "/tmp/unused")
+        trainer.train_and_evaluate(c, "/tmp/unused")
     c = load_config("ml100k_two_tower", "runlocal")
     c.data.split = "temporal"
     with pytest.raises(ValueError, match="data.split='temporal'"):
-        retrieval_trainer.train_and_evaluate(c, "/tmp/unused")
+        trainer.train_and_evaluate(c, "/tmp/unused")
 
 
 def test_served_int8_tables_score_like_the_float_towers(shared_data, tmp_path):
     c = load_config("ml100k_two_tower", "runlocal,embedding_bits=8,steps=20")
-    results = retrieval_trainer.train_and_evaluate(c, str(tmp_path))
+    results = trainer.train_and_evaluate(c, str(tmp_path))
     served, float_ = results["test_served"], results["test"]
     assert served["ndcg@10"] == pytest.approx(float_["ndcg@10"], abs=0.02)
     # Tables are nearly all of the bytes: int8 rows + one scale per row ~ a quarter.
@@ -79,7 +80,7 @@ def test_served_int8_tables_score_like_the_float_towers(shared_data, tmp_path):
 def test_int8_towers_are_served_as_integers(shared_data, tmp_path):
     c = load_config("ml100k_two_tower", "runlocal,features,towers=int8,steps=6")
     c.model.hidden = (16,)
-    results = retrieval_trainer.train_and_evaluate(c, str(tmp_path))
+    results = trainer.train_and_evaluate(c, str(tmp_path))
     served = checkpoint.load_tree(str(tmp_path / "served"))
     for tower in ("user_tower", "item_tower"):
         for layer in ("hidden_0", "output"):
@@ -87,7 +88,7 @@ def test_int8_towers_are_served_as_integers(shared_data, tmp_path):
             assert frozen["value"].dtype == np.int8, (tower, layer)
             assert "kernel" not in served["params"][tower][layer]  # no float copy kept
     # The served integer towers compute what quantization-aware training did.
-    run = retrieval_trainer.load(str(tmp_path))
+    run = tasks_retrieval.load(str(tmp_path))
     users = np.arange(50)
     trained, as_served = run.scorer("test")(users), run.scorer("test", serve=True)(users)
     np.testing.assert_allclose(as_served, trained, atol=0.05 * float(np.abs(trained).max()))
@@ -98,11 +99,11 @@ def test_tower_quantization_config_errors():
     c = load_config("ml100k_two_tower", "runlocal")
     c.quant = {"mode": "qat"}
     with pytest.raises(ValueError, match="quant.mode is set but quant.enabled"):
-        retrieval_trainer.train_and_evaluate(c, "/tmp/unused")
+        trainer.train_and_evaluate(c, "/tmp/unused")
     c = load_config("ml100k_two_tower", "runlocal,towers=int8")
     c.quant.calibration = "static"
     with pytest.raises(ValueError, match="static"):
-        retrieval_trainer.train_and_evaluate(c, "/tmp/unused")
+        trainer.train_and_evaluate(c, "/tmp/unused")
     with pytest.raises(ValueError, match="towers='int9'"):
         load_config("ml100k_two_tower", "towers=int9")
 
@@ -112,13 +113,13 @@ def test_item_tower_reads_titles_through_minilm(shared_data, tmp_path):
 
     # Frozen: each title's sentence embedding is a float feature of the item tower.
     c = load_config("ml100k_two_tower", "runlocal,text=frozen")
-    _, _, task = retrieval_trainer._setup(c)
+    _, _, task = tasks_retrieval._setup(c)
     params = task.init(jax.random.PRNGKey(0))
     assert "floats" in params["item_tower"] and "text_encoder" not in params["item_tower"]
     assert task.pretrained is None
     # Fine-tuned: the item tower holds MiniLM's first layer, loaded from the checkpoint.
     c = load_config("ml100k_two_tower", "runlocal,text=finetune")
-    _, _, task = retrieval_trainer._setup(c)
+    _, _, task = tasks_retrieval._setup(c)
     loaded = task.pretrained(jax.device_get(task.init(jax.random.PRNGKey(0))))
     want = bert.pretrained_encoder("", 1)
     got = loaded["item_tower"]["text_encoder"]
@@ -127,8 +128,8 @@ def test_item_tower_reads_titles_through_minilm(shared_data, tmp_path):
         got["layer_0"]["attention"]["query"]["kernel"],
         want["layer_0"]["attention"]["query"]["kernel"],
     )
-    results = retrieval_trainer.train_and_evaluate(c, str(tmp_path))
+    results = trainer.train_and_evaluate(c, str(tmp_path))
     assert results["step"] == 2 and results["bytes"]["float_bytes"] > 4 * 30522 * 384
     c.model.text_mode = "tuned"
     with pytest.raises(ValueError, match="text_mode='tuned'"):
-        retrieval_trainer._setup(c)
+        tasks_retrieval._setup(c)

@@ -1,0 +1,406 @@
+"""The ranking task (`config.task = "ranking"`, the default): feature and text rankers
+over query lists.
+
+data (LibSVM, judgments CSV or the synthetic shop; this process's shards, the transform
+fitted on all of train) -> model (`rankjax.models`, every product on the quantization
+seam) -> rax loss, plus a distillation term from a frozen teacher run -> batches of lists
+-> evaluation on whole splits -> at the end the best parameters beside a random and an
+oracle ranker (and `eval.baselines`), the served model (integer weights, packed N:M) saved,
+loaded back and evaluated, and `compression.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from rankjax import (
+    baselines,
+    checkpoint,
+    compiler,
+    config_schema,
+    distributed,
+    losses,
+    models,
+    serving,
+    sharding,
+)
+from rankjax import data as data_lib
+from rankjax.compression import distillation, quantization, report, sparsity
+from rankjax.data import lists, tokens
+from rankjax.evaluators import ranking
+from rankjax.tasks.base import Run
+
+
+def data_shards(data_config: ml_collections.ConfigDict) -> tuple[int, tuple[int, ...]]:
+    """`(num_shards, this process's shard ids)`: `data.shards` blocks of the queries
+    (0: one per process), dealt to processes in contiguous runs, so that process order is
+    shard order in every global batch."""
+    count, index = jax.process_count(), jax.process_index()
+    num_shards = int(data_config.get("shards", 0)) or count
+    if num_shards % count:
+        raise ValueError(
+            f"data.shards={num_shards} must be a multiple of the {count} processes "
+            "(0: one shard per process)"
+        )
+    per = num_shards // count
+    return num_shards, tuple(range(index * per, (index + 1) * per))
+
+
+@dataclasses.dataclass(frozen=True)
+class RankingTask:
+    """Feature and text rankers over query lists (see the module docstring)."""
+
+    name: str = "ranking"
+
+    def validate(self, config: ml_collections.ConfigDict) -> None:
+        config_schema.validate(config)
+
+    def setup(self, config: ml_collections.ConfigDict, mesh: Mesh, workdir: str) -> Run:
+        ecfg = config.eval
+        # Data: this process's shards of the splits, the transform fitted on all of train,
+        # deterministic batches.
+        num_shards, shard_ids = data_shards(config.data)
+        splits = data_lib.load(
+            config.data, shards=shard_ids, num_shards=num_shards, gather=distributed.allgather
+        )
+        if jax.process_index() == 0:
+            checkpoint.write_json(
+                os.path.join(workdir, "feature_transform.json"), splits.transform.to_json()
+            )
+        # Token axes are cut to each batch's longest sequence; with several processes every
+        # one would need the same width, so they keep the full width there.
+        text_cfg = config.data.get("text") or {}
+        prepare = (
+            functools.partial(
+                tokens.trim_token_axes, multiple=int(text_cfg.get("pad_multiple", 16))
+            )
+            if jax.process_count() == 1
+            else _identity
+        )
+
+        # Model, loss; the teacher's scores on the training items.
+        quantizer = quantization.from_config(config.get("quant"))
+        model = models.get(config.model, **_seam(quantizer, "train"))
+        loss_fn = losses.get(**config.loss)
+        distiller = distillation.from_config(config.get("distill"))
+        teacher_params = None
+        if distiller is not None:
+            splits, teacher_params = _with_teacher(distiller, splits, config, prepare)
+        objective = (
+            distillation.label_objective(loss_fn)
+            if distiller is None
+            else distiller.objective(loss_fn)
+        )
+        if ecfg.get("baselines"):
+            valid, test = baselines.add_baseline_scores(
+                splits.train,
+                [splits.valid, splits.test],
+                tuple(ecfg.baselines),
+                tuple(text_cfg.get("item_columns", ())),
+            )
+            splits = dataclasses.replace(splits, valid=valid, test=test)
+        train_batches = lists.ShardedTrainBatches(
+            splits.train_shards,
+            shard_ids,
+            num_shards,
+            int(config.train.batch_size),
+            int(config.data.list_size),
+            int(config.seed),
+            lengths=[tokens.list_token_lengths(d) for d in splits.train_shards],
+            bucket_batches=int(config.data.get("bucket_batches", 0)),
+        )
+        shards = f" (this process's shards {list(shard_ids)} of {num_shards})"
+        describe = (
+            f"data: {config.data.source} | train {splits.train.num_lists} lists, valid "
+            f"{splits.valid.num_lists}, test {splits.test.num_lists}"
+            f"{shards if num_shards > 1 else ''} | {splits.train.num_features} features"
+        )
+
+        # Initial weights: pretrained or teacher weights where the config asks for them.
+        sample = models.sample_inputs(model, train_batches(0))
+
+        def init(rng, loaded):
+            params = model.init(rng, *sample)["params"]
+            return params if loaded is None else _overlay(params, loaded, distiller)
+
+        def loss(params, batch, rng):
+            scores = model.apply(
+                {"params": params},
+                models.inputs(model, batch),
+                batch["where"],
+                train=True,
+                rngs={"dropout": rng},
+            )
+            return objective(scores, batch)
+
+        # Under the mesh as context the Pallas kernels of a data-parallel evaluation split
+        # over the batch; without it XLA would gather the whole batch onto every device.
+        predict = sharding.with_mesh(
+            compiler.jit(
+                lambda params, batch: model.apply(
+                    {"params": params}, models.inputs(model, batch), batch["where"], train=False
+                ),
+            ),
+            mesh,
+        )
+        evaluators = {
+            name: ranking.RankingEvaluator(
+                splits[name],
+                mesh=mesh,
+                batch_size=int(ecfg.batch_size),
+                metrics=tuple(ecfg.metrics),
+                no_relevant=ecfg.no_relevant,
+                gain=ecfg.gain,
+                min_list_size=int(ecfg.get("min_list_size", 1)),
+                prepare=prepare,
+            )
+            for name in ("valid", "test")
+        }
+
+        def model_scores(params):
+            return lambda batch, i: predict(params, batch)
+
+        final = _Final(
+            config,
+            evaluators,
+            model_scores,
+            quantizer,
+            sparsity.from_config(config.get("sparsity")),
+            train_batches,
+            workdir,
+        )
+        return Run(
+            init=init,
+            loaded=_initial_weights(model, distiller, teacher_params),
+            loss=loss,
+            batches=lambda step: prepare(train_batches(step)),
+            evaluate=lambda params, split: evaluators[split].run(model_scores(params)),
+            finish=final,
+            rng=jax.random.PRNGKey(int(config.seed)),
+            describe=describe,
+        )
+
+
+TASK = RankingTask()
+
+
+def _identity(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return batch
+
+
+def _with_teacher(distiller, splits, config, prepare):
+    """Loads the teacher run's best parameters and adds its scores on every training item
+    (the `teacher` extra). Returns `(splits, teacher params)`."""
+    teacher = serving.load(distiller.teacher, "best")
+    score = compiler.jit(
+        lambda v, batch: teacher.model.apply(
+            v, models.inputs(teacher.model, batch), batch["where"], train=False
+        )
+    )
+    list_size = lists.max_list_size(*splits.train_shards)
+    t0 = time.perf_counter()
+    shards = tuple(
+        distillation.with_teacher_scores(
+            d,
+            distillation.score_items(
+                lambda b: score(teacher.variables, b),
+                d,
+                batch_size=int(config.eval.batch_size),
+                list_size=list_size,
+                prepare=prepare,
+            ),
+        )
+        for d in splits.train_shards
+    )
+    logging.info(
+        "teacher %s (%s) scored %d training items in %.1f s",
+        distiller.teacher,
+        teacher.config.model.name,
+        sum(d.num_items for d in shards),
+        time.perf_counter() - t0,
+    )
+    splits = dataclasses.replace(splits, train=lists.concat(shards), train_shards=shards)
+    return splits, teacher.variables["params"]
+
+
+def _initial_weights(model, distiller, teacher_params):
+    """What `init` loads over fresh parameters: the teacher's (distillation with
+    `init_from_teacher`), else the model's pretrained encoders, else None."""
+    if distiller is not None and distiller.init_from_teacher:
+        return jax.device_get(teacher_params)
+    pretrained = getattr(model, "pretrained_params", None)
+    return pretrained() if pretrained is not None else None
+
+
+def _overlay(params, loaded, distiller):
+    if distiller is not None and distiller.init_from_teacher:
+        return distillation.init_from_teacher(
+            params, loaded, distiller.init_layers, distiller.init_embeddings
+        )[0]
+    return models.overlay(params, loaded)
+
+
+def _seam(quantizer: quantization.Quantizer | None, phase: str) -> dict[str, Any]:
+    """Model keyword arguments for the quantization seam in `phase` (none without quant)."""
+    return {} if quantizer is None else quantizer.model_seam(phase)
+
+
+def _serve(config, quantizer, sparsifier, params, train_batches, evaluators, workdir):
+    """Builds the served model, saves it to `workdir/served/`, loads it back from there and
+    evaluates it on valid and test.
+
+    Quantized layers are converted to integer weights plus scales (their float kernels are
+    dropped); N:M-sparse kernels are stored packed (kept values and bit-packed positions).
+
+    Returns:
+      `(the tree as saved, {"valid_served": ..., "test_served": ...}, its score function)`.
+    """
+    mesh = evaluators["test"].mesh
+    serve_model = models.get(config.model, **_seam(quantizer, "serve"))
+    sample = models.sample_inputs(serve_model, evaluators["test"].batches[0])
+    if quantizer is not None:
+        calibration = None
+        if quantizer.static:
+            # Global batches: every process gets the same ranges from all shards' data.
+            batches = (
+                sharding.put_batch(train_batches(i), mesh, int(config.train.batch_size))
+                for i in range(quantizer.calibration_batches)
+            )
+            calibrate_model = models.get(config.model, **_seam(quantizer, "calibrate"))
+            calibration = quantizer.calibrate(
+                calibrate_model,
+                params,
+                ((models.inputs(calibrate_model, b), b["where"]) for b in batches),
+            )
+        convert_model = models.get(config.model, **_seam(quantizer, "convert"))
+        served = jax.jit(lambda p, c: quantizer.convert(convert_model, p, sample, c))(
+            params, calibration
+        )
+        served = quantizer.quantize_embeddings(jax.device_get(served))
+    else:
+        served = {"params": params}
+    served = jax.device_get(served)
+    if sparsifier is not None:
+        served = sparsity.pack_tree(served, sparsifier, quantization.kernel_path)
+    path = os.path.join(workdir, "served")
+    checkpoint.save_tree(path, served)
+    # Evaluate what a server would load: the saved (packed) tree, unpacked.
+    loaded = sparsity.unpack_tree(checkpoint.load_tree(path), sparsifier)
+    predict = sharding.with_mesh(
+        compiler.jit(
+            lambda v, batch: serve_model.apply(
+                v, models.inputs(serve_model, batch), batch["where"], train=False
+            )
+        ),
+        mesh,
+    )
+
+    def served_scores(batch, i):
+        return predict(loaded, batch)
+
+    out = {f"{name}_served": ev.run(served_scores) for name, ev in evaluators.items()}
+    logging.info("served model saved in %s", path)
+    return served, out, served_scores
+
+
+@dataclasses.dataclass(frozen=True)
+class _Final:
+    """The final evaluation (`Run.finish`): the chosen parameters on valid and test, the
+    compressed model served when there is one, baselines, `compression.json` and the
+    printed tables."""
+
+    config: ml_collections.ConfigDict
+    evaluators: dict[str, ranking.RankingEvaluator]
+    model_scores: Any
+    quantizer: quantization.Quantizer | None
+    sparsifier: sparsity.Sparsifier | None
+    train_batches: Any
+    workdir: str
+
+    def _with_calibration(self, test_results: dict[str, float], score_fn) -> dict[str, float]:
+        """Adds `rmse_calibrated` (`eval.calibrate_rmse`: fitted on valid, taken on test)."""
+        label_range = tuple(self.config.eval.get("calibrate_rmse", ()))
+        if label_range:
+            test_results["rmse_calibrated"] = ranking.calibrated_rmse(
+                score_fn, self.evaluators["valid"], self.evaluators["test"], label_range
+            )
+        return test_results
+
+    def __call__(self, params: Any, params_from: str) -> dict[str, Any]:
+        config, evaluators, workdir = self.config, self.evaluators, self.workdir
+        ecfg = config.eval
+        results: dict[str, Any] = {}
+        for name, ev in evaluators.items():
+            results[name] = ev.run(self.model_scores(params))
+        self._with_calibration(results["test"], self.model_scores(params))
+        rows = {f"{config.model.name} (test)": results["test"]}
+        served = None
+        packs = self.sparsifier is not None and isinstance(
+            sparsity.parse_pattern(self.sparsifier.pattern), sparsity.NM
+        )
+        if self.quantizer is not None or packs:
+            served, served_results, served_scores = _serve(
+                config,
+                self.quantizer,
+                self.sparsifier,
+                params,
+                self.train_batches,
+                evaluators,
+                workdir,
+            )
+            self._with_calibration(served_results["test_served"], served_scores)
+            results.update(served_results)
+            rows[f"{config.model.name} served (test)"] = served_results["test_served"]
+        compression = report.build(jax.device_get(params), jax.device_get(served))
+        results["bytes"] = {k: compression[k] for k in ("float_bytes", "serving_bytes")}
+        if jax.process_index() == 0:
+            report.write(workdir, compression)
+        compression_table = report.format_table(compression)
+        logging.info("compression report (also in compression.json):\n%s", compression_table)
+        baseline_scores = {
+            "random": ranking.random_scores(int(config.seed)),
+            **{
+                name: ranking.extra_scores(f"baseline:{name}") for name in ecfg.get("baselines", ())
+            },
+            "oracle": ranking.oracle_scores,
+        }
+        results["baselines"] = {
+            name: {"test": self._with_calibration(evaluators["test"].run(fn), fn)}
+            for name, fn in baseline_scores.items()
+        }
+        label_range = tuple(ecfg.get("calibrate_rmse", ()))
+        table = _format_table(
+            {
+                **rows,
+                **{f"{name} (test)": r["test"] for name, r in results["baselines"].items()},
+            },
+            tuple(ecfg.report) + (("rmse_calibrated",) if label_range else ()),
+        )
+        logging.info("final evaluation of %s parameters:\n%s", params_from, table)
+        if jax.process_index() == 0:
+            print(f"\nModel size (compression.json):\n{compression_table}", flush=True)
+            print(
+                f"\nTest metrics ({params_from} parameters), workdir {workdir}:\n{table}",
+                flush=True,
+            )
+        return results
+
+
+def _format_table(rows: dict[str, dict[str, float]], metrics: tuple[str, ...]) -> str:
+    head = f"| {'ranker':<26} | " + " | ".join(f"{m:>9}" for m in metrics) + " |"
+    sep = "|" + "-" * 28 + "|" + "|".join("-" * 11 for _ in metrics) + "|"
+    body = [
+        f"| {name:<26} | " + " | ".join(f"{vals.get(m, float('nan')):9.4f}" for m in metrics) + " |"
+        for name, vals in rows.items()
+    ]
+    return "\n".join([head, sep, *body])

@@ -1,0 +1,569 @@
+"""The retrieval task (`config.task = "retrieval"`): recommendation over interaction logs.
+
+interaction log -> per-user split -> model -> the one training loop -> periodic
+validation, checkpoints and the best parameters -> test metrics beside a popularity
+ranker. Models (`model.name`), each in its own module:
+
+* `two_tower` (`tasks/two_tower.py`): user and item towers over ids and side features
+  (and an item text through a BERT checkpoint), in-batch sampled softmax with logQ
+  correction, optionally with hard negatives from a finished run (`loss.hard_negatives`);
+* `dcn` (`tasks/dcn.py`): a DCN-v2 feature-crossing ranker over (user, item) pairs
+  trained against `loss.num_negatives` uniform negatives by softmax over the list
+  (`softmax`) or pointwise (`bce`); scores every pair;
+* `sasrec` (`tasks/sequential.py`): a causal transformer over each user's item history
+  (leave-one-out split), trained by full softmax, sampled softmax or SASRec's BCE.
+
+Evaluation (`eval.protocol`): `full` scores the whole catalog for every evaluated user
+(RecBole's protocol), the user's earlier items excluded; `sampled` ranks each held-out item
+against `eval.num_negatives` sampled negatives (SASRec/BERT4Rec's protocol);
+`eval.ctr_negatives` adds CTR-style AUC, GAUC and log-loss on impressions.
+
+Compression (`quant`, optional): `embedding_bits` serves every table as int8/int4 rows;
+`enabled=True` trains the dense layers with AQT (QAT) and serves them as integer weights.
+The served model is saved in `WORKDIR/served/` and evaluated as loaded (`test_served`).
+
+Devices (`mesh`, optional; default one device): `mesh.num_devices` devices as a
+`(data, model)` mesh with `mesh.model` devices on the model axis. Every embedding table is
+split by rows over `model` (padded to a multiple of it), so a table larger than one
+device's memory trains; the batch is split over `data`. `results.json` names the sharded
+tables. Several processes (`rankjax.distributed`) each build the same global batch (a pure
+function of seed and step) and place their devices' rows; every process evaluates the
+same gathered parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from rankjax import cascade, checkpoint, models, sharding
+from rankjax.compression import embeddings, quantization
+from rankjax.data import interactions, synthetic
+from rankjax.evaluators import ctr, retrieval
+from rankjax.tasks import dcn, sequential, two_tower
+from rankjax.tasks.base import Run
+from rankjax.tasks.recommender import TRAINING, Form, ModelParts
+
+SOURCES = ("atomic", "user_item", "synthetic")
+SPLITS = ("random", "leave_one_out")
+PROTOCOLS = ("full", "sampled")
+# Per model: its config keys and the losses it trains with.
+MODELS = {
+    "two_tower": (
+        {
+            "dim",
+            "hidden",
+            "normalize",
+            "temperature",
+            "hash_buckets",
+            *("text_feature", "text_mode", "text_checkpoint", "text_layers", "text_max_len"),
+        },
+        ("in_batch_softmax",),
+    ),
+    "sasrec": (
+        {"dim", "max_len", "num_layers", "num_heads", "dropout"},
+        ("softmax", "sampled_softmax", "bce"),
+    ),
+    "dcn": (
+        {"embed_dim", "num_cross", "low_rank", "deep", "structure"},
+        ("softmax", "bce"),
+    ),
+}
+_KEYS = {
+    "data": (
+        {"source", "split"},
+        {
+            "inter_file",
+            "item_file",
+            "user_file",
+            "file",
+            "world",
+            "fractions",
+            "split_seed",
+            "item_features",
+            "user_features",
+            "max_users",
+        },
+    ),
+    "model": ({"name"}, set().union(*(keys for keys, _ in MODELS.values()))),
+    "loss": (
+        {"name"},
+        {
+            "log_q",
+            "num_negatives",
+            "hard_negatives",
+            "retriever",
+            "retriever_top",
+            "retriever_skip",
+        },
+    ),
+    "optim": (
+        {"name", "learning_rate"},
+        {"schedule", "warmup_steps", "weight_decay", "grad_clip_norm", "momentum", "b1", "b2"},
+    ),
+    "train": ({"num_steps", "batch_size", "log_every", "eval_every"}, set()),
+    "eval": (
+        {"metrics"},
+        {
+            "users_per_chunk",
+            "protocol",
+            "num_negatives",
+            "negatives",
+            "negative_seed",
+            "ctr_negatives",
+            "use_best",
+        },
+    ),
+    "ckpt": ({"every", "keep"}, {"best_metric", "best_mode"}),
+    # Optional: served quantized embedding tables (`embedding_bits`) and, with
+    # `enabled=True`, int8/int4 towers by AQT (`compression.quantization.Quantizer` keys).
+    "quant": (set(), {"enabled", *(f.name for f in dataclasses.fields(quantization.Quantizer))}),
+    "mesh": (set(), {"num_devices", "model", "rules"}),  # optional: default one device
+}
+OPTIONAL_SECTIONS = ("quant", "mesh")
+# Embedding tables (float, while training) are split by rows over the `model` axis.
+TABLE_RULES = ((r"_embedding/embedding$", (sharding.MODEL_AXIS, None)),)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    allowed = set(_KEYS) | {"seed", "task"}
+    for key in config:
+        if key not in allowed:
+            raise ValueError(
+                f"unknown config key {key}; valid for task=retrieval: {sorted(allowed)}"
+            )
+    for section, (required, optional) in _KEYS.items():
+        given = config.get(section)
+        if given is None and section in OPTIONAL_SECTIONS:
+            continue
+        if given is None:
+            raise ValueError(f"config is missing the {section} section")
+        for key in given:
+            if key not in required | optional:
+                raise ValueError(
+                    f"unknown config key {section}.{key}; valid: {sorted(required | optional)}"
+                )
+        missing = sorted(required - set(given))
+        if missing:
+            raise ValueError(f"config {section} is missing {missing}")
+    if config.data.source not in SOURCES:
+        raise ValueError(f"data.source={config.data.source!r}; valid for retrieval: {SOURCES}")
+    needs = {"atomic": "inter_file", "user_item": "file"}.get(config.data.source)
+    if needs and not config.data.get(needs):
+        raise ValueError(f"data.source={config.data.source!r} needs data.{needs}")
+    if config.data.split not in SPLITS:
+        raise ValueError(f"data.split={config.data.split!r}; valid: {SPLITS}")
+    name = config.model.name
+    if name not in MODELS:
+        raise ValueError(f"model.name={name!r}; valid for retrieval: {sorted(MODELS)}")
+    keys, model_losses = MODELS[name]
+    for key in sorted(set(config.model) - keys - {"name"}):
+        raise ValueError(f"config key model.{key} is not one of {name}'s: {sorted(keys)}")
+    if config.loss.name not in model_losses:
+        raise ValueError(
+            f"loss.name={config.loss.name!r}; valid for model {name}: {list(model_losses)}"
+        )
+    if name == "sasrec" and config.data.split != "leave_one_out":
+        raise ValueError("model sasrec predicts the next item: it needs data.split=leave_one_out")
+    if config.eval.get("protocol", "full") not in PROTOCOLS:
+        raise ValueError(f"eval.protocol={config.eval.protocol!r}; valid: {PROTOCOLS}")
+    if config.eval.get("negatives", "popularity") not in ("popularity", "uniform"):
+        raise ValueError(
+            f"eval.negatives={config.eval.negatives!r}; valid: ['popularity', 'uniform']"
+        )
+    for metric in config.eval.metrics:
+        retrieval.parse(metric)
+    best = config.ckpt.get("best_metric")
+    if best and best not in config.eval.metrics:
+        raise ValueError(f"ckpt.best_metric={best!r} is not in eval.metrics")
+
+
+def load_log(cfg: ml_collections.ConfigDict) -> interactions.Interactions:
+    """The interaction log named by `config.data` (its first `data.max_users` users when
+    that is set)."""
+    if cfg.source == "atomic":
+        log = interactions.read_atomic(
+            cfg.inter_file, cfg.get("item_file") or None, cfg.get("user_file") or None
+        )
+    elif cfg.source == "user_item":
+        log = interactions.read_user_item(cfg.file)
+    else:
+        log = interactions.from_synthetic(synthetic.make_world(**dict(cfg.get("world", {}))))
+    return interactions.first_users(log, int(cfg.get("max_users", 0)))
+
+
+def quantizer_of(config: ml_collections.ConfigDict) -> quantization.Quantizer | None:
+    """The towers' quantizer (`quant.enabled`), or None; only dynamic activation ranges."""
+    qcfg = dict(config.get("quant") or {})
+    if not qcfg.get("enabled", False):
+        extra = sorted(set(qcfg) - {"enabled", "embedding_bits"})
+        if extra:
+            raise ValueError(f"config quant.{extra[0]} is set but quant.enabled is not true")
+        return None
+    quantizer = quantization.from_config(qcfg)
+    if quantizer.static:
+        raise ValueError(
+            "quant.calibration='static' is not supported for retrieval models; use 'dynamic'"
+        )
+    return quantizer
+
+
+def served(
+    task: ModelParts, quantizer: quantization.Quantizer | None, params: Any, embedding_bits: int
+) -> tuple[dict[str, Any], Form]:
+    """`(variables, form)` of the model as served: quantized layers converted to integer
+    weights plus scales (their float kernels dropped), and embedding tables stored as
+    int8/int4 rows when `embedding_bits` is set. Host arrays."""
+    variables = {"params": params}
+    if quantizer is not None:
+        convert = task.build(Form("convert"))
+        variables = jax.jit(lambda p: quantizer.convert(convert, p, task.sample))(params)
+    variables = jax.device_get(variables)
+    if embedding_bits:
+        variables["params"] = embeddings.quantize_tree(variables["params"], embedding_bits)
+    return variables, Form("serve", embedding_bits)
+
+
+def _retrieved(config, train, num_items: int) -> jax.Array:
+    """`[num_users, retriever_top - retriever_skip]` the items at ranks
+    `[loss.retriever_skip, loss.retriever_top)` of the finished retrieval run
+    `loss.retriever` for every user, the user's training items excluded: hard negatives.
+    Skipping the first ranks leaves out most false negatives (items the user would like
+    but has not rated yet), which crowd the very top."""
+    workdir = config.loss.get("retriever")
+    if not workdir:
+        raise ValueError("loss.hard_negatives needs loss.retriever (a finished retrieval run)")
+    top = int(config.loss.get("retriever_top", 100))
+    skip = int(config.loss.get("retriever_skip", 0))
+    if not 0 <= skip < top:
+        raise ValueError(f"loss.retriever_skip={skip} must be in [0, retriever_top={top})")
+    retriever = load(workdir)
+    if retriever.log.num_items != num_items or retriever.log.num_users < train.users.max() + 1:
+        raise ValueError(f"loss.retriever={workdir} was trained on other data")
+    score = retriever.scorer("valid")
+    users = np.arange(retriever.log.num_users)
+    out = []
+    for start in range(0, len(users), 512):
+        chunk = users[start : start + 512]
+        seen = retrieval.user_item_mask(train.users, train.items, chunk, num_items)
+        out.append(np.asarray(cascade.candidates(score, chunk, seen, top)[1])[:, skip:])
+    return jnp.asarray(np.concatenate(out), jnp.int32)
+
+
+BUILDERS = {"two_tower": two_tower.build_parts, "dcn": dcn.build_parts}
+
+
+def _setup(config, row_multiple: int = 1, training: bool = True):
+    """`(log, splits, model parts)` of a checked config; tables padded to `row_multiple`
+    rows (the model axis) so their rows split evenly; `training=False` skips what only
+    the loss needs (the hard negatives' retriever candidates)."""
+    log = load_log(config.data)
+    parts = _split(config, log)
+    logging.info(
+        "data %s: %d users, %d items; train %d, valid %d, test %d interactions",
+        log.source,
+        log.num_users,
+        log.num_items,
+        *(parts[k].num_interactions for k in ("train", "valid", "test")),
+    )
+    quantizer = quantizer_of(config)
+    if config.model.name == "sasrec":
+        return log, parts, sequential.build_parts(config, log, parts, row_multiple, quantizer)
+    # The retriever is read for training only, not when a finished run is loaded to score.
+    hard = int(config.loss.get("hard_negatives", 0)) and training
+    hard_pool = _retrieved(config, parts["train"], log.num_items) if hard else None
+    build = BUILDERS[config.model.name]
+    return log, parts, build(config, log, parts["train"], row_multiple, quantizer, hard_pool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """A finished retrieval run, loaded for scoring (`load`).
+
+    Attributes:
+      config: its config.
+      log: its interaction log; `parts`: the train/valid/test splits.
+      params: its best parameters (one device).
+      task: its model's training and scoring functions.
+    """
+
+    config: ml_collections.ConfigDict
+    log: interactions.Interactions
+    parts: dict[str, interactions.Interactions]
+    params: Any
+    task: ModelParts
+    _served: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def _model(self, served_form: bool, embedding_bits: int) -> tuple[Any, Form]:
+        if not served_form:
+            return {"params": self.params}, TRAINING
+        if embedding_bits not in self._served:  # converted once per table width
+            quantizer = quantizer_of(self.config)
+            self._served[embedding_bits] = served(self.task, quantizer, self.params, embedding_bits)
+        return self._served[embedding_bits]
+
+    def scorer(self, split: str = "test", embedding_bits: int = 0, serve: bool = False):
+        """`users [n] -> [n, num_items]` scores of the trained model (`serve=False`) or of
+        the served one (converted integer towers when the run quantized them; float or
+        int8/int4 tables by `embedding_bits`)."""
+        return self.task.scorer(*self._model(serve or bool(embedding_bits), embedding_bits), split)
+
+    def pair_scorer(self, split: str = "test", embedding_bits: int = 0, serve: bool = False):
+        """`(users [n], items [n, K]) -> [n, K]` scores of chosen items (see `scorer`)."""
+        if self.task.pair_scorer is None:
+            raise ValueError(f"model {self.config.model.name} has no pair scorer")
+        model = self._model(serve or bool(embedding_bits), embedding_bits)
+        return self.task.pair_scorer(*model, split)
+
+
+def load(workdir: str) -> Trained:
+    """The best parameters of a finished retrieval run in `workdir`, with its data and model.
+
+    Raises:
+      FileNotFoundError: `workdir` has no config.json or no best checkpoint.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file; is {workdir} a finished retrieval run?")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    validate(config)
+    # Tables were padded for the run's model axis; keep the shapes to restore them.
+    rows = int((config.get("mesh") or {}).get("model", 1))
+    log, parts, task = _setup(config, rows, training=False)
+    ckpt = checkpoint.Checkpointer(
+        workdir,
+        every=int(config.ckpt.every),
+        keep=int(config.ckpt.keep),
+        best_metric=config.ckpt.get("best_metric", "") or "ndcg@10",
+        best_mode=config.ckpt.get("best_mode", "max"),
+    )
+    params = ckpt.restore_best(jax.jit(task.init)(jax.random.PRNGKey(0)))
+    ckpt.close()
+    if params is None:
+        raise FileNotFoundError(f"{workdir} has no best checkpoint to load")
+    return Trained(config, log, parts, params, task)
+
+
+def _split(config, log) -> dict[str, interactions.Interactions]:
+    dcfg = config.data
+    if dcfg.split == "random":
+        fractions = tuple(dcfg.get("fractions", (0.8, 0.1, 0.1)))
+        return interactions.random_split(log, fractions, int(dcfg.get("split_seed", 0)))
+    return interactions.leave_one_out(log)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalTask:
+    """Recommendation over interaction logs (see the module docstring)."""
+
+    name: str = "retrieval"
+
+    def validate(self, config: ml_collections.ConfigDict) -> None:
+        validate(config)
+
+    def setup(self, config: ml_collections.ConfigDict, mesh: Mesh, workdir: str) -> Run:
+        model_axis = dict(mesh.shape).get(sharding.MODEL_AXIS, 1)
+        log, parts, task = _setup(config, model_axis)
+        rank = _ranker(config, log, parts)
+
+        def evaluate(params, split: str) -> dict[str, float]:
+            return rank(task.scorer({"params": _local(params)}, TRAINING, split), split)
+
+        def init(rng, loaded):
+            params = task.init(rng)
+            return params if loaded is None else models.overlay(params, loaded)
+
+        train = parts["train"]
+        return Run(
+            init=init,
+            loaded=task.loaded,
+            loss=task.loss,
+            batches=task.batch,
+            global_batches=True,
+            evaluate=evaluate,
+            finish=_Final(config, log, parts, task, rank, workdir),
+            # Dropout and sampled negatives draw from their own stream, not init's key.
+            rng=jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 1),
+            rules=TABLE_RULES if model_axis > 1 else (),
+            describe=(
+                f"data: {log.source} | {log.num_users} users, {log.num_items} items | train "
+                f"{train.num_interactions} interactions"
+            ),
+        )
+
+
+TASK = RetrievalTask()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Final:
+    """The final evaluation (`Run.finish`): valid and test metrics, the served model
+    (integer towers, int8/int4 tables) saved, loaded and evaluated, CTR-style metrics,
+    the popularity baseline and the printed table."""
+
+    config: ml_collections.ConfigDict
+    log: interactions.Interactions
+    parts: dict[str, interactions.Interactions]
+    task: ModelParts
+    rank: Callable[[Callable, str], dict[str, float]]
+    workdir: str
+
+    def __call__(self, params: Any, params_from: str) -> dict[str, Any]:
+        config, log, parts, task, rank = self.config, self.log, self.parts, self.task, self.rank
+        ecfg = config.eval
+        params = _local(params)
+        protocol = ecfg.get("protocol", "full")
+        results: dict[str, Any] = {"protocol": protocol}
+        for split in ("valid", "test"):
+            results[split] = rank(task.scorer({"params": params}, TRAINING, split), split)
+        results["bytes"] = {"float_bytes": quantization.array_bytes(params)}
+        bits = int((config.get("quant") or {}).get("embedding_bits", 0))
+        quantizer = quantizer_of(config)
+        if bits or quantizer:
+            # Served model: tables as int8/int4 rows plus scales, towers as integer weights.
+            variables, form = served(task, quantizer, jax.device_get(params), bits)
+            path = os.path.join(self.workdir, "served")
+            checkpoint.save_tree(path, variables)
+            # Evaluate what a server would load: the saved tree.
+            loaded = checkpoint.load_tree(path)
+            results["test_served"] = rank(task.scorer(loaded, form, "test"), "test")
+            results["bytes"]["serving_bytes"] = quantization.array_bytes(loaded)
+        ctr_negatives = int(ecfg.get("ctr_negatives", 0))
+        if ctr_negatives:
+            # CTR-style: each test interaction among uniform never-seen items.
+            shown = ctr.impressions(
+                parts["test"].users,
+                parts["test"].items,
+                (log.users, log.items),
+                log.num_items,
+                ctr_negatives,
+                seed=int(ecfg.get("negative_seed", 0)),
+            )
+            versions = [("test_ctr", {"params": params}, TRAINING)]
+            if "test_served" in results:
+                versions.append(("test_served_ctr", loaded, form))
+            for key, version, how in versions:
+                results[key] = ctr.evaluate(_pair_fn(task, version, how, "test"), *shown)
+        counts = np.bincount(parts["train"].items, minlength=log.num_items)
+        popularity = jnp.asarray(counts, jnp.float32)
+        by_popularity = lambda users: jnp.broadcast_to(popularity, (len(users), log.num_items))  # noqa: E731
+        results["baselines"] = {"popularity": {"test": rank(by_popularity, "test")}}
+        if jax.process_index() == 0:
+            _print_table(config, results, params_from, self.workdir, quantizer, bits)
+        return results
+
+
+def _print_table(config, results, params_from: str, workdir: str, quantizer, bits: int) -> None:
+    what = "full-ranking" if results["protocol"] == "full" else "sampled-negative"
+    print(f"\nTest metrics, {what} protocol ({params_from} parameters), workdir {workdir}:")
+    for name, values in [
+        (config.model.name, results["test"]),
+        *([(_served_name(quantizer, bits), results["test_served"])] if bits or quantizer else []),
+        ("popularity", results["baselines"]["popularity"]["test"]),
+    ]:
+        print(f"  {name:<24} " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
+    for key in ("test_ctr", "test_served_ctr"):
+        if key in results:
+            r = results[key]
+            print(
+                f"  {key:<24} auc {r['auc']:.4f}  gauc {r['gauc']:.4f}  logloss "
+                f"{r['logloss']:.4f}  ({r['impressions']} impressions, {r['gauc_users']} users)"
+            )
+
+
+def _local(tree: Any) -> Any:
+    """`tree` with every array that spans several processes gathered into a host array
+    here (each process then scores on its own devices); other leaves unchanged."""
+
+    def gather(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return multihost_utils.process_allgather(x, tiled=True)  # the global value
+        return x
+
+    return jax.tree_util.tree_map(gather, tree)
+
+
+def _pair_fn(task: ModelParts, variables: Any, form: Form, split: str) -> Callable:
+    """`(users [n], items [n, K]) -> [n, K]`: the task's pair scorer, else its catalog
+    scores at those items."""
+    if task.pair_scorer is not None:
+        return task.pair_scorer(variables, form, split)
+    score = task.scorer(variables, form, split)
+    return lambda users, items: jnp.take_along_axis(score(users), jnp.asarray(items), axis=1)
+
+
+def _served_name(quantizer: quantization.Quantizer | None, bits: int) -> str:
+    """E.g. `"int8 towers, int4 tables"`: what the served model stores as integers."""
+    kind = quantizer and ("fp8" if quantizer.fp8 else f"int{quantizer.weight_bits}")
+    parts = [f"{kind} towers"] if quantizer else []
+    return ", ".join(parts + ([f"int{bits} tables"] if bits else []))
+
+
+def _ranker(config, log, parts) -> Callable[[Callable, str], dict[str, float]]:
+    """`(score_fn, split) -> metrics` under `config.eval`'s protocol.
+
+    Full ranking excludes the items the user interacted with before the split (train;
+    for test, train and valid). The sampled protocol ranks each held-out item against
+    `eval.num_negatives` items the user never interacted with anywhere in the log, drawn
+    once per split with a fixed seed, by popularity over the whole log (BERT4Rec's
+    protocol) or uniformly.
+    """
+    ecfg = config.eval
+    metrics = tuple(ecfg.metrics)
+    chunk = int(ecfg.get("users_per_chunk", 256))
+    seen = {"valid": [parts["train"]], "test": [parts["train"], parts["valid"]]}
+    if ecfg.get("protocol", "full") == "full":
+
+        def rank(score_fn, split):
+            before = seen[split]
+            return retrieval.full_ranking(
+                score_fn,
+                train=(
+                    np.concatenate([s.users for s in before]),
+                    np.concatenate([s.items for s in before]),
+                ),
+                held_out=(parts[split].users, parts[split].items),
+                num_items=log.num_items,
+                metrics=metrics,
+                users_per_chunk=chunk,
+            )
+
+        return rank
+    by = ecfg.get("negatives", "popularity")
+    popularity = np.bincount(log.items, minlength=log.num_items) if by == "popularity" else None
+    seed = int(ecfg.get("negative_seed", 0))
+    negatives = {
+        split: retrieval.sample_negatives(
+            parts[split].users,
+            (log.users, log.items),
+            log.num_items,
+            int(ecfg.get("num_negatives", 100)),
+            popularity=popularity,
+            seed=seed + i,
+        )
+        for i, split in enumerate(("valid", "test"))
+    }
+
+    def rank(score_fn, split):
+        return retrieval.sampled_protocol(
+            score_fn,
+            users=parts[split].users,
+            positives=parts[split].items,
+            negatives=negatives[split],
+            metrics=metrics,
+            users_per_chunk=chunk,
+        )
+
+    return rank
