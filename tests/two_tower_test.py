@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from rankjax import checkpoint, trainer
+from rankjax import checkpoint, models, trainer
 from rankjax.models import two_tower
 from rankjax.tasks import retrieval as tasks_retrieval
 
@@ -116,11 +116,11 @@ def test_item_tower_reads_titles_through_minilm(shared_data, tmp_path):
     _, _, task = tasks_retrieval._setup(c)
     params = task.init(jax.random.PRNGKey(0))
     assert "floats" in params["item_tower"] and "text_encoder" not in params["item_tower"]
-    assert task.pretrained is None
+    assert task.loaded is None
     # Fine-tuned: the item tower holds MiniLM's first layer, loaded from the checkpoint.
     c = load_config("ml100k_two_tower", "runlocal,text=finetune")
     _, _, task = tasks_retrieval._setup(c)
-    loaded = task.pretrained(jax.device_get(task.init(jax.random.PRNGKey(0))))
+    loaded = models.overlay(jax.device_get(task.init(jax.random.PRNGKey(0))), task.loaded)
     want = bert.pretrained_encoder("", 1)
     got = loaded["item_tower"]["text_encoder"]
     assert set(got) == set(want) == {"layer_0", *(k for k in want if not k.startswith("layer"))}
