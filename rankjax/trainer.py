@@ -204,12 +204,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = MetricWriter(workdir, resume_step=restored)
     step_metrics = _StepMetrics()
     multi_process = jax.process_count() > 1
+    # XLA:CPU runs every device of a mesh on one shared thread pool. With several steps
+    # in flight, independent collectives of a (data, model) program can take all its
+    # threads and wait for a device that has none left (a rendezvous timeout abort, in
+    # about one run in four on 2 cores), so CPU meshes dispatch one step at a time.
+    one_in_flight = mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
     t_last, steps_since = time.perf_counter(), 0
     try:
         with preemption.SigtermFlag() as sigterm:
             for step in range(int(state.step), num_steps):
                 batch = _place(run.batches(step), mesh, batch_size, run.global_batches)
                 state, m = train_step(state, batch)
+                if one_in_flight:
+                    jax.block_until_ready(m)
                 done = step + 1  # steps completed; logs and checkpoints count this way
                 step_metrics.add(done, m)
                 steps_since += 1
