@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse
 
 from rankjax.data import tokens
-from rankjax.data.lists import RankingDataset
+from rankjax.data.dataset import RankingDataset
 
 BASELINES = ("constant", "tfidf")
 

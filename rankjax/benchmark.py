@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from rankjax.data import lists, tokens
-from rankjax.data.lists import RankingDataset
+from rankjax.data import tokens
+from rankjax.data.batches import pad_batch_count, pad_lists
+from rankjax.data.dataset import RankingDataset
 from rankjax.models import bert
 
 
@@ -49,7 +50,7 @@ def pair_batches(
     out = []
     for start in range(0, len(order), batch_size):
         part = singles.select(order[start : start + batch_size])
-        batch = lists.pad_batch_count(lists.pad_lists(part, 1), batch_size)
+        batch = pad_batch_count(pad_lists(part, 1), batch_size)
         out.append(tokens.trim_token_axes(batch, multiple))
     return out
 

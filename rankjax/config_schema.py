@@ -10,7 +10,8 @@ from typing import Any
 from rankjax import metrics
 from rankjax.baselines import BASELINES
 from rankjax.compression import distillation, quantization, sparsity
-from rankjax.data import SOURCES, TEXT_KEYS
+from rankjax.data.pipeline import TEXT_KEYS
+from rankjax.data.sources import LIST_SOURCES
 from rankjax.data.synthetic import WorldConfig
 
 # section -> (required keys, optional keys)
@@ -83,7 +84,7 @@ def validate(config: Mapping[str, Any]) -> None:
     data = config["data"]
     source = data.get("source")
     if source not in _DATA_BY_SOURCE:
-        raise ValueError(f"data.source={source!r}; valid: {list(SOURCES)}")
+        raise ValueError(f"data.source={source!r}; valid: {list(LIST_SOURCES)}")
     required, optional = _DATA_BY_SOURCE[source]
     _check_keys("data", data, _DATA_COMMON[0] | required, _DATA_COMMON[1] | optional)
     world_fields = {f.name for f in dataclasses.fields(WorldConfig)}

@@ -24,23 +24,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from rankjax import compiler, models, serving
-from rankjax.data import lists
+from rankjax.data.transforms import QUANTILE_PROBS, FeatureTransform, ppf_table
 
 # Platforms the artifact is compiled for; XLA lowers it anew for each at load time.
 PLATFORMS = ("cpu", "cuda")
 _MAGIC = b"rankjax-export-v1\n"
 
 
-def traced_transform(transform: lists.FeatureTransform) -> Callable[[jax.Array], jax.Array]:
+def traced_transform(transform: FeatureTransform) -> Callable[[jax.Array], jax.Array]:
     """`FeatureTransform.__call__` in `jax.numpy` (float32): `[n, F] -> [n, F_out]`.
 
     NaN handling follows the transform: imputed when it was fitted with imputation,
     otherwise passed through (the exported function cannot raise; callers check).
     """
-    knots = jnp.asarray(lists.QUANTILE_PROBS, jnp.float32)
-    probs, normal_scores = (jnp.asarray(a, jnp.float32) for a in lists.ppf_table())
+    knots = jnp.asarray(QUANTILE_PROBS, jnp.float32)
+    probs, normal_scores = (jnp.asarray(a, jnp.float32) for a in ppf_table())
 
-    def gauss_rank(column, q):  # lists.gauss_rank for one feature
+    def gauss_rank(column, q):  # gauss_rank for one feature
         up = jnp.interp(column, q, knots)
         down = -jnp.interp(-column, -q[::-1], -knots[::-1])
         return jnp.interp(0.5 * (up + down), probs, normal_scores)
@@ -69,7 +69,7 @@ def input_keys(ranker) -> tuple[str, ...]:
     return tuple(models.input_keys(ranker.model))
 
 
-def raw_width(transform: lists.FeatureTransform) -> int:
+def raw_width(transform: FeatureTransform) -> int:
     """Raw features per item that `transform` takes (before missing-value indicators).
 
     Raises:

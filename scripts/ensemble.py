@@ -13,7 +13,7 @@ import numpy as np
 from absl import app, flags
 
 from rankjax import data, metrics, serving
-from rankjax.data import lists
+from rankjax.data.batches import max_list_size, pad_lists
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdirs", None, "Workdirs of the members.")
@@ -35,7 +35,7 @@ def main(argv):
     rankers = [serving.load(w) for w in FLAGS.workdirs]
     config = rankers[0].config
     split = data.read_splits(config.data)[FLAGS.split]
-    batch = lists.pad_lists(split, lists.max_list_size(split))
+    batch = pad_lists(split, max_list_size(split))
     kw = dict(
         where=batch["where"],
         metrics=FLAGS.metrics,

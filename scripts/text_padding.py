@@ -12,7 +12,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rankjax import data as data_lib
-from rankjax.data import lists, tokens
+from rankjax.data import tokens
+from rankjax.data.batches import TrainBatches
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A text ranker's config.", lock_config=False)
@@ -28,7 +29,7 @@ def main(argv):
     multiple = int(c.data.text.get("pad_multiple", 16))
     for name, runs in (("no bucketing", 0), (f"bucket_batches={c.data.bucket_batches}", None)):
         runs = int(c.data.get("bucket_batches", 0)) if runs is None else runs
-        stream = lists.TrainBatches(train, batch, size, 0, lengths=lengths, bucket_batches=runs)
+        stream = TrainBatches(train, batch, size, 0, lengths=lengths, bucket_batches=runs)
         shares, widths = [], set()
         for step in range(stream.steps_per_epoch):
             b = tokens.trim_token_axes(stream(step), multiple)

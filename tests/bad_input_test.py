@@ -7,8 +7,10 @@ from helpers import load_config
 
 from rankjax import config_schema, trainer
 from rankjax import data as data_lib
-from rankjax.data import judgments, libsvm, lists
+from rankjax.data import judgments, libsvm
+from rankjax.data.dataset import describe, from_groups
 from rankjax.data.libsvm import FormatError
+from rankjax.data.transforms import FeatureTransform, fit_transform
 
 LIBSVM = "2 qid:1 1:0.5 2:1\n0 qid:1 1:0.1 2:3\n1 qid:2 1:0.7 2:2\n0 qid:2 1:0.2 2:5\n"
 CSV = "query,label,price\na,1,3.5\na,0,2\nb,2,7\nb,0,1\n"
@@ -65,18 +67,18 @@ def test_csv_labels_outside_range(tmp_path):
 
 def test_imputation_uses_train_means_and_adds_indicators():
     train = np.array([[1.0, np.nan], [3.0, 4.0], [5.0, 8.0]], np.float32)
-    t = lists.fit_transform(train, (), impute=True)
+    t = fit_transform(train, (), impute=True)
     assert t.indicators == (1,)
     out = t(np.array([[np.nan, np.nan], [2.0, 1.0]], np.float32))
     # Column 0 had no missing value in training: filled, but gets no indicator.
     np.testing.assert_allclose(out, [[3.0, 6.0, 1.0], [2.0, 1.0, 0.0]])
     assert t.feature_names(("a", "b")) == ("a", "b", "b_missing")
-    assert lists.FeatureTransform.from_json(t.to_json()).indicators == (1,)
+    assert FeatureTransform.from_json(t.to_json()).indicators == (1,)
 
 
 def test_nan_without_imputation_is_an_error():
     with pytest.raises(ValueError, match="imputation is off"):
-        lists.fit_transform(np.ones((2, 1)), ())(np.array([[np.nan]]))
+        fit_transform(np.ones((2, 1)), ())(np.array([[np.nan]]))
 
 
 def test_load_imputes_and_logs_when_configured(tmp_path):
@@ -99,8 +101,8 @@ def test_load_imputes_and_logs_when_configured(tmp_path):
 
 
 def test_describe_counts_lists_that_need_a_policy():
-    d = lists.from_groups(np.zeros((6, 1)), np.array([0, 1, 0, 0, 0, 2.0]), [1, 2, 3])
-    text = lists.describe(d)
+    d = from_groups(np.zeros((6, 1)), np.array([0, 1, 0, 0, 0, 2.0]), [1, 2, 3])
+    text = describe(d)
     assert "3 lists, 6 items (list size 1-3)" in text
     assert "1 single-item lists" in text and "1 lists without a relevant item" in text
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rankjax import baselines
-from rankjax.data import lists
+from rankjax.data.dataset import from_groups
 
 
 def test_char_ngrams_pad_words_and_count():
@@ -29,7 +29,7 @@ def test_tfidf_matches_a_hand_computation():
 
 
 def test_baseline_scores_become_item_extras():
-    d = lists.from_groups(
+    d = from_groups(
         np.zeros((3, 0), np.float32),
         np.array([1.0, 2.0, 3.0], np.float32),
         [2, 1],

@@ -124,9 +124,9 @@ def test_init_from_teacher_projects_embeddings_of_a_narrower_student():
 
 
 def test_score_items_returns_scores_in_item_order():
-    from rankjax.data import lists
+    from rankjax.data.dataset import from_groups
 
-    d = lists.from_groups(np.arange(7, dtype=np.float32)[:, None], np.zeros(7), [3, 1, 2, 1])
+    d = from_groups(np.arange(7, dtype=np.float32)[:, None], np.zeros(7), [3, 1, 2, 1])
     got = distillation.score_items(
         lambda b: b["features"][..., 0] * 10, d, batch_size=3, list_size=4
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rankjax import metrics, sharding
-from rankjax.data import lists
+from rankjax.data.dataset import from_groups
 from rankjax.evaluators import ranking
 
 LOG2_3 = math.log2(3)
@@ -236,7 +236,7 @@ def test_min_list_size_leaves_short_lists_out_of_ranking_metrics_only():
 
 def test_calibrated_rmse_fits_a_linear_map_on_one_split_and_clips():
     labels = np.array([0.0, 1.0, 2.0, 1.0, 0.5, 2.0], np.float32)
-    d = lists.from_groups(np.zeros((6, 1), np.float32), labels, [3, 3])
+    d = from_groups(np.zeros((6, 1), np.float32), labels, [3, 3])
     ev = ranking.RankingEvaluator(d, mesh=sharding.make_mesh(1), batch_size=2, metrics=("rmse",))
     # Scores 10x - 3 of the labels: the fitted map recovers them exactly.
     score = lambda b, i: 10 * b["labels"] - 3  # noqa: E731

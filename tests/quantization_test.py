@@ -14,7 +14,7 @@ from helpers import load_config
 from rankjax import checkpoint, serving, trainer
 from rankjax import data as data_lib
 from rankjax.compression import fp8, quantization
-from rankjax.data import lists
+from rankjax.data.batches import pad_lists
 from rankjax.models import listwise, mlp
 
 X = jnp.asarray(np.random.default_rng(0).normal(size=(3, 6, 5)), jnp.float32)
@@ -214,7 +214,7 @@ def test_trainer_serves_fp8_layers(tmp_path):
     # On test lists, what a server loads scores like the float model, but not identically.
     served, best = (serving.load(str(tmp_path), v) for v in ("served", "best"))
     test = data_lib.load(config.data).test
-    batch = lists.pad_lists(test, int(config.data.list_size))
+    batch = pad_lists(test, int(config.data.list_size))
     got, want = (r.score_batch(batch)[batch["where"]] for r in (served, best))
     assert np.corrcoef(got, want)[0, 1] > 0.98, np.corrcoef(got, want)[0, 1]
     assert not np.allclose(got, want, atol=1e-6)

@@ -6,7 +6,7 @@ import pytest
 from helpers import load_config
 
 from rankjax import data, metrics, serving, trainer
-from rankjax.data import lists
+from rankjax.data.batches import max_list_size, pad_lists
 
 
 def test_loaded_ranker_reproduces_the_final_test_metrics(tmp_path):
@@ -15,7 +15,7 @@ def test_loaded_ranker_reproduces_the_final_test_metrics(tmp_path):
     results = trainer.train_and_evaluate(config, str(tmp_path))
     ranker = serving.load(str(tmp_path))
     test = data.read_splits(config.data)["test"]
-    batch = lists.pad_lists(test, lists.max_list_size(test))
+    batch = pad_lists(test, max_list_size(test))
     scores = ranker.score(batch["features"], batch["where"])
     got = metrics.evaluate(
         scores, batch["labels"], where=batch["where"], metrics=tuple(config.eval.metrics)
@@ -35,7 +35,7 @@ def test_served_int8_nm24_model_loads_from_its_packed_form(tmp_path):
     results = trainer.train_and_evaluate(config, str(tmp_path))
     ranker = serving.load(str(tmp_path), params="served")
     test = data.read_splits(config.data)["test"]
-    batch = lists.pad_lists(test, lists.max_list_size(test))
+    batch = pad_lists(test, max_list_size(test))
     got = metrics.evaluate(
         ranker.score(batch["features"], batch["where"]),
         batch["labels"],

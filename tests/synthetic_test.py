@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from rankjax import metrics
-from rankjax.data import lists, synthetic
+from rankjax.data import synthetic
+from rankjax.data.batches import max_list_size, pad_lists
+from rankjax.data.dataset import RankingDataset
 
 SMALL = dict(num_queries=400, num_products=800, num_users=30, events_per_user=10)
 
@@ -16,11 +18,11 @@ def world():
 
 def _ndcg10(world, scores):
     d = world.judgments
-    b = lists.pad_lists(
-        lists.RankingDataset(
+    b = pad_lists(
+        RankingDataset(
             d.features, d.labels, d.list_offsets, d.query_ids, d.feature_names, {"s": scores}
         ),
-        lists.max_list_size(d),
+        max_list_size(d),
     )
     return metrics.evaluate(b["s"], b["labels"], where=b["where"], metrics=("ndcg@10",))["ndcg@10"]
 

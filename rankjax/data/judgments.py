@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rankjax.data import lists
+from rankjax.data.dataset import RankingDataset, from_groups
 from rankjax.data.libsvm import MISSING_POLICIES
 from rankjax.data.textio import FormatError, decoded_lines, open_binary
 
@@ -34,7 +34,7 @@ def read(
     delimiter: str = ",",
     label_range: tuple[float, float] | None = None,
     missing: str = "reject",
-) -> lists.RankingDataset:
+) -> RankingDataset:
     """Reads a judgments table into ranking lists, one list per distinct query.
 
     Args:
@@ -48,7 +48,7 @@ def read(
       delimiter: field separator.
       label_range: `(low, high)`; a label outside raises. None accepts any finite label.
       missing: `"reject"` raises on an empty, `NULL`, `NaN` or infinite feature value;
-        `"impute"` reads it as NaN for `lists.fit_transform` to impute.
+        `"impute"` reads it as NaN for `fit_transform` to impute.
 
     Returns:
       The lists; `query_ids` are the query strings.
@@ -121,7 +121,7 @@ def read(
     if item_column:
         extras["item_id"] = np.asarray(items, dtype=object)[order]
     feats = np.asarray(features, np.float32).reshape(row_index, len(feature_columns))
-    return lists.from_groups(
+    return from_groups(
         feats[order],
         np.asarray(labels, np.float32)[order],
         [len(v) for v in groups.values()],

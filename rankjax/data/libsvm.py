@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from rankjax.data import lists
+from rankjax.data.dataset import RankingDataset, from_groups, shard_block
 from rankjax.data.textio import FormatError, decoded_lines, open_binary
 
 __all__ = ["FormatError", "read", "read_group_file"]
@@ -206,7 +206,7 @@ def read(
     label_range: tuple[float, float] | None = None,
     missing: str = "reject",
     shard: tuple[int, int] = (0, 1),
-) -> lists.RankingDataset:
+) -> RankingDataset:
     """Reads a LibSVM ranking file, or one shard of its queries.
 
     Args:
@@ -216,7 +216,7 @@ def read(
       num_features: feature count; indices above it raise. None infers the largest index.
       label_range: `(low, high)`; a label outside raises. None accepts any finite label.
       missing: `"reject"` raises on `NULL`, `NaN` or `Inf` feature values; `"impute"` reads
-        them as NaN for `lists.fit_transform` to impute.
+        them as NaN for `fit_transform` to impute.
       shard: `(index, count)`: read only the `index`-th of `count` contiguous blocks of
         queries, so each process of a multi-process job parses only its own data. With
         `qid:` lines a shard seeks to its byte range of the file and reads nothing before
@@ -253,7 +253,7 @@ def read(
             group_sizes = np.asarray(parser.sizes, np.int64)
             query_ids = np.asarray(parser.qids)
         else:
-            first, last = lists.shard_block(group_sizes, index, count)
+            first, last = shard_block(group_sizes, index, count)
             total = int(group_sizes.sum())
             lo, hi = int(group_sizes[:first].sum()), int(group_sizes[:last].sum())
             to_the_end = last == len(group_sizes)  # then extra lines must raise
@@ -346,13 +346,13 @@ class _Parser:
         self.labels.append(label)
         self.n += 1
 
-    def dataset(self, group_sizes: np.ndarray, query_ids: np.ndarray) -> lists.RankingDataset:
+    def dataset(self, group_sizes: np.ndarray, query_ids: np.ndarray) -> RankingDataset:
         width = self.num_features or self.max_index
         features = np.zeros([self.n, width], np.float32)
         features[np.frombuffer(self.rows, np.int64), np.frombuffer(self.cols, np.int32)] = (
             np.frombuffer(self.vals, np.float32)
         )
-        return lists.from_groups(
+        return from_groups(
             features,
             np.frombuffer(self.labels, np.float32).copy(),
             group_sizes,

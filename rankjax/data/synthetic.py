@@ -28,7 +28,7 @@ import dataclasses
 
 import numpy as np
 
-from rankjax.data import lists
+from rankjax.data.dataset import RankingDataset
 
 GRADES = ("irrelevant", "complement", "substitute", "exact")
 
@@ -111,7 +111,7 @@ class World:
     products: dict[str, np.ndarray]
     titles: np.ndarray
     queries: dict[str, np.ndarray]
-    judgments: lists.RankingDataset
+    judgments: RankingDataset
     complement_of: np.ndarray
     users: dict[str, np.ndarray]
     interactions: dict[str, np.ndarray]
@@ -440,7 +440,7 @@ def make_world(config: WorldConfig | None = None, **overrides) -> World:
     idf[0] = 0.0
     feats = _features(rng, cfg, prod, queries, qi, pi, comp, idf, qi, offsets)
 
-    judgments = lists.RankingDataset(
+    judgments = RankingDataset(
         features=feats,
         labels=labels.astype(np.float32),
         list_offsets=offsets.astype(np.int64),

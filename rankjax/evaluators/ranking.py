@@ -12,13 +12,8 @@ from jax.sharding import Mesh
 
 from rankjax import distributed, sharding
 from rankjax import metrics as metrics_lib
-from rankjax.data.lists import (
-    RankingDataset,
-    eval_batches,
-    pad_batch_count,
-    pad_list_axis,
-    pad_lists,
-)
+from rankjax.data.batches import eval_batches, pad_batch_count, pad_list_axis, pad_lists
+from rankjax.data.dataset import RankingDataset
 
 # (device batch, batch index) -> scores [batch, list_size]
 ScoreFn = Callable[[dict[str, jax.Array], int], jax.Array]

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rankjax.compression import fp8
+from rankjax.data.tokenizer import default_checkpoint
 from rankjax.models import fused_norm, short_attention
 from rankjax.models.layers import Dense, DenseParams, DotGeneralFactory, Embed, flat_tokens
 
@@ -488,10 +489,8 @@ def resolve_checkpoint(checkpoint: str) -> str | None:
     is not installed)."""
     if checkpoint:
         return checkpoint
-    from rankjax import text  # late import: text builds on this module
-
     try:
-        return text.default_checkpoint()
+        return default_checkpoint()
     except ImportError:
         return None
 

@@ -36,7 +36,9 @@ from rankjax import (
 )
 from rankjax import data as data_lib
 from rankjax.compression import distillation, quantization, report, sparsity
-from rankjax.data import lists, tokens
+from rankjax.data import tokens
+from rankjax.data.batches import ShardedTrainBatches, max_list_size
+from rankjax.data.dataset import concat
 from rankjax.evaluators import ranking
 from rankjax.tasks.base import Run
 
@@ -109,7 +111,7 @@ class RankingTask:
                 tuple(text_cfg.get("item_columns", ())),
             )
             splits = dataclasses.replace(splits, valid=valid, test=test)
-        train_batches = lists.ShardedTrainBatches(
+        train_batches = ShardedTrainBatches(
             splits.train_shards,
             shard_ids,
             num_shards,
@@ -207,7 +209,7 @@ def _with_teacher(distiller, splits, config, prepare):
             v, models.inputs(teacher.model, batch), batch["where"], train=False
         )
     )
-    list_size = lists.max_list_size(*splits.train_shards)
+    list_size = max_list_size(*splits.train_shards)
     t0 = time.perf_counter()
     shards = tuple(
         distillation.with_teacher_scores(
@@ -229,7 +231,7 @@ def _with_teacher(distiller, splits, config, prepare):
         sum(d.num_items for d in shards),
         time.perf_counter() - t0,
     )
-    splits = dataclasses.replace(splits, train=lists.concat(shards), train_shards=shards)
+    splits = dataclasses.replace(splits, train=concat(shards), train_shards=shards)
     return splits, teacher.variables["params"]
 
 

@@ -49,13 +49,13 @@ from jax.sharding import Mesh
 
 from rankjax import cascade, checkpoint, models, sharding
 from rankjax.compression import embeddings, quantization
-from rankjax.data import interactions, synthetic
+from rankjax.data import interactions
+from rankjax.data.sources import LOG_SOURCES, read_log
 from rankjax.evaluators import ctr, retrieval
 from rankjax.tasks import dcn, sequential, two_tower
 from rankjax.tasks.base import Run
 from rankjax.tasks.recommender import TRAINING, Form, ModelParts
 
-SOURCES = ("atomic", "user_item", "synthetic")
 SPLITS = ("random", "leave_one_out")
 PROTOCOLS = ("full", "sampled")
 # Per model: its config keys and the losses it trains with.
@@ -157,8 +157,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         missing = sorted(required - set(given))
         if missing:
             raise ValueError(f"config {section} is missing {missing}")
-    if config.data.source not in SOURCES:
-        raise ValueError(f"data.source={config.data.source!r}; valid for retrieval: {SOURCES}")
+    if config.data.source not in LOG_SOURCES:
+        raise ValueError(
+            f"data.source={config.data.source!r}; valid for retrieval: {list(LOG_SOURCES)}"
+        )
     needs = {"atomic": "inter_file", "user_item": "file"}.get(config.data.source)
     if needs and not config.data.get(needs):
         raise ValueError(f"data.source={config.data.source!r} needs data.{needs}")
@@ -187,20 +189,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     best = config.ckpt.get("best_metric")
     if best and best not in config.eval.metrics:
         raise ValueError(f"ckpt.best_metric={best!r} is not in eval.metrics")
-
-
-def load_log(cfg: ml_collections.ConfigDict) -> interactions.Interactions:
-    """The interaction log named by `config.data` (its first `data.max_users` users when
-    that is set)."""
-    if cfg.source == "atomic":
-        log = interactions.read_atomic(
-            cfg.inter_file, cfg.get("item_file") or None, cfg.get("user_file") or None
-        )
-    elif cfg.source == "user_item":
-        log = interactions.read_user_item(cfg.file)
-    else:
-        log = interactions.from_synthetic(synthetic.make_world(**dict(cfg.get("world", {}))))
-    return interactions.first_users(log, int(cfg.get("max_users", 0)))
 
 
 def quantizer_of(config: ml_collections.ConfigDict) -> quantization.Quantizer | None:
@@ -268,7 +256,7 @@ def _setup(config, row_multiple: int = 1, training: bool = True):
     """`(log, splits, model parts)` of a checked config; tables padded to `row_multiple`
     rows (the model axis) so their rows split evenly; `training=False` skips what only
     the loss needs (the hard negatives' retriever candidates)."""
-    log = load_log(config.data)
+    log = read_log(config.data)
     parts = _split(config, log)
     logging.info(
         "data %s: %d users, %d items; train %d, valid %d, test %d interactions",
