@@ -48,7 +48,7 @@ def read(
       delimiter: field separator.
       label_range: `(low, high)`; a label outside raises. None accepts any finite label.
       missing: `"reject"` raises on an empty, `NULL`, `NaN` or infinite feature value;
-        `"impute"` reads it as NaN for `fit_transform` to impute.
+        `"impute"` reads it as NaN for `transforms.fit_transform` to impute.
 
     Returns:
       The lists; `query_ids` are the query strings.

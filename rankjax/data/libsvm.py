@@ -216,7 +216,7 @@ def read(
       num_features: feature count; indices above it raise. None infers the largest index.
       label_range: `(low, high)`; a label outside raises. None accepts any finite label.
       missing: `"reject"` raises on `NULL`, `NaN` or `Inf` feature values; `"impute"` reads
-        them as NaN for `fit_transform` to impute.
+        them as NaN for `transforms.fit_transform` to impute.
       shard: `(index, count)`: read only the `index`-th of `count` contiguous blocks of
         queries, so each process of a multi-process job parses only its own data. With
         `qid:` lines a shard seeks to its byte range of the file and reads nothing before

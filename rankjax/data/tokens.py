@@ -11,7 +11,7 @@ per-item array:
 
 Id 0 is `[PAD]` (as in every BERT vocabulary), so a token's mask is `ids != 0`.
 `trim_token_axes` cuts a batch's token axis to its longest sequence, rounded up to a
-bucket width: together with length-bucketed training batches (`TrainBatches`) this
+bucket width: together with length-bucketed training batches (`batches.TrainBatches`) this
 keeps the padding a model computes on low while XLA compiles only a few shapes.
 """
 
