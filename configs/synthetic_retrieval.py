@@ -6,7 +6,7 @@ Commands (20 s and 4 min on 2 CPU cores; no data files):
       --workdir=/tmp/rankjax/synthetic_two_tower
   python -m experiments.train --config=configs/synthetic_retrieval.py:model=dcn \
       --workdir=/tmp/rankjax/synthetic_dcn
-  python scripts/cascade.py --stage1=/tmp/rankjax/synthetic_two_tower \
+  python -m benchmarks.cascade_table --stage1=/tmp/rankjax/synthetic_two_tower \
       --stage2=/tmp/rankjax/synthetic_dcn --k=20,50,100 --weight=auto
 
 The world (`data/synthetic.py`, seed 0): 1,000 users, 30 events each over 5,000 products.

@@ -55,5 +55,5 @@ wait
 unset XLA_PYTHON_CLIENT_MEM_FRACTION
 runs=("$out/hd_cross")
 for s in $students; do runs+=("$out/$s"); done
-python scripts/text_rankers_table.py --json="$out/table.json" "${runs[@]}" 2>"$out/table.log" \
+python -m benchmarks.text_rankers_table --json="$out/table.json" "${runs[@]}" 2>"$out/table.log" \
   | tee "$out/table.txt"

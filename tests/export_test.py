@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from helpers import ROOT, load_config
 
-from rankjax import benchmark, export, serving, speed, trainer
+from benchmarks import speed, timing
+from rankjax import export, serving, trainer
 
 # Loads an artifact with jax and numpy only: the file format is a magic line, a JSON
 # signature line, then `jax.export`'s serialized program.
@@ -198,7 +199,8 @@ def test_benchmark_script_times_the_exported_models_and_plots_the_front(served_r
     subprocess.run(
         [
             sys.executable,
-            os.path.join(ROOT, "scripts", "benchmark.py"),
+            "-m",
+            "benchmarks.run_serving",
             "--lists=4",
             "--candidates=8",
             f"--json={out}",
@@ -227,7 +229,7 @@ def test_benchmark_script_times_the_exported_models_and_plots_the_front(served_r
 
 def test_pareto_front_keeps_the_undominated_points():
     points = [(1.0, 0.5), (2.0, 0.7), (3.0, 0.6), (2.0, 0.4), (4.0, 0.9), (1.0, 0.5)]
-    assert benchmark.pareto_front(points) == [(1.0, 0.5), (2.0, 0.7), (4.0, 0.9)]
+    assert timing.pareto_front(points) == [(1.0, 0.5), (2.0, 0.7), (4.0, 0.9)]
 
 
 def test_auto_kernels_export_as_xla_and_pallas_is_refused():

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from short_attention_test import inputs, numpy_attention
 
-from rankjax import sharding, speed
+from benchmarks import speed
+from rankjax import sharding
 from rankjax.compression import fp8
 from rankjax.models import fused_norm, layers, short_attention
 

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rankjax import sharding, speed
+from benchmarks import speed
+from rankjax import sharding
 from rankjax.models import bert, short_attention
 
 

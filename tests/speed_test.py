@@ -1,14 +1,12 @@
 """The speed module's pieces at toy sizes: served variants score like bf16, the timers
 return rates, the attention choice, and the results table."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rankjax import benchmark, speed
+from benchmarks import speed, timing
 from rankjax.models import bert, short_attention
 
 SHAPE = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_layers=1)
@@ -80,10 +78,15 @@ def test_data_parallel_training_step_splits_the_batch():
     step, state, batch = speed.training_step(
         model, speed.losses.get("mse"), tokens, labels, where, 2, 1e-3
     )
-    assert batch[0]["tokens"].sharding.shard_shape((8, 1, 16)) == (4, 1, 16)
-    hlo = step.lower(*state, jax.random.PRNGKey(0), *batch).compile().as_text()
+    assert batch["inputs"]["tokens"].sharding.shard_shape((8, 1, 16)) == (4, 1, 16)
+    compiled = step.lower(state, batch).compile()
+    hlo = compiled.as_text()
     assert "all-reduce" in hlo
     assert "s32[4,1,16]" in hlo and "s32[8,1,16]" not in hlo  # per-device token blocks
+    # It is the trainer's step: its metrics, and the state advanced by one.
+    state, metrics = compiled(state, batch)
+    assert set(metrics) == {"loss", "grad_norm", "param_norm", "update_norm"}
+    assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
 
 
 def test_attention_choice(monkeypatch):
@@ -120,7 +123,7 @@ def test_fused_attention_matches_xla_on_padded_pairs_on_gpu():
 
 
 def test_markdown_table():
-    text = benchmark.markdown_table("T", ["name", "x"], [["a", 12345.6], ["bb", 0.01234]])
+    text = timing.markdown_table("T", ["name", "x"], [["a", 12345.6], ["bb", 0.01234]])
     assert text.splitlines()[1:3] == ["T", ""]
     assert text.splitlines()[3:] == [
         "| name |      x |",
@@ -156,57 +159,3 @@ def test_latency_breakdown_times_each_loop():
     scorer = speed.scoring_variants(SHAPE, ("xla",), served=())[0]
     tokens = jax.device_put(speed.pair_tokens(4, 16, 2))
     assert speed.latency_breakdown(scorer.served, tokens, calls=10, block=5)["synced_p50"] > 0
-
-
-def test_gradients_summed_in_bf16_match_the_batch_gradient():
-    # A linear model: each device's share gradient, summed across 4 devices in the given
-    # dtype and averaged, against the gradient of the whole batch's mean loss.
-    rng = np.random.default_rng(5)
-    x = rng.normal(size=(16, 8)).astype(np.float32)
-    y = rng.normal(size=(16, 1)).astype(np.float32)
-    params = {"w": jnp.asarray(rng.normal(size=(8, 1)), jnp.float32)}
-
-    def loss(p, key, inputs, labels, where):
-        del key
-        residual = jnp.where(where, inputs["x"] @ p["w"] - labels, 0.0)
-        return jnp.mean(residual**2)
-
-    batch_sharding, _ = speed._data_parallel(4)
-    batch = jax.device_put(({"x": x}, y, np.ones((16, 1), bool)), batch_sharding)
-    want = jax.grad(loss)(params, None, {"x": x}, y, np.ones((16, 1), bool))["w"]
-    key = jax.random.PRNGKey(0)
-    for dtype, rtol in (("float32", 1e-6), ("bfloat16", 2e-2)):
-        grads = speed._reduced_gradients(loss, jnp.dtype(dtype), batch_sharding.mesh)
-        got = jax.jit(grads)(params, key, *batch)["w"]
-        assert got.dtype == jnp.float32
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=rtol, atol=1e-6)
-    # bf16's rounding is visible: the sum is not float32's.
-    assert not np.array_equal(np.asarray(got), np.asarray(want))
-
-
-def test_bf16_gradient_reduction_sums_no_float32_across_devices():
-    model = speed.cross_encoder_model(SHAPE, dtype="bfloat16")
-    tokens = speed.pair_tokens(8, 16, 0)
-    labels, where = np.ones((8, 1), np.float32), np.ones((8, 1), bool)
-    mse = speed.losses.get("mse")
-    texts, lowered = {}, {}
-    for reduce in (None, "bfloat16"):
-        step, state, batch = speed.training_step(
-            model, mse, tokens, labels, where, 2, 1e-3, grad_reduce=reduce
-        )
-        stage = step.lower(*state, jax.random.PRNGKey(0), *batch)
-        lowered[reduce], compiled = stage.as_text(), stage.compile()
-        texts[reduce] = compiled.as_text()
-        params, _ = compiled(*state, jax.random.PRNGKey(0), *batch)  # one compile per step
-        assert all(np.isfinite(np.asarray(v, np.float32)).all() for v in jax.tree.leaves(params))
-
-    def reduced_types(text):
-        return set(re.findall(r"all_reduce.*?-> tensor<[^>]*x(f32|bf16)>", text, re.S))
-
-    # Before XLA's partitioner inserts them, the default step has no explicit sums; the
-    # compiled one sums the word embeddings' float32 gradient (some CPU builds compute
-    # even bf16 sums in float32, so the bf16 step is checked before compilation).
-    assert "f32[" in "".join(
-        ln for ln in texts[None].splitlines() if " all-reduce(" in ln or "all-reduce-start(" in ln
-    )
-    assert reduced_types(lowered["bfloat16"]) == {"bf16"}

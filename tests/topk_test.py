@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from rankjax import sharding, topk
+from benchmarks import topk
+from rankjax import sharding
 
 
 def vectors(n, m, d=16, seed=0):

@@ -551,3 +551,12 @@ def pretrained_encoder(
     if len(layers) != n:
         raise ValueError(f"model.init_layers={layers} names {len(layers)} layers for {n}")
     return select_layers(params, layers, folder)
+
+
+def flops_per_sequence(config: BertConfig, num_layers: int, length: float) -> float:
+    """Forward FLOPs (2 per multiply-add) of a BERT encoder on one sequence of `length`
+    tokens: projections and feed-forward `2 T (4 H^2 + 2 H I)` plus attention scores and
+    mixing `4 T^2 H`, per layer; embeddings are lookups (no FLOPs)."""
+    h, i, t = config.hidden_size, config.intermediate_size, float(length)
+    per_layer = 2 * t * (4 * h * h + 2 * h * i) + 4 * t * t * h
+    return num_layers * per_layer

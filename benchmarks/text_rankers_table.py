@@ -2,7 +2,7 @@ r"""Cost and quality of trained text rankers, side by side: serving bytes, FLOPs
 product, test NDCG@5 / pairwise accuracy / calibrated RMSE, and scoring throughput and
 latency measured here, now.
 
-  python scripts/text_rankers_table.py --json=/tmp/rankjax/hd_table.json \
+  python -m benchmarks.text_rankers_table --json=/tmp/rankjax/hd_table.json \
       /tmp/rankjax/hd_cross /tmp/rankjax/hd_distill /tmp/rankjax/hd_student_int8_nm24
 
 Each argument is a finished workdir (`configs/homedepot_*.py`). A run with a served
@@ -20,8 +20,10 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from rankjax import benchmark, models, serving
+from benchmarks import timing
 from rankjax import data as data_lib
+from rankjax import models, serving
+from rankjax.models import bert
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("json", "", "Also write the rows to this JSON file.")
@@ -54,14 +56,14 @@ def _flops(ranker, test) -> float:
     layers = model.num_layers or cfg.num_hidden_layers
     if "tokens" in test.extras and model.inputs[0] == "tokens":
         length = float((test.extras["tokens"] != 0).sum(1).mean())
-        return benchmark.bert_flops_per_sequence(cfg, layers, length)
+        return bert.flops_per_sequence(cfg, layers, length)
     # Bi-encoder as run here: each product encoded, the query once per list.
     item = float((test.extras["item_tokens"] != 0).sum(1).mean())
     query = float((test.extras["query_tokens"] != 0).sum(1).mean())
     per_list = test.num_items / max(test.num_lists, 1)
     return (
-        benchmark.bert_flops_per_sequence(cfg, layers, item)
-        + benchmark.bert_flops_per_sequence(cfg, layers, query) / per_list
+        bert.flops_per_sequence(cfg, layers, item)
+        + bert.flops_per_sequence(cfg, layers, query) / per_list
     )
 
 
@@ -70,7 +72,7 @@ def main(argv):
     if not workdirs:
         raise app.UsageError("give one or more finished workdirs")
     rows, cache = [], {}
-    env = benchmark.environment()
+    env = timing.environment()
     print(f"\n{env['device']} ({env['platform']}, {env['devices']} device(s)), jax {env['jax']}")
     print(HEAD)
     print("|" + "|".join("-" * (len(c)) for c in HEAD.split("|")[1:-1]) + "|", flush=True)
@@ -89,10 +91,10 @@ def main(argv):
                 lambda v, b, m=ranker.model: m.apply(v, models.inputs(m, b), b["where"])
             )
             score = functools.partial(apply, ranker.variables)
-            batches = benchmark.pair_batches(test, FLAGS.batch_size)
-            tp = benchmark.scoring_throughput(score, batches)
-            small = benchmark.pair_batches(test.select(np.arange(min(64, test.num_lists))), 64)
-            lat = benchmark.latency_ms(score, small[len(small) // 2])
+            batches = timing.pair_batches(test, FLAGS.batch_size)
+            tp = timing.scoring_throughput(score, batches)
+            small = timing.pair_batches(test.select(np.arange(min(64, test.num_lists))), 64)
+            lat = timing.latency_ms(score, small[len(small) // 2])
             served = params == "served"
             q = _quality(workdir, served)
             rows.append(

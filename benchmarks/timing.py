@@ -19,7 +19,6 @@ import numpy as np
 from rankjax.data import tokens
 from rankjax.data.batches import pad_batch_count, pad_lists
 from rankjax.data.dataset import RankingDataset
-from rankjax.models import bert
 
 
 def environment() -> dict[str, str]:
@@ -150,12 +149,3 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
         if not dominated and (c, q) not in front:
             front.append((c, q))
     return sorted(front)
-
-
-def bert_flops_per_sequence(config: bert.BertConfig, num_layers: int, length: float) -> float:
-    """Forward FLOPs (2 per multiply-add) of a BERT encoder on one sequence of `length`
-    tokens: projections and feed-forward `2 T (4 H^2 + 2 H I)` plus attention scores and
-    mixing `4 T^2 H`, per layer; embeddings are lookups (no FLOPs)."""
-    h, i, t = config.hidden_size, config.intermediate_size, float(length)
-    per_layer = 2 * t * (4 * h * h + 2 * h * i) + 4 * t * t * h
-    return num_layers * per_layer

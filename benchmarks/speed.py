@@ -1,6 +1,6 @@
 """Speed of rankjax's rankers as a user would run them, for side-by-side comparisons.
 
-`scripts/speed.py` drives these on a GPU next to PyTorch peers (`scripts/peers/`); the
+`benchmarks/run_speed.py` drives these on a GPU next to PyTorch peers (`benchmarks/peers/`); the
 functions take sizes as arguments, so the tests run them on CPU at toy sizes.
 
 * `scoring_variants`: the MiniLM-shaped cross-encoder in bf16 (XLA, cuDNN or Pallas
@@ -9,8 +9,8 @@ functions take sizes as arguments, so the tests run them on CPU at toy sizes.
   docs/s and one-query latency with the weights compiled in (`Scorer.served`), and
   `measure_exported` the same through the serving artifact (`rankjax.export`);
   `latency_breakdown` splits one call's latency into launch, device time and wait.
-* `training_step`: a jitted training step with its state and batch placed for data
-  parallelism.
+* `training_step`: the trainer's own compiled step (`trainer.compile_step`) with its state
+  and batch placed for data parallelism.
 * `train_step_rate`: fine-tuning steps of the cross-encoder (float or QAT), data-parallel
   over the first `num_devices` devices.
 * `listwise_train_rate`: training steps of the listwise transformer ranker at allRank's
@@ -19,7 +19,7 @@ functions take sizes as arguments, so the tests run them on CPU at toy sizes.
   tables, data-parallel with the tables replicated or with their rows split over a
   `model` mesh axis (as `mesh.model` does in the retrieval task).
 
-Timing rules are `rankjax.benchmark`'s: compilation and two warm-up calls excluded,
+Timing rules are `benchmarks/timing.py`'s: compilation and two warm-up calls excluded,
 device work finished before each clock read, medians over repeats.
 """
 
@@ -38,19 +38,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding
 
-from rankjax import (
-    benchmark,
-    compiler,
-    export,
-    losses,
-    models,
-    serving,
-    sharding,
-)
+from benchmarks import timing
+from rankjax import compiler, export, losses, models, serving, sharding, trainer
 from rankjax.compression import quantization
-from rankjax.models import listwise, two_tower
+from rankjax.models import bert, listwise, two_tower
 from rankjax.tasks import retrieval as tasks_retrieval
 
 # Served compression variants: post-training quantization of the float model (as the
@@ -203,9 +195,9 @@ def measure_exported(
 
 def _measure(big_fn, small_fn, batch, length, latency_batch, repeats) -> dict[str, float]:
     big = jax.device_put(pair_tokens(batch, length, 1))
-    seconds = benchmark.wall_seconds(lambda: big_fn(big), repeats, warmup=2)
+    seconds = timing.wall_seconds(lambda: big_fn(big), repeats, warmup=2)
     small = pair_tokens(latency_batch, length, 2)
-    latency = benchmark.latency_ms(small_fn, small, 5 * repeats)
+    latency = timing.latency_ms(small_fn, small, 5 * repeats)
     return {"docs_per_sec": batch / statistics.median(seconds), **latency}
 
 
@@ -240,7 +232,7 @@ def latency_breakdown(
     Three loops over `fn(batch)`, after 30 warm-up calls, each result dropped before the
     next call (so XLA's CUDA graph keeps its buffer addresses and is not re-recorded):
 
-    * synced: the call and its wait, as `benchmark.latency_ms` times it;
+    * synced: the call and its wait, as `timing.latency_ms` times it;
     * back to back: `block` calls issued, then one wait; the time per call is the
       device's own when it exceeds the host's launch cost;
     * dispatch: the time until the call returns, before its wait.
@@ -255,14 +247,14 @@ def latency_breakdown(
       Milliseconds: `synced_p50`, `synced_p10`, `synced_p99`, `back_to_back` (median per
       call) and `dispatch_p50`.
     """
-    synced = benchmark.wall_seconds(lambda: fn(batch), calls, warmup=30)
+    synced = timing.wall_seconds(lambda: fn(batch), calls, warmup=30)
 
     def group():
         for _ in range(block - 1):
             fn(batch)  # dropped at once, as in the other loops
         return fn(batch)
 
-    groups = [t / block for t in benchmark.wall_seconds(group, max(1, calls // block), 0)]
+    groups = [t / block for t in timing.wall_seconds(group, max(1, calls // block), 0)]
     dispatch = []
     for _ in range(calls):
         start = time.perf_counter()
@@ -288,113 +280,49 @@ def agreement(reference: jax.Array, other: jax.Array) -> float:
     return float(np.corrcoef(*ranks)[0, 1])
 
 
-def _data_parallel(num_devices: int) -> tuple[NamedSharding, NamedSharding]:
-    """Batch and replicated shardings over the first `num_devices` devices."""
-    mesh = sharding.make_mesh(num_devices)
-    return sharding.batch_sharding(mesh), sharding.replicated(mesh)
-
-
 def training_step(
-    model,
-    loss_fn,
-    inputs,
-    labels,
-    where,
-    num_devices,
-    lr,
-    options=None,
-    grad_reduce: str | None = None,
-):
-    """`model`'s jitted training step (forward, loss, backward, AdamW update) with its
-    first state and batch placed for data parallelism over `num_devices`: the batch split,
-    parameters replicated and updated in place (donated), compiled with the XLA `options`
-    (None: XLA's defaults, as `trainer` compiles steps).
-
-    `grad_reduce`: None lets XLA sum the gradients across devices as it computes them
-    (the embedding tables' gradients in float32, the products' in their bf16 compute
-    dtype). A dtype such as "bfloat16" computes each device's gradients of its share in
-    `shard_map` and sums them in that dtype, as PyTorch DDP's bf16 compression hook does:
-    half the bytes for the float32 word-embedding gradient, at bf16's rounding of each
-    share's sum. Each device then draws its own dropout masks, and the step averages
-    the shares' mean losses, which equals the batch mean when every share has as many
-    real items (as `train_step_rate`'s batches do).
+    model: Any,
+    loss_fn: Callable,
+    inputs: Any,
+    labels: np.ndarray,
+    where: np.ndarray,
+    num_devices: int,
+    lr: float,
+) -> tuple[Callable, trainer.TrainState, dict[str, jax.Array]]:
+    """The trainer's own compiled step (`trainer.compile_step`: forward, loss, backward,
+    AdamW update, metrics; the state donated) for `model`, with its first state and batch
+    placed for data parallelism over `num_devices`: the batch split, parameters replicated.
 
     Returns:
-      `(step, state, batch)`: `step(*state, key, *batch) -> state`.
+      `(step, state, batch)`: `step(state, batch) -> (state, metrics)`.
     """
-    batch_sharding, replicated = _data_parallel(num_devices)
-    tx = optax.adamw(lr)
-    params = jax.jit(model.init)(jax.random.PRNGKey(0), inputs, where)["params"]
-    params = jax.device_put(params, replicated)
-    opt_state = jax.device_put(tx.init(params), replicated)
-    batch = jax.device_put((inputs, labels, where), batch_sharding)
 
-    def loss(p, key, inputs, labels, where):
-        scores = model.apply({"params": p}, inputs, where, train=True, rngs={"dropout": key})
-        return loss_fn(scores, labels, where=where)
-
-    gradients = jax.grad(loss)
-    if grad_reduce is not None:
-        gradients = _reduced_gradients(loss, jnp.dtype(grad_reduce), batch_sharding.mesh)
-
-    # The batch is an argument: closed over, jit would embed it as a constant, which drops
-    # its sharding (every device would compute the whole batch). Outputs are placed as the
-    # inputs are, so every step reuses the first step's compilation.
-    @functools.partial(
-        jax.jit,
-        donate_argnums=(0, 1),
-        out_shardings=(replicated, replicated),
-        compiler_options=options,
-    )
-    def step(params, opt_state, key, inputs, labels, where):
-        grads = gradients(params, key, inputs, labels, where)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    return step, (params, opt_state), batch
-
-
-def _varying(tree: Any, axis: str) -> Any:
-    """`tree` marked as varying over `axis` inside `shard_map` (`lax.pcast`, or `lax.pvary`
-    in JAX versions before it)."""
-    if hasattr(jax.lax, "pcast"):
-        return jax.tree.map(lambda x: jax.lax.pcast(x, axis, to="varying"), tree)
-    return jax.lax.pvary(tree, axis)
-
-
-def _reduced_gradients(loss: Callable, dtype: Any, mesh: jax.sharding.Mesh) -> Callable:
-    """`(params, key, *batch) -> grads` of `loss` averaged over the mesh's data axis, each
-    device's share summed in `dtype` (see `training_step`)."""
-    axis = sharding.DATA_AXIS
-    share, whole = jax.sharding.PartitionSpec(axis), jax.sharding.PartitionSpec()
-
-    def local(params, key, inputs, labels, where):
-        key = jax.random.fold_in(key, jax.lax.axis_index(axis))
-        # Marked as varying over the axis, the parameters' gradients stay each device's
-        # own; replicated, shard_map would sum them across devices itself, in float32.
-        params = _varying(params, axis)
-        grads = jax.grad(loss)(params, key, inputs, labels, where)
-        n = mesh.shape[axis]
-        return jax.tree.map(
-            lambda g: jax.lax.psum(g.astype(dtype), axis).astype(g.dtype) / n, grads
+    def loss(params, batch, rng):
+        scores = model.apply(
+            {"params": params}, batch["inputs"], batch["where"], train=True, rngs={"dropout": rng}
         )
+        return loss_fn(scores, batch["labels"], where=batch["where"])
 
-    return jax.shard_map(
-        local, mesh=mesh, in_specs=(whole, whole, share, share, share), out_specs=whole
+    mesh = sharding.make_mesh(num_devices)
+    batch = {"inputs": inputs, "labels": labels, "where": where}
+    step, state = _compiled(
+        lambda rng: model.init(rng, inputs, where)["params"], loss, optax.adamw(lr), mesh
     )
+    return step, state, jax.device_put(batch, sharding.batch_sharding(mesh))
 
 
-def _train_rate(
-    model, loss_fn, inputs, labels, where, num_devices, repeats, lr, block, **step_options
-):
-    """Examples/s of `training_step` (`step_options`: its `options`, `grad_reduce`), timed
-    by `_steps_rate`."""
-    step, state, batch = training_step(
-        model, loss_fn, inputs, labels, where, num_devices, lr, **step_options
-    )
-    keys = iter(jax.random.split(jax.random.PRNGKey(1), (repeats + 2) * block))
-    advance = lambda state: step(*state, next(keys), *batch)  # noqa: E731
-    return _steps_rate(advance, state, labels.shape[0], repeats, block)
+def _compiled(init_params: Callable, loss: Callable, tx, mesh, rules=()) -> tuple[Callable, Any]:
+    """`(step, state)`: the trainer's step for `loss` and its first state, laid out on
+    `mesh` by `rules` as the trainer lays out a run's state."""
+    key = jax.random.PRNGKey(0)
+    state, shardings = trainer.init_state(init_params, tx, mesh, rules, key, key)
+    return trainer.compile_step(loss, tx, shardings, mesh), state
+
+
+def _train_rate(model, loss_fn, inputs, labels, where, num_devices, repeats, lr, block):
+    """Examples/s of `training_step`, timed by `_steps_rate`."""
+    step, state, batch = training_step(model, loss_fn, inputs, labels, where, num_devices, lr)
+    return _steps_rate(lambda state: step(state, batch)[0], state, labels.shape[0], repeats, block)
 
 
 def _steps_rate(advance: Callable, state: Any, examples: int, repeats: int, block: int) -> float:
@@ -411,7 +339,7 @@ def _steps_rate(advance: Callable, state: Any, examples: int, repeats: int, bloc
             state = advance(state)
         return state
 
-    seconds = statistics.median(benchmark.wall_seconds(run, repeats, warmup=2)) / block
+    seconds = statistics.median(timing.wall_seconds(run, repeats, warmup=2)) / block
     return examples / seconds
 
 
@@ -423,23 +351,16 @@ def train_step_rate(
     shape: dict[str, int] | None = None,
     repeats: int = 10,
     block: int = 10,
-    compiler_options: dict[str, Any] | None = None,
-    grad_reduce: str | None = None,
 ) -> float:
     """Pairs/s of fine-tuning the bf16 cross-encoder (MSE on graded labels, AdamW), in float
-    or with `quantizer`'s training seam (QAT), over `num_devices` devices, compiled with
-    `compiler_options` (None: XLA's defaults), the gradients summed across devices as
-    `training_step`'s `grad_reduce` says."""
+    or with `quantizer`'s training seam (QAT), over `num_devices` devices."""
     seam = quantizer.model_seam("train") if quantizer else {}
     model = cross_encoder_model(shape, dtype="bfloat16", **seam)
     tokens = pair_tokens(batch, length, 3)
     labels = np.random.default_rng(4).uniform(0, 2, size=(batch, 1)).astype(np.float32)
     where = np.ones((batch, 1), bool)
     mse = losses.get("mse")
-    options = {"options": compiler_options, "grad_reduce": grad_reduce}
-    return _train_rate(
-        model, mse, tokens, labels, where, num_devices, repeats, 5e-5, block, **options
-    )
+    return _train_rate(model, mse, tokens, labels, where, num_devices, repeats, 5e-5, block)
 
 
 def listwise_train_rate(
@@ -490,34 +411,26 @@ def two_tower_train_rate(
     rng = np.random.default_rng(6)
     users = rng.integers(0, rows, size=batch).astype(np.int32)
     items = ((rng.zipf(1.2, size=batch) - 1) % rows).astype(np.int32)
-    tx = optax.adamw(1e-3)
 
-    def init(key):
-        params = model.init(key, users[:2], {}, items[:2], {})["params"]
-        return params, tx.init(params)
+    def loss(params, batch, rng):
+        del rng  # no dropout
+        logits = model.apply({"params": params}, batch["users"], {}, batch["items"], {})
+        return losses.in_batch_softmax_loss(logits, batch["items"])
 
-    def step(state, users, items):
-        params, opt_state = state
-
-        def loss(p):
-            logits = model.apply({"params": p}, users, {}, items, {})
-            return losses.in_batch_softmax_loss(logits, items)
-
-        updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    key = jax.random.PRNGKey(0)
     rules = tasks_retrieval.TABLE_RULES if model_axis > 1 else ()
-    placed = sharding.tree_shardings(jax.eval_shape(init, key), mesh, rules)
-    state = jax.jit(init, out_shardings=placed)(key)
-    data = sharding.batch_sharding(mesh)
-    step = jax.jit(step, in_shardings=(placed, data, data), out_shardings=placed, donate_argnums=0)
-    inputs = jax.device_put((users, items), data)
-    return _steps_rate(lambda state: step(state, *inputs), state, batch, repeats, block)
+    step, state = _compiled(
+        lambda key: model.init(key, users[:2], {}, items[:2], {})["params"],
+        loss,
+        optax.adamw(1e-3),
+        mesh,
+        rules,
+    )
+    inputs = jax.device_put({"users": users, "items": items}, sharding.batch_sharding(mesh))
+    return _steps_rate(lambda state: step(state, inputs)[0], state, batch, repeats, block)
 
 
 def flops_per_doc(shape: dict[str, int] | None, length: int) -> float:
     """Forward FLOPs of the cross-encoder on one `length`-token pair."""
     config = cross_encoder_model(shape).bert_config
     layers = (shape or {}).get("num_layers") or config.num_hidden_layers
-    return benchmark.bert_flops_per_sequence(config, layers, length)
+    return bert.flops_per_sequence(config, layers, length)

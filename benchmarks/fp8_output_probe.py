@@ -2,13 +2,13 @@ r"""What the fp8 feed-forward GEMM of the MiniLM-shaped cross-encoder costs, alo
 `[tokens, 384] @ [384, 1536]`, bias, tanh GELU, then the quantize that the next fp8 layer
 applies to its input.
 
-  python scripts/fp8_output_probe.py              # on an NVIDIA GPU (Hopper or later)
+  python -m benchmarks.fp8_output_probe              # on an NVIDIA GPU (Hopper or later)
 
 Two tables, each row compiled as rankjax's inference does (`rankjax.compiler`) with the
 weights passed as arguments (compiled in, XLA would fold `convert(e4m3) × scale` into a
 16-bit constant and run a bf16 GEMM; `fp8.fp8_dot` guards the model against that), with
 the GEMM's custom call, epilogue and output dtype read from the compiled HLO and the GPU
-kernel time per call from a `jax.profiler` trace (`scripts/kernel_profile.py`'s summing):
+kernel time per call from a `jax.profiler` trace (`benchmarks/kernel_profile.py`'s summing):
 
 * whether XLA writes the GEMM's output as e4m3 itself (the quantize folded into the
   cuBLASLt call), for each form of the quantize, on `[B, T, 384]` tokens as the model
@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import kernel_profile  # its --device and --calls flags apply here too
 from absl import app, flags
 
-from rankjax import benchmark, compiler
+from benchmarks import timing
+from rankjax import compiler
 from rankjax.compression import fp8
 
 TOKENS = flags.DEFINE_integer("tokens", 65536, "rows of the product (1,024 pairs × 64 tokens)")
@@ -110,7 +111,7 @@ def main(argv):
         for name, f in forms.items()
     ]
     header = ["tokens", "quantize", "GEMM", "epilogue", "GEMM output", "µs per call", "kernels"]
-    print(benchmark.markdown_table("fp8 intermediate layer: is the quantize folded?", header, rows))
+    print(timing.markdown_table("fp8 intermediate layer: is the quantize folded?", header, rows))
 
     xq, hq = inputs["2D"], fp8.quantize(h2, sx)
     wb = w.astype(jnp.bfloat16)
@@ -151,7 +152,7 @@ def main(argv):
     rows = [[dtype, name, *describe(f, x, k)] for dtype, name, f, x, k in steps]
     header = ["inputs", "step", "GEMM", "epilogue", "GEMM output", "µs per call", "kernels"]
     title = f"[{TOKENS.value}, 384] @ [384, 1536]: what each epilogue step costs"
-    print(benchmark.markdown_table(title, header, rows))
+    print(timing.markdown_table(title, header, rows))
 
 
 if __name__ == "__main__":

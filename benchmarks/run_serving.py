@@ -2,7 +2,7 @@ r"""Quality against cost of finished ranking runs: served bytes, scoring through
 one-query latency of the exported served model, and the run's test quality — a table, a
 JSON file and two Pareto plots.
 
-  python scripts/benchmark.py --json=/tmp/rankjax/bench.json --plots=/tmp/rankjax/bench \
+  python -m benchmarks.run_serving --json=/tmp/rankjax/bench.json --plots=/tmp/rankjax/bench \
       /tmp/rankjax/quickstart /tmp/rankjax/synthetic_listwise_int8 ...
 
 Each argument is a finished workdir of the ranking trainer (feature or text rankers). Each
@@ -35,8 +35,9 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from rankjax import benchmark, export, serving
+from benchmarks import timing
 from rankjax import data as data_lib
+from rankjax import export, serving
 
 JSON = flags.DEFINE_string("json", "", "also write the rows to this JSON file")
 PLOTS = flags.DEFINE_string("plots", "", "folder for the Pareto plots (PNG)")
@@ -79,7 +80,7 @@ def measure(workdir: str, variant: str, folder: str) -> dict:
     keys = export.input_keys(ranker)
     width = export.raw_width(ranker.transform) if keys == ("features",) else None
     # A 16-bit model is served with its float parameters in that dtype, cast once here
-    # rather than in every call (as `scripts/speed.py` measures it).
+    # rather than in every call (as `benchmarks/run_speed.py` measures it).
     dtype = ranker.config.model.get("dtype", "float32")
     param_dtype = dtype if dtype in ("bfloat16", "float16") else None
     export.save(ranker, path, num_features=width, param_dtype=param_dtype)
@@ -88,8 +89,8 @@ def measure(workdir: str, variant: str, folder: str) -> dict:
     big = jax.device_put(_inputs(ranker, LISTS.value, CANDIDATES.value))
     one = {k: v[:1] for k, v in big.items()}
     everywhere = jax.device_put(np.ones((LISTS.value, CANDIDATES.value), bool))
-    seconds = benchmark.median_seconds(lambda: call(big, everywhere))
-    lat = benchmark.latency_ms(lambda b: call(b, everywhere[:1]), one)
+    seconds = timing.median_seconds(lambda: call(big, everywhere))
+    lat = timing.latency_ms(lambda b: call(b, everywhere[:1]), one)
     with open(os.path.join(workdir, "results.json")) as f:
         results = json.load(f)
     served = variant == "served"
@@ -121,7 +122,7 @@ def plot(rows: list[dict], folder: str, metric: str) -> list[str]:
     paths = []
     for cost, label in (("latency_p50_ms", "p50 latency, one query (ms)"), ("bytes", "bytes")):
         points = [(r[cost], r[metric]) for r in rows]
-        front = benchmark.pareto_front(points)
+        front = timing.pareto_front(points)
         fig, ax = plt.subplots(figsize=(6, 4))
         for r, (x, y) in zip(rows, points, strict=True):
             ax.scatter(x, y, color="tab:blue" if (x, y) in front else "tab:gray")
@@ -142,7 +143,7 @@ def main(argv):
     workdirs = argv[1:]
     if not workdirs:
         raise app.UsageError("give one or more finished workdirs")
-    env = benchmark.environment()
+    env = timing.environment()
     metric = METRIC.value
     print(
         f"\n{env['device']} ({env['platform']}), jax {env['jax']}; {CANDIDATES.value} items/query"

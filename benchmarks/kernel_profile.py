@@ -1,13 +1,13 @@
 r"""Where a scorer's device time goes: kernel times of the cross-encoder variants of
-`rankjax.speed`, from a `jax.profiler` trace.
+`benchmarks/speed.py`, from a `jax.profiler` trace.
 
-  python scripts/kernel_profile.py --variants=xla,pallas,fp8 --batch=1024 --length=64
-  python scripts/kernel_profile.py --variants=pallas --xla_defaults  # without rankjax's
+  python -m benchmarks.kernel_profile --variants=xla,pallas,fp8 --batch=1024 --length=64
+  python -m benchmarks.kernel_profile --variants=pallas --xla_defaults  # without rankjax's
                                                                      # compiler options
 
 For each variant (bf16 with `xla`, `cudnn` or `pallas` attention; served `fp8`, `int8`,
 `w8` with the default attention), the scoring call (weights compiled in, as
-`scripts/speed.py` times it and the exported artifact holds them; or passed in every call
+`benchmarks/run_speed.py` times it and the exported artifact holds them; or passed in every call
 with `--weights_as_arguments`) is run `--calls` times under
 `jax.profiler.trace(create_perfetto_trace=True)`; the trace's kernels on `--device` (e.g.
 `/device:GPU`) are summed by name. Prints the busy time and kernel count per call and the
@@ -27,7 +27,8 @@ import tempfile
 import jax
 from absl import app, flags
 
-from rankjax import compiler, speed
+from benchmarks import speed
+from rankjax import compiler
 
 VARIANTS = flags.DEFINE_list(
     "variants",
@@ -41,7 +42,7 @@ WEIGHTS_AS_ARGUMENTS = flags.DEFINE_bool(
     "weights_as_arguments",
     False,
     "pass the weights in every call (`Scorer.score`) instead of compiling them in as "
-    "`scripts/speed.py` and the exported artifact do (`Scorer.served`)",
+    "`benchmarks/run_speed.py` and the exported artifact do (`Scorer.served`)",
 )
 BATCH = flags.DEFINE_integer("batch", 1024, "pairs per call")
 LENGTH = flags.DEFINE_integer("length", 64, "tokens per pair")

@@ -2,7 +2,7 @@ r"""rankjax against PyTorch peers on one GPU, measured in one run: cross-encoder
 (bf16 and served compressed), fine-tuning steps (float and QAT), listwise training, and
 data-parallel scaling.
 
-  python scripts/speed.py --json=/tmp/rankjax/speed.json
+  python -m benchmarks.run_speed --json=/tmp/rankjax/speed.json
 
 Parts (`--parts`, comma-separated; all by default):
 
@@ -18,7 +18,7 @@ Parts (`--parts`, comma-separated; all by default):
   kernels), as a server would load it. Every variant compiles with `rankjax.compiler`'s options,
   uses the default LayerNorm (the Pallas kernel on a GPU) and is timed with its weights
   compiled in (`speed.Scorer.served`), as the exported artifact holds them.
-  The PyTorch peer (`scripts/peers/torch_cross_encoder.py`: transformers BERT, fp16/bf16,
+  The PyTorch peer (`benchmarks/peers/torch_cross_encoder.py`: transformers BERT, fp16/bf16,
   eager/compiled) runs first in a subprocess, so the two never share the GPU.
 * `train`: fine-tuning steps of the cross-encoder, `--train_batch` pairs (MSE, AdamW):
   bf16 float, int8 QAT and fp8 QAT (AQT), and the step-time ratio to float. Training
@@ -26,10 +26,9 @@ Parts (`--parts`, comma-separated; all by default):
   waited for once per `--block` steps.
 * `listwise`: training steps of rankjax's listwise ranker at allRank's Web30K shape
   (`--lists` lists of `--list_size` items, 136 features) against allRank itself
-  (`scripts/peers/allrank_listwise.py`, float32 and bf16 autocast, eager/compiled).
+  (`benchmarks/peers/allrank_listwise.py`, float32 and bf16 autocast, eager/compiled).
 * `scaling`: the fine-tuning step data-parallel over 1, 2, 4, ... of the host's devices
-  (per-device batch fixed at `--train_batch`), pairs/s and speedup over one device, with
-  the gradients summed as XLA computes them and/or in a `--grad_reduce` dtype.
+  (per-device batch fixed at `--train_batch`), pairs/s and speedup over one device.
 * `tables`: training steps of the two-tower retrieval model with `--table_rows` users and
   items (`--table_dim` wide), `--table_batch` rows per step, on 1, 2, 4, ... devices:
   plain data parallelism (tables replicated, their gradients summed) against the tables'
@@ -51,7 +50,7 @@ import sys
 import jax
 from absl import app, flags, logging
 
-from rankjax import benchmark, compiler, speed
+from benchmarks import speed, timing
 from rankjax.compression import quantization
 
 PARTS = flags.DEFINE_list(
@@ -69,12 +68,6 @@ LIST_SIZE = flags.DEFINE_integer("list_size", 240, "items per list (allRank's sl
 TABLE_ROWS = flags.DEFINE_integer("table_rows", 10_000_000, "users and items (tables)")
 TABLE_DIM = flags.DEFINE_integer("table_dim", 64, "embedding width (tables)")
 TABLE_BATCH = flags.DEFINE_integer("table_batch", 8192, "rows per two-tower step (tables)")
-GRAD_REDUCE = flags.DEFINE_list(
-    "grad_reduce",
-    ["xla"],
-    "scaling: how the gradients are summed across devices, each timed: xla (as XLA "
-    "computes them) or a dtype such as bfloat16 (`speed.training_step`'s grad_reduce)",
-)
 PEAK = flags.DEFINE_float("peak_tflops", 790.0, "bf16 matrix rate of the GPU (measured)")
 EXPORTED = flags.DEFINE_list(
     "exported",
@@ -84,12 +77,6 @@ EXPORTED = flags.DEFINE_list(
 PEERS = flags.DEFINE_bool("peers", True, "run the PyTorch peers (needs torch and CUDA)")
 REPEATS = flags.DEFINE_integer("repeats", 20, "timed scoring calls per measurement (median)")
 TRAIN_REPEATS = flags.DEFINE_integer("train_repeats", 5, "timed blocks of training steps")
-TRAIN_OPTIONS = flags.DEFINE_bool(
-    "train_compiler_options",
-    False,
-    "compile the fine-tuning steps with rankjax.compiler's inference options too (training "
-    "uses XLA's defaults; this measures what the options would do to it)",
-)
 BLOCK = flags.DEFINE_integer("block", 10, "training steps run back to back per timed block")
 SHAPE = flags.DEFINE_string(
     "shape", "", "BERT overrides for a quick run, e.g. hidden_size=32,num_attention_heads=2"
@@ -105,7 +92,7 @@ def _shape() -> dict[str, int] | None:
 
 
 def run_peer(script: str, *args: str) -> list[dict]:
-    """Runs `scripts/peers/<script>` and returns its JSON rows ([] if it cannot run)."""
+    """Runs `benchmarks/peers/<script>` and returns its JSON rows ([] if it cannot run)."""
     cmd = [sys.executable, os.path.join(_PEERS, script), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -160,7 +147,7 @@ def scoring(peers: list[dict]) -> list[dict]:
     header = ["variant", "docs/s", "× PyTorch best", "× rankjax bf16", "TFLOP/s", "of peak"]
     header += [f"p50 ms ({LATENCY_BATCH.value})", "p99 ms", "Spearman vs bf16"]
     print(
-        benchmark.markdown_table(
+        timing.markdown_table(
             f"Cross-encoder scoring, {BATCH.value} pairs × {length} tokens", header, table
         )
     )
@@ -181,7 +168,7 @@ def latency() -> list[dict]:
     table = [[r["variant"], *(r[k] for k in keys)] for r in rows]
     header = ["variant", "synced p50 ms", "p10", "p99", "back-to-back ms/call", "dispatch ms"]
     title = f"One query's call, {LATENCY_BATCH.value} pairs × {LENGTH.value} tokens"
-    print(benchmark.markdown_table(title, header, table))
+    print(timing.markdown_table(title, header, table))
     return rows
 
 
@@ -192,8 +179,6 @@ def train() -> list[dict]:
         "bf16 fp8 QAT (AQT e4m3)": quantization.Quantizer(fp8=True),
     }
     rows = []
-    options = compiler.options() if TRAIN_OPTIONS.value else None
-    suffix = ", rankjax.compiler options" if TRAIN_OPTIONS.value else ""
     for name, q in variants.items():
         logging.info("timing fine-tuning: %s", name)
         rate = speed.train_step_rate(
@@ -204,13 +189,12 @@ def train() -> list[dict]:
             _shape(),
             TRAIN_REPEATS.value,
             BLOCK.value,
-            compiler_options=options,
         )
-        rows.append({"variant": f"rankjax {name}{suffix}", "pairs_per_sec": rate})
+        rows.append({"variant": f"rankjax {name}", "pairs_per_sec": rate})
     float_rate = rows[0]["pairs_per_sec"]
     table = [[r["variant"], r["pairs_per_sec"], float_rate / r["pairs_per_sec"]] for r in rows]
     title = f"Cross-encoder fine-tuning step, {TRAIN_BATCH.value} pairs × {LENGTH.value} tokens"
-    print(benchmark.markdown_table(title, ["variant", "pairs/s", "step time × float"], table))
+    print(timing.markdown_table(title, ["variant", "pairs/s", "step time × float"], table))
     return rows
 
 
@@ -231,34 +215,24 @@ def listwise(peers: list[dict]) -> list[dict]:
         [r["variant"], r["lists_per_sec"], r["lists_per_sec"] / peer_best] for r in peers + rows
     ]
     title = f"Listwise training step, {LISTS.value} lists × {LIST_SIZE.value} items × 136 features"
-    print(benchmark.markdown_table(title, ["variant", "lists/s", "× best peer"], table))
+    print(timing.markdown_table(title, ["variant", "lists/s", "× best peer"], table))
     return peers + rows
 
 
 def scaling() -> list[dict]:
     counts = [n for n in (1, 2, 4, 8) if n <= jax.device_count()]
     rows = []
-    for reduce in GRAD_REDUCE.value:
-        for n in counts:
-            logging.info("timing data-parallel fine-tuning on %d devices (%s)", n, reduce)
-            rate = speed.train_step_rate(
-                TRAIN_BATCH.value * n,
-                LENGTH.value,
-                None,
-                n,
-                _shape(),
-                TRAIN_REPEATS.value,
-                BLOCK.value,
-                grad_reduce=None if reduce == "xla" else reduce,
-            )
-            rows.append({"devices": n, "grad_reduce": reduce, "pairs_per_sec": rate})
+    for n in counts:
+        logging.info("timing data-parallel fine-tuning on %d devices", n)
+        rate = speed.train_step_rate(
+            TRAIN_BATCH.value * n, LENGTH.value, None, n, _shape(), TRAIN_REPEATS.value, BLOCK.value
+        )
+        rows.append({"devices": n, "pairs_per_sec": rate})
     one = rows[0]["pairs_per_sec"]
-    table = [
-        [r["devices"], r["grad_reduce"], r["pairs_per_sec"], r["pairs_per_sec"] / one] for r in rows
-    ]
+    table = [[r["devices"], r["pairs_per_sec"], r["pairs_per_sec"] / one] for r in rows]
     title = f"Data-parallel fine-tuning, {TRAIN_BATCH.value} pairs per device per step"
-    header = ["devices", "gradient sum", "pairs/s", "speedup"]
-    print(benchmark.markdown_table(title, header, table))
+    header = ["devices", "pairs/s", "speedup"]
+    print(timing.markdown_table(title, header, table))
     return rows
 
 
@@ -288,13 +262,13 @@ def tables() -> list[dict]:
         f"Two-tower training, {TABLE_ROWS.value:,} users and items × {TABLE_DIM.value}, "
         f"{TABLE_BATCH.value} rows per step"
     )
-    print(benchmark.markdown_table(title, ["devices", "tables", "rows/s", "× one device"], table))
+    print(timing.markdown_table(title, ["devices", "tables", "rows/s", "× one device"], table))
     return rows
 
 
 def main(argv):
     del argv
-    out = {"environment": benchmark.environment()}
+    out = {"environment": timing.environment()}
     gpu_peers = PEERS.value and jax.default_backend() == "gpu"
     if gpu_peers:
         try:

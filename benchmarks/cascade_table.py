@@ -1,6 +1,6 @@
 r"""Evaluates a recall-then-rank cascade of two finished retrieval runs and prints a table.
 
-  python scripts/cascade.py --stage1=/tmp/rankjax/ml100k_two_tower \
+  python -m benchmarks.cascade_table --stage1=/tmp/rankjax/ml100k_two_tower \
       --stage2=/tmp/rankjax/ml100k_dcn --k=20,50,100 --bits=0,8 --weight=auto
 
 Both runs must use the same interactions and split (`SPLIT_KEYS` of their `data` config
@@ -18,7 +18,8 @@ them). `--json=PATH` writes the rows.
 import numpy as np
 from absl import app, flags
 
-from rankjax import benchmark, cascade, checkpoint
+from benchmarks import timing
+from rankjax import cascade, checkpoint
 from rankjax.tasks import retrieval as tasks_retrieval
 
 STAGE1 = flags.DEFINE_string("stage1", None, "workdir of the retrieval (recall) run", required=True)
@@ -84,7 +85,7 @@ def main(argv):
     _same_data(first, second)
     parts = first.parts
     seen = [parts["train"], parts["valid"]]
-    env = benchmark.environment()
+    env = timing.environment()
     print(f"\n{env['device']} ({env['platform']}), jax {env['jax']}; test split")
     print(HEAD)
     rows = []

@@ -2,13 +2,13 @@ r"""PyTorch peer of the cross-encoder speed benchmark: Hugging Face transformers
 the MiniLM-L6 shape as a cross-encoder (`BertForSequenceClassification`, one label),
 scoring (query, product) pairs on a CUDA GPU.
 
-  python scripts/peers/torch_cross_encoder.py --batch=1024 --length=64 --latency_batch=64
+  python benchmarks/peers/torch_cross_encoder.py --batch=1024 --length=64 --latency_batch=64
 
 Random weights (speed does not depend on them) and random token ids with every token
 real. Each of fp16 / bf16 × eager / `torch.compile` is timed as rankjax is: warm-up calls
 first, the GPU synchronised before every clock read, the median of repeats. Attention is
 transformers' default for BERT (PyTorch SDPA, fused kernels). Prints one JSON list of
-rows (`scripts/speed.py` runs this file in a subprocess and reads it).
+rows (`benchmarks/run_speed.py` runs this file in a subprocess and reads it).
 """
 
 import argparse

@@ -1,7 +1,7 @@
 r"""PyTorch peer of the listwise training benchmark: allRank's transformer ranker
 (Pobrotyn et al., 2020) trained with its ListNet loss, on a CUDA GPU.
 
-  python scripts/peers/allrank_listwise.py --batch=64 --list_size=240 --features=136
+  python benchmarks/peers/allrank_listwise.py --batch=64 --list_size=240 --features=136
 
 The model is allRank's own (`allrank.models.model.make_model`, its README's Web30K
 shape: a 144-wide input layer, 2 transformer blocks with 4 heads and a 384-wide
