@@ -27,13 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from rankjax.evaluators import retrieval
-
-ScoreFn = Callable[[np.ndarray], jax.Array]  # users [n] -> [n, num_items]
-PairScoreFn = Callable[[np.ndarray, jax.Array], jax.Array]  # (users [n], items [n, K]) -> [n, K]
+from rankjax.types import PairScoreFn, UserScoreFn
 
 
 def candidates(
-    stage1: ScoreFn, users: np.ndarray, seen_mask: np.ndarray, k: int
+    stage1: UserScoreFn, users: np.ndarray, seen_mask: np.ndarray, k: int
 ) -> tuple[jax.Array, jax.Array]:
     """Stage 1's top `k` items of each user, earlier items excluded.
 
@@ -80,7 +78,7 @@ def _as_ranking(items: jax.Array, scores: jax.Array, num_items: int) -> jax.Arra
 
 
 def evaluate(
-    stage1: ScoreFn,
+    stage1: UserScoreFn,
     stage2: PairScoreFn,
     *,
     k: int,
@@ -135,7 +133,7 @@ def evaluate(
 
 
 def choose_weight(
-    stage1: ScoreFn,
+    stage1: UserScoreFn,
     stage2: PairScoreFn,
     *,
     k: int,

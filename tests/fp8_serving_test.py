@@ -13,7 +13,8 @@ from short_attention_test import inputs, numpy_attention
 from benchmarks import speed
 from rankjax import sharding
 from rankjax.compression import fp8
-from rankjax.models import fused_norm, layers, short_attention
+from rankjax.kernels import fused_norm, short_attention
+from rankjax.models import layers
 
 SHAPE = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_layers=2)
 FP8 = "fp8 (static scales) served"

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rankjax.models import fused_norm
+from rankjax.kernels import fused_norm
 
 
 def numpy_layer_norm(x, scale, bias, epsilon):

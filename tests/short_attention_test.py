@@ -9,7 +9,8 @@ import pytest
 
 from benchmarks import speed
 from rankjax import sharding
-from rankjax.models import bert, short_attention
+from rankjax.kernels import short_attention
+from rankjax.models import bert
 
 
 def numpy_attention(q, k, v, mask):

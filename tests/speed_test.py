@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from benchmarks import speed, timing
-from rankjax.models import bert, short_attention
+from rankjax.kernels import short_attention
+from rankjax.models import bert
 
 SHAPE = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_layers=1)
 

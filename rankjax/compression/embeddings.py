@@ -4,10 +4,10 @@ A served table `[V, H]` is stored as `values` (int8 `[V, H]`, or int4 packed two
 byte, uint8 `[V, H/2]`) and `scales` float32 `[V, H/group]`: each row is cut into groups
 of `group` columns with one symmetric scale each (`max |x| / (2^(bits-1) - 1)`), so a
 rare token's small row keeps its own precision. Lookups gather the integer rows and
-dequantize only those: `models.layers.Embed` with `bits` reads this form. Embedding tables
-are most of a small BERT's bytes (all-MiniLM-L6-v2: 47 MB of its 90 MB in float32), and
-post-training row-wise quantization of them costs little (checked by evaluating the served
-model).
+dequantize only those: `models.layers.Embed` with `bits` reads this form (`layers.lookup`).
+Embedding tables are most of a small BERT's bytes (all-MiniLM-L6-v2: 47 MB of its 90 MB in
+float32), and post-training row-wise quantization of them costs little (checked by
+evaluating the served model).
 """
 
 from __future__ import annotations
@@ -15,16 +15,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
+from rankjax.models.layers import MAX_GROUP, group_size, lookup  # noqa: F401  (the served form)
+
 BITS = (0, 4, 8)
-MAX_GROUP = 128
-
-
-def group_size(width: int) -> int:
-    """Columns per scale: 128, or the whole row if narrower (or not a multiple of 128)."""
-    return MAX_GROUP if width % MAX_GROUP == 0 else width
 
 
 def quantize_table(table: np.ndarray, bits: int) -> dict[str, np.ndarray]:
@@ -45,22 +40,6 @@ def quantize_table(table: np.ndarray, bits: int) -> dict[str, np.ndarray]:
         nibbles = (q & 0x0F).astype(np.uint8)
         q = nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)
     return {"values": q, "scales": scales.astype(np.float32)}
-
-
-def lookup(values: jnp.ndarray, scales: jnp.ndarray, ids: jnp.ndarray, bits: int) -> jnp.ndarray:
-    """Dequantized rows `ids [...]` -> `[..., H]` float32 of a quantized table."""
-    rows = jnp.take(values, ids, axis=0)
-    if bits == 4:
-        low = (rows & 0x0F).astype(jnp.int8)
-        high = (rows >> 4).astype(jnp.int8)
-        # Sign-extend the 4-bit two's complement nibbles.
-        low = jnp.where(low > 7, low - 16, low)
-        high = jnp.where(high > 7, high - 16, high)
-        rows = jnp.stack([low, high], axis=-1).reshape(rows.shape[:-1] + (-1,))
-    s = jnp.take(scales, ids, axis=0)
-    group = rows.shape[-1] // s.shape[-1]
-    x = rows.astype(jnp.float32).reshape(rows.shape[:-1] + (s.shape[-1], group))
-    return (x * s[..., None]).reshape(rows.shape)
 
 
 def quantize_tree(params: Mapping[str, Any], bits: int) -> dict[str, Any]:

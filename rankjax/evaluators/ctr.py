@@ -18,14 +18,10 @@ with a fixed seed. On those impressions:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import jax
 import numpy as np
 
 from rankjax.evaluators import retrieval
-
-PairScoreFn = Callable[[np.ndarray, np.ndarray], jax.Array]  # users [n], items [n, m] -> [n, m]
+from rankjax.types import PairScoreFn
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:

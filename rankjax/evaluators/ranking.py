@@ -14,9 +14,7 @@ from rankjax import distributed, sharding
 from rankjax import metrics as metrics_lib
 from rankjax.data.batches import eval_batches, pad_batch_count, pad_list_axis, pad_lists
 from rankjax.data.dataset import RankingDataset
-
-# (device batch, batch index) -> scores [batch, list_size]
-ScoreFn = Callable[[dict[str, jax.Array], int], jax.Array]
+from rankjax.types import ScoreFn
 
 
 class RankingEvaluator:

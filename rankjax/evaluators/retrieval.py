@@ -25,11 +25,13 @@ Sampled metrics overestimate full-ranking ones and can reorder models (Krichene 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from rankjax.types import UserScoreFn
 
 METRICS = ("recall", "ndcg", "mrr", "hit", "precision")
 _NAME = re.compile(r"^([a-z]+)@(\d+)$")
@@ -60,7 +62,7 @@ def user_item_mask(
 
 
 def full_ranking(
-    score_fn: Callable[[np.ndarray], jax.Array],
+    score_fn: UserScoreFn,
     *,
     train: tuple[np.ndarray, np.ndarray],
     held_out: tuple[np.ndarray, np.ndarray],
@@ -232,7 +234,7 @@ def sampled_ranking(
 
 
 def sampled_protocol(
-    score_fn: Callable[[np.ndarray], jax.Array],
+    score_fn: UserScoreFn,
     *,
     users: np.ndarray,
     positives: np.ndarray,

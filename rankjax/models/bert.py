@@ -21,9 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rankjax.compression import fp8
 from rankjax.data.tokenizer import default_checkpoint
-from rankjax.models import fused_norm, short_attention
+from rankjax.kernels import e4m3, fused_norm, short_attention
 from rankjax.models.layers import Dense, DenseParams, DotGeneralFactory, Embed, flat_tokens
 
 
@@ -154,8 +153,8 @@ def fused_attention(
 
 
 def _served(seam: DotGeneralFactory | None, module: nn.Module, *path: str) -> dict | None:
-    """The served fp8 variables of the layer at `path` below `module` (`fp8.Seam.served`),
-    or None (float, AQT, or not serving)."""
+    """The served fp8 variables of the layer at `path` below `module` (`fp8.Seam.served`,
+    `rankjax.compression`), or None (float, AQT, or not serving)."""
     served = getattr(seam, "served", None)
     return served(module, *path) if served else None
 
@@ -225,7 +224,7 @@ class SelfAttention(nn.Module):
             bias = jnp.concatenate(
                 [params[n]["bias"] / s for n, s in zip(names, weight_scales, strict=True)]
             )
-            y = fp8.fp8_dot(source, kernel_t, frozen[0]["input_scale"], 1.0, self.dtype)
+            y = e4m3.fp8_dot(source, kernel_t, frozen[0]["input_scale"], 1.0, self.dtype)
             return y + bias.astype(self.dtype), weight_scales
 
         def attend(q, k, v):

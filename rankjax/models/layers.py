@@ -15,14 +15,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rankjax.compression import embeddings
+from rankjax.types import Seam
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
-# The quantization seam: called once per layer, inside its scope, with the layer's path
-# (e.g. "EncoderBlock_0/SelfAttention_0/query"); returns a `lax.dot_general`-compatible
-# callable (a function or a flax module such as AQT's), or None to stay in float.
-DotGeneralFactory = Callable[[str], Callable[..., jax.Array] | None]
+# The quantization seam (`rankjax.types.Seam`), called once per layer inside its scope.
+DotGeneralFactory = Seam
 
 
 def flat_tokens(seam: DotGeneralFactory | None) -> bool:
@@ -144,10 +142,36 @@ class Embed(nn.Module):
         scales = self.param(
             "scales",
             nn.initializers.zeros,
-            (self.rows, self.features // embeddings.group_size(self.features)),
+            (self.rows, self.features // group_size(self.features)),
             jnp.float32,
         )
-        return embeddings.lookup(values, scales, ids, self.bits)
+        return lookup(values, scales, ids, self.bits)
+
+
+# Served embedding tables (`rankjax.compression.embeddings` writes them): int8 rows, or
+# int4 packed two to a byte, with one float scale per group of `group_size` columns.
+MAX_GROUP = 128
+
+
+def group_size(width: int) -> int:
+    """Columns per scale: 128, or the whole row if narrower (or not a multiple of 128)."""
+    return MAX_GROUP if width % MAX_GROUP == 0 else width
+
+
+def lookup(values: jnp.ndarray, scales: jnp.ndarray, ids: jnp.ndarray, bits: int) -> jnp.ndarray:
+    """Dequantized rows `ids [...]` -> `[..., H]` float32 of a quantized table."""
+    rows = jnp.take(values, ids, axis=0)
+    if bits == 4:
+        low = (rows & 0x0F).astype(jnp.int8)
+        high = (rows >> 4).astype(jnp.int8)
+        # Sign-extend the 4-bit two's complement nibbles.
+        low = jnp.where(low > 7, low - 16, low)
+        high = jnp.where(high > 7, high - 16, high)
+        rows = jnp.stack([low, high], axis=-1).reshape(rows.shape[:-1] + (-1,))
+    s = jnp.take(scales, ids, axis=0)
+    group = rows.shape[-1] // s.shape[-1]
+    x = rows.astype(jnp.float32).reshape(rows.shape[:-1] + (s.shape[-1], group))
+    return (x * s[..., None]).reshape(rows.shape)
 
 
 def embed_pooled(table: Embed, ids: jax.Array) -> jax.Array:

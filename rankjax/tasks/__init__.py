@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rankjax.tasks import ranking, retrieval
-from rankjax.tasks.base import Run, Task
+from rankjax.types import Run, Task
 
 TASKS: dict[str, Task] = {
     ranking.TASK.name: ranking.TASK,

@@ -40,7 +40,7 @@ from rankjax.data import tokens
 from rankjax.data.batches import ShardedTrainBatches, max_list_size
 from rankjax.data.dataset import concat
 from rankjax.evaluators import ranking
-from rankjax.tasks.base import Run
+from rankjax.types import Run
 
 
 def data_shards(data_config: ml_collections.ConfigDict) -> tuple[int, tuple[int, ...]]:

@@ -53,8 +53,8 @@ from rankjax.data import interactions
 from rankjax.data.sources import LOG_SOURCES, read_log
 from rankjax.evaluators import ctr, retrieval
 from rankjax.tasks import dcn, sequential, two_tower
-from rankjax.tasks.base import Run
 from rankjax.tasks.recommender import TRAINING, Form, ModelParts
+from rankjax.types import Run
 
 SPLITS = ("random", "leave_one_out")
 PROTOCOLS = ("full", "sampled")

@@ -29,7 +29,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from rankjax import sharding
-from rankjax.compression import fp8
+from rankjax.kernels import e4m3
 
 # Triton's matrix products need every block dimension >= 16 and a power of two.
 _MIN_BLOCK = 16
@@ -77,7 +77,7 @@ def _kernel(q_ref, k_ref, v_ref, bias_ref, *refs, scale: float):
     out = jnp.dot(weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
     out = out / (total[:, None] / coef_ref[0][1] if coef_ref else total[:, None])
     if o_ref.dtype == jnp.float8_e4m3fn:
-        out = jnp.clip(out, -fp8.E4M3_MAX, fp8.E4M3_MAX)
+        out = jnp.clip(out, -e4m3.E4M3_MAX, e4m3.E4M3_MAX)
     o_ref[...] = out.astype(o_ref.dtype)
 
 
@@ -252,7 +252,7 @@ def packed_attention(
     q_scale, k_scale, v_scale = (
         jnp.ones(3, jnp.float32) if slot_scales is None else jnp.asarray(slot_scales, jnp.float32)
     )
-    output = v_scale if out_scale is None else v_scale / fp8.scale_as(out_scale, qkv.dtype)
+    output = v_scale if out_scale is None else v_scale / e4m3.scale_as(out_scale, qkv.dtype)
     coef = jnp.stack([q_scale * k_scale, output])
     out_dtype = None if out_scale is None else jnp.float8_e4m3fn
     return _forward((qkv,), mask, num_warps, _interpret(interpret), coef, out_dtype)

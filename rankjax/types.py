@@ -1,16 +1,20 @@
-"""The contract between the one training loop (`rankjax.trainer`) and a task.
+"""The contracts between rankjax's rooms: the trainer, tasks, models, seams and evaluators.
 
-A task (feature or text ranking, two-tower retrieval, DCN, sequential recommendation)
-brings only what differs: its config schema, data, model, loss, batches, evaluation and
-final evaluation with serving. The loop brings everything else: the train state, the
-jitted and donated step, sharding, checkpoints (periodic, keep-best, resume), SIGTERM
-preemption, the NaN stop, logs and `results.json`.
+* `Batch` / `HostBatch`: a batch as named arrays, list axis last but one for rankers
+  (`features [batch, list_size, F]`, `labels` and `where [batch, list_size]`), per example
+  for recommenders (`users`, `items`, histories).
+* `LossFn`: `(params, batch, rng) -> scalar`, what a task gives the one training loop.
+* `Seam`: how low precision reaches a model: called once per layer with the layer's path,
+  it returns a `lax.dot_general`-compatible callable (a function or a flax module such as
+  AQT's) or None to stay in float. Models learn about quantization only through it.
+* `ScoreFn`, `UserScoreFn`, `PairScoreFn`: the scorers evaluators call.
+* `Task` and `Run`: a kind of training and one run of it, set up on its mesh.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import jax
@@ -19,7 +23,36 @@ import numpy as np
 from jax.sharding import Mesh
 
 Params = Any
-Batch = dict[str, np.ndarray]
+Batch = Mapping[str, jax.Array]
+HostBatch = dict[str, np.ndarray]
+
+
+class LossFn(Protocol):
+    """A task's training loss, traceable."""
+
+    def __call__(self, params: Params, batch: Batch, rng: jax.Array) -> jax.Array:
+        """Scalar loss of `batch`; `rng` is the step's key (dropout, sampled negatives)."""
+
+
+class Seam(Protocol):
+    """The dense-layer seam (`models.layers.Dense` calls it once per layer).
+
+    A seam may also carry, read with `getattr` by models that fuse around it:
+    `served(module, *path) -> dict | None` (a served fp8 layer's frozen e4m3 kernel and
+    scales), `flat_tokens: bool` (products may run on `[tokens, features]`) and
+    `takes_e4m3: bool` (layers accept inputs already in e4m3).
+    """
+
+    def __call__(self, path: str) -> Callable[..., jax.Array] | None:
+        """The `dot_general` of the layer at `path` (e.g. "Encoder_0/query"), or None."""
+
+
+# (device batch, batch index) -> scores [batch, list_size]
+ScoreFn = Callable[[Mapping[str, jax.Array], int], jax.Array]
+# users [n] -> scores over the whole catalog [n, num_items]
+UserScoreFn = Callable[[np.ndarray], jax.Array]
+# (users [n], items [n, K]) -> scores [n, K]
+PairScoreFn = Callable[[np.ndarray, Any], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +81,8 @@ class Run:
     """
 
     init: Callable[[jax.Array, Any], Params]
-    loss: Callable[[Params, dict, jax.Array], jax.Array]
-    batches: Callable[[int], Batch]
+    loss: LossFn
+    batches: Callable[[int], HostBatch]
     evaluate: Callable[[Params, str], dict[str, float]]
     finish: Callable[[Params, str], dict[str, Any]]
     rng: jax.Array
