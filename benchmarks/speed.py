@@ -41,7 +41,7 @@ import optax
 
 from benchmarks import timing
 from rankjax import compiler, export, losses, models, serving, sharding, trainer
-from rankjax.compression import quantization
+from rankjax.compression import quantization, serve
 from rankjax.models import bert, listwise, two_tower
 from rankjax.tasks import retrieval as tasks_retrieval
 
@@ -99,7 +99,7 @@ class Scorer:
         artifact (`rankjax.export`) holds them and a PyTorch module holds its weights: a
         call passes only the tokens. Passing MiniLM-L6's 103 weight arrays costs JAX's
         dispatch about 0.25 ms per call on the H200 host, more than half the GPU time of
-        a 64-pair call (docs/results.md)."""
+        a 64-pair call (docs/performance.md)."""
         model, variables = self.model, jax.device_put(self.variables)
         return compiler.jit(lambda t: model.apply(variables, t, _where(t), train=False))
 
@@ -143,13 +143,14 @@ def scoring_variants(
         def build(phase, q=q):
             return cross_encoder_model(shape, dtype="bfloat16", **q.model_seam(phase))
 
-        stats = None
-        if q.static:
-            batches = [(calib, _where(calib))] * q.calibration_batches
-            stats = q.calibrate(build("calibrate"), params, batches)
-        convert = functools.partial(q.convert, build("convert"), sample=(sample, _where(sample)))
-        variables = jax.jit(lambda p, c, convert=convert: convert(p, calibration=c))(params, stats)
-        variables = serving.cast_params(jax.device_get(variables))
+        variables = serve.convert(
+            build,
+            params,
+            (sample, _where(sample)),
+            quantizer=q,
+            calibration_batches=[(calib, _where(calib))] * q.calibration_batches,
+        )
+        variables = serving.cast_params(variables)
         out.append(Scorer(f"rankjax {name}", build("serve"), variables))
     return out
 

@@ -5,7 +5,7 @@ elementwise work around it before cuBLAS's epilogue rewrite can see it; autotuni
 often runs the product on cuBLAS anyway, with the bias or activation left as a separate
 pass over memory. With Triton GEMMs off, cuBLASLt takes bias and GELU into the GEMM
 epilogue (`BIAS_GELU`). On an H200 the MiniLM-shaped cross-encoder's 1,024 × 64 scoring
-call went from 4.85 to 4.00 ms of GPU time with that option alone (docs/results.md).
+call went from 4.85 to 4.00 ms of GPU time with that option alone (docs/performance.md).
 
 Excess precision is off on GPUs: with it, XLA drops a convert pair such as
 `f32 -> e4m3 -> f32` as a rounding it may skip, so a served fp8 product that does not
@@ -16,7 +16,7 @@ measurable on the H200 (bf16 and fp8 scorers' docs/s and 64-pair latency within 
 `jit` applies `OPTIONS[backend]` where rankjax compiles a model for inference (scoring,
 evaluation, serving); other backends compile with XLA's defaults. Training steps keep
 XLA's defaults: there Triton GEMMs pay, and the cross-encoder's fine-tuning step ran
-44.2k pairs/s with them against 40.7k without (docs/results.md). Only the BERT
+44.2k pairs/s with them against 40.7k without (docs/performance.md). Only the BERT
 cross-encoder was timed both ways; the retrieval models' scoring (two-tower, DCN,
 SASRec) takes the option untimed.
 """

@@ -22,8 +22,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from rankjax import compiler, models
-from rankjax.checkpoint import load_tree, quiet_orbax_logs, restore_here
-from rankjax.compression import quantization, sparsity
+from rankjax.checkpoint import quiet_orbax_logs, restore_here
+from rankjax.compression import quantization, serve, sparsity
 from rankjax.data import tokens
 from rankjax.data.batches import pad_lists
 from rankjax.data.dataset import from_groups
@@ -34,7 +34,7 @@ from rankjax.data.transforms import FeatureTransform
 def cast_params(variables: dict[str, Any], dtype: Any = "bfloat16") -> dict[str, Any]:
     """`variables` with the float32 leaves of `params` cast to `dtype` once, as a PyTorch
     user serves (`model.to(torch.bfloat16)`), instead of in every call (on an H200 the
-    per-call casts cost a bf16 cross-encoder 10% of its time; docs/results.md). Integer
+    per-call casts cost a bf16 cross-encoder 10% of its time; docs/performance.md). Integer
     and fp8 weights and their float32 scales (other collections) are left as they are."""
     dtype = jax.numpy.dtype(dtype)
 
@@ -133,11 +133,7 @@ def load(workdir: str, params: str = "best") -> Ranker:
 
 
 def _load_served(workdir: str, config, transform: FeatureTransform) -> Ranker:
-    path = os.path.join(workdir, "served")
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no served model (the run had no quant or N:M section)")
     quantizer = quantization.from_config(config.get("quant"))
-    sparsifier = sparsity.from_config(config.get("sparsity"))
-    variables = sparsity.unpack_tree(load_tree(path), sparsifier)
+    variables = serve.load(workdir, sparsity.from_config(config.get("sparsity")))
     seam = {} if quantizer is None else quantizer.model_seam("serve")
     return Ranker(models.get(config.model, **seam), variables, transform, config)

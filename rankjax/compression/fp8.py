@@ -16,7 +16,7 @@ A layer quantizes its own input unless the input arrives in e4m3 already: served
 is faster than bf16 only when no quantize runs as a pass of its own. `Seam` tells a model
 the scales its kernels need to write e4m3 (the BERT encoder's LayerNorm and attention
 kernels do, and the feed-forward GEMM writes e4m3 when XLA folds the quantize into it;
-docs/results.md has the H200 figures).
+docs/performance.md has the H200 figures).
 
 `Fp8DotGeneral` plugs into the dense-layer seam (`models.layers.Dense`) in three phases:
 `calibrate` (float product, ranges collected), `convert` (float product, fp8 weights and
@@ -124,7 +124,7 @@ class Seam:
 
     * `flat_tokens`: ranges are per-tensor scalars whatever the input's rank, so a model
       may run products on `[tokens, features]`. XLA folds the next layer's input quantize
-      into a GEMM's output only on 2D products (docs/results.md).
+      into a GEMM's output only on 2D products (docs/performance.md).
     * `served(module, *path)`: the frozen fp8 variables of the layer at `path` below
       `module`, so a kernel can write its output already quantized with that layer's input
       scale, or one product can compute several layers that read the same input.

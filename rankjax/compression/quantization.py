@@ -215,14 +215,6 @@ class Quantizer:
             seam["embedding_bits"] = self.embedding_bits
         return seam
 
-    def quantize_embeddings(self, served: Mapping[str, Any]) -> dict[str, Any]:
-        """The converted variables (on the host) with their embedding tables row-wise
-        quantized when `embedding_bits` is set."""
-        if not self.embedding_bits:
-            return dict(served)
-        params = embeddings.quantize_tree(served["params"], self.embedding_bits)
-        return {**served, "params": params}
-
     def calibrate(self, calibrate_model, params: Any, batches) -> dict[str, Any]:
         """Collects static activation ranges over `batches` (no training).
 

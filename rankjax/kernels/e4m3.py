@@ -23,7 +23,7 @@ def quantize(x: jax.Array, scale: jax.Array) -> jax.Array:
     Computed in `x`'s own dtype with `lax.clamp`: that is the form XLA's GPU compiler folds
     into a cuBLASLt fp8 GEMM that produced `x` in that dtype (the GEMM then writes e4m3
     itself). A float32 detour or `jnp.clip` kept it a separate pass over the activations
-    (`benchmarks/fp8_output_probe.py`, docs/results.md).
+    (`benchmarks/fp8_output_probe.py`, docs/performance.md).
     """
     limit = jnp.asarray(E4M3_MAX, x.dtype)
     return jax.lax.clamp(-limit, x / jnp.asarray(scale, x.dtype), limit).astype(E4M3)

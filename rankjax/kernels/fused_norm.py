@@ -4,7 +4,7 @@ XLA computes a LayerNorm over `[tokens, 384]` as a reduction kernel for the stat
 a small kernel for `rsqrt`, and an elementwise kernel that normalizes and casts, and a
 BERT layer in bf16 with float32 LayerNorm outputs adds residual sums in float32 on top.
 On an H200 scoring 1,024 pairs of 64 tokens, those passes took about 1 ms of a 4.0 ms
-call (docs/results.md). Here one program normalizes a block of rows: it reads each row
+call (docs/performance.md). Here one program normalizes a block of rows: it reads each row
 once, keeps it in registers for the mean, the variance (two-pass, in float32) and the
 affine map, and writes the output in the input's dtype. The residual sum before it
 fuses into the preceding matrix product's epilogue (cuBLASLt's `beta` add) when both
@@ -31,11 +31,11 @@ from rankjax.kernels import e4m3
 
 # Rows per program (a power of two dividing the row count; fewer if it does not).
 # 4 to 16 rows per program timed the same on an H200 at 384 features with 4 warps; with
-# the e4m3 copy 32 rows cost more (docs/results.md).
+# the e4m3 copy 32 rows cost more (docs/performance.md).
 _ROWS = 16
 # Warps per program. On an H200, 8 warps against 4 at 16 rows cut a [65536, 384]
 # LayerNorm with its e4m3 copy from 37.9 to 33.9 us, and the scorer's kernel time per
-# 1,024 x 64 call by 1.7% (bf16) and 2.4% (fp8) (docs/results.md).
+# 1,024 x 64 call by 1.7% (bf16) and 2.4% (fp8) (docs/performance.md).
 _WARPS = 8
 # Features are read in chunks of the largest power of two dividing the width, at most
 # this wide: Triton's tensors must have power-of-two sizes, and 384 = 3 x 128.

@@ -4,7 +4,7 @@ A cross-encoder scores (query, product) pairs of ~64 tokens with 32-wide heads. 
 shape XLA's attention is a chain of small kernels: head transposes of q, k and v, a
 batched product, the masked softmax over a materialised `[B, heads, T, T]` tensor, a
 second batched product and a transpose back. On an H200 those took about 1.5 ms of a
-5.4 ms 1,024-pair call, more than a quarter of the model (docs/results.md), and cuDNN's
+5.4 ms 1,024-pair call, more than a quarter of the model (docs/performance.md), and cuDNN's
 flash attention, built for long sequences, was no faster.
 
 Here one program of the grid `(heads, batch)` reads its head's `q, k, v [T, D]` straight
@@ -34,7 +34,7 @@ from rankjax.kernels import e4m3
 # Triton's matrix products need every block dimension >= 16 and a power of two.
 _MIN_BLOCK = 16
 # The longest sequence `model.attention="auto"` sends here: the whole `[T, T]` score
-# block lives in one program's registers. Measured at T = 64 (docs/results.md); longer
+# block lives in one program's registers. Measured at T = 64 (docs/performance.md); longer
 # sequences go to XLA's attention (or a flash-attention kernel).
 AUTO_MAX_LENGTH = 128
 # Added to masked keys' logits: finite, so a row with no real key averages its `T` keys
@@ -142,7 +142,7 @@ def _call(*args, packed: bool, scale: float, num_warps: int, interpret: bool, ou
         functools.partial(_kernel, scale=scale),
         out_shape=jax.ShapeDtypeStruct((batch, t, heads, d), out_dtype),
         # Heads outer: a 1,024 x 64 call took 92 us a layer against 105 us with the
-        # batch outer (H200, docs/results.md).
+        # batch outer (H200, docs/performance.md).
         grid=(heads, batch),
         in_specs=specs,
         out_specs=head,
@@ -230,7 +230,7 @@ def packed_attention(
       mask: `[B, T]`, True for real keys.
       num_warps: Triton warps per program. At `[1024, 64, 3, 12, 32]` bf16 on an H200
         the kernel took 123, 92, 97 and 128 us with 1, 2, 4 and 8 warps (no less with 2
-        or 4 heads per program, or 16 or 32 queries per program; docs/results.md).
+        or 4 heads per program, or 16 or 32 queries per program; docs/performance.md).
       interpret: as for `attention`.
       slot_scales: None, or float32 `[3]`: q, k and v are `qkv`'s slots times these
         (fp8 serving: one product of three layers' e4m3 weights leaves each layer's

@@ -72,7 +72,7 @@ def activation(name: str, dtype: Any) -> Any:
     In 16-bit computation exact (erf) GELU is replaced by its tanh form: the two differ by
     less than 5e-4, below bf16's rounding step at 1 (8e-3), while XLA's float32 erf costs about
     as much GPU time as all the layer's matrix products (measured on an H200,
-    docs/results.md). Float32 computation keeps the exact form, so checkpoints reproduce
+    docs/performance.md). Float32 computation keeps the exact form, so checkpoints reproduce
     Hugging Face's outputs.
     """
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -97,7 +97,7 @@ def attention_kernel(attention: str, dropout: float, train: bool, length: int = 
 
     The fused kernels apply no attention dropout. At cross-encoder shapes (64 tokens,
     32-wide heads) the Pallas kernel took a 1,024-pair call from 5.41 to 4.86 ms of H200
-    time; cuDNN's was no faster than XLA's (docs/results.md).
+    time; cuDNN's was no faster than XLA's (docs/performance.md).
     """
     if attention not in ATTENTIONS:
         raise ValueError(f"model.attention={attention!r}; valid: {list(ATTENTIONS)}")
@@ -267,7 +267,7 @@ class Layer(nn.Module):
     runs on `[tokens, H]`. Served in fp8 with the Pallas kernels, every product's input
     arrives in e4m3 from the kernel that produced it: the LayerNorms write an e4m3 copy of
     their output, the attention kernel writes e4m3, and XLA folds the second feed-forward
-    product's input quantize into the first product's output (docs/results.md).
+    product's input quantize into the first product's output (docs/performance.md).
     """
 
     config: BertConfig

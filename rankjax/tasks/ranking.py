@@ -35,7 +35,7 @@ from rankjax import (
     sharding,
 )
 from rankjax import data as data_lib
-from rankjax.compression import distillation, quantization, report, sparsity
+from rankjax.compression import distillation, quantization, report, serve, sparsity
 from rankjax.data import tokens
 from rankjax.data.batches import ShardedTrainBatches, max_list_size
 from rankjax.data.dataset import concat
@@ -268,36 +268,31 @@ def _serve(config, quantizer, sparsifier, params, train_batches, evaluators, wor
       `(the tree as saved, {"valid_served": ..., "test_served": ...}, its score function)`.
     """
     mesh = evaluators["test"].mesh
-    serve_model = models.get(config.model, **_seam(quantizer, "serve"))
+
+    def build(phase):
+        return models.get(config.model, **_seam(quantizer, phase))
+
+    serve_model = build("serve")
     sample = models.sample_inputs(serve_model, evaluators["test"].batches[0])
-    if quantizer is not None:
-        calibration = None
-        if quantizer.static:
-            # Global batches: every process gets the same ranges from all shards' data.
-            batches = (
-                sharding.put_batch(train_batches(i), mesh, int(config.train.batch_size))
-                for i in range(quantizer.calibration_batches)
-            )
-            calibrate_model = models.get(config.model, **_seam(quantizer, "calibrate"))
-            calibration = quantizer.calibrate(
-                calibrate_model,
-                params,
-                ((models.inputs(calibrate_model, b), b["where"]) for b in batches),
-            )
-        convert_model = models.get(config.model, **_seam(quantizer, "convert"))
-        served = jax.jit(lambda p, c: quantizer.convert(convert_model, p, sample, c))(
-            params, calibration
+    # Global batches: every process gets the same static ranges from all shards' data.
+    calibration = (
+        (models.inputs(serve_model, b), b["where"])
+        for b in (
+            sharding.put_batch(train_batches(i), mesh, int(config.train.batch_size))
+            for i in range(quantizer.calibration_batches if quantizer else 0)
         )
-        served = quantizer.quantize_embeddings(jax.device_get(served))
-    else:
-        served = {"params": params}
-    served = jax.device_get(served)
-    if sparsifier is not None:
-        served = sparsity.pack_tree(served, sparsifier, quantization.kernel_path)
-    path = os.path.join(workdir, "served")
-    checkpoint.save_tree(path, served)
+    )
+    served = serve.convert(
+        build,
+        params,
+        sample,
+        quantizer=quantizer,
+        calibration_batches=calibration,
+        embedding_bits=quantizer.embedding_bits if quantizer else 0,
+        sparsifier=sparsifier,
+    )
     # Evaluate what a server would load: the saved (packed) tree, unpacked.
-    loaded = sparsity.unpack_tree(checkpoint.load_tree(path), sparsifier)
+    loaded = serve.round_trip(workdir, served, sparsifier)
     predict = sharding.with_mesh(
         compiler.jit(
             lambda v, batch: serve_model.apply(
@@ -311,7 +306,7 @@ def _serve(config, quantizer, sparsifier, params, train_batches, evaluators, wor
         return predict(loaded, batch)
 
     out = {f"{name}_served": ev.run(served_scores) for name, ev in evaluators.items()}
-    logging.info("served model saved in %s", path)
+    logging.info("served model saved in %s", os.path.join(workdir, serve.SERVED_DIR))
     return served, out, served_scores
 
 

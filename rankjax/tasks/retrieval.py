@@ -48,7 +48,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from rankjax import cascade, checkpoint, models, sharding
-from rankjax.compression import embeddings, quantization
+from rankjax.compression import quantization, serve
 from rankjax.data import interactions
 from rankjax.data.sources import LOG_SOURCES, read_log
 from rankjax.evaluators import ctr, retrieval
@@ -213,13 +213,13 @@ def served(
     """`(variables, form)` of the model as served: quantized layers converted to integer
     weights plus scales (their float kernels dropped), and embedding tables stored as
     int8/int4 rows when `embedding_bits` is set. Host arrays."""
-    variables = {"params": params}
-    if quantizer is not None:
-        convert = task.build(Form("convert"))
-        variables = jax.jit(lambda p: quantizer.convert(convert, p, task.sample))(params)
-    variables = jax.device_get(variables)
-    if embedding_bits:
-        variables["params"] = embeddings.quantize_tree(variables["params"], embedding_bits)
+    variables = serve.convert(
+        lambda phase: task.build(Form(phase)),
+        params,
+        task.sample,
+        quantizer=quantizer,
+        embedding_bits=embedding_bits,
+    )
     return variables, Form("serve", embedding_bits)
 
 
@@ -422,10 +422,8 @@ class _Final:
         if bits or quantizer:
             # Served model: tables as int8/int4 rows plus scales, towers as integer weights.
             variables, form = served(task, quantizer, jax.device_get(params), bits)
-            path = os.path.join(self.workdir, "served")
-            checkpoint.save_tree(path, variables)
             # Evaluate what a server would load: the saved tree.
-            loaded = checkpoint.load_tree(path)
+            loaded = serve.round_trip(self.workdir, variables)
             results["test_served"] = rank(task.scorer(loaded, form, "test"), "test")
             results["bytes"]["serving_bytes"] = quantization.array_bytes(loaded)
         ctr_negatives = int(ecfg.get("ctr_negatives", 0))
