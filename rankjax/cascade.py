@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rankjax import metrics as metrics_lib
 from rankjax.evaluators import retrieval
 from rankjax.types import PairScoreFn, UserScoreFn
 
@@ -181,7 +182,7 @@ def _check(k: int, num_items: int, metrics: Sequence[str]) -> None:
     if not 1 <= k <= num_items:
         raise ValueError(f"cascade k={k} must be in [1, {num_items}]")
     for name in metrics:
-        cutoff = retrieval.parse(name)[1]
+        cutoff = metrics_lib.parse_metric(name, metrics_lib.TOP_K_NAMES)[1] or 0
         if cutoff > k:  # the cascade returns k items; deeper cutoffs are meaningless
             raise ValueError(f"metric {name}: cutoff {cutoff} exceeds the cascade's k={k}")
 

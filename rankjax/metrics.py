@@ -3,7 +3,8 @@
 Per-list values come from rax (list axis last, `where` masks padding); this module adds what
 an evaluation needs on top of them:
 
-* **names** such as `"ndcg@10"`, `"mrr"`, `"recall@20"`, `"rmse"` (see `METRICS`);
+* **names** such as `"ndcg@10"`, `"mrr"`, `"recall@20"`, `"rmse"`, parsed for every
+  evaluator by `parse_metric` (`LIST_NAMES`, `TOP_K_NAMES`);
 * **lists without a relevant item** (label >= 1), where NDCG, MRR, MAP and recall are
   undefined, follow one documented convention, `no_relevant`:
   `"zero"` counts them as 0 (TF-Ranking's and rax's behaviour), `"one"` counts them as 1
@@ -55,22 +56,52 @@ NO_RELEVANT = ("zero", "one", "skip")
 GAINS = {"exp2": lambda label: jnp.power(2.0, label) - 1.0, "linear": lambda label: label}
 DEFAULT_METRICS = ("ndcg@5", "ndcg@10", "mrr", "map")
 
+# Metric names of each family: kind -> its cutoff `@k` is "optional", "required" or "none".
+# Ranking lists (graded labels, rax):
+LIST_NAMES = {
+    **dict.fromkeys(_RAX_METRICS, "optional"),
+    "rmse": "none",
+    "pairwise_accuracy": "none",
+}
+# Recommendation: each user's held-out items ranked among the catalog or sampled negatives
+# (binary relevance, `top_k_metric`), and the per-user AUC:
+TOP_K_NAMES = {
+    **dict.fromkeys(("recall", "ndcg", "mrr", "hit", "precision"), "required"),
+    "auc": "none",
+}
+
 _NAME = re.compile(r"^([a-z_]+)(?:@(\d+))?$")
 
 
-def parse_metric(name: str) -> tuple[str, int | None]:
-    """Splits `"ndcg@10"` into `("ndcg", 10)`; raises with the valid names if unknown."""
+def _valid_names(names: Mapping[str, str]) -> str:
+    rules = {"optional": "optionally @k", "required": "with @k", "none": "without a cutoff"}
+    groups = {}
+    for kind, rule in names.items():
+        groups.setdefault(rule, []).append(kind)
+    return "; ".join(f"{', '.join(kinds)} ({rules[rule]})" for rule, kinds in groups.items())
+
+
+def parse_metric(name: str, names: Mapping[str, str] = LIST_NAMES) -> tuple[str, int | None]:
+    """Splits `"ndcg@10"` into `("ndcg", 10)` (`"mrr"` into `("mrr", None)`).
+
+    Args:
+      name: a metric name.
+      names: the family's names and cutoff rules (`LIST_NAMES`, `TOP_K_NAMES`).
+
+    Raises:
+      ValueError: an unknown kind, a missing or unwanted cutoff, or k < 1; the message lists
+        the valid names.
+    """
     m = _NAME.match(name.strip().lower())
     kind, k = (m.group(1), m.group(2)) if m else (None, None)
+    rule = names.get(kind)
     if (
-        kind not in METRICS
-        or k is not None
-        and (kind in ("rmse", "pairwise_accuracy") or int(k) < 1)
+        rule is None
+        or (rule == "none" and k is not None)
+        or (rule == "required" and k is None)
+        or (k is not None and int(k) < 1)
     ):
-        raise ValueError(
-            f"unknown metric {name!r}; valid: {', '.join(METRICS)}, the ranking ones "
-            "optionally with a cutoff @k, k >= 1 (e.g. 'ndcg@10')"
-        )
+        raise ValueError(f"unknown metric {name!r}; valid: {_valid_names(names)}, k >= 1")
     return kind, None if k is None else int(k)
 
 
@@ -234,3 +265,108 @@ def evaluate(
         _jit_batch_sums(scores, labels, where, tuple(metrics), no_relevant, gain, min_list_size)
     )
     return acc.result()
+
+
+# ----------------------------------------------------------------------------- top-K metrics
+
+
+def top_k_metric(kind: str, hits: np.ndarray, num_relevant: np.ndarray, k: int) -> np.ndarray:
+    """Per-user value of a top-K recommendation metric (binary relevance).
+
+    Args:
+      kind: "recall", "precision", "hit", "mrr" or "ndcg" (`TOP_K_NAMES`).
+      hits: `[users, >= k]` bool, True where the item ranked at that position is relevant.
+      num_relevant: `[users]` relevant items of each user (>= 1).
+      k: the cutoff.
+
+    Returns:
+      `[users]`: recall = hits / relevant; precision = hits / k; hit = any hit; mrr = 1 /
+      rank of the first hit (0 if none); ndcg = DCG / the DCG of min(relevant, k) hits, with
+      discount `1 / log2(rank + 1)`.
+    """
+    h = hits[:, :k]
+    if kind == "recall":
+        return h.sum(1) / num_relevant
+    if kind == "precision":
+        return h.sum(1) / k
+    if kind == "hit":
+        return h.any(1).astype(float)
+    if kind == "mrr":
+        return 1.0 / np.where(h.any(1), h.argmax(1) + 1, np.inf)
+    if kind == "ndcg":
+        discounts = 1.0 / np.log2(np.arange(2, k + 2))
+        ideal = np.cumsum(discounts)[np.minimum(num_relevant, k) - 1]
+        return (h * discounts).sum(1) / ideal
+    raise ValueError(f"top_k_metric kind={kind!r}; valid: {list(TOP_K_NAMES)[:-1]}")
+
+
+# ----------------------------------------------------------------------------- AUC, log-loss
+
+AUC_TIES = ("half", "against")
+
+
+def auc(scores: np.ndarray, labels: np.ndarray, ties: str = "half") -> float:
+    """The share of (positive, negative) pairs in which the positive scores higher.
+
+    Args:
+      scores: `[n]`.
+      labels: `[n]`, positive where > 0.
+      ties: a tied pair counts 1/2 (`"half"`: the Mann–Whitney statistic, CTR AUC) or 0
+        (`"against"`: a held-out item tied with a negative is not ranked above it, as the
+        recommendation metrics count ties).
+
+    Raises:
+      ValueError: `labels` lacks positives or negatives (AUC is undefined), or `ties` is
+        unknown.
+    """
+    if ties not in AUC_TIES:
+        raise ValueError(f"auc ties={ties!r}; valid: {list(AUC_TIES)}")
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels) > 0
+    pos, neg = scores[labels], np.sort(scores[~labels])
+    if not len(pos) or not len(neg):
+        raise ValueError(
+            f"AUC needs both labels; got {len(pos)} positives and {len(neg)} negatives"
+        )
+    wins = np.searchsorted(neg, pos, side="left").astype(np.float64)  # negatives strictly below
+    if ties == "half":
+        wins = (wins + np.searchsorted(neg, pos, side="right")) / 2
+    return float(wins.sum() / (len(pos) * len(neg)))
+
+
+def logloss(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean binary cross-entropy of `sigmoid(logits)` against `labels` (stable form)."""
+    z, y = np.asarray(logits, np.float64), np.asarray(labels, np.float64)
+    return float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
+
+
+def ctr_metrics(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    """`{"auc", "gauc", "logloss", "impressions", "gauc_users"}` of flat impressions.
+
+    `auc` over all impressions (ties 1/2); `gauc` each group's (user's) AUC weighted by its
+    impressions, over groups with both labels (Zhou et al., 2018); `logloss` of
+    `sigmoid(score)`.
+
+    Args:
+      scores: `[n]` logits.
+      labels: `[n]` 1 (clicked/interacted) or 0.
+      groups: `[n]` the user of each impression.
+    """
+    scores, labels, groups = (np.asarray(a).reshape(-1) for a in (scores, labels, groups))
+    order = np.argsort(groups, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, groups[order][1:] != groups[order][:-1], True])
+    weighted, weight, users = 0.0, 0, 0
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        rows = order[start:end]
+        y = labels[rows] > 0
+        if y.all() or not y.any():
+            continue  # AUC undefined for this user
+        weighted += auc(scores[rows], y) * len(rows)
+        weight += len(rows)
+        users += 1
+    return {
+        "auc": auc(scores, labels),
+        "gauc": weighted / weight if weight else float("nan"),
+        "logloss": logloss(scores, labels),
+        "impressions": int(len(scores)),
+        "gauc_users": users,
+    }

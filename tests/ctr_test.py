@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
+from rankjax import metrics
 from rankjax.evaluators import ctr
 
 
@@ -18,10 +19,10 @@ def brute_auc(scores, labels):
 
 def test_auc_by_hand_with_ties():
     # Positives 0.9 and 0.5; negatives 0.5 and 0.1: pairs (0.9>0.5, 0.9>0.1, 0.5=0.5, 0.5>0.1).
-    assert ctr.auc([0.9, 0.5, 0.5, 0.1], [1, 1, 0, 0]) == pytest.approx(3.5 / 4)
-    assert ctr.auc([1.0, 1.0, 1.0], [1, 0, 0]) == pytest.approx(0.5)  # a constant scorer
+    assert metrics.auc([0.9, 0.5, 0.5, 0.1], [1, 1, 0, 0]) == pytest.approx(3.5 / 4)
+    assert metrics.auc([1.0, 1.0, 1.0], [1, 0, 0]) == pytest.approx(0.5)  # a constant scorer
     with pytest.raises(ValueError, match="both labels"):
-        ctr.auc([1.0, 2.0], [1, 1])
+        metrics.auc([1.0, 2.0], [1, 1])
 
 
 def test_auc_matches_pairwise_counting():
@@ -32,7 +33,7 @@ def test_auc_matches_pairwise_counting():
         labels = rng.integers(0, 2, n)
         if labels.all() or not labels.any():
             continue
-        assert ctr.auc(scores, labels) == pytest.approx(brute_auc(scores, labels))
+        assert metrics.auc(scores, labels) == pytest.approx(brute_auc(scores, labels))
 
 
 def test_gauc_weights_users_by_impressions_and_skips_one_label_users():
@@ -41,21 +42,21 @@ def test_gauc_weights_users_by_impressions_and_skips_one_label_users():
     users = [0, 0, 0, 1, 1, 1, 2, 2]
     # user 0: positive above both negatives -> 1; user 1: 0 below 1, 2 above 1 -> 0.5;
     # user 2 has positives only: left out. Weights 3 and 3.
-    m = ctr.metrics(scores, labels, users)
+    m = metrics.ctr_metrics(scores, labels, users)
     assert m["gauc"] == pytest.approx((1.0 * 3 + 0.5 * 3) / 6)
     assert m["gauc_users"] == 2 and m["impressions"] == 8
     assert m["auc"] == pytest.approx(brute_auc(scores, labels))
     # Unequal weights: a 5-impression user counts 5/7.
-    m = ctr.metrics([1, 0, 0, 0, 0, 0, 1], [1, 0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1, 1])
+    m = metrics.ctr_metrics([1, 0, 0, 0, 0, 0, 1], [1, 0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1, 1])
     assert m["gauc"] == pytest.approx((1.0 * 5 + 0.0 * 2) / 7)
 
 
 def test_logloss_by_hand_and_stable_for_large_logits():
-    assert ctr.logloss([0.0, 0.0], [1, 0]) == pytest.approx(np.log(2))
+    assert metrics.logloss([0.0, 0.0], [1, 0]) == pytest.approx(np.log(2))
     p = 1 / (1 + np.exp(-2.0))
-    assert ctr.logloss([2.0], [0]) == pytest.approx(-np.log(1 - p))
-    assert ctr.logloss([1000.0, -1000.0], [1, 0]) == pytest.approx(0.0)
-    assert ctr.logloss([1000.0], [0]) == pytest.approx(1000.0)
+    assert metrics.logloss([2.0], [0]) == pytest.approx(-np.log(1 - p))
+    assert metrics.logloss([1000.0, -1000.0], [1, 0]) == pytest.approx(0.0)
+    assert metrics.logloss([1000.0], [0]) == pytest.approx(1000.0)
 
 
 def test_impressions_put_the_positive_first_among_unseen_items():

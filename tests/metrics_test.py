@@ -248,3 +248,41 @@ def test_calibrated_rmse_fits_a_linear_map_on_one_split_and_clips():
     assert ev.linear_fit(const) == (0.0, pytest.approx(labels.mean()))
     clipped = ranking.calibrated_rmse(score, ev, ev, (0.0, 1.0))
     assert clipped == pytest.approx(np.sqrt(((labels - labels.clip(0, 1)) ** 2).mean()), rel=1e-5)
+
+
+def test_top_k_names_need_a_cutoff_and_auc_takes_none():
+    assert metrics.parse_metric("hit@10", metrics.TOP_K_NAMES) == ("hit", 10)
+    assert metrics.parse_metric("auc", metrics.TOP_K_NAMES) == ("auc", None)
+    for bad in ("ndcg", "auc@5", "map@10", "hit@0"):
+        with pytest.raises(ValueError, match=f"unknown metric '{bad}'.*hit, precision"):
+            metrics.parse_metric(bad, metrics.TOP_K_NAMES)
+    with pytest.raises(ValueError, match="unknown metric 'hit@10'"):
+        metrics.parse_metric("hit@10")  # not a list metric
+
+
+def test_top_k_metric_by_hand():
+    # User 0: relevant items at ranks 2 and 4 of 3 relevant; user 1: no hit in the top 3.
+    hits = np.array([[0, 1, 0, 1], [0, 0, 0, 1]], bool)
+    relevant = np.array([3, 1])
+    got = {k: metrics.top_k_metric(k, hits, relevant, 3) for k in metrics.TOP_K_NAMES if k != "auc"}
+    np.testing.assert_allclose(got["recall"], [1 / 3, 0])
+    np.testing.assert_allclose(got["precision"], [1 / 3, 0])
+    np.testing.assert_allclose(got["hit"], [1, 0])
+    np.testing.assert_allclose(got["mrr"], [1 / 2, 0])
+    ideal = 1 + 1 / np.log2(3) + 1 / np.log2(4)
+    np.testing.assert_allclose(got["ndcg"], [(1 / np.log2(3)) / ideal, 0])
+
+
+@pytest.mark.parametrize("ties, tie_value", [("half", 0.5), ("against", 0.0)])
+def test_auc_tie_rules_match_pairwise_counting(ties, tie_value):
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        scores = rng.integers(0, 4, 25).astype(float)  # many ties
+        labels = rng.integers(0, 2, 25)
+        if labels.all() or not labels.any():
+            continue
+        pos, neg = scores[labels > 0], scores[labels == 0]
+        pairs = [1.0 if p > n else tie_value if p == n else 0.0 for p in pos for n in neg]
+        assert metrics.auc(scores, labels, ties) == pytest.approx(np.mean(pairs))
+    with pytest.raises(ValueError, match="ties='mid'"):
+        metrics.auc([1.0, 0.0], [1, 0], "mid")

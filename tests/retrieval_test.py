@@ -92,7 +92,7 @@ def test_training_items_are_excluded_and_held_out_repeats_of_them_do_not_count()
 
 
 def test_full_ranking_rejects_bad_names_and_cutoffs():
-    with pytest.raises(ValueError, match="unknown retrieval metric"):
+    with pytest.raises(ValueError, match="unknown metric 'auc@5'"):
         full(("auc@5",))
     with pytest.raises(ValueError, match="exceeds the catalog"):
         full(("recall@7",))

@@ -24,30 +24,20 @@ Sampled metrics overestimate full-ranking ones and can reorder models (Krichene 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rankjax import metrics as metrics_lib
 from rankjax.types import UserScoreFn
 
-METRICS = ("recall", "ndcg", "mrr", "hit", "precision")
-_NAME = re.compile(r"^([a-z]+)@(\d+)$")
 
-
-def parse(name: str) -> tuple[str, int]:
-    """`"ndcg@10"` -> `("ndcg", 10)`, `"auc"` -> `("auc", 0)`; raises listing the valid
-    names."""
-    if name.strip().lower() == "auc":
-        return "auc", 0
-    m = _NAME.match(name.strip().lower())
-    if not m or m.group(1) not in METRICS or int(m.group(2)) < 1:
-        raise ValueError(
-            f"unknown retrieval metric {name!r}; valid: {list(METRICS)} with @K, or auc"
-        )
-    return m.group(1), int(m.group(2))
+def _cutoffs(names: Sequence[str]) -> list[tuple[str, int]]:
+    """`(kind, k)` of each top-K metric name (`metrics.TOP_K_NAMES`; "auc": k 0)."""
+    parsed = [metrics_lib.parse_metric(n, metrics_lib.TOP_K_NAMES) for n in names]
+    return [(kind, k or 0) for kind, k in parsed]
 
 
 def user_item_mask(
@@ -84,7 +74,7 @@ def full_ranking(
     Returns:
       `{name: mean over users with a held-out item they had not interacted with}`.
     """
-    parsed = [parse(m) for m in metrics]
+    parsed = _cutoffs(metrics)
     kmax = max([k for _, k in parsed] + [1])
     if kmax > num_items:
         raise ValueError(f"cutoff K={kmax} exceeds the catalog of {num_items} items")
@@ -107,39 +97,23 @@ def full_ranking(
         _, top = jax.lax.top_k(scores, kmax)  # [n, kmax] item indices, best first
         hits = np.take_along_axis(relevant, np.asarray(top), axis=1)  # [n, kmax]
         num_relevant = relevant.sum(1)
-        discounts = 1.0 / np.log2(np.arange(2, kmax + 2))
         for name, (kind, k) in zip(metrics, parsed, strict=True):
-            h = hits[:, :k]
-            if kind == "recall":
-                v = h.sum(1) / num_relevant
-            elif kind == "precision":
-                v = h.sum(1) / k
-            elif kind == "hit":
-                v = h.any(1).astype(float)
-            elif kind == "mrr":
-                first = np.where(h.any(1), h.argmax(1) + 1, np.inf)
-                v = 1.0 / first
-            elif kind == "auc":
+            if kind == "auc":
                 v = _user_auc(np.asarray(scores), relevant, excluded)
-            else:  # ndcg
-                dcg = (h * discounts[:k]).sum(1)
-                ideal = np.cumsum(discounts[:k])[np.minimum(num_relevant, k) - 1]
-                v = dcg / ideal
+            else:
+                v = metrics_lib.top_k_metric(kind, hits, num_relevant, k)
             sums[name] += float(v.sum())
     return {m: sums[m] / evaluated for m in metrics} if evaluated else dict.fromkeys(metrics, 0.0)
 
 
 def _user_auc(scores: np.ndarray, relevant: np.ndarray, excluded: np.ndarray) -> np.ndarray:
-    """`[n]` per-user AUC: the share of (held-out item, negative) pairs in which the
-    held-out item scores strictly higher; negatives are the items neither held out nor
-    excluded; ties count against the held-out item."""
-    negative = ~(relevant | excluded)
+    """`[n]` per-user AUC (`metrics.auc`, ties against the held-out items) over the items
+    neither held out nor excluded as negatives; 0 for a user without negatives."""
     out = np.zeros(len(scores))
     for i in range(len(scores)):
-        neg = np.sort(scores[i, negative[i]])
-        pos = scores[i, relevant[i]]
-        if len(neg) and len(pos):
-            out[i] = np.searchsorted(neg, pos, side="left").sum() / (len(pos) * len(neg))
+        candidates = ~excluded[i]
+        if (candidates & ~relevant[i]).any():
+            out[i] = metrics_lib.auc(scores[i, candidates], relevant[i, candidates], "against")
     return out
 
 
@@ -218,17 +192,11 @@ def sampled_ranking(
     pos = np.asarray(positive_scores, np.float64)[:, None]
     rank = 1 + (np.asarray(negative_scores, np.float64) >= pos).sum(1)
     out = {}
-    for name in metrics:
-        kind, k = parse(name)
-        inside = rank <= k
-        if kind == "hit":
-            v = inside.astype(float)
-        elif kind == "ndcg":
-            v = np.where(inside, 1.0 / np.log2(rank + 1), 0.0)
-        elif kind == "mrr":
-            v = np.where(inside, 1.0 / rank, 0.0)
-        else:
+    for name, (kind, k) in zip(metrics, _cutoffs(metrics), strict=True):
+        if kind not in ("hit", "ndcg", "mrr"):
             raise ValueError(f"{name}: sampled ranking has one relevant item; use hit, ndcg, mrr")
+        hits = (rank[:, None] - 1) == np.arange(k)  # the held-out item's position, if <= k
+        v = metrics_lib.top_k_metric(kind, hits, np.ones(len(rank), np.int64), k)
         out[name] = float(v.mean())
     return out
 

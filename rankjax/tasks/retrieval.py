@@ -48,6 +48,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from rankjax import cascade, checkpoint, models, sharding
+from rankjax import metrics as metrics_lib
 from rankjax.compression import quantization, serve
 from rankjax.data import interactions
 from rankjax.data.sources import LOG_SOURCES, read_log
@@ -185,7 +186,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"eval.negatives={config.eval.negatives!r}; valid: ['popularity', 'uniform']"
         )
     for metric in config.eval.metrics:
-        retrieval.parse(metric)
+        metrics_lib.parse_metric(metric, metrics_lib.TOP_K_NAMES)
     best = config.ckpt.get("best_metric")
     if best and best not in config.eval.metrics:
         raise ValueError(f"ckpt.best_metric={best!r} is not in eval.metrics")
