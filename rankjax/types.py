@@ -39,8 +39,7 @@ class Seam(Protocol):
 
     A seam may also carry, read with `getattr` by models that fuse around it:
     `served(module, *path) -> dict | None` (a served fp8 layer's frozen e4m3 kernel and
-    scales), `flat_tokens: bool` (products may run on `[tokens, features]`) and
-    `takes_e4m3: bool` (layers accept inputs already in e4m3).
+    scales) and `flat_tokens: bool` (products may run on `[tokens, features]`).
     """
 
     def __call__(self, path: str) -> Callable[..., jax.Array] | None:
