@@ -26,6 +26,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+from absl import logging
 
 from rankjax import checkpoint
 from rankjax.compression import embeddings, quantization, sparsity
@@ -86,6 +87,7 @@ def save(workdir: str, variables: dict[str, Any]) -> str:
     """Writes the served variables to `workdir/served/` and returns that path."""
     path = os.path.join(workdir, SERVED_DIR)
     checkpoint.save_tree(path, variables)
+    logging.info("served model saved in %s", path)
     return path
 
 
@@ -103,7 +105,9 @@ def load(workdir: str, sparsifier: sparsity.Sparsifier | None = None) -> dict[st
     return sparsity.unpack_tree(checkpoint.load_tree(path), sparsifier)
 
 
-def round_trip(workdir: str, variables: dict[str, Any], sparsifier=None) -> dict[str, Any]:
+def round_trip(
+    workdir: str, variables: dict[str, Any], sparsifier: sparsity.Sparsifier | None = None
+) -> dict[str, Any]:
     """Saves the served variables and loads them back: what a server would hold."""
     save(workdir, variables)
     return load(workdir, sparsifier)

@@ -306,7 +306,6 @@ def _serve(config, quantizer, sparsifier, params, train_batches, evaluators, wor
         return predict(loaded, batch)
 
     out = {f"{name}_served": ev.run(served_scores) for name, ev in evaluators.items()}
-    logging.info("served model saved in %s", os.path.join(workdir, serve.SERVED_DIR))
     return served, out, served_scores
 
 

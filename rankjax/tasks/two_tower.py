@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rankjax import compiler, losses, text
+from rankjax.data.tokenizer import cached_tokenizer
 from rankjax.models import bert, two_tower
 from rankjax.tasks.recommender import TRAINING, Form, ModelParts, epoch_rows, seam, side_features
 
@@ -148,7 +149,7 @@ def _item_text(mcfg, log, item_feats: dict) -> tuple[dict, Any, dict | None]:
         )
     if mode == "frozen":
         return {**item_feats, "text_embedding": text.embed(texts, folder)}, None, None
-    tokens = text.cached_tokenizer(folder, int(mcfg.get("text_max_len", 32))).encode(texts)
+    tokens = cached_tokenizer(folder, int(mcfg.get("text_max_len", 32))).encode(texts)
     layers = int(mcfg.get("text_layers", 0))
 
     encoder = bert.pretrained_encoder(checkpoint, layers or None)
