@@ -70,7 +70,7 @@ def _weight(first, second, bits: int, k: int) -> tuple[float, dict[float, float]
     train, valid = first.parts["train"], first.parts["valid"]
     return cascade.choose_weight(
         first.scorer("valid", bits, serve=SERVED.value),
-        second.pair_scorer("valid", bits, serve=SERVED.value),
+        second.scorer("valid", bits, serve=SERVED.value),
         k=k,
         train=(train.users, train.items),
         held_out=(valid.users, valid.items),
@@ -92,7 +92,7 @@ def main(argv):
     for bits in (int(b) for b in BITS.value):
         # Tables quantized once per setting, shared by every K.
         stage1 = first.scorer("test", bits, serve=SERVED.value)
-        stage2 = second.pair_scorer("test", bits, serve=SERVED.value)
+        stage2 = second.scorer("test", bits, serve=SERVED.value)
         for k in (int(k) for k in K.value):
             weight, chosen_on = _weight(first, second, bits, k)
             r = cascade.evaluate(

@@ -70,13 +70,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 40,226 users: 314 batches of 128 an epoch; 8,000 steps ~ 25 epochs (with the full
     # softmax, validation NDCG@10 peaked near 4,000 steps of a 20,000-step run, then fell).
     c.train = dict(num_steps=8000, batch_size=128, log_every=500, eval_every=1000)
-    c.eval = dict(
-        metrics=("hit@10", "ndcg@10", "mrr@10", "hit@1", "hit@5", "ndcg@5"),
-        protocol=arg.protocol,
-        num_negatives=100,
-        negatives="popularity",
-        users_per_chunk=1024,
-    )
+    metrics = ("hit@10", "ndcg@10", "mrr@10", "hit@1", "hit@5", "ndcg@5")
+    if arg.protocol == "sampled":
+        retrieval = dict(type="sampled_ranking", num_negatives=100, negatives="popularity", seed=0)
+    elif arg.protocol == "full":
+        retrieval = dict(type="full_ranking")
+    else:
+        raise ValueError(f"config argument protocol={arg.protocol!r}; valid: sampled, full")
+    c.evals = dict(retrieval=dict(metrics=metrics, users_per_chunk=1024, **retrieval))
     c.ckpt = dict(every=2000, keep=1, best_metric="ndcg@10", best_mode="max")
     quant = quantization.retrieval_section(arg.towers, arg.embedding_bits)
     if quant:  # served int8/int4 tables and/or QAT towers served as integers

@@ -101,18 +101,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     # ~8.5k training queries: 32 lists a step, 1,200 steps is about 4.5 epochs.
     c.train = dict(num_steps=1200, batch_size=32, log_every=100, eval_every=200)
-    c.eval = dict(
-        batch_size=64,
-        metrics=("ndcg@5", "pairwise_accuracy", "rmse"),
-        report=("ndcg@5", "pairwise_accuracy", "rmse"),
-        min_list_size=5,
-        no_relevant="skip",
-        gain="exp2",
-        use_best=True,
-        calibrate_rmse=(0.0, 2.0),  # [1, 3] after the label offset
-        baselines=("constant", "tfidf"),
+    c.evals = dict(
+        ranking=dict(
+            type="ranking",
+            batch_size=64,
+            metrics=("ndcg@5", "pairwise_accuracy", "rmse"),
+            report=("ndcg@5", "pairwise_accuracy", "rmse"),
+            min_list_size=5,
+            no_relevant="skip",
+            gain="exp2",
+            calibrate_rmse=(0.0, 2.0),  # [1, 3] after the label offset
+            baselines=("constant", "tfidf"),
+        ),
     )
-    c.ckpt = dict(every=400, keep=1, best_metric="ndcg@5", best_mode="max")
+    c.ckpt = dict(every=400, keep=1, best_metric="ndcg@5", best_mode="max", use_best=True)
     c.mesh = dict(num_devices=-1, rules=())
     if arg.serve:
         c.quant = _SERVED.get(arg.serve)
@@ -134,6 +136,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             dtype="float32",
         )
         c.train = dict(num_steps=arg.steps or 2, batch_size=8, log_every=1, eval_every=2)
-        c.eval.batch_size = 16
+        c.evals.ranking.batch_size = 16
         c.ckpt.every = 2
     return c

@@ -77,15 +77,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         grad_clip_norm=1.0,
     )
     c.train = dict(num_steps=600, batch_size=16, log_every=50, eval_every=100)
-    c.eval = dict(
-        batch_size=16,
-        metrics=("ndcg@1", "ndcg@5", "ndcg@10", "mrr", "map"),
-        report=("ndcg@1", "ndcg@5", "ndcg@10"),
-        no_relevant="zero",
-        gain="exp2",
-        use_best=True,
+    c.evals = dict(
+        ranking=dict(
+            type="ranking",
+            batch_size=16,
+            metrics=("ndcg@1", "ndcg@5", "ndcg@10", "mrr", "map"),
+            report=("ndcg@1", "ndcg@5", "ndcg@10"),
+            no_relevant="zero",
+            gain="exp2",
+        ),
     )
-    c.ckpt = dict(every=200, keep=2, best_metric="ndcg@10", best_mode="max")
+    c.ckpt = dict(every=200, keep=2, best_metric="ndcg@10", best_mode="max", use_best=True)
     c.mesh = dict(num_devices=-1, rules=())
     if arg.steps:
         c.train.num_steps = arg.steps
@@ -95,6 +97,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         else:
             c.model.update(d_model=8, num_layers=1, num_heads=2, mlp_dim=16, head_hidden=8)
         c.train = dict(num_steps=arg.steps or 2, batch_size=8, log_every=1, eval_every=2)
-        c.eval.batch_size = 8
+        c.evals.ranking.batch_size = 8
         c.ckpt.every = 2
     return c

@@ -71,9 +71,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (validation NDCG@10 peaked at 750 of 3,000 steps, then fell).
     c.train = dict(num_steps=1000, batch_size=1024, log_every=250, eval_every=250)
     # A ranker's usual measure beside the top-K ones: per-user AUC over the catalog.
-    c.eval.metrics = (*c.eval.metrics, "auc")
+    c.evals.retrieval.metrics = (*c.evals.retrieval.metrics, "auc")
     # And CTR-style: each test interaction among 10 never-seen items (AUC, GAUC, log-loss).
-    c.eval.ctr_negatives = 10
+    c.evals.ctr = dict(type="ctr", negatives_per_positive=10)
     if "quant" in c:
         del c["quant"]
     quant = quantization.retrieval_section(arg.towers, arg.embedding_bits)

@@ -86,7 +86,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     # 80,808 training interactions: 78 steps of 1,024 an epoch; 3,000 steps ~ 38 epochs.
     c.train = dict(num_steps=3000, batch_size=1024, log_every=250, eval_every=250)
-    c.eval = dict(metrics=("recall@10", "ndcg@10", "mrr@10", "hit@10"), users_per_chunk=512)
+    c.evals = dict(
+        retrieval=dict(
+            type="full_ranking",
+            metrics=("recall@10", "ndcg@10", "mrr@10", "hit@10"),
+            users_per_chunk=512,
+        ),
+    )
     c.ckpt = dict(every=1000, keep=1, best_metric="ndcg@10", best_mode="max")
     quant = quantization.retrieval_section(arg.towers, arg.embedding_bits)
     if quant:  # served int8/int4 tables and/or QAT towers served as integers

@@ -52,24 +52,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         grad_clip_norm=1.0,
     )
     c.train = dict(num_steps=1500, batch_size=64, log_every=100, eval_every=500)
-    c.eval = dict(
-        batch_size=128,
-        metrics=(
-            "ndcg@1",
-            "ndcg@5",
-            "ndcg@10",
-            "mrr",
-            "map",
-            "recall@10",
-            "precision@5",
-            "pairwise_accuracy",
+    c.evals = dict(
+        ranking=dict(
+            type="ranking",
+            batch_size=128,
+            metrics=(
+                "ndcg@1",
+                "ndcg@5",
+                "ndcg@10",
+                "mrr",
+                "map",
+                "recall@10",
+                "precision@5",
+                "pairwise_accuracy",
+            ),
+            report=("ndcg@5", "ndcg@10", "mrr"),
+            no_relevant="zero",
+            gain="exp2",
         ),
-        report=("ndcg@5", "ndcg@10", "mrr"),
-        no_relevant="zero",
-        gain="exp2",
-        use_best=True,
     )
-    c.ckpt = dict(every=500, keep=2, best_metric="ndcg@10", best_mode="max")
+    c.ckpt = dict(every=500, keep=2, best_metric="ndcg@10", best_mode="max", use_best=True)
     c.mesh = dict(num_devices=-1, rules=())
 
     if arg.steps:
@@ -78,6 +80,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.world = dict(seed=0, num_queries=200, num_products=500, num_users=20)
         c.model.update(d_model=8, num_layers=1, num_heads=2, mlp_dim=16, head_hidden=8)
         c.train = dict(num_steps=arg.steps or 2, batch_size=8, log_every=1, eval_every=2)
-        c.eval.batch_size = 16
+        c.evals.ranking.batch_size = 16
         c.ckpt.every = 2
     return c

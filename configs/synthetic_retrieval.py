@@ -84,10 +84,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # schedule does as well, the DCN's does not (its learning rate decays too early).
     steps, every = (600, 100) if arg.model == "two_tower" else (1500, 250)
     c.train = dict(num_steps=arg.steps or steps, batch_size=512, log_every=100, eval_every=every)
-    c.eval = dict(
-        metrics=("recall@10", "ndcg@10", "mrr@10", "hit@10", "auc"),
-        users_per_chunk=250,
-        ctr_negatives=10,
+    c.evals = dict(
+        retrieval=dict(
+            type="full_ranking",
+            metrics=("recall@10", "ndcg@10", "mrr@10", "hit@10", "auc"),
+            users_per_chunk=250,
+        ),
+        # CTR-style: each test interaction among 10 never-seen items (AUC, GAUC, log-loss).
+        ctr=dict(type="ctr", negatives_per_positive=10),
     )
     c.ckpt = dict(every=300, keep=1, best_metric="ndcg@10", best_mode="max")
     # 0: one device, or every device of a multi-process run; N: the first N devices.

@@ -98,7 +98,7 @@ def add_baseline_scores(
     """
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
-        raise ValueError(f"eval.baselines {unknown}; valid: {list(BASELINES)}")
+        raise ValueError(f"evals baselines {unknown}; valid: {list(BASELINES)}")
     extras: list[dict[str, np.ndarray]] = [dict(d.extras) for d in datasets]
     if "constant" in names:
         mean = float(train.labels.mean()) if train.num_items else 0.0
@@ -106,7 +106,7 @@ def add_baseline_scores(
             e["baseline:constant"] = np.full(d.num_items, mean, np.float32)
     if "tfidf" in names:
         if not item_columns:
-            raise ValueError("eval.baselines 'tfidf' needs item texts: set data.text.item_columns")
+            raise ValueError("evals baselines 'tfidf' needs item texts: set data.text.item_columns")
         # Document frequencies over distinct texts: a query judged against 10 products,
         # or a product under 10 queries, counts once.
         fit = dict.fromkeys(tokens.query_texts(train) + tokens.item_texts(train, item_columns))

@@ -28,16 +28,16 @@ import numpy as np
 
 from rankjax import metrics as metrics_lib
 from rankjax.evaluators import retrieval
-from rankjax.types import PairScoreFn, UserScoreFn
+from rankjax.types import ScoreFn
 
 
 def candidates(
-    stage1: UserScoreFn, users: np.ndarray, seen_mask: np.ndarray, k: int
+    stage1: ScoreFn, users: np.ndarray, seen_mask: np.ndarray, k: int
 ) -> tuple[jax.Array, jax.Array]:
     """Stage 1's top `k` items of each user, earlier items excluded.
 
     Args:
-      stage1: catalog scorer.
+      stage1: scorer of the catalog (`{"users": [n]} -> [n, num_items]`).
       users: `[n]`.
       seen_mask: `[n, num_items]` True where the user interacted before.
       k: candidates kept.
@@ -45,7 +45,7 @@ def candidates(
     Returns:
       `(scores, items)`, both `[n, k]`, best first.
     """
-    scores = jnp.where(jnp.asarray(seen_mask), -jnp.inf, stage1(users))
+    scores = jnp.where(jnp.asarray(seen_mask), -jnp.inf, stage1({"users": users}))
     return jax.lax.top_k(scores, k)
 
 
@@ -79,8 +79,8 @@ def _as_ranking(items: jax.Array, scores: jax.Array, num_items: int) -> jax.Arra
 
 
 def evaluate(
-    stage1: UserScoreFn,
-    stage2: PairScoreFn,
+    stage1: ScoreFn,
+    stage2: ScoreFn,
     *,
     k: int,
     train: tuple[np.ndarray, np.ndarray],
@@ -93,8 +93,9 @@ def evaluate(
     """The cascade's quality and cost (module docstring).
 
     Args:
-      stage1: catalog scorer `users -> [n, num_items]`.
-      stage2: candidate scorer `(users, items [n, K]) -> [n, K]`.
+      stage1: scorer of the catalog, `{"users": [n]} -> [n, num_items]`.
+      stage2: scorer of candidates, `{"users": [n], "items": [n, K]} -> [n, K]` (and of
+        the catalog, for `stage2_alone`).
       k: candidates passed from stage 1 to stage 2.
       train: `(users, items)` interactions before the held-out ones (excluded).
       held_out: `(users, items)` the relevant items.
@@ -109,33 +110,38 @@ def evaluate(
       "stage2_weight"}`.
     """
     _check(k, num_items, metrics)
-    common = dict(train=train, held_out=held_out, num_items=num_items)
-    common["users_per_chunk"] = users_per_chunk
     seen = _seen_rows(train, num_items)
 
-    def final(users):
-        first, items = candidates(stage1, users, seen(users), k)
-        return _as_ranking(items, fuse(first, stage2(users, items), stage2_weight), num_items)
+    def evaluator(names):
+        return retrieval.FullRanking(
+            seen=train,
+            held_out=held_out,
+            num_items=num_items,
+            metrics=names,
+            users_per_chunk=users_per_chunk,
+        )
 
-    def stage2_alone(users):
-        items = jnp.broadcast_to(jnp.arange(num_items), (len(users), num_items))
-        return stage2(users, items)
+    def final(batch):
+        users = batch["users"]
+        first, items = candidates(stage1, users, seen(users), k)
+        second = stage2({"users": users, "items": items})
+        return _as_ranking(items, fuse(first, second, stage2_weight), num_items)
 
     stage1_metrics = tuple(dict.fromkeys((*metrics, f"recall@{k}")))
     out = {
         "k": k,
         "stage2_weight": stage2_weight,
-        "stage1": retrieval.full_ranking(stage1, metrics=stage1_metrics, **common),
-        "final": retrieval.full_ranking(final, metrics=tuple(metrics), **common),
-        "stage2_alone": retrieval.full_ranking(stage2_alone, metrics=tuple(metrics), **common),
+        "stage1": evaluator(stage1_metrics).run(stage1),
+        "final": evaluator(tuple(metrics)).run(final),
+        "stage2_alone": evaluator(tuple(metrics)).run(stage2),
     }
     out["ms_per_user"] = _timings(stage1, stage2, np.unique(held_out[0]), seen, k, users_per_chunk)
     return out
 
 
 def choose_weight(
-    stage1: UserScoreFn,
-    stage2: PairScoreFn,
+    stage1: ScoreFn,
+    stage2: ScoreFn,
     *,
     k: int,
     train: tuple[np.ndarray, np.ndarray],
@@ -161,19 +167,21 @@ def choose_weight(
     for start in range(0, len(users), users_per_chunk):
         chunk = users[start : start + users_per_chunk]
         first, items = candidates(stage1, chunk, seen(chunk), k)
-        parts.append((np.asarray(items), np.asarray(first), np.asarray(stage2(chunk, items))))
+        second = stage2({"users": chunk, "items": items})
+        parts.append((np.asarray(items), np.asarray(first), np.asarray(second)))
     items, first, second = (np.concatenate(p) for p in zip(*parts, strict=True))
-    common = dict(train=train, held_out=held_out, num_items=num_items)
+    evaluator = retrieval.FullRanking(
+        seen=train, held_out=held_out, num_items=num_items, metrics=(metric,)
+    )
     scores = {}
     for weight in grid:
         blended = np.asarray(fuse(first, second, float(weight)))
 
-        def ranking(u, blended=blended):
-            r = row[np.asarray(u)]
+        def ranking(batch, blended=blended):
+            r = row[np.asarray(batch["users"])]
             return _as_ranking(jnp.asarray(items[r]), jnp.asarray(blended[r]), num_items)
 
-        got = retrieval.full_ranking(ranking, metrics=(metric,), **common)
-        scores[float(weight)] = got[metric]
+        scores[float(weight)] = evaluator.run(ranking)[metric]
     best = max(sorted(scores, reverse=True), key=lambda w: scores[w])
     return best, scores
 
@@ -215,7 +223,8 @@ def _timings(stage1, stage2, users, seen, k, chunk, repeats: int = 3) -> dict[st
         return (candidates(stage1, b, m, k) for b, m in zip(batches, masks, strict=True))
 
     def second():
-        return (stage2(b, items) for b, items in zip(batches, picked, strict=True))
+        pairs = zip(batches, picked, strict=True)
+        return (stage2({"users": b, "items": items}) for b, items in pairs)
 
     result = {}
     for name, fn in (("stage1", first), ("stage2", second)):

@@ -7,12 +7,12 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from rankjax import metrics
 from rankjax.baselines import BASELINES
 from rankjax.compression import distillation, quantization, sparsity
 from rankjax.data.pipeline import TEXT_KEYS
 from rankjax.data.sources import LIST_SOURCES
 from rankjax.data.synthetic import WorldConfig
+from rankjax.evaluators import section
 
 # section -> (required keys, optional keys)
 _SECTIONS: dict[str, tuple[set[str], set[str]]] = {
@@ -22,19 +22,7 @@ _SECTIONS: dict[str, tuple[set[str], set[str]]] = {
         {"schedule", "warmup_steps", "weight_decay", "grad_clip_norm", "momentum", "b1", "b2"},
     ),
     "train": ({"num_steps", "batch_size", "log_every", "eval_every"}, set()),
-    "eval": (
-        {"batch_size", "metrics"},
-        {
-            "report",
-            "no_relevant",
-            "gain",
-            "use_best",
-            "min_list_size",
-            "calibrate_rmse",
-            "baselines",
-        },
-    ),
-    "ckpt": ({"every", "keep"}, {"best_metric", "best_mode"}),
+    "ckpt": ({"every", "keep"}, {"best_metric", "best_mode", "use_best"}),
     "mesh": ({"num_devices"}, {"model", "rules"}),
 }
 _DATA_COMMON = (
@@ -59,7 +47,7 @@ _DATA_BY_SOURCE = {
         | _SPLIT_KEYS,
     ),
 }
-_TOP = {"seed", "data", "model", *_SECTIONS}
+_TOP = {"seed", "data", "model", "evals", *_SECTIONS}
 _OPTIONAL_TOP = {"task", "quant", "sparsity", "distill"}  # checked by their modules' from_config
 
 
@@ -78,6 +66,7 @@ def validate(config: Mapping[str, Any]) -> None:
 
     The model section is checked by `rankjax.models.get` against the model's attributes.
     """
+    section.validate(config, ("ranking",), "ranking")
     _check_keys("config", config, _TOP, _OPTIONAL_TOP)
     for name, (required, optional) in _SECTIONS.items():
         _check_keys(name, config[name], required, optional)
@@ -90,26 +79,27 @@ def validate(config: Mapping[str, Any]) -> None:
     world_fields = {f.name for f in dataclasses.fields(WorldConfig)}
     _check_keys("data.world", data.get("world", {}), set(), world_fields)
 
-    ev = config["eval"]
-    for name in ev["metrics"]:
-        metrics.parse_metric(name)
-    for key in ("report",):
-        extra = [m for m in ev.get(key, ()) if m not in ev["metrics"]]
-        if extra:
-            raise ValueError(f"eval.{key} names {extra}, which are not in eval.metrics")
+    evals = config["evals"]
     if source in ("synthetic", "judgments") and not (data.get("split") or data.get("num_folds")):
         raise ValueError(f"data.source={source!r} needs data.split fractions or data.num_folds")
     if data.get("text"):
         _check_keys("data.text", data["text"], {"item_columns"}, TEXT_KEYS - {"item_columns"})
-    for name in ev.get("baselines", ()):
-        if name not in BASELINES:
-            raise ValueError(f"eval.baselines names {name!r}; valid: {list(BASELINES)}")
-    calibrate = tuple(ev.get("calibrate_rmse", ()))
-    if calibrate and (len(calibrate) != 2 or calibrate[0] >= calibrate[1]):
-        raise ValueError(f"eval.calibrate_rmse={calibrate}; expected (low, high) label range")
+    for key, entry in evals.items():
+        for name in entry.get("baselines", ()):
+            if name not in BASELINES:
+                raise ValueError(f"evals.{key}.baselines names {name!r}; valid: {list(BASELINES)}")
+        calibrate = tuple(entry.get("calibrate_rmse", ()))
+        if calibrate and (len(calibrate) != 2 or calibrate[0] >= calibrate[1]):
+            raise ValueError(
+                f"evals.{key}.calibrate_rmse={calibrate}; expected (low, high) label range"
+            )
     distillation.from_config(config.get("distill"))
     quantization.from_config(config.get("quant"))
     sparsity.from_config(config.get("sparsity"))
+    main = section.selecting(evals)
     best = config["ckpt"].get("best_metric")
-    if best and best not in ev["metrics"]:
-        raise ValueError(f"ckpt.best_metric={best!r} is not in eval.metrics {list(ev['metrics'])}")
+    if best and best not in evals[main]["metrics"]:
+        raise ValueError(
+            f"ckpt.best_metric={best!r} is not in evals.{main}.metrics "
+            f"{list(evals[main]['metrics'])}"
+        )

@@ -69,6 +69,8 @@ TOP_K_NAMES = {
     **dict.fromkeys(("recall", "ndcg", "mrr", "hit", "precision"), "required"),
     "auc": "none",
 }
+# Ranking one held-out item against sampled negatives (one relevant item per row):
+SAMPLED_NAMES = {k: TOP_K_NAMES[k] for k in ("hit", "ndcg", "mrr")}
 
 _NAME = re.compile(r"^([a-z_]+)(?:@(\d+))?$")
 

@@ -310,7 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # The best parameters by validation metric (else the last).
     params, params_from = state.params, f"last (step {int(state.step)})"
-    best = ckpt.restore_best(state.params) if config.eval.get("use_best", True) else None
+    best = ckpt.restore_best(state.params) if config.ckpt.get("use_best", True) else None
     if best is not None:
         params, params_from = best, f"best {ckpt.best_metric} (step {ckpt.best_step()})"
     ckpt.close()

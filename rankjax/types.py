@@ -7,7 +7,8 @@
 * `Seam`: how low precision reaches a model: called once per layer with the layer's path,
   it returns a `lax.dot_general`-compatible callable (a function or a flax module such as
   AQT's) or None to stay in float. Models learn about quantization only through it.
-* `ScoreFn`, `UserScoreFn`, `PairScoreFn`: the scorers evaluators call.
+* `ScoreFn`: `batch -> scores`, the one scorer signature every evaluator calls.
+* `Evaluator`: `run(score_fn) -> {metric: value}` on the data it was built for.
 * `Task` and `Run`: a kind of training and one run of it, set up on its mesh.
 """
 
@@ -46,12 +47,33 @@ class Seam(Protocol):
         """The `dot_general` of the layer at `path` (e.g. "Encoder_0/query"), or None."""
 
 
-# (device batch, batch index) -> scores [batch, list_size]
-ScoreFn = Callable[[Mapping[str, jax.Array], int], jax.Array]
-# users [n] -> scores over the whole catalog [n, num_items]
-UserScoreFn = Callable[[np.ndarray], jax.Array]
-# (users [n], items [n, K]) -> scores [n, K]
-PairScoreFn = Callable[[np.ndarray, Any], jax.Array]
+class ScoreFn(Protocol):
+    """Scores a batch's candidates; what every evaluator calls.
+
+    The batch says what to score:
+
+    * lists (`RankingEvaluator`): `features` or `tokens`, `labels`, `where` `[batch,
+      list_size]` and `batch_index` `[batch]` (the batch's position in the split, so a
+      random scorer can draw the same numbers for the same batch) -> `[batch, list_size]`;
+    * a user's chosen items: `users [n]`, `items [n, K]` -> `[n, K]`;
+    * the whole catalog: `users [n]` and no `items` -> `[n, num_items]`.
+    """
+
+    def __call__(self, batch: Batch) -> jax.Array:
+        """Scores, higher is better."""
+
+
+class Evaluator(Protocol):
+    """Metrics of a scorer on the data the evaluator was built for (one split).
+
+    Attributes:
+      metrics: the names `run` returns (`rankjax.metrics` names).
+    """
+
+    metrics: tuple[str, ...]
+
+    def run(self, score_fn: ScoreFn) -> dict[str, float]:
+        """Scores every batch of the split with `score_fn` and aggregates exactly."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ from absl import app, flags
 
 from rankjax import data, metrics, serving
 from rankjax.data.batches import max_list_size, pad_lists
+from rankjax.evaluators import section
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdirs", None, "Workdirs of the members.")
@@ -36,11 +37,12 @@ def main(argv):
     config = rankers[0].config
     split = data.read_splits(config.data)[FLAGS.split]
     batch = pad_lists(split, max_list_size(split))
+    entry = config.evals[section.selecting(config.evals)]
     kw = dict(
         where=batch["where"],
         metrics=FLAGS.metrics,
-        no_relevant=config.eval.no_relevant,
-        gain=config.eval.gain,
+        no_relevant=entry.get("no_relevant", "zero"),
+        gain=entry.get("gain", "exp2"),
     )
     members = [r.score(batch["features"], batch["where"]) for r in rankers]
     for w, s in zip(FLAGS.workdirs, members, strict=True):

@@ -14,6 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rankjax import trainer
+from rankjax.evaluators import section
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=False)
@@ -44,7 +45,8 @@ def main(argv):
         "random": [r["baselines"]["random"]["test"] for r in runs],
         "oracle": [r["baselines"]["oracle"]["test"] for r in runs],
     }
-    names = list(FLAGS.config.eval.report)
+    entry = FLAGS.config.evals[section.selecting(FLAGS.config.evals)]
+    names = list(entry.get("report", entry.metrics))
     print(f"\n{FLAGS.seeds} seeds, test split, mean ± std")
     print("| ranker | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))

@@ -117,7 +117,7 @@ def test_describe_counts_lists_that_need_a_policy():
         (lambda c: c.update(extra=1), r"unknown config key config.extra"),
         (lambda c: c.train.__delattr__("batch_size"), r"config train is missing \['batch_size'\]"),
         (lambda c: c.data.update(source="parquet"), r"data.source='parquet'; valid"),
-        (lambda c: c.eval.update(metrics=("ndgc@10",)), r"unknown metric 'ndgc@10'"),
+        (lambda c: c.evals.ranking.update(metrics=("ndgc@10",)), r"unknown metric 'ndgc@10'"),
         (lambda c: c.ckpt.update(best_metric="map@3"), r"ckpt.best_metric='map@3' is not in"),
         (lambda c: c.model.update(depth=3), r"unknown model.depth for model 'listwise'"),
     ],

@@ -9,18 +9,17 @@ from helpers import load_config
 from rankjax import cascade, trainer
 from rankjax.evaluators import retrieval
 from rankjax.tasks import retrieval as tasks_retrieval
+from rankjax.tasks.recommender import score_fn
 
 # 2 users, 6 items. Stage 1 prefers low ids; stage 2 prefers high ids.
 STAGE1 = jnp.array([[6.0, 5, 4, 3, 2, 1], [6.0, 5, 4, 3, 2, 1]])
 
 
-def stage1(users):
-    return STAGE1[jnp.asarray(users)]
-
-
-def stage2(users, items):
-    del users
-    return items.astype(jnp.float32)
+stage1 = score_fn(lambda users: STAGE1[users])
+stage2 = score_fn(
+    lambda users: jnp.broadcast_to(jnp.arange(6.0), (len(users), 6)),
+    lambda users, items: items.astype(jnp.float32),
+)
 
 
 def test_candidates_skip_seen_items_and_keep_the_best_k():
@@ -137,18 +136,18 @@ def test_finished_runs_load_and_cascade(shared_data, tmp_path):
     with pytest.raises(ValueError, match="retriever_skip=10"):
         tasks_retrieval._retrieved(c, train, n)
     users = np.arange(4)
-    # The loaded pair scorer agrees with the catalog scorer on the chosen items.
+    # The loaded scorer of chosen items agrees with its catalog scores at those items.
     items = jnp.array([[0, 5, 9]] * 4)
     np.testing.assert_allclose(
-        second.pair_scorer()(users, items),
-        np.take_along_axis(np.asarray(second.scorer()(users)), np.asarray(items), 1),
+        second.scorer()({"users": users, "items": items}),
+        np.take_along_axis(np.asarray(second.scorer()({"users": users})), np.asarray(items), 1),
         rtol=1e-4,
         atol=1e-5,
     )
     parts = first.parts
     r = cascade.evaluate(
         first.scorer(embedding_bits=8),
-        second.pair_scorer(embedding_bits=8),
+        second.scorer(embedding_bits=8),
         k=20,
         train=(parts["train"].users, parts["train"].items),
         held_out=(parts["valid"].users, parts["valid"].items),

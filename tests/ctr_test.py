@@ -64,5 +64,7 @@ def test_impressions_put_the_positive_first_among_unseen_items():
     users, items = ctr.impressions(np.array([0, 1]), np.array([1, 2]), seen, 6, 3, seed=1)
     assert items.shape == (2, 4) and list(items[:, 0]) == [1, 2]
     assert not set(items[0, 1:]) & {0, 1} and 2 not in items[1, 1:]
-    got = ctr.evaluate(lambda u, it: np.where(it == it[:, :1], 1.0, 0.0), users, items)
+    got = ctr.CtrEvaluator(users, items).run(
+        lambda b: np.where(b["items"] == b["items"][:, :1], 1.0, 0.0)
+    )
     assert got["auc"] == pytest.approx(1.0) and got["gauc"] == pytest.approx(1.0)

@@ -14,7 +14,7 @@ from rankjax import distributed
 ARGS = [
     "--config=configs/synthetic_listwise.py:runlocal,steps=6",
     "--config.train.batch_size=8",
-    "--config.eval.batch_size=16",
+    "--config.evals.ranking.batch_size=16",
     "--config.train.eval_every=3",
     # The periodic and the best checkpoint both save steps 3 and 6. Their orbax barriers
     # shared names once and hung a 2-process LETOR run when both saves overlapped; these

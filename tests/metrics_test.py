@@ -239,7 +239,7 @@ def test_calibrated_rmse_fits_a_linear_map_on_one_split_and_clips():
     d = from_groups(np.zeros((6, 1), np.float32), labels, [3, 3])
     ev = ranking.RankingEvaluator(d, mesh=sharding.make_mesh(1), batch_size=2, metrics=("rmse",))
     # Scores 10x - 3 of the labels: the fitted map recovers them exactly.
-    score = lambda b, i: 10 * b["labels"] - 3  # noqa: E731
+    score = lambda b: 10 * b["labels"] - 3  # noqa: E731
     a, b = ev.linear_fit(score)
     assert (a, b) == (pytest.approx(0.1), pytest.approx(0.3))
     assert ranking.calibrated_rmse(score, ev, ev, (0.0, 2.0)) == pytest.approx(0.0, abs=1e-5)

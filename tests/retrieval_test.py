@@ -17,9 +17,14 @@ SCORES = jnp.array(
 )
 
 
+def full_ranking(score_fn, **kwargs):
+    """`FullRanking(**kwargs).run` of a `users -> scores` function."""
+    return retrieval.FullRanking(**kwargs).run(lambda batch: score_fn(batch["users"]))
+
+
 def full(metrics):
-    return retrieval.full_ranking(
-        lambda users: SCORES[users], train=TRAIN, held_out=HELD, num_items=6, metrics=metrics
+    return full_ranking(
+        lambda users: SCORES[users], seen=TRAIN, held_out=HELD, num_items=6, metrics=metrics
     )
 
 
@@ -40,9 +45,9 @@ def test_full_ranking_matches_hand_values():
 def test_user_auc_matches_hand_values_and_brute_force():
     # One user, 5 items: item 0 seen, item 2 held out; negatives 1, 3, 4.
     table = jnp.array([[9.0, 1.0, 3.0, 3.0, 0.0]])
-    got = retrieval.full_ranking(
+    got = full_ranking(
         lambda users: table[jnp.asarray(users)],
-        train=(np.array([0]), np.array([0])),
+        seen=(np.array([0]), np.array([0])),
         held_out=(np.array([0]), np.array([2])),
         num_items=5,
         metrics=("auc",),
@@ -52,9 +57,9 @@ def test_user_auc_matches_hand_values_and_brute_force():
     scores = rng.integers(0, 6, size=(4, 30)).astype(np.float32)  # many ties
     held = (np.repeat(np.arange(4), 3), rng.integers(0, 30, size=12))
     seen = (np.repeat(np.arange(4), 2), rng.integers(0, 30, size=8))
-    got = retrieval.full_ranking(
+    got = full_ranking(
         lambda users: jnp.asarray(scores)[jnp.asarray(users)],
-        train=seen,
+        seen=seen,
         held_out=held,
         num_items=30,
         metrics=("auc",),
@@ -71,9 +76,9 @@ def test_user_auc_matches_hand_values_and_brute_force():
 
 def test_training_items_are_excluded_and_held_out_repeats_of_them_do_not_count():
     # Without exclusion user 0's top 1 would be the trained item 0.
-    got = retrieval.full_ranking(
+    got = full_ranking(
         lambda users: SCORES[users],
-        train=(np.array([0]), np.array([3])),  # exclude item 3 for user 0 only
+        seen=(np.array([0]), np.array([3])),  # exclude item 3 for user 0 only
         held_out=HELD,
         num_items=6,
         metrics=("hit@1",),
@@ -81,9 +86,9 @@ def test_training_items_are_excluded_and_held_out_repeats_of_them_do_not_count()
     assert got["hit@1"] == 0.0  # user 0's best remaining is item 0 (not held out)
     # User 0 trained on item 2 and holds it out again: not rankable, not relevant; item 5
     # stays (user 0's order without 0 and 2: 3, 5, ...). User 1 repeats item 1 only: skipped.
-    got = retrieval.full_ranking(
+    got = full_ranking(
         lambda users: SCORES[users],
-        train=(np.array([0, 0, 1]), np.array([0, 2, 1])),
+        seen=(np.array([0, 0, 1]), np.array([0, 2, 1])),
         held_out=(np.array([0, 0, 1]), np.array([2, 5, 1])),
         num_items=6,
         metrics=("hit@1", "mrr@2", "recall@2"),

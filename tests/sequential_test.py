@@ -59,17 +59,24 @@ def test_served_int8_tables_score_like_the_float_model():
     np.testing.assert_allclose(got, want, atol=0.05 * float(np.abs(want).max()))
 
 
-def test_sampled_protocol_ranks_each_positive_against_its_negatives():
+def test_sampled_ranking_ranks_each_positive_against_its_negatives():
     # User 0 scores items by id, user 1 by minus id.
     table = jnp.array([np.arange(6.0), -np.arange(6.0)])
-    got = retrieval.sampled_protocol(
-        lambda users: table[jnp.asarray(users)],
+    evaluator = retrieval.SampledRanking(
         users=np.array([0, 1]),
         positives=np.array([4, 4]),
         negatives=np.array([[0, 5, 1], [0, 5, 1]]),
         metrics=("hit@1", "ndcg@2", "mrr@3"),
         users_per_chunk=1,
     )
+    seen = []
+
+    def score(batch):  # the candidates' scores, as a model's item scorer gives them
+        seen.append(batch["items"].shape)
+        return jnp.take_along_axis(table[jnp.asarray(batch["users"])], batch["items"], axis=1)
+
+    got = evaluator.run(score)
+    assert seen == [(1, 4), (1, 4)]  # one user a call, the positive and its 3 negatives
     # User 0: item 5 beats 4 -> rank 2. User 1: 0 and 1 beat 4 -> rank 3.
     assert got["hit@1"] == 0.0
     assert got["ndcg@2"] == pytest.approx((1 / np.log2(3) + 0) / 2)
@@ -103,13 +110,14 @@ def test_sasrec_learns_a_deterministic_next_item(tmp_path, loss, protocol, tower
     c.data.file = _cyclic_log(tmp_path / "log.txt")
     c.data.max_users = 0
     c.model.update(dim=16, max_len=6)
-    c.eval.num_negatives = 10
+    if protocol == "sampled":
+        c.evals.retrieval.num_negatives = 10
     c.optim.update(learning_rate=1e-2, warmup_steps=10)
     c.train = dict(num_steps=150, batch_size=32, log_every=50, eval_every=150)
     c.ckpt.every = 150
     results = trainer.train_and_evaluate(c, str(tmp_path / "run"))
     assert results["protocol"] == protocol
-    assert set(results["test"]) == set(c.eval.metrics)
+    assert set(results["test"]) == set(c.evals.retrieval.metrics)
     # The next item is fully determined by the last one; popularity knows nothing.
     assert results["test"]["mrr@10"] >= 0.85, results["test"]
     assert results["baselines"]["popularity"]["test"]["mrr@10"] <= 0.5
@@ -131,7 +139,7 @@ def test_sharded_tables_train_like_one_device(tmp_path):
         c.data.file = _cyclic_log(tmp_path / "log.txt")
         c.data.max_users = 0
         c.model.dropout = 0.0  # dropout masks depend on the layout's random bits
-        c.eval.num_negatives = 10
+        c.evals.retrieval.num_negatives = 10
         c.model.update(dim=16, max_len=6)
         c.loss.num_negatives = 8
         c.train = dict(num_steps=100, batch_size=64, log_every=100, eval_every=100)
@@ -164,6 +172,10 @@ def test_sequential_config_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match="valid for model sasrec"):
         trainer.train_and_evaluate(c, str(tmp_path))
     c = load_config("beauty_sequential", "runlocal")
-    c.eval.protocol = "sampeld"
-    with pytest.raises(ValueError, match="eval.protocol"):
+    c.evals.retrieval.type = "sampeld_ranking"
+    with pytest.raises(ValueError, match=r"evals.retrieval.type='sampeld_ranking'; valid"):
+        trainer.train_and_evaluate(c, str(tmp_path))
+    c = load_config("beauty_sequential", "runlocal,protocol=full")
+    c.evals.retrieval.num_negatives = 10  # a sampled-ranking option
+    with pytest.raises(ValueError, match="unknown config key evals.retrieval.num_negatives"):
         trainer.train_and_evaluate(c, str(tmp_path))

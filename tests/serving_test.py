@@ -18,7 +18,7 @@ def test_loaded_ranker_reproduces_the_final_test_metrics(tmp_path):
     batch = pad_lists(test, max_list_size(test))
     scores = ranker.score(batch["features"], batch["where"])
     got = metrics.evaluate(
-        scores, batch["labels"], where=batch["where"], metrics=tuple(config.eval.metrics)
+        scores, batch["labels"], where=batch["where"], metrics=tuple(config.evals.ranking.metrics)
     )
     assert got == pytest.approx(results["test"], rel=1e-5)
     assert np.asarray(ranker.score(batch["features"][:1])).shape == (1, batch["where"].shape[1])
@@ -40,7 +40,7 @@ def test_served_int8_nm24_model_loads_from_its_packed_form(tmp_path):
         ranker.score(batch["features"], batch["where"]),
         batch["labels"],
         where=batch["where"],
-        metrics=tuple(config.eval.metrics),
+        metrics=tuple(config.evals.ranking.metrics),
     )
     assert got == pytest.approx(results["test_served"], rel=1e-5)
     kernels = [

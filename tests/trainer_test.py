@@ -16,7 +16,7 @@ from rankjax import trainer
 def tiny_config(steps=4, **optim):
     c = load_config("synthetic_listwise", f"runlocal,steps={steps}")
     c.train.eval_every = steps
-    c.eval.metrics = ("ndcg@5", "ndcg@10", "mrr", "rmse")
+    c.evals.ranking.metrics = ("ndcg@5", "ndcg@10", "mrr", "rmse")
     c.optim.update(optim)
     return c
 
@@ -69,7 +69,7 @@ def test_workdir_has_every_artifact(tmp_path):
 def test_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, task):
     def config(steps):
         c = TINY[task](steps=steps, schedule="constant", warmup_steps=0)
-        c.eval.use_best = False
+        c.ckpt.use_best = False
         c.ckpt.every = 2
         return c
 

@@ -90,7 +90,8 @@ def test_int8_towers_are_served_as_integers(shared_data, tmp_path):
     # The served integer towers compute what quantization-aware training did.
     run = tasks_retrieval.load(str(tmp_path))
     users = np.arange(50)
-    trained, as_served = run.scorer("test")(users), run.scorer("test", serve=True)(users)
+    batch = {"users": users}
+    trained, as_served = run.scorer("test")(batch), run.scorer("test", serve=True)(batch)
     np.testing.assert_allclose(as_served, trained, atol=0.05 * float(np.abs(trained).max()))
     assert results["test_served"]["ndcg@10"] == pytest.approx(results["test"]["ndcg@10"], abs=0.02)
 

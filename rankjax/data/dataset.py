@@ -185,5 +185,5 @@ def describe(dataset: RankingDataset) -> str:
         f"{sizes.min() if len(sizes) else 0}-{sizes.max(initial=0)}); "
         f"{int((sizes == 1).sum())} single-item lists (no pairs to learn from; kept), "
         f"{int((relevant == 0).sum())} lists without a relevant item (metrics: "
-        "eval.no_relevant)"
+        "the evals entry's no_relevant)"
     )

@@ -1,4 +1,5 @@
-"""CTR-style evaluation of a pointwise ranker: AUC, impression-weighted GAUC and log-loss.
+"""CTR-style evaluation of a pointwise ranker (`evals` type `ctr`): AUC,
+impression-weighted GAUC and log-loss.
 
 A recommender log holds positives only; the impressions are built the usual way for
 offline CTR evaluation: each held-out interaction (label 1) is shown beside
@@ -14,6 +15,9 @@ with a fixed seed. On those impressions:
   calibration;
 * `logloss`: the mean binary cross-entropy of `sigmoid(score)` — meaningful for a model
   trained pointwise (BCE); a softmax-trained model's logits are not probabilities.
+
+Options of an `evals` entry: `negatives_per_positive`, `seed` (of the draw, default 0),
+`users_per_chunk`; it runs on `splits=("test",)` unless told otherwise.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 
 from rankjax import metrics
 from rankjax.evaluators import retrieval
-from rankjax.types import PairScoreFn
+from rankjax.types import ScoreFn
 
 
 def impressions(
@@ -41,17 +45,32 @@ def impressions(
     return np.asarray(users), np.concatenate([np.asarray(positives)[:, None], negatives], 1)
 
 
-def evaluate(
-    pair_score_fn: PairScoreFn, users: np.ndarray, items: np.ndarray, users_per_chunk: int = 512
-) -> dict[str, float]:
-    """`metrics.ctr_metrics` of a pair scorer on `impressions(...)` (column 0 positive,
-    others 0)."""
-    scores = [
-        np.asarray(pair_score_fn(users[s : s + users_per_chunk], items[s : s + users_per_chunk]))
-        for s in range(0, len(users), users_per_chunk)
-    ]
-    got = np.concatenate(scores) if scores else np.zeros(items.shape)
-    labels = np.zeros(items.shape)
-    labels[:, 0] = 1
-    groups = np.broadcast_to(np.asarray(users)[:, None], items.shape)
-    return metrics.ctr_metrics(got, labels, groups)
+class CtrEvaluator:
+    """`metrics.ctr_metrics` of a scorer on impressions (`impressions(...)`: column 0 the
+    positive, label 1; the others label 0).
+
+    Args:
+      users: `[n]`.
+      items: `[n, 1 + k]`.
+      users_per_chunk: rows scored per call.
+    """
+
+    metrics = ("auc", "gauc", "logloss")
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, users_per_chunk: int = 512):
+        self.users, self.items = np.asarray(users), np.asarray(items)
+        self.users_per_chunk = users_per_chunk
+
+    def run(self, score_fn: ScoreFn) -> dict[str, float]:
+        """`{"auc", "gauc", "logloss", "impressions", "gauc_users"}` of
+        `score_fn({"users": [n], "items": [n, 1 + k]}) -> [n, 1 + k]`."""
+        users, items, chunk = self.users, self.items, self.users_per_chunk
+        scores = [
+            np.asarray(score_fn({"users": users[s : s + chunk], "items": items[s : s + chunk]}))
+            for s in range(0, len(users), chunk)
+        ]
+        got = np.concatenate(scores) if scores else np.zeros(items.shape)
+        labels = np.zeros(items.shape)
+        labels[:, 0] = 1
+        groups = np.broadcast_to(users[:, None], items.shape)
+        return metrics.ctr_metrics(got, labels, groups)

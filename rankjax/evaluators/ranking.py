@@ -1,4 +1,12 @@
-"""Ranking evaluation of a split: every list, padded not truncated, metrics summed exactly."""
+"""Ranking evaluation of a split (`evals` type `ranking`): every list, padded not
+truncated, metrics summed exactly.
+
+Options of an `evals` entry of this type: `metrics`, `batch_size` (lists per batch),
+`no_relevant` and `gain` (conventions, `rankjax.metrics`), `min_list_size`, and for the
+ranking task's report `report` (the printed columns), `calibrate_rmse` (`(low, high)`:
+adds `rmse_calibrated`) and `baselines` (`rankjax.baselines` names, scored beside the
+model).
+"""
 
 from __future__ import annotations
 
@@ -57,7 +65,11 @@ class RankingEvaluator:
         sharding.check_divisible(batch_size, mesh)
         local = batch_size * mesh.local_mesh.size // mesh.size
         batches = agree_across_processes(eval_batches(dataset, local), dataset, local)
-        self.batches = [prepare(b) for b in batches] if prepare else batches
+        batches = [prepare(b) for b in batches] if prepare else batches
+        self.batches = [
+            {**b, "batch_index": np.full(len(b["where"]), i, np.int32)}
+            for i, b in enumerate(batches)
+        ]
         self.metrics = tuple(metrics)
         self._sums = functools.partial(
             _sums_and_nonfinite, no_relevant=no_relevant, gain=gain, min_list_size=min_list_size
@@ -67,7 +79,7 @@ class RankingEvaluator:
         """Scores every batch with `score_fn` and returns `{metric: value}`.
 
         Args:
-          score_fn: `(device batch, batch index) -> [batch, list_size]` scores.
+          score_fn: `device batch -> [batch, list_size]` scores.
           metrics: a subset to compute; None: the evaluator's metrics.
 
         Raises:
@@ -76,10 +88,10 @@ class RankingEvaluator:
         acc = metrics_lib.MetricAccumulator()
         nonfinite = 0
         metrics = self.metrics if metrics is None else tuple(metrics)
-        for i, host_batch in enumerate(self.batches):
+        for host_batch in self.batches:
             batch = sharding.put_batch(host_batch, self.mesh, self.batch_size)
             sums, bad = self._sums(
-                score_fn(batch, i), batch["labels"], batch["where"], metrics=metrics
+                score_fn(batch), batch["labels"], batch["where"], metrics=metrics
             )
             acc.update(sums)
             nonfinite += int(bad)
@@ -93,9 +105,9 @@ class RankingEvaluator:
         """Least-squares `(a, b)` with `a * score + b` closest to the labels over all items
         (the calibration behind `calibrated_rmse`); `(0, mean label)` for constant scores."""
         total = np.zeros(5, np.float64)  # n, sum s, sum y, sum s^2, sum s*y
-        for i, host_batch in enumerate(self.batches):
+        for host_batch in self.batches:
             batch = sharding.put_batch(host_batch, self.mesh, self.batch_size)
-            total += np.asarray(_fit_sums(score_fn(batch, i), batch["labels"], batch["where"]))
+            total += np.asarray(_fit_sums(score_fn(batch), batch["labels"], batch["where"]))
         n, s, y, ss, sy = total
         if n == 0:
             raise ValueError(f"{self.dataset.source}: no items to calibrate scores on")
@@ -128,8 +140,8 @@ def calibrated_rmse(
     a, b = fit_on.linear_fit(score_fn)
     low, high = label_range
 
-    def mapped(batch, i):
-        return jnp.clip(a * score_fn(batch, i) + b, low, high)
+    def mapped(batch):
+        return jnp.clip(a * score_fn(batch) + b, low, high)
 
     return evaluate_on.run(mapped, metrics=("rmse",))["rmse"]
 
@@ -164,13 +176,10 @@ def random_scores(seed: int) -> ScoreFn:
     """A random ranker: uniform scores, the same for the same seed and batch."""
 
     @jax.jit
-    def uniform(i, labels):
+    def score(batch):
         # Inside jit the scores are one global array, the same in any number of processes.
-        key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
-        return jax.random.uniform(key, labels.shape)
-
-    def score(batch, i):
-        return uniform(i, batch["labels"])
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), batch["batch_index"][0])
+        return jax.random.uniform(key, batch["labels"].shape)
 
     return score
 
@@ -178,7 +187,7 @@ def random_scores(seed: int) -> ScoreFn:
 def constant_scores(value: float) -> ScoreFn:
     """Every item scored `value` (ties keep the data's order in each list)."""
 
-    def score(batch, i):
+    def score(batch):
         return jnp.full(batch["labels"].shape, value, jnp.float32)
 
     return score
@@ -187,7 +196,7 @@ def constant_scores(value: float) -> ScoreFn:
 def extra_scores(key: str) -> ScoreFn:
     """Scores precomputed per item and carried by the batches as the extra `key`."""
 
-    def score(batch, i):
+    def score(batch):
         if key not in batch:
             raise KeyError(f"batch has no per-item extra {key!r} (it has {sorted(batch)})")
         return batch[key]
@@ -195,7 +204,6 @@ def extra_scores(key: str) -> ScoreFn:
     return score
 
 
-def oracle_scores(batch: dict[str, jax.Array], i: int) -> jax.Array:
+def oracle_scores(batch: dict[str, jax.Array]) -> jax.Array:
     """The data's oracle: its `oracle` scores where the data has them, else the labels."""
-    del i
     return batch["oracle"] if "oracle" in batch else batch["labels"]

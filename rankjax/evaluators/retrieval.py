@@ -1,25 +1,32 @@
 """Recommendation and retrieval evaluation: full ranking over the catalog, and ranking
 against sampled negatives — the two protocols of the literature, named and kept apart.
 
-* **Full ranking** (`full_ranking`, RecBole's `mode=full`): every user's scores over all
-  items; the items the user interacted with in the training (and, for test, validation)
-  data are excluded from the ranking, and the held-out items are the relevant ones — but
-  for repeats of excluded items, which are no new recommendation (logs with repeated
-  events, such as the synthetic shop's; RecBole's ml-100k and Beauty have none).
-  Metrics per user, then averaged over users with at least one such held-out item:
-  `recall@K` = hits in the top K / held-out items, `ndcg@K` with binary gains and the ideal
-  DCG of min(held-out, K) hits, `mrr@K` = 1 / rank of the first hit in the top K (0 if
-  none), `hit@K` = whether any held-out item is in the top K, `precision@K` = hits / K,
-  `auc` = the share of (held-out, other unexcluded item) pairs ordered right, per user
-  (GAUC with every user weighted equally; CTR papers often weight users by impressions).
-* **Sampled negatives** (`sampled_ranking`, SASRec and BERT4Rec's protocol): each held-out
-  item is ranked against `num_negatives` items the user never interacted with, drawn
-  uniformly or in proportion to training popularity; ties count against the held-out item
-  (it ranks below every negative with the same score), so a constant scorer is never
-  rewarded. `hit@K` and `ndcg@K` = 1 / log2(rank + 1) when the rank is <= K.
+* **Full ranking** (`FullRanking`, `evals` type `full_ranking`, RecBole's `mode=full`):
+  every user's scores over all items; the items the user interacted with in the training
+  (and, for test, validation) data are excluded from the ranking, and the held-out items
+  are the relevant ones — but for repeats of excluded items, which are no new
+  recommendation (logs with repeated events, such as the synthetic shop's; RecBole's
+  ml-100k and Beauty have none). Metrics per user, then averaged over users with at least
+  one such held-out item: `recall@K` = hits in the top K / held-out items, `ndcg@K` with
+  binary gains and the ideal DCG of min(held-out, K) hits, `mrr@K` = 1 / rank of the
+  first hit in the top K (0 if none), `hit@K` = whether any held-out item is in the top
+  K, `precision@K` = hits / K, `auc` = the share of (held-out, other unexcluded item)
+  pairs ordered right, per user (GAUC with every user weighted equally; CTR papers often
+  weight users by impressions).
+* **Sampled negatives** (`SampledRanking`, `evals` type `sampled_ranking`, SASRec and
+  BERT4Rec's protocol): each held-out item is ranked against `num_negatives` items the
+  user never interacted with, drawn uniformly or in proportion to training popularity;
+  ties count against the held-out item (it ranks below every negative with the same
+  score), so a constant scorer is never rewarded. `hit@K` and `ndcg@K` = 1 / log2(rank +
+  1) when the rank is <= K.
 
 Sampled metrics overestimate full-ranking ones and can reorder models (Krichene & Rendle,
 2020); report which protocol a number comes from.
+
+Options of an `evals` entry: `metrics` (`<metric>@K`), `users_per_chunk` (users scored
+per call: bounds memory at chunk x catalog scores); `sampled_ranking` also takes
+`num_negatives` (default 100), `negatives` (`popularity`, the default, or `uniform`) and
+`seed` (valid draws with `seed`, test with `seed + 1`).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rankjax import metrics as metrics_lib
-from rankjax.types import UserScoreFn
+from rankjax.types import ScoreFn
 
 
 def _cutoffs(names: Sequence[str]) -> list[tuple[str, int]]:
@@ -51,59 +58,68 @@ def user_item_mask(
     return mask
 
 
-def full_ranking(
-    score_fn: UserScoreFn,
-    *,
-    train: tuple[np.ndarray, np.ndarray],
-    held_out: tuple[np.ndarray, np.ndarray],
-    num_items: int,
-    metrics: Sequence[str] = ("recall@10", "ndcg@10", "mrr@10", "hit@10"),
-    users_per_chunk: int = 256,
-) -> dict[str, float]:
+class FullRanking:
     """Full-ranking metrics over the catalog (module docstring).
 
     Args:
-      score_fn: `user indices [n] -> scores [n, num_items]`.
-      train: `(users, items)` interactions to exclude from each user's ranking (for the
+      seen: `(users, items)` interactions to exclude from each user's ranking (for the
         test split: training and validation interactions).
       held_out: `(users, items)` the relevant items.
       num_items: catalog size.
-      metrics: names `<metric>@K`.
-      users_per_chunk: users scored per call (bounds memory: chunk x catalog scores).
-
-    Returns:
-      `{name: mean over users with a held-out item they had not interacted with}`.
+      metrics: names `<metric>@K` (`metrics.TOP_K_NAMES`) or `auc`.
+      users_per_chunk: users scored per call.
     """
-    parsed = _cutoffs(metrics)
-    kmax = max([k for _, k in parsed] + [1])
-    if kmax > num_items:
-        raise ValueError(f"cutoff K={kmax} exceeds the catalog of {num_items} items")
-    held_users, held_items = (np.asarray(a) for a in held_out)
-    users = np.unique(held_users)
-    sums = {m: 0.0 for m in metrics}
-    evaluated = 0
-    for start in range(0, len(users), users_per_chunk):
-        rows = users[start : start + users_per_chunk]
-        excluded = user_item_mask(*train, rows, num_items)
-        # A held-out repeat of an excluded item is no new item to recommend (and keeping
-        # just those rankable would tell the scorer which seen items recur: a leak).
-        relevant = user_item_mask(held_users, held_items, rows, num_items) & ~excluded
-        keep = relevant.any(1)
-        rows, relevant, excluded = rows[keep], relevant[keep], excluded[keep]
-        evaluated += len(rows)
-        if not len(rows):
-            continue
-        scores = jnp.where(jnp.asarray(excluded), -jnp.inf, score_fn(rows))
-        _, top = jax.lax.top_k(scores, kmax)  # [n, kmax] item indices, best first
-        hits = np.take_along_axis(relevant, np.asarray(top), axis=1)  # [n, kmax]
-        num_relevant = relevant.sum(1)
-        for name, (kind, k) in zip(metrics, parsed, strict=True):
-            if kind == "auc":
-                v = _user_auc(np.asarray(scores), relevant, excluded)
-            else:
-                v = metrics_lib.top_k_metric(kind, hits, num_relevant, k)
-            sums[name] += float(v.sum())
-    return {m: sums[m] / evaluated for m in metrics} if evaluated else dict.fromkeys(metrics, 0.0)
+
+    def __init__(
+        self,
+        *,
+        seen: tuple[np.ndarray, np.ndarray],
+        held_out: tuple[np.ndarray, np.ndarray],
+        num_items: int,
+        metrics: Sequence[str] = ("recall@10", "ndcg@10", "mrr@10", "hit@10"),
+        users_per_chunk: int = 256,
+    ):
+        self._parsed = _cutoffs(metrics)
+        self._kmax = max([k for _, k in self._parsed] + [1])
+        if self._kmax > num_items:
+            raise ValueError(f"cutoff K={self._kmax} exceeds the catalog of {num_items} items")
+        self.metrics = tuple(metrics)
+        self.seen = tuple(np.asarray(a) for a in seen)
+        self.held_out = tuple(np.asarray(a) for a in held_out)
+        self.num_items = num_items
+        self.users_per_chunk = users_per_chunk
+
+    def run(self, score_fn: ScoreFn) -> dict[str, float]:
+        """`{name: mean over users with a held-out item they had not interacted with}` of
+        `score_fn({"users": [n]}) -> [n, num_items]`."""
+        metrics, held_users, held_items = self.metrics, *self.held_out
+        users = np.unique(held_users)
+        sums = {m: 0.0 for m in metrics}
+        evaluated = 0
+        for start in range(0, len(users), self.users_per_chunk):
+            rows = users[start : start + self.users_per_chunk]
+            excluded = user_item_mask(*self.seen, rows, self.num_items)
+            # A held-out repeat of an excluded item is no new item to recommend (and keeping
+            # just those rankable would tell the scorer which seen items recur: a leak).
+            relevant = user_item_mask(held_users, held_items, rows, self.num_items) & ~excluded
+            keep = relevant.any(1)
+            rows, relevant, excluded = rows[keep], relevant[keep], excluded[keep]
+            evaluated += len(rows)
+            if not len(rows):
+                continue
+            scores = jnp.where(jnp.asarray(excluded), -jnp.inf, score_fn({"users": rows}))
+            _, top = jax.lax.top_k(scores, self._kmax)  # [n, kmax] item indices, best first
+            hits = np.take_along_axis(relevant, np.asarray(top), axis=1)  # [n, kmax]
+            num_relevant = relevant.sum(1)
+            for name, (kind, k) in zip(metrics, self._parsed, strict=True):
+                if kind == "auc":
+                    v = _user_auc(np.asarray(scores), relevant, excluded)
+                else:
+                    v = metrics_lib.top_k_metric(kind, hits, num_relevant, k)
+                sums[name] += float(v.sum())
+        if not evaluated:
+            return dict.fromkeys(metrics, 0.0)
+        return {m: sums[m] / evaluated for m in metrics}
 
 
 def _user_auc(scores: np.ndarray, relevant: np.ndarray, excluded: np.ndarray) -> np.ndarray:
@@ -192,44 +208,50 @@ def sampled_ranking(
     pos = np.asarray(positive_scores, np.float64)[:, None]
     rank = 1 + (np.asarray(negative_scores, np.float64) >= pos).sum(1)
     out = {}
+    for name in metrics:
+        metrics_lib.parse_metric(name, metrics_lib.SAMPLED_NAMES)  # one relevant item
     for name, (kind, k) in zip(metrics, _cutoffs(metrics), strict=True):
-        if kind not in ("hit", "ndcg", "mrr"):
-            raise ValueError(f"{name}: sampled ranking has one relevant item; use hit, ndcg, mrr")
         hits = (rank[:, None] - 1) == np.arange(k)  # the held-out item's position, if <= k
         v = metrics_lib.top_k_metric(kind, hits, np.ones(len(rank), np.int64), k)
         out[name] = float(v.mean())
     return out
 
 
-def sampled_protocol(
-    score_fn: UserScoreFn,
-    *,
-    users: np.ndarray,
-    positives: np.ndarray,
-    negatives: np.ndarray,
-    metrics: Sequence[str] = ("hit@10", "ndcg@10"),
-    users_per_chunk: int = 256,
-) -> dict[str, float]:
-    """`sampled_ranking` of a full-catalog scorer: each row's held-out item against its
-    sampled negatives.
+class SampledRanking:
+    """`sampled_ranking` of a scorer: each row's held-out item against its sampled
+    negatives.
 
     Args:
-      score_fn: `[n] user ids -> [n, num_items]` scores.
       users: `[n]` the evaluated users (one held-out item each).
       positives: `[n]` their held-out items.
       negatives: `[n, num_negatives]` from `sample_negatives`.
       metrics: `hit@K`, `ndcg@K` or `mrr@K`.
       users_per_chunk: rows scored per call.
-
-    Returns:
-      `{name: mean over rows}`.
     """
-    users, positives = np.asarray(users), np.asarray(positives)
-    candidates = np.concatenate([positives[:, None], np.asarray(negatives)], axis=1)
-    picked = []
-    for start in range(0, len(users), users_per_chunk):
-        rows = slice(start, start + users_per_chunk)
-        scores = score_fn(users[rows])
-        picked.append(np.asarray(jnp.take_along_axis(scores, jnp.asarray(candidates[rows]), 1)))
-    got = np.concatenate(picked) if picked else np.zeros((0, candidates.shape[1]))
-    return sampled_ranking(got[:, 0], got[:, 1:], metrics)
+
+    def __init__(
+        self,
+        *,
+        users: np.ndarray,
+        positives: np.ndarray,
+        negatives: np.ndarray,
+        metrics: Sequence[str] = ("hit@10", "ndcg@10"),
+        users_per_chunk: int = 256,
+    ):
+        self.metrics = tuple(metrics)
+        self.users = np.asarray(users)
+        self.candidates = np.concatenate(
+            [np.asarray(positives)[:, None], np.asarray(negatives)], axis=1
+        )
+        self.users_per_chunk = users_per_chunk
+
+    def run(self, score_fn: ScoreFn) -> dict[str, float]:
+        """`{name: mean over rows}` of `score_fn({"users": [n], "items": [n, 1 +
+        num_negatives]}) -> [n, 1 + num_negatives]`."""
+        picked = []
+        for start in range(0, len(self.users), self.users_per_chunk):
+            rows = slice(start, start + self.users_per_chunk)
+            batch = {"users": self.users[rows], "items": self.candidates[rows]}
+            picked.append(np.asarray(score_fn(batch)))
+        got = np.concatenate(picked) if picked else np.zeros((0, self.candidates.shape[1]))
+        return sampled_ranking(got[:, 0], got[:, 1:], self.metrics)

@@ -11,7 +11,15 @@ import optax
 
 from rankjax import compiler
 from rankjax.models import dcn
-from rankjax.tasks.recommender import TRAINING, Form, ModelParts, epoch_rows, seam, side_features
+from rankjax.tasks.recommender import (
+    TRAINING,
+    Form,
+    ModelParts,
+    epoch_rows,
+    score_fn,
+    seam,
+    side_features,
+)
 
 
 def build_parts(
@@ -84,16 +92,13 @@ def build_parts(
         return build(form).apply(variables, pairs(users, items)).reshape(items.shape)
 
     def scorer(variables, form, split):
-        del split
+        del split  # pairs of ids and features, not the history
         every = jnp.arange(log.num_items)
-        return lambda users: pair_scores(
-            form, variables, jnp.asarray(users), jnp.broadcast_to(every, (len(users), len(every)))
+        return score_fn(
+            lambda users: pair_scores(
+                form, variables, users, jnp.broadcast_to(every, (len(users), len(every)))
+            ),
+            lambda users, items: pair_scores(form, variables, users, items),
         )
 
-    def pair_scorer(variables, form, split):
-        del split
-        return lambda users, items: pair_scores(
-            form, variables, jnp.asarray(users), jnp.asarray(items)
-        )
-
-    return ModelParts(build, sample, loss, batch, scorer, pair_scorer)
+    return ModelParts(build, sample, loss, batch, scorer)

@@ -4,9 +4,10 @@ over query lists.
 data (LibSVM, judgments CSV or the synthetic shop; this process's shards, the transform
 fitted on all of train) -> model (`rankjax.models`, every product on the quantization
 seam) -> rax loss, plus a distillation term from a frozen teacher run -> batches of lists
--> evaluation on whole splits -> at the end the best parameters beside a random and an
-oracle ranker (and `eval.baselines`), the served model (integer weights, packed N:M) saved,
-loaded back and evaluated, and `compression.json`.
+-> evaluation on whole splits (the `evals` entries, type `ranking`) -> at the end the best
+parameters beside a random and an oracle ranker (and the entries' `baselines`), the
+served model (integer weights, packed N:M) saved, loaded back and evaluated, and
+`compression.json`.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from rankjax.compression import distillation, quantization, report, serve, spars
 from rankjax.data import tokens
 from rankjax.data.batches import ShardedTrainBatches, max_list_size
 from rankjax.data.dataset import concat
-from rankjax.evaluators import ranking
-from rankjax.types import Run
+from rankjax.evaluators import ranking, section
+from rankjax.types import Run, ScoreFn
 
 
 def data_shards(data_config: ml_collections.ConfigDict) -> tuple[int, tuple[int, ...]]:
@@ -68,7 +69,8 @@ class RankingTask:
         config_schema.validate(config)
 
     def setup(self, config: ml_collections.ConfigDict, mesh: Mesh, workdir: str) -> Run:
-        ecfg = config.eval
+        evals = config.evals
+        main = section.selecting(evals)
         # Data: this process's shards of the splits, the transform fitted on all of train,
         # deterministic batches.
         num_shards, shard_ids = data_shards(config.data)
@@ -103,11 +105,12 @@ class RankingTask:
             if distiller is None
             else distiller.objective(loss_fn)
         )
-        if ecfg.get("baselines"):
+        wanted = tuple(dict.fromkeys(b for e in evals.values() for b in e.get("baselines", ())))
+        if wanted:
             valid, test = baselines.add_baseline_scores(
                 splits.train,
                 [splits.valid, splits.test],
-                tuple(ecfg.baselines),
+                wanted,
                 tuple(text_cfg.get("item_columns", ())),
             )
             splits = dataclasses.replace(splits, valid=valid, test=test)
@@ -156,21 +159,22 @@ class RankingTask:
             mesh,
         )
         evaluators = {
-            name: ranking.RankingEvaluator(
-                splits[name],
+            (name, split): ranking.RankingEvaluator(
+                splits[split],
                 mesh=mesh,
-                batch_size=int(ecfg.batch_size),
-                metrics=tuple(ecfg.metrics),
-                no_relevant=ecfg.no_relevant,
-                gain=ecfg.gain,
-                min_list_size=int(ecfg.get("min_list_size", 1)),
+                batch_size=int(entry.batch_size),
+                metrics=tuple(entry.metrics),
+                no_relevant=entry.get("no_relevant", "zero"),
+                gain=entry.get("gain", "exp2"),
+                min_list_size=int(entry.get("min_list_size", 1)),
                 prepare=prepare,
             )
-            for name in ("valid", "test")
+            for name, entry in evals.items()
+            for split in section.splits_of(entry)
         }
 
         def model_scores(params):
-            return lambda batch, i: predict(params, batch)
+            return lambda batch: predict(params, batch)
 
         final = _Final(
             config,
@@ -186,7 +190,7 @@ class RankingTask:
             loaded=_initial_weights(model, distiller, teacher_params),
             loss=loss,
             batches=lambda step: prepare(train_batches(step)),
-            evaluate=lambda params, split: evaluators[split].run(model_scores(params)),
+            evaluate=lambda params, split: evaluators[main, split].run(model_scores(params)),
             finish=final,
             rng=jax.random.PRNGKey(int(config.seed)),
             describe=describe,
@@ -217,7 +221,7 @@ def _with_teacher(distiller, splits, config, prepare):
             distillation.score_items(
                 lambda b: score(teacher.variables, b),
                 d,
-                batch_size=int(config.eval.batch_size),
+                batch_size=int(config.evals[section.selecting(config.evals)].batch_size),
                 list_size=list_size,
                 prepare=prepare,
             ),
@@ -257,23 +261,22 @@ def _seam(quantizer: quantization.Quantizer | None, phase: str) -> dict[str, Any
     return {} if quantizer is None else quantizer.model_seam(phase)
 
 
-def _serve(config, quantizer, sparsifier, params, train_batches, evaluators, workdir):
-    """Builds the served model, saves it to `workdir/served/`, loads it back from there and
-    evaluates it on valid and test.
+def _serve(config, quantizer, sparsifier, params, train_batches, evaluator, workdir):
+    """Builds the served model, saves it to `workdir/served/` and loads it back from there.
 
     Quantized layers are converted to integer weights plus scales (their float kernels are
     dropped); N:M-sparse kernels are stored packed (kept values and bit-packed positions).
 
     Returns:
-      `(the tree as saved, {"valid_served": ..., "test_served": ...}, its score function)`.
+      `(the tree as saved, the loaded model's score function)`.
     """
-    mesh = evaluators["test"].mesh
+    mesh = evaluator.mesh
 
     def build(phase):
         return models.get(config.model, **_seam(quantizer, phase))
 
     serve_model = build("serve")
-    sample = models.sample_inputs(serve_model, evaluators["test"].batches[0])
+    sample = models.sample_inputs(serve_model, evaluator.batches[0])
     # Global batches: every process gets the same static ranges from all shards' data.
     calibration = (
         (models.inputs(serve_model, b), b["where"])
@@ -301,95 +304,108 @@ def _serve(config, quantizer, sparsifier, params, train_batches, evaluators, wor
         ),
         mesh,
     )
-
-    def served_scores(batch, i):
-        return predict(loaded, batch)
-
-    out = {f"{name}_served": ev.run(served_scores) for name, ev in evaluators.items()}
-    return served, out, served_scores
+    return served, lambda batch: predict(loaded, batch)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Final:
-    """The final evaluation (`Run.finish`): the chosen parameters on valid and test, the
-    compressed model served when there is one, baselines, `compression.json` and the
-    printed tables."""
+    """The final evaluation (`Run.finish`): the chosen parameters on every `evals` entry
+    and split, the compressed model served when there is one, baselines,
+    `compression.json` and the printed tables."""
 
     config: ml_collections.ConfigDict
-    evaluators: dict[str, ranking.RankingEvaluator]
+    evaluators: dict[tuple[str, str], ranking.RankingEvaluator]
     model_scores: Any
     quantizer: quantization.Quantizer | None
     sparsifier: sparsity.Sparsifier | None
     train_batches: Any
     workdir: str
 
-    def _with_calibration(self, test_results: dict[str, float], score_fn) -> dict[str, float]:
-        """Adds `rmse_calibrated` (`eval.calibrate_rmse`: fitted on valid, taken on test)."""
-        label_range = tuple(self.config.eval.get("calibrate_rmse", ()))
-        if label_range:
-            test_results["rmse_calibrated"] = ranking.calibrated_rmse(
-                score_fn, self.evaluators["valid"], self.evaluators["test"], label_range
-            )
-        return test_results
+    def _evaluate(
+        self, score_fn: ScoreFn, served: bool = False, test_only: bool = False
+    ) -> dict[str, dict[str, float]]:
+        """`{results key: metrics}` of `score_fn` under every evaluator, with
+        `rmse_calibrated` on test where the entry asks (`calibrate_rmse`: fitted on
+        valid)."""
+        evals = self.config.evals
+        fit_on = self.evaluators[section.selecting(evals), "valid"]
+        out = {}
+        for (name, split), ev in self.evaluators.items():
+            if test_only and split != "test":
+                continue
+            got = ev.run(score_fn)
+            label_range = tuple(evals[name].get("calibrate_rmse", ()))
+            if label_range and split == "test":
+                got["rmse_calibrated"] = ranking.calibrated_rmse(score_fn, fit_on, ev, label_range)
+            out[section.result_key(evals, name, split, served)] = got
+        return out
 
     def __call__(self, params: Any, params_from: str) -> dict[str, Any]:
-        config, evaluators, workdir = self.config, self.evaluators, self.workdir
-        ecfg = config.eval
-        results: dict[str, Any] = {}
-        for name, ev in evaluators.items():
-            results[name] = ev.run(self.model_scores(params))
-        self._with_calibration(results["test"], self.model_scores(params))
-        rows = {f"{config.model.name} (test)": results["test"]}
+        config, workdir, evals = self.config, self.workdir, self.config.evals
+        results: dict[str, Any] = self._evaluate(self.model_scores(params))
         served = None
         packs = self.sparsifier is not None and isinstance(
             sparsity.parse_pattern(self.sparsifier.pattern), sparsity.NM
         )
         if self.quantizer is not None or packs:
-            served, served_results, served_scores = _serve(
+            main = section.selecting(evals)
+            served, served_scores = _serve(
                 config,
                 self.quantizer,
                 self.sparsifier,
                 params,
                 self.train_batches,
-                evaluators,
+                self.evaluators[main, "test"],
                 workdir,
             )
-            self._with_calibration(served_results["test_served"], served_scores)
-            results.update(served_results)
-            rows[f"{config.model.name} served (test)"] = served_results["test_served"]
+            results.update(self._evaluate(served_scores, served=True))
         compression = report.build(jax.device_get(params), jax.device_get(served))
         results["bytes"] = {k: compression[k] for k in ("float_bytes", "serving_bytes")}
         if jax.process_index() == 0:
             report.write(workdir, compression)
         compression_table = report.format_table(compression)
         logging.info("compression report (also in compression.json):\n%s", compression_table)
+        wanted = dict.fromkeys(b for e in evals.values() for b in e.get("baselines", ()))
         baseline_scores = {
             "random": ranking.random_scores(int(config.seed)),
-            **{
-                name: ranking.extra_scores(f"baseline:{name}") for name in ecfg.get("baselines", ())
-            },
+            **{name: ranking.extra_scores(f"baseline:{name}") for name in wanted},
             "oracle": ranking.oracle_scores,
         }
         results["baselines"] = {
-            name: {"test": self._with_calibration(evaluators["test"].run(fn), fn)}
-            for name, fn in baseline_scores.items()
+            name: self._evaluate(fn, test_only=True) for name, fn in baseline_scores.items()
         }
-        label_range = tuple(ecfg.get("calibrate_rmse", ()))
-        table = _format_table(
-            {
-                **rows,
-                **{f"{name} (test)": r["test"] for name, r in results["baselines"].items()},
-            },
-            tuple(ecfg.report) + (("rmse_calibrated",) if label_range else ()),
-        )
-        logging.info("final evaluation of %s parameters:\n%s", params_from, table)
+        tables = "\n\n".join(_tables(config, results))
+        logging.info("final evaluation of %s parameters:\n%s", params_from, tables)
         if jax.process_index() == 0:
             print(f"\nModel size (compression.json):\n{compression_table}", flush=True)
             print(
-                f"\nTest metrics ({params_from} parameters), workdir {workdir}:\n{table}",
+                f"\nTest metrics ({params_from} parameters), workdir {workdir}:\n{tables}",
                 flush=True,
             )
         return results
+
+
+def _tables(config: ml_collections.ConfigDict, results: dict[str, Any]) -> list[str]:
+    """One table per `evals` entry on test (the one that runs on valid first): the model,
+    the served model, the baselines; columns `report` (else `metrics`), and
+    `rmse_calibrated` where it is computed."""
+    evals, main, model = config.evals, section.selecting(config.evals), config.model.name
+    out = []
+    for name in sorted(evals, key=lambda n: n != main):
+        entry = evals[name]
+        if "test" not in section.splits_of(entry):
+            continue
+        key = section.result_key(evals, name, "test")
+        served = section.result_key(evals, name, "test", served=True)
+        title = "" if name == main else f" {name}"
+        rows = {f"{model} (test){title}": results[key]}
+        if served in results:
+            rows[f"{model} served (test){title}"] = results[served]
+        rows.update({f"{b} (test)": r[key] for b, r in results["baselines"].items()})
+        columns = tuple(entry.get("report", entry.metrics))
+        calibrated = ("rmse_calibrated",) if entry.get("calibrate_rmse") else ()
+        out.append(_format_table(rows, columns + calibrated))
+    return out
 
 
 def _format_table(rows: dict[str, dict[str, float]], metrics: tuple[str, ...]) -> str:

@@ -14,9 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rankjax.compression import quantization
+from rankjax.types import ScoreFn
 
 
 def _features(log, names, prefix: str, table: dict) -> tuple[dict, dict]:
@@ -62,11 +64,9 @@ class ModelParts:
       loss: `(params, batch, rng) -> scalar` (rng: dropout and sampled negatives).
       batch: `step -> {name: np.ndarray}`, a pure function of (seed, step): the global
         batch.
-      scorer: `(variables, form, split) -> (users [n] -> [n, num_items] scores)` for
-        split "valid" (the user as of training) or "test" (also after validation);
-        `variables` is `{"params": ...}` plus the frozen integer weights when served.
-      pair_scorer: the same for chosen items only: `-> ((users [n], items [n, K]) ->
-        [n, K])`, at the cost of K items (a cascade's second stage).
+      scorer: `(variables, form, split) -> ScoreFn` (`score_fn`) for split "valid" (the
+        user as of training) or "test" (also after validation); `variables` is
+        `{"params": ...}` plus the frozen integer weights when served.
       loaded: pretrained weights (host arrays) laid over the fresh parameters when
         training starts, e.g. a BERT item tower's checkpoint; or None.
     """
@@ -75,13 +75,33 @@ class ModelParts:
     sample: tuple
     loss: Callable[[Any, dict, jax.Array], jax.Array]
     batch: Callable[[int], dict]
-    scorer: Callable[[Any, Form, str], Callable[[np.ndarray], jax.Array]]
-    pair_scorer: Callable[[Any, Form, str], Callable] | None = None
+    scorer: Callable[[Any, Form, str], ScoreFn]
     loaded: Any = None
 
     def init(self, rng: jax.Array) -> Any:
         """Fresh float parameters (before `loaded` is laid over them)."""
         return self.build(TRAINING).init(rng, *self.sample)["params"]
+
+
+def score_fn(
+    catalog: Callable[[jax.Array], jax.Array],
+    pairs: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+) -> ScoreFn:
+    """The `ScoreFn` of a recommender: `{"users": [n]}` -> `catalog(users)` `[n,
+    num_items]`; `{"users": [n], "items": [n, K]}` -> `pairs(users, items)` `[n, K]`, at
+    the cost of K items (a cascade's second stage, sampled negatives, impressions), or the
+    catalog's scores at those items for a model without `pairs`."""
+
+    def score(batch):
+        users = jnp.asarray(batch["users"])
+        if "items" not in batch:
+            return catalog(users)
+        items = jnp.asarray(batch["items"])
+        if pairs is None:
+            return jnp.take_along_axis(catalog(users), items, axis=1)
+        return pairs(users, items)
+
+    return score
 
 
 def seam(quantizer: quantization.Quantizer | None, form: Form) -> dict[str, Any]:

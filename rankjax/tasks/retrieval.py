@@ -13,10 +13,10 @@ ranker. Models (`model.name`), each in its own module:
 * `sasrec` (`tasks/sequential.py`): a causal transformer over each user's item history
   (leave-one-out split), trained by full softmax, sampled softmax or SASRec's BCE.
 
-Evaluation (`eval.protocol`): `full` scores the whole catalog for every evaluated user
-(RecBole's protocol), the user's earlier items excluded; `sampled` ranks each held-out item
-against `eval.num_negatives` sampled negatives (SASRec/BERT4Rec's protocol);
-`eval.ctr_negatives` adds CTR-style AUC, GAUC and log-loss on impressions.
+Evaluation (`evals`, `evaluators.section`): type `full_ranking` scores the whole catalog
+for every evaluated user (RecBole's protocol), the user's earlier items excluded;
+`sampled_ranking` ranks each held-out item against sampled negatives (SASRec/BERT4Rec's
+protocol); `ctr` adds CTR-style AUC, GAUC and log-loss on impressions (test only).
 
 Compression (`quant`, optional): `embedding_bits` serves every table as int8/int4 rows;
 `enabled=True` trains the dense layers with AQT (QAT) and serves them as integer weights.
@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -48,17 +47,16 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from rankjax import cascade, checkpoint, models, sharding
-from rankjax import metrics as metrics_lib
 from rankjax.compression import quantization, serve
 from rankjax.data import interactions
 from rankjax.data.sources import LOG_SOURCES, read_log
-from rankjax.evaluators import ctr, retrieval
+from rankjax.evaluators import ctr, retrieval, section
 from rankjax.tasks import dcn, sequential, two_tower
-from rankjax.tasks.recommender import TRAINING, Form, ModelParts
-from rankjax.types import Run
+from rankjax.tasks.recommender import TRAINING, Form, ModelParts, score_fn
+from rankjax.types import Evaluator, Run, ScoreFn
 
 SPLITS = ("random", "leave_one_out")
-PROTOCOLS = ("full", "sampled")
+EVAL_TYPES = ("full_ranking", "sampled_ranking", "ctr")
 # Per model: its config keys and the losses it trains with.
 MODELS = {
     "two_tower": (
@@ -114,19 +112,7 @@ _KEYS = {
         {"schedule", "warmup_steps", "weight_decay", "grad_clip_norm", "momentum", "b1", "b2"},
     ),
     "train": ({"num_steps", "batch_size", "log_every", "eval_every"}, set()),
-    "eval": (
-        {"metrics"},
-        {
-            "users_per_chunk",
-            "protocol",
-            "num_negatives",
-            "negatives",
-            "negative_seed",
-            "ctr_negatives",
-            "use_best",
-        },
-    ),
-    "ckpt": ({"every", "keep"}, {"best_metric", "best_mode"}),
+    "ckpt": ({"every", "keep"}, {"best_metric", "best_mode", "use_best"}),
     # Optional: served quantized embedding tables (`embedding_bits`) and, with
     # `enabled=True`, int8/int4 towers by AQT (`compression.quantization.Quantizer` keys).
     "quant": (set(), {"enabled", *(f.name for f in dataclasses.fields(quantization.Quantizer))}),
@@ -138,26 +124,27 @@ TABLE_RULES = ((r"_embedding/embedding$", (sharding.MODEL_AXIS, None)),)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    allowed = set(_KEYS) | {"seed", "task"}
+    section.validate(config, EVAL_TYPES, "retrieval")
+    allowed = set(_KEYS) | {"seed", "task", "evals"}
     for key in config:
         if key not in allowed:
             raise ValueError(
                 f"unknown config key {key}; valid for task=retrieval: {sorted(allowed)}"
             )
-    for section, (required, optional) in _KEYS.items():
-        given = config.get(section)
-        if given is None and section in OPTIONAL_SECTIONS:
+    for part, (required, optional) in _KEYS.items():
+        given = config.get(part)
+        if given is None and part in OPTIONAL_SECTIONS:
             continue
         if given is None:
-            raise ValueError(f"config is missing the {section} section")
+            raise ValueError(f"config is missing the {part} section")
         for key in given:
             if key not in required | optional:
                 raise ValueError(
-                    f"unknown config key {section}.{key}; valid: {sorted(required | optional)}"
+                    f"unknown config key {part}.{key}; valid: {sorted(required | optional)}"
                 )
         missing = sorted(required - set(given))
         if missing:
-            raise ValueError(f"config {section} is missing {missing}")
+            raise ValueError(f"config {part} is missing {missing}")
     if config.data.source not in LOG_SOURCES:
         raise ValueError(
             f"data.source={config.data.source!r}; valid for retrieval: {list(LOG_SOURCES)}"
@@ -179,17 +166,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     if name == "sasrec" and config.data.split != "leave_one_out":
         raise ValueError("model sasrec predicts the next item: it needs data.split=leave_one_out")
-    if config.eval.get("protocol", "full") not in PROTOCOLS:
-        raise ValueError(f"eval.protocol={config.eval.protocol!r}; valid: {PROTOCOLS}")
-    if config.eval.get("negatives", "popularity") not in ("popularity", "uniform"):
-        raise ValueError(
-            f"eval.negatives={config.eval.negatives!r}; valid: ['popularity', 'uniform']"
-        )
-    for metric in config.eval.metrics:
-        metrics_lib.parse_metric(metric, metrics_lib.TOP_K_NAMES)
+    main = section.selecting(config.evals)
     best = config.ckpt.get("best_metric")
-    if best and best not in config.eval.metrics:
-        raise ValueError(f"ckpt.best_metric={best!r} is not in eval.metrics")
+    if best and best not in config.evals[main].get("metrics", ()):
+        raise ValueError(f"ckpt.best_metric={best!r} is not in evals.{main}.metrics")
 
 
 def quantizer_of(config: ml_collections.ConfigDict) -> quantization.Quantizer | None:
@@ -302,18 +282,11 @@ class Trained:
             self._served[embedding_bits] = served(self.task, quantizer, self.params, embedding_bits)
         return self._served[embedding_bits]
 
-    def scorer(self, split: str = "test", embedding_bits: int = 0, serve: bool = False):
-        """`users [n] -> [n, num_items]` scores of the trained model (`serve=False`) or of
-        the served one (converted integer towers when the run quantized them; float or
+    def scorer(self, split: str = "test", embedding_bits: int = 0, serve: bool = False) -> ScoreFn:
+        """The `ScoreFn` (catalog or chosen items) of the trained model (`serve=False`) or
+        of the served one (converted integer towers when the run quantized them; float or
         int8/int4 tables by `embedding_bits`)."""
         return self.task.scorer(*self._model(serve or bool(embedding_bits), embedding_bits), split)
-
-    def pair_scorer(self, split: str = "test", embedding_bits: int = 0, serve: bool = False):
-        """`(users [n], items [n, K]) -> [n, K]` scores of chosen items (see `scorer`)."""
-        if self.task.pair_scorer is None:
-            raise ValueError(f"model {self.config.model.name} has no pair scorer")
-        model = self._model(serve or bool(embedding_bits), embedding_bits)
-        return self.task.pair_scorer(*model, split)
 
 
 def load(workdir: str) -> Trained:
@@ -365,10 +338,12 @@ class RetrievalTask:
     def setup(self, config: ml_collections.ConfigDict, mesh: Mesh, workdir: str) -> Run:
         model_axis = dict(mesh.shape).get(sharding.MODEL_AXIS, 1)
         log, parts, task = _setup(config, model_axis)
-        rank = _ranker(config, log, parts)
+        evaluators = _evaluators(config, log, parts)
+        main = section.selecting(config.evals)
 
         def evaluate(params, split: str) -> dict[str, float]:
-            return rank(task.scorer({"params": _local(params)}, TRAINING, split), split)
+            score = task.scorer({"params": _local(params)}, TRAINING, split)
+            return evaluators[main, split].run(score)
 
         def init(rng, loaded):
             params = task.init(rng)
@@ -382,7 +357,7 @@ class RetrievalTask:
             batches=task.batch,
             global_batches=True,
             evaluate=evaluate,
-            finish=_Final(config, log, parts, task, rank, workdir),
+            finish=_Final(config, log, parts, task, evaluators, workdir),
             # Dropout and sampled negatives draw from their own stream, not init's key.
             rng=jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 1),
             rules=TABLE_RULES if model_axis > 1 else (),
@@ -398,25 +373,26 @@ TASK = RetrievalTask()
 
 @dataclasses.dataclass(frozen=True)
 class _Final:
-    """The final evaluation (`Run.finish`): valid and test metrics, the served model
-    (integer towers, int8/int4 tables) saved, loaded and evaluated, CTR-style metrics,
-    the popularity baseline and the printed table."""
+    """The final evaluation (`Run.finish`): every `evals` entry on its splits, the served
+    model (integer towers, int8/int4 tables) saved, loaded and evaluated on test, the
+    popularity baseline and the printed table."""
 
     config: ml_collections.ConfigDict
     log: interactions.Interactions
     parts: dict[str, interactions.Interactions]
     task: ModelParts
-    rank: Callable[[Callable, str], dict[str, float]]
+    evaluators: dict[tuple[str, str], Evaluator]
     workdir: str
 
     def __call__(self, params: Any, params_from: str) -> dict[str, Any]:
-        config, log, parts, task, rank = self.config, self.log, self.parts, self.task, self.rank
-        ecfg = config.eval
+        config, log, parts, task = self.config, self.log, self.parts, self.task
+        evals, main = config.evals, section.selecting(config.evals)
         params = _local(params)
-        protocol = ecfg.get("protocol", "full")
-        results: dict[str, Any] = {"protocol": protocol}
-        for split in ("valid", "test"):
-            results[split] = rank(task.scorer({"params": params}, TRAINING, split), split)
+        kind = evals[main].type
+        results: dict[str, Any] = {"protocol": "full" if kind == "full_ranking" else "sampled"}
+        for (name, split), ev in self.evaluators.items():
+            score = task.scorer({"params": params}, TRAINING, split)
+            results[section.result_key(evals, name, split)] = ev.run(score)
         results["bytes"] = {"float_bytes": quantization.array_bytes(params)}
         bits = int((config.get("quant") or {}).get("embedding_bits", 0))
         quantizer = quantizer_of(config)
@@ -425,28 +401,17 @@ class _Final:
             variables, form = served(task, quantizer, jax.device_get(params), bits)
             # Evaluate what a server would load: the saved tree.
             loaded = serve.round_trip(self.workdir, variables)
-            results["test_served"] = rank(task.scorer(loaded, form, "test"), "test")
+            for (name, split), ev in self.evaluators.items():
+                if split == "test":
+                    key = section.result_key(evals, name, split, served=True)
+                    results[key] = ev.run(task.scorer(loaded, form, split))
             results["bytes"]["serving_bytes"] = quantization.array_bytes(loaded)
-        ctr_negatives = int(ecfg.get("ctr_negatives", 0))
-        if ctr_negatives:
-            # CTR-style: each test interaction among uniform never-seen items.
-            shown = ctr.impressions(
-                parts["test"].users,
-                parts["test"].items,
-                (log.users, log.items),
-                log.num_items,
-                ctr_negatives,
-                seed=int(ecfg.get("negative_seed", 0)),
-            )
-            versions = [("test_ctr", {"params": params}, TRAINING)]
-            if "test_served" in results:
-                versions.append(("test_served_ctr", loaded, form))
-            for key, version, how in versions:
-                results[key] = ctr.evaluate(_pair_fn(task, version, how, "test"), *shown)
-        counts = np.bincount(parts["train"].items, minlength=log.num_items)
-        popularity = jnp.asarray(counts, jnp.float32)
-        by_popularity = lambda users: jnp.broadcast_to(popularity, (len(users), log.num_items))  # noqa: E731
-        results["baselines"] = {"popularity": {"test": rank(by_popularity, "test")}}
+        counts = jnp.asarray(
+            np.bincount(parts["train"].items, minlength=log.num_items), jnp.float32
+        )
+        popularity = score_fn(lambda users: jnp.broadcast_to(counts, (len(users), log.num_items)))
+        test = self.evaluators[main, "test"]
+        results["baselines"] = {"popularity": {"test": test.run(popularity)}}
         if jax.process_index() == 0:
             _print_table(config, results, params_from, self.workdir, quantizer, bits)
         return results
@@ -461,13 +426,21 @@ def _print_table(config, results, params_from: str, workdir: str, quantizer, bit
         ("popularity", results["baselines"]["popularity"]["test"]),
     ]:
         print(f"  {name:<24} " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
-    for key in ("test_ctr", "test_served_ctr"):
-        if key in results:
+    main = section.selecting(config.evals)
+    for name, entry in config.evals.items():
+        for served in (False, True):
+            key = section.result_key(config.evals, name, "test", served)
+            if name == main or key not in results:
+                continue
             r = results[key]
-            print(
-                f"  {key:<24} auc {r['auc']:.4f}  gauc {r['gauc']:.4f}  logloss "
-                f"{r['logloss']:.4f}  ({r['impressions']} impressions, {r['gauc_users']} users)"
-            )
+            if entry.type == "ctr":
+                row = (
+                    f"auc {r['auc']:.4f}  gauc {r['gauc']:.4f}  logloss {r['logloss']:.4f}  "
+                    f"({r['impressions']} impressions, {r['gauc_users']} users)"
+                )
+            else:
+                row = "  ".join(f"{k} {v:.4f}" for k, v in r.items())
+            print(f"  {key:<24} {row}")
 
 
 def _local(tree: Any) -> Any:
@@ -482,15 +455,6 @@ def _local(tree: Any) -> Any:
     return jax.tree_util.tree_map(gather, tree)
 
 
-def _pair_fn(task: ModelParts, variables: Any, form: Form, split: str) -> Callable:
-    """`(users [n], items [n, K]) -> [n, K]`: the task's pair scorer, else its catalog
-    scores at those items."""
-    if task.pair_scorer is not None:
-        return task.pair_scorer(variables, form, split)
-    score = task.scorer(variables, form, split)
-    return lambda users, items: jnp.take_along_axis(score(users), jnp.asarray(items), axis=1)
-
-
 def _served_name(quantizer: quantization.Quantizer | None, bits: int) -> str:
     """E.g. `"int8 towers, int4 tables"`: what the served model stores as integers."""
     kind = quantizer and ("fp8" if quantizer.fp8 else f"int{quantizer.weight_bits}")
@@ -498,59 +462,61 @@ def _served_name(quantizer: quantization.Quantizer | None, bits: int) -> str:
     return ", ".join(parts + ([f"int{bits} tables"] if bits else []))
 
 
-def _ranker(config, log, parts) -> Callable[[Callable, str], dict[str, float]]:
-    """`(score_fn, split) -> metrics` under `config.eval`'s protocol.
+def _evaluators(config, log, parts) -> dict[tuple[str, str], Evaluator]:
+    """`{(evals entry, split): Evaluator}` for every entry of `config.evals` on its splits.
 
     Full ranking excludes the items the user interacted with before the split (train;
     for test, train and valid). The sampled protocol ranks each held-out item against
-    `eval.num_negatives` items the user never interacted with anywhere in the log, drawn
-    once per split with a fixed seed, by popularity over the whole log (BERT4Rec's
-    protocol) or uniformly.
+    `num_negatives` items the user never interacted with anywhere in the log, drawn once
+    per split with a fixed seed, by popularity over the whole log (BERT4Rec's protocol) or
+    uniformly. CTR impressions put each held-out item among never-seen uniform ones.
     """
-    ecfg = config.eval
-    metrics = tuple(ecfg.metrics)
-    chunk = int(ecfg.get("users_per_chunk", 256))
     seen = {"valid": [parts["train"]], "test": [parts["train"], parts["valid"]]}
-    if ecfg.get("protocol", "full") == "full":
-
-        def rank(score_fn, split):
-            before = seen[split]
-            return retrieval.full_ranking(
-                score_fn,
-                train=(
-                    np.concatenate([s.users for s in before]),
-                    np.concatenate([s.items for s in before]),
-                ),
-                held_out=(parts[split].users, parts[split].items),
-                num_items=log.num_items,
-                metrics=metrics,
-                users_per_chunk=chunk,
-            )
-
-        return rank
-    by = ecfg.get("negatives", "popularity")
-    popularity = np.bincount(log.items, minlength=log.num_items) if by == "popularity" else None
-    seed = int(ecfg.get("negative_seed", 0))
-    negatives = {
-        split: retrieval.sample_negatives(
-            parts[split].users,
-            (log.users, log.items),
-            log.num_items,
-            int(ecfg.get("num_negatives", 100)),
-            popularity=popularity,
-            seed=seed + i,
-        )
-        for i, split in enumerate(("valid", "test"))
-    }
-
-    def rank(score_fn, split):
-        return retrieval.sampled_protocol(
-            score_fn,
-            users=parts[split].users,
-            positives=parts[split].items,
-            negatives=negatives[split],
-            metrics=metrics,
-            users_per_chunk=chunk,
-        )
-
-    return rank
+    everything = (log.users, log.items)
+    out = {}
+    for name, entry in config.evals.items():
+        chunk = int(entry.get("users_per_chunk", 512 if entry.type == "ctr" else 256))
+        seed = int(entry.get("seed", 0))
+        for split in section.splits_of(entry):
+            held = parts[split]
+            if entry.type == "full_ranking":
+                before = seen[split]
+                out[name, split] = retrieval.FullRanking(
+                    seen=(
+                        np.concatenate([s.users for s in before]),
+                        np.concatenate([s.items for s in before]),
+                    ),
+                    held_out=(held.users, held.items),
+                    num_items=log.num_items,
+                    metrics=tuple(entry.metrics),
+                    users_per_chunk=chunk,
+                )
+            elif entry.type == "sampled_ranking":
+                by = entry.get("negatives", "popularity")
+                counts = np.bincount(log.items, minlength=log.num_items)
+                negatives = retrieval.sample_negatives(
+                    held.users,
+                    everything,
+                    log.num_items,
+                    int(entry.get("num_negatives", 100)),
+                    popularity=counts if by == "popularity" else None,
+                    seed=seed + section.SPLITS.index(split),
+                )
+                out[name, split] = retrieval.SampledRanking(
+                    users=held.users,
+                    positives=held.items,
+                    negatives=negatives,
+                    metrics=tuple(entry.metrics),
+                    users_per_chunk=chunk,
+                )
+            else:
+                shown = ctr.impressions(
+                    held.users,
+                    held.items,
+                    everything,
+                    log.num_items,
+                    int(entry.negatives_per_positive),
+                    seed=seed,
+                )
+                out[name, split] = ctr.CtrEvaluator(*shown, users_per_chunk=chunk)
+    return out

@@ -13,7 +13,7 @@ import optax
 
 from rankjax import compiler
 from rankjax.models import sequential
-from rankjax.tasks.recommender import TRAINING, Form, ModelParts, epoch_rows, seam
+from rankjax.tasks.recommender import TRAINING, Form, ModelParts, epoch_rows, score_fn, seam
 
 
 def right_aligned(sequences: list[np.ndarray], length: int) -> np.ndarray:
@@ -95,6 +95,10 @@ def build_parts(config, log, parts, row_multiple: int, quantizer) -> ModelParts:
 
     def scorer(variables, form, split):
         items_v, history = item_vectors(form, variables), histories[split]
-        return lambda users: user_scores(form, variables, jnp.asarray(history[users]), items_v)
+        return score_fn(
+            lambda users: user_scores(
+                form, variables, jnp.asarray(history[np.asarray(users)]), items_v
+            )
+        )
 
     return ModelParts(build, sample, loss, batch, scorer)

@@ -15,7 +15,15 @@ import numpy as np
 from rankjax import compiler, losses, text
 from rankjax.data.tokenizer import cached_tokenizer
 from rankjax.models import bert, two_tower
-from rankjax.tasks.recommender import TRAINING, Form, ModelParts, epoch_rows, seam, side_features
+from rankjax.tasks.recommender import (
+    TRAINING,
+    Form,
+    ModelParts,
+    epoch_rows,
+    score_fn,
+    seam,
+    side_features,
+)
 
 
 def build_parts(
@@ -100,23 +108,19 @@ def build_parts(
     def user_scores(form, variables, users, items_v):
         return user_vectors(form, variables, users) @ items_v.T
 
-    def scorer(variables, form, split):
-        del split  # the towers read ids and features only, not the history
-        items_v = item_vectors(form, variables)
-        return lambda users: user_scores(form, variables, jnp.asarray(users), items_v)
-
     @functools.partial(compiler.jit, static_argnums=0)
     def pair_scores(form, variables, users, items, items_v):
         return jnp.einsum("nd,nkd->nk", user_vectors(form, variables, users), items_v[items])
 
-    def pair_scorer(variables, form, split):
-        del split
+    def scorer(variables, form, split):
+        del split  # the towers read ids and features only, not the history
         items_v = item_vectors(form, variables)  # precomputed offline in a served system
-        return lambda users, items: pair_scores(
-            form, variables, jnp.asarray(users), jnp.asarray(items), items_v
+        return score_fn(
+            lambda users: user_scores(form, variables, users, items_v),
+            lambda users, items: pair_scores(form, variables, users, items, items_v),
         )
 
-    return ModelParts(build, sample, loss, batch, scorer, pair_scorer, loaded)
+    return ModelParts(build, sample, loss, batch, scorer, loaded)
 
 
 TEXT_MODES = ("frozen", "finetune")
