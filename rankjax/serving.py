@@ -136,4 +136,5 @@ def _load_served(workdir: str, config, transform: FeatureTransform) -> Ranker:
     quantizer = quantization.from_config(config.get("quant"))
     variables = serve.load(workdir, sparsity.from_config(config.get("sparsity")))
     seam = {} if quantizer is None else quantizer.model_seam("serve")
-    return Ranker(models.get(config.model, **seam), variables, transform, config)
+    model, variables = serve.served_module(models.get(config.model, **seam), variables)
+    return Ranker(model, variables, transform, config)

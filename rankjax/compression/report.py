@@ -3,8 +3,11 @@
 `build(params, served)` reads the arrays themselves (never the config's intentions): the
 float parameters of the trained model, and, when the model was converted, the served tree
 whose integer weights and scales are what a server loads. FLOPs are those of the dense
-layers for one scored item (2 per multiply-add); list-level attention products, which grow
-with the list length, are not included.
+layers for one scored item (one token, for text encoders; 2 per multiply-add); attention
+products, which grow with the list or sequence length, are not included. `dense` FLOPs
+are the trained shapes', `served` the served model's (smaller where pruned heads and
+feed-forward units were cut out; N:M kernels still multiply densely), `effective` count
+only non-zero weights (what a sparse kernel could skip).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def build(params: Any, served: Mapping[str, Any] | None = None) -> dict[str, Any
 
     Returns:
       `{"layers": [...], "float_bytes", "serving_bytes", "serving_ratio", "params",
-      "nonzeros", "dense_flops_per_item", "effective_flops_per_item"}`.
+      "nonzeros", "dense_flops_per_item", "served_flops_per_item",
+      "effective_flops_per_item"}`.
     """
     flat = _flat(params)
     stored = _flat(served) if served else {f"params/{k}": v for k, v in flat.items()}
@@ -55,6 +59,8 @@ def build(params: Any, served: Mapping[str, Any] | None = None) -> dict[str, Any
         }
         values = [v for p, v in weights.items() if p.endswith(("/value", "/nm_values", "kernel"))]
         dtype = np.dtype(values[0].dtype) if values else np.dtype(np.float32)
+        packed = any(p.endswith("/nm_values") for p in weights)  # unpacked to multiply
+        served_size = np.size(values[0]) if values and not packed else k.size
         bits = 4 if dtype.name in ("int4", "uint4") else dtype.itemsize * 8
         bias_bytes = 0 if bias is None else array_bytes(bias)
         nonzeros = int(np.count_nonzero(k))
@@ -69,6 +75,7 @@ def build(params: Any, served: Mapping[str, Any] | None = None) -> dict[str, Any
                 "float_bytes": array_bytes(kernel) + bias_bytes,
                 "serving_bytes": array_bytes(list(weights.values())) + bias_bytes,
                 "dense_flops_per_item": 2 * int(k.size),
+                "served_flops_per_item": 2 * int(served_size),
                 "effective_flops_per_item": 2 * nonzeros,
             }
         )
@@ -81,8 +88,10 @@ def build(params: Any, served: Mapping[str, Any] | None = None) -> dict[str, Any
         "float_bytes": float_bytes,
         "serving_bytes": serving_bytes,
         "serving_ratio": serving_bytes / float_bytes,
-        "dense_flops_per_item": sum(r["dense_flops_per_item"] for r in layers),
-        "effective_flops_per_item": sum(r["effective_flops_per_item"] for r in layers),
+        **{
+            f"{kind}_flops_per_item": sum(r[f"{kind}_flops_per_item"] for r in layers)
+            for kind in ("dense", "served", "effective")
+        },
     }
 
 
@@ -103,6 +112,10 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"| {'whole model (incl. norms, scales)':<38} | {'':>10} | "
         f"{report['nonzeros'] / max(report['params'], 1):>8.1%} | {'':>4} | "
         f"{report['float_bytes']:>9,} | {report['serving_bytes']:>9,} |"
+    )
+    lines.append(
+        "dense-layer FLOPs per item (token): "
+        f"trained {report['dense_flops_per_item']:,}, served {report['served_flops_per_item']:,}"
     )
     return "\n".join(lines)
 

@@ -5,7 +5,10 @@
 * quantized layers (a `quantization.Quantizer`) as integer or e4m3 weights plus scales,
   their float kernels dropped, after static calibration when the quantizer asks for it;
 * embedding tables as int8/int4 rows with per-group scales (`embedding_bits`);
-* N:M-sparse kernels packed as kept values plus bit-packed positions (a `Sparsifier`).
+* N:M-sparse kernels packed as kept values plus bit-packed positions (a `Sparsifier`);
+* pruned heads and feed-forward units cut out (`compaction`, a `Sparsifier` with a
+  `heads:H` / `ffn` pattern): narrower layers, whose sizes the tree carries
+  (`LAYER_SIZES`; `served_module` builds the served module to match).
 
 `save` writes that tree to `WORKDIR/served/` (atomically, `checkpoint.save_tree`); `load`
 reads it back and unpacks N:M kernels to the dense form the served model multiplies. The
@@ -26,13 +29,15 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 from absl import logging
 
 from rankjax import checkpoint
-from rankjax.compression import embeddings, quantization, sparsity
+from rankjax.compression import compaction, embeddings, quantization, sparsity
 
 Build = Callable[[str], nn.Module]  # phase -> the model built with that phase's seam
 SERVED_DIR = "served"
+LAYER_SIZES = "layer_sizes"  # int32 [layers, 2] of a compacted model: heads, ffn units
 
 
 def convert(
@@ -58,11 +63,20 @@ def convert(
         (`quantizer.calibrate`), used only when `quantizer.static`.
       embedding_bits: 8 or 4 stores every embedding table as int8/int4 rows; 0 keeps
         them float.
-      sparsifier: packs the N:M kernels it pruned.
+      sparsifier: packs the N:M kernels it pruned, or cuts out the heads and units it
+        pruned (`compaction`) before anything else.
 
     Returns:
-      `{"params": ..., and the quantizer's collections}` as the server holds them.
+      `{"params": ..., and the quantizer's collections}` as the server holds them, with
+      `LAYER_SIZES` when compacted.
     """
+    sizes = None
+    if sparsifier is not None and isinstance(
+        sparsity.parse_pattern(sparsifier.pattern), sparsity.Units
+    ):
+        model, params = compaction.compact(build("train"), jax.device_get(params))
+        sizes = model.layer_sizes
+        build = _with_sizes(build, sizes)
     variables: dict[str, Any] = {"params": params}
     if quantizer is not None:
         calibration = None
@@ -80,7 +94,23 @@ def convert(
         }
     if sparsifier is not None:
         variables = sparsity.pack_tree(variables, sparsifier, quantization.kernel_path)
+    if sizes is not None:
+        variables[LAYER_SIZES] = np.asarray(sizes, np.int32)
     return variables
+
+
+def _with_sizes(build: Build, sizes: tuple[tuple[int, int], ...]) -> Build:
+    return lambda phase: build(phase).clone(layer_sizes=sizes)
+
+
+def served_module(module: nn.Module, variables: dict[str, Any]) -> tuple[nn.Module, dict]:
+    """`(module, variables)` to apply a served tree: the module given narrower layers
+    when the tree is compacted (`LAYER_SIZES`, which leaves the variables)."""
+    if LAYER_SIZES not in variables:
+        return module, variables
+    sizes = tuple((int(h), int(f)) for h, f in np.asarray(variables[LAYER_SIZES]))
+    rest = {k: v for k, v in variables.items() if k != LAYER_SIZES}
+    return module.clone(layer_sizes=sizes), rest
 
 
 def save(workdir: str, variables: dict[str, Any]) -> str:

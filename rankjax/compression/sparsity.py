@@ -13,7 +13,11 @@ Patterns (`pattern` in the `sparsity` config section):
 * `"block:RxC"`: `R x C` tiles of the kernel, scored by their mean score;
 * `"channel"`: whole output channels (neurons, kernel columns), scored by their mean score;
 * `"heads:H"`: whole attention heads (H per layer): a head's query, key and value columns and
-  its rows of the output projection, scored together; other kernels stay dense.
+  its rows of the output projection, scored together; other kernels stay dense;
+* `"ffn"`: whole feed-forward units of BERT layers: a unit's `intermediate` column and its
+  `ffn_output` row, scored together; `"heads:H+ffn"` prunes both, each to `target`.
+  Pruned heads and units are cut out of the served model (`compression.compaction`): a
+  smaller dense model, faster on every backend, where N:M and block masks only save bytes.
 
 Scores (`criterion`): `"magnitude"` |w| or `"saliency"` |w * g| (first-order Taylor estimate
 of the loss change when a weight is removed). Schedules: `"oneshot"` prunes to the target at
@@ -53,18 +57,22 @@ class Block(NamedTuple):
     cols: int
 
 
-class Heads(NamedTuple):
-    """Whole attention heads of layers with `num_heads` heads: a head's query, key and value
-    columns and its rows of the output projection are pruned together."""
+class Units(NamedTuple):
+    """Whole units of transformer layers, pruned with every matrix that reads or writes
+    them: attention heads (`num_heads` per layer, 0: none) and feed-forward units."""
 
     num_heads: int
+    ffn: bool
 
 
-_ATTENTION = re.compile(r"^(.*)/(query|key|value|out)/kernel$")
+# Attention projections (listwise: `out`; BERT: `output`) and BERT's feed-forward pair.
+_ATTENTION = re.compile(r"^(.*)/(query|key|value|out|output)/kernel$")
+_FFN = re.compile(r"^(.*)/(intermediate|ffn_output)/kernel$")
 
 
-def parse_pattern(pattern: str) -> str | NM | Block:
-    """`"2:4"` -> NM(2, 4), `"block:4x4"` -> Block(4, 4), else the pattern name."""
+def parse_pattern(pattern: str) -> str | NM | Block | Units:
+    """`"2:4"` -> NM(2, 4), `"block:4x4"` -> Block(4, 4), `"heads:12+ffn"` -> Units(12,
+    True), else the pattern name."""
     if pattern in ("unstructured", "channel"):
         return pattern
     if m := re.fullmatch(r"(\d+):(\d+)", pattern):
@@ -74,12 +82,14 @@ def parse_pattern(pattern: str) -> str | NM | Block:
     if m := re.fullmatch(r"block:(\d+)x(\d+)", pattern):
         if int(m.group(1)) > 0 and int(m.group(2)) > 0:
             return Block(int(m.group(1)), int(m.group(2)))
-    if (m := re.fullmatch(r"heads:(\d+)", pattern)) and int(m.group(1)) > 0:
-        return Heads(int(m.group(1)))
+    if pattern == "ffn":
+        return Units(0, True)
+    if (m := re.fullmatch(r"heads:(\d+)(\+ffn)?", pattern)) and int(m.group(1)) > 0:
+        return Units(int(m.group(1)), bool(m.group(2)))
     raise ValueError(
         f"sparsity.pattern={pattern!r}; valid: 'unstructured', 'N:M' with 0 < N < M "
         "(e.g. '2:4'), 'block:RxC' (e.g. 'block:4x4'), 'channel', 'heads:H' (attention "
-        "layers with H heads)"
+        "layers with H heads), 'ffn' (BERT feed-forward units), 'heads:H+ffn'"
     )
 
 
@@ -137,7 +147,8 @@ class Sparsifier:
     """Sparsity settings (see the module docstring) and the optax wrapper applying them.
 
     Attributes:
-      pattern: `"unstructured"`, `"N:M"`, `"block:RxC"` or `"channel"`.
+      pattern: `"unstructured"`, `"N:M"`, `"block:RxC"`, `"channel"`, `"heads:H"`,
+        `"ffn"` or `"heads:H+ffn"`.
       target: final sparsity for unstructured, block and channel patterns (N:M fixes its
         own: 1 - N/M).
       params: regex over parameter paths (`Dense_0/kernel`) to sparsify; only 2-D kernels.
@@ -211,7 +222,10 @@ class Sparsifier:
         )
 
     def selects(self, path: str, leaf) -> bool:
-        if isinstance(parse_pattern(self.pattern), Heads) and not _ATTENTION.match(path):
+        p = parse_pattern(self.pattern)
+        if isinstance(p, Units) and not (
+            (p.num_heads and _ATTENTION.match(path)) or (p.ffn and _FFN.match(path))
+        ):
             return False
         return (
             np.ndim(leaf) == 2
@@ -226,7 +240,8 @@ class Sparsifier:
                 f"sparsity.pattern={self.pattern!r} needs the input dimension of {path} "
                 f"{shape} to be divisible by {p.m}; exclude it with sparsity.exclude"
             )
-        if isinstance(p, Heads) and (shape[0] % p.num_heads or shape[1] % p.num_heads):
+        heads = isinstance(p, Units) and p.num_heads and _ATTENTION.match(path)
+        if heads and (shape[0] % p.num_heads or shape[1] % p.num_heads):
             raise ValueError(
                 f"sparsity.pattern={self.pattern!r}: {path} {shape} has no {p.num_heads} "
                 "equal heads"
@@ -271,16 +286,16 @@ class Sparsifier:
                 s = jnp.abs(w) if self.criterion == "magnitude" else jnp.abs(w * g)
                 return s.astype(jnp.float32)
 
-            heads = {}
-            if isinstance(pattern, Heads):
-                heads = _head_masks(new, grads, state.masks, score_of, pattern, sparsity)
+            units = {}
+            if isinstance(pattern, Units):
+                units = _unit_masks(new, grads, state.masks, score_of, pattern, sparsity)
 
             def new_mask(path, w, g, m):
                 if m.ndim == 0:
                     return m
                 fresh = (
-                    heads[path]
-                    if path in heads
+                    units[path]
+                    if path in units
                     else structured_mask(score_of(w, g), pattern, sparsity)
                 )
                 return jnp.where(refresh, fresh, m)
@@ -295,8 +310,10 @@ class Sparsifier:
         return optax.GradientTransformation(init, update)
 
 
-def _head_masks(params, grads, masks, score_of, pattern: Heads, sparsity) -> dict:
-    """Joint masks of the attention kernels, pruning whole heads layer by layer."""
+def _unit_masks(params, grads, masks, score_of, pattern: Units, sparsity) -> dict:
+    """Joint masks of whole heads and feed-forward units, layer by layer: each unit's score
+    sums its columns of the matrices that write it and its rows of the one that reads it;
+    the lowest-scoring `sparsity` of a layer's units are pruned in all of them."""
     flat = {
         path_str(p): (w, g)
         for (p, w), g in zip(
@@ -306,31 +323,34 @@ def _head_masks(params, grads, masks, score_of, pattern: Heads, sparsity) -> dic
         )
     }
     selected = {path_str(p) for p, m in jax.tree_util.tree_leaves_with_path(masks) if m.ndim}
-    layers: dict[str, dict[str, str]] = {}
+    groups: dict[tuple[str, str], dict[str, str]] = {}  # (kind, layer) -> {role: path}
     for path in selected:
-        if m := _ATTENTION.match(path):
-            layers.setdefault(m.group(1), {})[m.group(2)] = path
-    h = pattern.num_heads
+        if pattern.num_heads and (m := _ATTENTION.match(path)):
+            role = "read" if m.group(2) in ("out", "output") else m.group(2)
+            groups.setdefault(("heads", m.group(1)), {})[role] = path
+        elif pattern.ffn and (m := _FFN.match(path)):
+            role = "read" if m.group(2) == "ffn_output" else "write"
+            groups.setdefault(("ffn", m.group(1)), {})[role] = path
     out = {}
-    for parts in layers.values():
-        # Per-head score: the head's q/k/v columns and its rows of the output projection.
+    for (kind, _), parts in groups.items():
+        units = pattern.num_heads if kind == "heads" else flat[parts["read"]][0].shape[0]
         total = 0.0
-        for name, path in parts.items():
+        for role, path in parts.items():
             s = score_of(*flat[path])
-            d = s.shape[0]
-            per_head = (
-                s.reshape(d, h, -1).sum(axis=(0, 2))
-                if name != "out"
-                else (s.reshape(h, -1, s.shape[1]).sum(axis=(1, 2)))
-            )
-            total = total + per_head
-        keep = _threshold_mask(total, sparsity)  # [h]
-        for name, path in parts.items():
+            # Writers hold a unit's columns, the reader its rows.
+            per_unit = s.T if role != "read" else s
+            total = total + per_unit.reshape(units, -1).sum(axis=1)
+        keep = _threshold_mask(total, sparsity)  # [units]
+        for role, path in parts.items():
             d_in, d_out = flat[path][0].shape
-            if name == "out":
-                out[path] = jnp.broadcast_to(jnp.repeat(keep, d_in // h)[:, None], (d_in, d_out))
+            if role == "read":
+                out[path] = jnp.broadcast_to(
+                    jnp.repeat(keep, d_in // units)[:, None], (d_in, d_out)
+                )
             else:
-                out[path] = jnp.broadcast_to(jnp.repeat(keep, d_out // h)[None, :], (d_in, d_out))
+                out[path] = jnp.broadcast_to(
+                    jnp.repeat(keep, d_out // units)[None, :], (d_in, d_out)
+                )
     return out
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -180,12 +180,15 @@ class SelfAttention(nn.Module):
       attention: one of `ATTENTIONS` (see `attention_kernel`). q, k and v come from one
         packed product in fp8 serving, and in float with the Pallas kernel; otherwise
         from three.
+      num_heads: heads of this layer (None: the config's); each keeps the config's head
+        width, so a pruned layer's projections are narrower (`compression.compaction`).
     """
 
     config: BertConfig
     dtype: Any = jnp.float32
     dot_general_cls: DotGeneralFactory | None = None
     attention: str = "auto"
+    num_heads: int | None = None
 
     @nn.compact
     def __call__(
@@ -194,7 +197,9 @@ class SelfAttention(nn.Module):
         """Maps `[B, T, H]` (with `mask [B, T]`, True for real tokens) to `[B, T, H]`.
         `x_e4m3`: `x` already quantized with q, k and v's fp8 input scale (or None)."""
         c = self.config
-        heads, width = c.num_attention_heads, c.hidden_size // c.num_attention_heads
+        width = c.hidden_size // c.num_attention_heads
+        heads = c.num_attention_heads if self.num_heads is None else self.num_heads
+        inner = heads * width
         seam = self.dot_general_cls
         dense = dict(dtype=self.dtype, dot_general_cls=seam)
         names = ("query", "key", "value")
@@ -202,13 +207,13 @@ class SelfAttention(nn.Module):
         source = x if x_e4m3 is None else x_e4m3  # q, k and v's input
 
         def split(name):
-            y = Dense(c.hidden_size, name=name, **dense)(source)
+            y = Dense(inner, name=name, **dense)(source)
             return y.reshape(y.shape[:-1] + (heads, width))
 
         def packed():
             # One product writes q, k and v side by side and the Pallas kernel reads them
             # in place; the three layers keep their own parameters (checkpoints, pruning).
-            weights = [DenseParams(c.hidden_size, name=n)(x.shape[-1]) for n in names]
+            weights = [DenseParams(inner, name=n)(x.shape[-1]) for n in names]
             kernel = jnp.concatenate([w for w, _ in weights], axis=1).astype(self.dtype)
             bias = jnp.concatenate([b for _, b in weights]).astype(self.dtype)
             return jnp.dot(x.astype(self.dtype), kernel) + bias, None
@@ -256,7 +261,7 @@ class SelfAttention(nn.Module):
                 y = attend(*(qkv[..., i, :, :] for i in range(3)))
         else:
             y = attend(split("query"), split("key"), split("value"))
-        y = y.reshape(x.shape[:-1] + (c.hidden_size,))
+        y = y.reshape(x.shape[:-1] + (inner,))
         return Dense(c.hidden_size, name="output", **dense)(y)
 
 
@@ -268,6 +273,9 @@ class Layer(nn.Module):
     arrives in e4m3 from the kernel that produced it: the LayerNorms write an e4m3 copy of
     their output, the attention kernel writes e4m3, and XLA folds the second feed-forward
     product's input quantize into the first product's output (docs/performance.md).
+
+    `num_heads` and `intermediate_size` (None: the config's) give a pruned layer its own
+    width (`compression.compaction`).
     """
 
     config: BertConfig
@@ -275,6 +283,8 @@ class Layer(nn.Module):
     dot_general_cls: DotGeneralFactory | None = None
     attention: str = "auto"
     norm: str = "auto"
+    num_heads: int | None = None
+    intermediate_size: int | None = None
 
     @nn.compact
     def __call__(
@@ -311,16 +321,17 @@ class Layer(nn.Module):
             return (norm(y), None) if out_scale is None else norm(y, out_scale)
 
         drop = nn.Dropout(c.hidden_dropout_prob)
-        attention = SelfAttention(c, name="attention", attention=self.attention, **dense)
+        attention = SelfAttention(
+            c, name="attention", attention=self.attention, num_heads=self.num_heads, **dense
+        )
         a = attention(x, mask, train, x_e4m3)
         y = x + drop(a, deterministic=not train)
         x, h = normalize("attention_norm", y, _input_scale(seam, self, "intermediate"))
         h = x if h is None else h
         if flat_tokens(seam):
             h = h.reshape(-1, h.shape[-1])
-        h = activation(c.hidden_act, self.dtype)(
-            Dense(c.intermediate_size, name="intermediate", **dense)(h)
-        )
+        ffn = c.intermediate_size if self.intermediate_size is None else self.intermediate_size
+        h = activation(c.hidden_act, self.dtype)(Dense(ffn, name="intermediate", **dense)(h))
         h = Dense(c.hidden_size, name="ffn_output", **dense)(h).reshape(x.shape)
         x, x_e4m3 = normalize("output_norm", x + drop(h, deterministic=not train), next_scale)
         return x.astype(self.dtype), x_e4m3
@@ -338,6 +349,8 @@ class Encoder(nn.Module):
       embedding_bits: 0 (float tables) or 8/4: read served row-wise quantized tables.
       attention: the attention implementation (`ATTENTIONS`; see `attention_kernel`).
       norm: the LayerNorm implementation of the layers (`NORMS`; see `norm_kernel`).
+      layer_sizes: `((heads, intermediate size), ...)` per layer, for layers narrower than
+        the config's (pruned and compacted); empty: the config's everywhere.
     """
 
     config: BertConfig
@@ -347,6 +360,7 @@ class Encoder(nn.Module):
     embedding_bits: int = 0
     attention: str = "auto"
     norm: str = "auto"
+    layer_sizes: tuple[tuple[int, int], ...] = ()
 
     @nn.compact
     def __call__(
@@ -371,6 +385,9 @@ class Encoder(nn.Module):
         x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=not train).astype(self.dtype)
         x_e4m3, seam = None, self.dot_general_cls
         depth = self.num_layers or c.num_hidden_layers
+        sizes = tuple(self.layer_sizes) or ((None, None),) * depth
+        if len(sizes) != depth:
+            raise ValueError(f"layer_sizes has {len(sizes)} entries for {depth} layers")
         for i in range(depth):
             # Served in fp8, each layer's last LayerNorm also writes the next layer's
             # q, k, v input in e4m3.
@@ -378,7 +395,10 @@ class Encoder(nn.Module):
             next_scale = (
                 None if last else _qkv_input_scale(seam, self, f"layer_{i + 1}", "attention")
             )
-            layer = Layer(c, self.dtype, seam, self.attention, self.norm, name=f"layer_{i}")
+            heads, ffn = sizes[i]
+            layer = Layer(
+                c, self.dtype, seam, self.attention, self.norm, heads, ffn, name=f"layer_{i}"
+            )
             x, x_e4m3 = layer(x, mask, train, x_e4m3, next_scale)
         return x
 
@@ -552,10 +572,21 @@ def pretrained_encoder(
     return select_layers(params, layers, folder)
 
 
-def flops_per_sequence(config: BertConfig, num_layers: int, length: float) -> float:
+def flops_per_sequence(
+    config: BertConfig,
+    num_layers: int,
+    length: float,
+    layer_sizes: Sequence[tuple[int, int]] = (),
+) -> float:
     """Forward FLOPs (2 per multiply-add) of a BERT encoder on one sequence of `length`
-    tokens: projections and feed-forward `2 T (4 H^2 + 2 H I)` plus attention scores and
-    mixing `4 T^2 H`, per layer; embeddings are lookups (no FLOPs)."""
-    h, i, t = config.hidden_size, config.intermediate_size, float(length)
-    per_layer = 2 * t * (4 * h * h + 2 * h * i) + 4 * t * t * h
-    return num_layers * per_layer
+    tokens: projections and feed-forward `2 T (4 H A + 2 H I)` plus attention scores and
+    mixing `4 T^2 A` per layer, with `A` = heads x head width (H unpruned) and `I` the
+    layer's intermediate size (`layer_sizes`, else the config's); embeddings are lookups."""
+    h, t = config.hidden_size, float(length)
+    width = h // config.num_attention_heads
+    sizes = layer_sizes or [(config.num_attention_heads, config.intermediate_size)] * num_layers
+    total = 0.0
+    for heads, ffn in sizes:
+        a = heads * width
+        total += 2 * t * (4 * h * a + 2 * h * ffn) + 4 * t * t * a
+    return total

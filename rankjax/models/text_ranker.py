@@ -38,6 +38,9 @@ class TextRanker(nn.Module):
         `bert.attention_kernel`.
       norm: `"auto"` (the fused Pallas LayerNorm on a GPU when not training), `"xla"` or
         `"pallas"`; see `bert.norm_kernel`.
+      layer_sizes: `((heads, intermediate size), ...)` per layer of every encoder: the
+        narrower layers of a pruned model compacted for serving
+        (`compression.compaction`); empty: the architecture's.
     """
 
     checkpoint: str = ""
@@ -53,6 +56,7 @@ class TextRanker(nn.Module):
     embedding_bits: int = 0
     attention: str = "auto"
     norm: str = "auto"
+    layer_sizes: tuple[tuple[int, int], ...] = ()
 
     @property
     def bert_config(self) -> bert.BertConfig:
@@ -68,6 +72,7 @@ class TextRanker(nn.Module):
             self.embedding_bits,
             self.attention,
             self.norm,
+            tuple(tuple(int(v) for v in size) for size in self.layer_sizes),
             name=name,
         )
 

@@ -295,7 +295,9 @@ def _serve(config, quantizer, sparsifier, params, train_batches, evaluator, work
         sparsifier=sparsifier,
     )
     # Evaluate what a server would load: the saved (packed) tree, unpacked.
-    loaded = serve.round_trip(workdir, served, sparsifier)
+    serve_model, loaded = serve.served_module(
+        serve_model, serve.round_trip(workdir, served, sparsifier)
+    )
     predict = sharding.with_mesh(
         compiler.jit(
             lambda v, batch: serve_model.apply(
@@ -344,10 +346,10 @@ class _Final:
         config, workdir, evals = self.config, self.workdir, self.config.evals
         results: dict[str, Any] = self._evaluate(self.model_scores(params))
         served = None
-        packs = self.sparsifier is not None and isinstance(
-            sparsity.parse_pattern(self.sparsifier.pattern), sparsity.NM
+        reshapes = self.sparsifier is not None and isinstance(
+            sparsity.parse_pattern(self.sparsifier.pattern), sparsity.NM | sparsity.Units
         )
-        if self.quantizer is not None or packs:
+        if self.quantizer is not None or reshapes:
             main = section.selecting(evals)
             served, served_scores = _serve(
                 config,
