@@ -53,18 +53,20 @@ def _flops(ranker, test) -> float:
     """Forward FLOPs per scored product at the test pairs' mean token length."""
     model = ranker.model
     cfg = model.bert_config
-    layers = model.num_layers or cfg.num_hidden_layers
+    # A compacted served model has narrower layers (pruned heads and units cut out).
+    flops = functools.partial(
+        bert.flops_per_sequence,
+        cfg,
+        model.num_layers or cfg.num_hidden_layers,
+        layer_sizes=model.layer_sizes,
+    )
     if "tokens" in test.extras and model.inputs[0] == "tokens":
-        length = float((test.extras["tokens"] != 0).sum(1).mean())
-        return bert.flops_per_sequence(cfg, layers, length)
+        return flops(float((test.extras["tokens"] != 0).sum(1).mean()))
     # Bi-encoder as run here: each product encoded, the query once per list.
     item = float((test.extras["item_tokens"] != 0).sum(1).mean())
     query = float((test.extras["query_tokens"] != 0).sum(1).mean())
     per_list = test.num_items / max(test.num_lists, 1)
-    return (
-        bert.flops_per_sequence(cfg, layers, item)
-        + bert.flops_per_sequence(cfg, layers, query) / per_list
-    )
+    return flops(item) + flops(query) / per_list
 
 
 def main(argv):

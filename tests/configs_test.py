@@ -16,7 +16,11 @@ NEEDS_SHARED = {
     name for name in CONFIGS if name.startswith(("letor", "homedepot", "ml100k", "beauty"))
 }
 # Configs distilled from a teacher run: the runlocal cross-encoder trained once here.
-NEEDS_TEACHER = {"homedepot_distill", "homedepot_student_int8_nm24"}
+NEEDS_TEACHER = {
+    "homedepot_distill",
+    "homedepot_student_int8_nm24",
+    "homedepot_student_int8_pruned",
+}
 # tests/notebook_test.py trains these with `:runlocal` and checks the same (the suite's
 # time budget is better spent elsewhere than on training them twice).
 IN_NOTEBOOK = {f"synthetic_listwise{s}" for s in ("", "_int8", "_nm24", "_int8_nm24")}
@@ -60,8 +64,6 @@ def test_config_runs_two_steps(name, tmp_path, request):
     if name == "homedepot_cross_encoder":  # the teacher fixture is this config's run
         with open(os.path.join(request.getfixturevalue("teacher"), "results.json")) as f:
             results = json.load(f)
-    elif config.get("task") == "retrieval":
-        results = trainer.train_and_evaluate(config, str(tmp_path))
     else:
         results = trainer.train_and_evaluate(config, str(tmp_path))
     assert results["step"] == 2
@@ -70,6 +72,12 @@ def test_config_runs_two_steps(name, tmp_path, request):
         # int8 kernels, packed 2:4 and int4 embeddings: far below the float bytes.
         assert all(v == v for v in results["test_served"].values())
         assert results["bytes"]["serving_bytes"] < 0.2 * results["bytes"]["float_bytes"]
+    if name == "homedepot_student_int8_pruned":
+        # Half the heads and feed-forward units cut out of the served layers.
+        with open(os.path.join(tmp_path, "compression.json")) as f:
+            report = json.load(f)
+        assert report["served_flops_per_item"] < 0.6 * report["dense_flops_per_item"]
+        assert all(v == v for v in results["test_served"].values())
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -65,6 +65,18 @@ def test_gradual_schedule_reaches_the_target_at_end_step():
     assert not bool(s.refreshes_at(120))
 
 
+def test_gradual_schedule_off_the_update_grid_still_ends_at_the_target():
+    # Updates at 1, 11, 21; end_step 25 is off that grid, and a one-step schedule
+    # (end_step 1) has a single update: both end at the target, as the schedule says.
+    s = sp.Sparsifier(
+        pattern="unstructured", target=0.8, start_step=0, end_step=25, update_every=10
+    )
+    assert [bool(s.refreshes_at(t)) for t in (1, 11, 21, 25, 26)] == [1, 1, 1, 1, 0]
+    assert float(s.sparsity_at(21)) < 0.8 and float(s.sparsity_at(25)) == pytest.approx(0.8)
+    one = sp.Sparsifier(pattern="ffn", target=0.5, start_step=0, end_step=1, update_every=1)
+    assert bool(one.refreshes_at(1)) and float(one.sparsity_at(1)) == pytest.approx(0.5)
+
+
 def run_wrapped(sparsifier, steps, params=None, lr=0.05):
     params = params or {
         "Dense_0": {

@@ -194,9 +194,11 @@ class Sparsifier:
         if self.schedule == "oneshot" or isinstance(parse_pattern(self.pattern), NM):
             return jnp.where(step >= self._first, final, 0.0)
         span = max(self.end_step - self._first, 1)
-        # Progress on the update grid, so the value changes only on update steps.
+        # Progress on the update grid, so the value changes only on update steps; the
+        # target itself from end_step on (also when end_step is off the grid, or the
+        # schedule has a single update).
         done = jnp.floor((step - self._first) / self.update_every) * self.update_every
-        frac = jnp.clip(done / span, 0.0, 1.0)
+        frac = jnp.where(step >= self.end_step, 1.0, jnp.clip(done / span, 0.0, 1.0))
         return jnp.where(step >= self._first, final * (1.0 - (1.0 - frac) ** 3), 0.0)
 
     @property
@@ -217,9 +219,11 @@ class Sparsifier:
         if self.schedule == "oneshot" and not isinstance(parse_pattern(self.pattern), NM):
             return step == self._first
         last = max(self.end_step, self._first)
-        return (
-            (step >= self._first) & (step <= last) & ((step - self._first) % self.update_every == 0)
-        )
+        on_grid = (step >= self._first) & (step <= last)
+        on_grid &= (step - self._first) % self.update_every == 0
+        if isinstance(parse_pattern(self.pattern), NM):  # N:M: re-chosen on the grid only
+            return on_grid
+        return on_grid | (step == last)  # a gradual schedule ends at its target
 
     def selects(self, path: str, leaf) -> bool:
         p = parse_pattern(self.pattern)
