@@ -12,9 +12,12 @@ Command (GPU: about 2 min after the teacher's run):
       --workdir=/tmp/rankjax/hd_student_int8_pruned
 
 Arguments: those of `homedepot_distill.py`, plus `prune=P` (the share of each layer's
-heads and of its feed-forward units removed, default 0.5). Heads and units are scored by
+heads and of its feed-forward units removed, default 0.5) and `quant=int8|fp8|none`: int8
+QAT (default), fp8 e4m3 with static scales after training (the fast form on Hopper GPUs),
+or float (the compacted model in the training dtype). Heads and units are scored by
 magnitude and pruned gradually over the first third of training; the scoring head stays
-float, the embedding tables are served row-wise int4. docs/results.md has measured figures.
+float, the embedding tables are served row-wise int4 when quantized. docs/results.md has
+measured figures.
 """
 
 import ml_collections
@@ -24,8 +27,8 @@ from rankjax.compression import quantization, sparsity
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    mine, base_arg = config_args.split_arg(arg, {"prune"})
-    own = config_args.parse_arg(mine, prune=0.5)
+    mine, base_arg = config_args.split_arg(arg, {"prune", "quant"})
+    own = config_args.parse_arg(mine, prune=0.5, quant="int8")
     c = config_args.base_config(__file__, "homedepot_distill", base_arg)
     if c.model.name != "cross_encoder":
         raise ValueError("the pruned student is a cross-encoder (student=layers3|narrow)")
@@ -39,7 +42,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         end_step=max(1, steps // 3),
         update_every=max(1, steps // 12),
     )
-    c.quant = quantization.config_section(
-        weight_bits=8, activation_bits=8, exclude="score", embedding_bits=4
-    )
+    forms = {
+        "int8": dict(weight_bits=8, activation_bits=8),
+        "fp8": quantization.PTQ_CHOICES["fp8"],
+    }
+    if own.quant in forms:
+        c.quant = quantization.config_section(**forms[own.quant], exclude="score", embedding_bits=4)
+    elif own.quant != "none":
+        raise ValueError(f"config argument quant={own.quant!r}; valid: int8, fp8, none")
     return c

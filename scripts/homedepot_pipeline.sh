@@ -5,6 +5,8 @@
 #   hd_distill              3-layer cross-encoder from teacher layers 0, 2, 4
 #   hd_student_int8_nm24    the same with 2:4 sparsity + int8 QAT + int4 embeddings, served
 #   hd_student2_int8_nm24   2-layer (teacher layers 0, 5) version of it
+#   hd_student_int8_pruned  the 3-layer student with half its heads and FFN units pruned,
+#                           int8 QAT, int4 embeddings, served compacted
 #   hd_bi                   bi-encoder
 #   hd_narrow               3-layer, 192-wide cross-encoder (PCA-projected teacher embeddings)
 #   hd_narrow_random        the same with fresh embeddings
@@ -25,7 +27,7 @@ ckpt="${3:-}"
 extra="${4:-}"
 mkdir -p "$out"
 all="hd_distill hd_student_int8_nm24 hd_student2_int8_nm24 hd_bi hd_narrow hd_narrow_random"
-all="$all hd_narrow_int8_nm24"
+all="$all hd_narrow_int8_nm24 hd_student_int8_pruned"
 students="${STUDENTS:-$all}"
 for s in $students; do
   [[ " $all " == *" $s "* ]] || { echo "unknown student $s; valid: $all" >&2; exit 2; }
@@ -45,6 +47,7 @@ for s in $students; do
     hd_distill) train "$s" "$distill:$args,$teacher" & ;;
     hd_student_int8_nm24) train "$s" "$compressed:$args,$teacher" & ;;
     hd_student2_int8_nm24) train "$s" "$compressed:$args,$teacher,layers=05" & ;;
+    hd_student_int8_pruned) train "$s" "configs/homedepot_student_int8_pruned.py:$args,$teacher" & ;;
     hd_bi) train "$s" "$distill:$args,$teacher,student=bi" & ;;
     hd_narrow) train "$s" "$distill:$args,$teacher,student=narrow" & ;;
     hd_narrow_random) train "$s" "$distill:$args,$teacher,student=narrow,embed_init=random" & ;;

@@ -147,6 +147,8 @@ def test_a_pruned_text_ranker_is_served_compacted(tmp_path, quant):
             assert got[k] == pytest.approx(v, abs=1e-4), k
     ranker = serving.load(str(tmp_path), "served")
     assert ranker.model.layer_sizes == ((1, 32), (1, 32))
+    # On the device once, not copied from the host on every call.
+    assert all(isinstance(x, jax.Array) for x in jax.tree_util.tree_leaves(ranker.variables))
     texts = ["cordless drill", "garden hose 50 ft"]
     best = serving.load(str(tmp_path), "best").score_texts("drill", texts)
     tolerance = 0.1 if quant else 1e-4

@@ -298,6 +298,7 @@ def _serve(config, quantizer, sparsifier, params, train_batches, evaluator, work
     serve_model, loaded = serve.served_module(
         serve_model, serve.round_trip(workdir, served, sparsifier)
     )
+    loaded = jax.device_put(loaded, sharding.replicated(mesh))  # once, not every batch
     predict = sharding.with_mesh(
         compiler.jit(
             lambda v, batch: serve_model.apply(

@@ -400,7 +400,7 @@ class _Final:
             # Served model: tables as int8/int4 rows plus scales, towers as integer weights.
             variables, form = served(task, quantizer, jax.device_get(params), bits)
             # Evaluate what a server would load: the saved tree.
-            loaded = serve.round_trip(self.workdir, variables)
+            loaded = jax.device_put(serve.round_trip(self.workdir, variables))  # once
             for (name, split), ev in self.evaluators.items():
                 if split == "test":
                     key = section.result_key(evals, name, split, served=True)
