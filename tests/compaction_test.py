@@ -91,6 +91,19 @@ def test_models_without_bert_layers_are_refused():
         compaction.compact(models.get({"name": "mlp", "hidden_sizes": (8,)}), {})
 
 
+def test_a_listwise_ranker_with_pruned_heads_is_served_with_its_masks():
+    from rankjax.models import listwise
+
+    model = listwise.tiny(num_heads=4)
+    sample = (jnp.ones((1, 3, 5)), jnp.ones((1, 3), bool))
+    params = model.init(jax.random.PRNGKey(0), *sample)["params"]
+    s = sp.Sparsifier(pattern="heads:4", target=0.5, schedule="oneshot", start_step=1)
+    served = serve.convert(lambda phase: model, params, sample, sparsifier=s)
+    assert serve.LAYER_SIZES not in served
+    same = jax.tree_util.tree_map(lambda a, b: a.shape == b.shape, served["params"], params)
+    assert all(jax.tree_util.tree_leaves(same))
+
+
 def test_unit_patterns_mask_every_matrix_of_a_unit_together():
     assert sp.parse_pattern("heads:4+ffn") == sp.Units(4, True)
     assert sp.parse_pattern("ffn") == sp.Units(0, True)

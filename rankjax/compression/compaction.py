@@ -89,6 +89,11 @@ def _cut_layer(layer: Mapping[str, Any], heads: np.ndarray, ffn: np.ndarray, wid
     }
 
 
+def supports(model: nn.Module) -> bool:
+    """Whether `model` has BERT layers `compact` can narrow (the text rankers)."""
+    return hasattr(model, "encoder_names") and hasattr(model, "layer_sizes")
+
+
 def compact(model: nn.Module, params: Mapping[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
     """The model with narrower layers and its params with the pruned units cut out.
 
@@ -102,7 +107,7 @@ def compact(model: nn.Module, params: Mapping[str, Any]) -> tuple[nn.Module, dic
     Raises:
       ValueError: the model has no BERT encoder to compact.
     """
-    if not hasattr(model, "encoder_names") or not hasattr(model, "layer_sizes"):
+    if not supports(model):
         raise ValueError(
             f"{type(model).__name__} has no BERT layers to compact; head and feed-forward "
             "pruning compact the text rankers (cross_encoder, bi_encoder)"

@@ -64,7 +64,7 @@ def convert(
       embedding_bits: 8 or 4 stores every embedding table as int8/int4 rows; 0 keeps
         them float.
       sparsifier: packs the N:M kernels it pruned, or cuts out the heads and units it
-        pruned (`compaction`) before anything else.
+        pruned (`compaction`, text rankers) before anything else.
 
     Returns:
       `{"params": ..., and the quantizer's collections}` as the server holds them, with
@@ -74,9 +74,13 @@ def convert(
     if sparsifier is not None and isinstance(
         sparsity.parse_pattern(sparsifier.pattern), sparsity.Units
     ):
-        model, params = compaction.compact(build("train"), jax.device_get(params))
-        sizes = model.layer_sizes
-        build = _with_sizes(build, sizes)
+        model = build("train")
+        if compaction.supports(model):
+            model, params = compaction.compact(model, jax.device_get(params))
+            sizes = model.layer_sizes
+            build = _with_sizes(build, sizes)
+        else:  # e.g. the listwise ranker: its pruned heads stay as zeros
+            logging.info("%s has no layers to compact; served with masks", type(model).__name__)
     variables: dict[str, Any] = {"params": params}
     if quantizer is not None:
         calibration = None
