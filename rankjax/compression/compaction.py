@@ -114,7 +114,7 @@ def compact(model: nn.Module, params: Mapping[str, Any]) -> tuple[nn.Module, dic
         )
     config = model.bert_config
     width = config.hidden_size // config.num_attention_heads
-    params = {k: v for k, v in params.items()}
+    params = dict(params)
     kept = plan(params, model.encoder_names(), width)
     for name, layers in kept.items():
         encoder = dict(params[name])

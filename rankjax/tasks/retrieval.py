@@ -390,9 +390,11 @@ class _Final:
         params = _local(params)
         kind = evals[main].type
         results: dict[str, Any] = {"protocol": "full" if kind == "full_ranking" else "sampled"}
+        # One scorer per split: building one computes the catalog's item vectors.
+        splits = dict.fromkeys(split for _, split in self.evaluators)
+        scores = {s: task.scorer({"params": params}, TRAINING, s) for s in splits}
         for (name, split), ev in self.evaluators.items():
-            score = task.scorer({"params": params}, TRAINING, split)
-            results[section.result_key(evals, name, split)] = ev.run(score)
+            results[section.result_key(evals, name, split)] = ev.run(scores[split])
         results["bytes"] = {"float_bytes": quantization.array_bytes(params)}
         bits = int((config.get("quant") or {}).get("embedding_bits", 0))
         quantizer = quantizer_of(config)
@@ -401,10 +403,11 @@ class _Final:
             variables, form = served(task, quantizer, jax.device_get(params), bits)
             # Evaluate what a server would load: the saved tree.
             loaded = jax.device_put(serve.round_trip(self.workdir, variables))  # once
+            served_scores = task.scorer(loaded, form, "test")
             for (name, split), ev in self.evaluators.items():
                 if split == "test":
                     key = section.result_key(evals, name, split, served=True)
-                    results[key] = ev.run(task.scorer(loaded, form, split))
+                    results[key] = ev.run(served_scores)
             results["bytes"]["serving_bytes"] = quantization.array_bytes(loaded)
         counts = jnp.asarray(
             np.bincount(parts["train"].items, minlength=log.num_items), jnp.float32
@@ -473,6 +476,7 @@ def _evaluators(config, log, parts) -> dict[tuple[str, str], Evaluator]:
     """
     seen = {"valid": [parts["train"]], "test": [parts["train"], parts["valid"]]}
     everything = (log.users, log.items)
+    counts = np.bincount(log.items, minlength=log.num_items)  # popularity over the log
     out = {}
     for name, entry in config.evals.items():
         chunk = int(entry.get("users_per_chunk", 512 if entry.type == "ctr" else 256))
@@ -493,7 +497,6 @@ def _evaluators(config, log, parts) -> dict[tuple[str, str], Evaluator]:
                 )
             elif entry.type == "sampled_ranking":
                 by = entry.get("negatives", "popularity")
-                counts = np.bincount(log.items, minlength=log.num_items)
                 negatives = retrieval.sample_negatives(
                     held.users,
                     everything,
