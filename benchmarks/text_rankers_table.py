@@ -8,8 +8,10 @@ latency measured here, now.
 Each argument is a finished workdir (`configs/homedepot_*.py`). A run with a served
 (converted) model is measured twice: its float parameters and the served model as saved.
 Throughput: every test pair once, sorted by length into batches of `--batch_size` pairs
-(each trimmed to its longest sequence), median of 3 passes after a warm-up pass; latency:
-p50/p99 of scoring one batch of `--latency_batch` pairs.
+(each trimmed to its longest sequence, or packed into rows as the run's config packs
+them: `data.text.pack_length`; `--pack_length` overrides it), median of 3 passes after a
+warm-up pass; latency: p50/p99 of scoring one batch of `--latency_batch` pairs. `real %`
+is the share of real tokens among the positions computed in the throughput pass.
 """
 
 import functools
@@ -23,17 +25,23 @@ from absl import app, flags, logging
 from benchmarks import timing
 from rankjax import data as data_lib
 from rankjax import models, serving
+from rankjax.data import packing
 from rankjax.models import bert
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("json", "", "Also write the rows to this JSON file.")
 flags.DEFINE_integer("batch_size", 1024, "Pairs per batch for the throughput pass.")
 flags.DEFINE_integer("latency_batch", 64, "Pairs per call for the latency figure.")
+flags.DEFINE_integer(
+    "pack_length",
+    -1,
+    "Cross-encoder input: -1 as each run's config says, 0 padded, L packed in L-token rows.",
+)
 
 
 HEAD = (
     f"| {'run':<34} | {'MB':>7} | {'GFLOP/p':>7} | {'NDCG@5':>6} | {'pair acc':>8} | "
-    f"{'RMSE':>6} | {'products/s':>10} | {'p50 ms':>6} | {'p99 ms':>6} |"
+    f"{'RMSE':>6} | {'real %':>6} | {'products/s':>10} | {'p50 ms':>6} | {'p99 ms':>6} |"
 )
 
 
@@ -69,6 +77,24 @@ def _flops(ranker, test) -> float:
     return flops(item) + flops(query) / per_list
 
 
+def _preparer(ranker: serving.Ranker):
+    """`(prepare, pack length)`: how this run's batches are laid out, as its config says
+    or as `--pack_length` says (pack length 0: padded)."""
+    text_cfg = dict(ranker.config.data.get("text") or {})
+    if FLAGS.pack_length >= 0:
+        text_cfg["pack_length"] = FLAGS.pack_length
+    packs = hasattr(ranker.model, "packed_inputs")
+    length = int(text_cfg.get("pack_length", 0)) if packs else 0
+    return packing.preparer(text_cfg, packs), length
+
+
+def _real_share(batches) -> float:
+    """Real tokens over computed token positions, all batches together."""
+    keys = ("packed_tokens", "tokens", "item_tokens")
+    arrays = [b[next(k for k in keys if k in b)] for b in batches]
+    return float(sum((a != 0).sum() for a in arrays) / sum(a.size for a in arrays))
+
+
 def main(argv):
     workdirs = argv[1:]
     if not workdirs:
@@ -93,10 +119,12 @@ def main(argv):
                 lambda v, b, m=ranker.model: m.apply(v, models.inputs(m, b), b["where"])
             )
             score = functools.partial(apply, ranker.variables)
-            batches = timing.pair_batches(test, FLAGS.batch_size)
+            prepare, pack_length = _preparer(ranker)
+            batches = [prepare(b) for b in timing.pair_batches(test, FLAGS.batch_size)]
             tp = timing.scoring_throughput(score, batches)
-            small = timing.pair_batches(test.select(np.arange(min(64, test.num_lists))), 64)
-            lat = timing.latency_ms(score, small[len(small) // 2])
+            first = test.select(np.arange(min(FLAGS.latency_batch, test.num_lists)))
+            small = timing.pair_batches(first, FLAGS.latency_batch)
+            lat = timing.latency_ms(score, prepare(small[len(small) // 2]))
             served = params == "served"
             q = _quality(workdir, served)
             rows.append(
@@ -109,6 +137,8 @@ def main(argv):
                     "ndcg@5": q.get("ndcg@5"),
                     "pairwise_accuracy": q.get("pairwise_accuracy"),
                     "rmse_calibrated": q.get("rmse_calibrated"),
+                    "real_token_share": _real_share(batches),
+                    "pack_length": pack_length,
                     "products_per_sec": tp.items_per_sec,
                     **{f"latency_{k}": v for k, v in lat.items()},
                     **env,
@@ -118,7 +148,8 @@ def main(argv):
             print(
                 f"| {r['run']:<34} | {r['bytes'] / 1e6:7.2f} | {r['gflops_per_product']:7.3f} | "
                 f"{r['ndcg@5']:6.4f} | {r['pairwise_accuracy']:8.4f} | "
-                f"{r['rmse_calibrated']:6.4f} | {r['products_per_sec']:10.0f} | "
+                f"{r['rmse_calibrated']:6.4f} | {100 * r['real_token_share']:6.1f} | "
+                f"{r['products_per_sec']:10.0f} | "
                 f"{r['latency_p50_ms']:6.2f} | {r['latency_p99_ms']:6.2f} |",
                 flush=True,
             )

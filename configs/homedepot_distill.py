@@ -78,6 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     else:  # bi-encoder: the teacher reads pairs, the student separate texts
         c.data.text.encoding = "both"
         c.data.text.pad_multiple = 32  # query and product widths vary apart: fewer shapes
+        c.data.bucket_batches = 16  # it reads padded texts: length-sorted runs pad less
         c.model = dict(
             name="bi_encoder",
             checkpoint=c.model.checkpoint,

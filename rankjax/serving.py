@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from rankjax import compiler, models
 from rankjax.checkpoint import quiet_orbax_logs, restore_here
 from rankjax.compression import quantization, serve, sparsity
-from rankjax.data import tokens
+from rankjax.data import packing
 from rankjax.data.batches import pad_lists
 from rankjax.data.dataset import from_groups
 from rankjax.data.pipeline import tokenized
@@ -51,12 +51,15 @@ class Ranker:
     model: nn.Module
     variables: Any  # {"params": ...} and, for a served quantized model, its integer weights
     transform: FeatureTransform
-    config: ml_collections.ConfigDict
+    config: ml_collections.ConfigDict | None  # None: no run behind it (benchmarks)
 
     def __post_init__(self):
         # Weights go to the device once: host arrays (a served model as saved) would be
         # copied to it again on every call, which a served model's timing would include.
         self.variables = jax.device_put(self.variables)
+        # Text batches as the run computed them: trimmed, or packed (pack_length).
+        data = (self.config or {}).get("data") or {}
+        self.prepare = packing.preparer(data.get("text"), hasattr(self.model, "packed_inputs"))
         self._apply = compiler.jit(
             lambda variables, x, where: self.model.apply(variables, x, where, train=False)
         )
@@ -72,7 +75,10 @@ class Ranker:
 
     def score_batch(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Scores a padded batch holding the model's inputs (`models.input_keys`) and
-        `where` -> `[batch, list_size]` (features must already be transformed)."""
+        `where` -> `[batch, list_size]` (features must already be transformed). Token
+        batches are trimmed, or packed when the run packed them (`data.text.pack_length`)."""
+        if "tokens" in batch or "item_tokens" in batch:
+            batch = self.prepare(batch)
         return np.asarray(
             self._apply(self.variables, models.inputs(self.model, batch), batch["where"])
         )
@@ -95,8 +101,7 @@ class Ranker:
             extras={f"text:{column}": np.asarray(list(products), dtype=object)},
         )
         one = tokenized(one, {**dict(text_cfg), "item_columns": (column,)})
-        batch = tokens.trim_token_axes(pad_lists(one, max(1, len(products))))
-        return self.score_batch(batch)[0]
+        return self.score_batch(pad_lists(one, max(1, len(products))))[0]
 
 
 def load(workdir: str, params: str = "best") -> Ranker:

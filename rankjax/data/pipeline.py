@@ -39,8 +39,10 @@ class Splits:
         return getattr(self, name)
 
 
-# pad_multiple: token axes of a batch are cut to its longest sequence rounded up to this.
-TEXT_KEYS = {"checkpoint", "item_columns", "max_length", "encoding", "pad_multiple"}
+# pad_multiple: token axes of a batch are cut to its longest sequence rounded up to this;
+# pack_length: a cross-encoder's pairs are packed into rows of this many tokens
+# (`data.packing`; 0: padded lists).
+TEXT_KEYS = {"checkpoint", "item_columns", "max_length", "encoding", "pad_multiple", "pack_length"}
 
 
 def tokenized(dataset: RankingDataset, text_cfg: Mapping[str, Any]) -> RankingDataset:

@@ -43,39 +43,65 @@ AUTO_MAX_LENGTH = 128
 _MASKED = -1e30
 
 
-def probabilities(q: jax.Array, k: jax.Array, mask: jax.Array) -> jax.Array:
+def allowed(mask: jax.Array, segments: jax.Array | None = None) -> jax.Array:
+    """Which keys each query may attend to: `[B, 1, 1, T]` real keys (`mask [B, T]`), or
+    with `segments [B, T]` (several sequences packed in a row) `[B, 1, T, T]` real keys
+    of the query's own segment."""
+    keys = mask[:, None, None, :]
+    if segments is None:
+        return keys
+    return keys & (segments[:, None, :, None] == segments[:, None, None, :])
+
+
+def probabilities(
+    q: jax.Array, k: jax.Array, mask: jax.Array, segments: jax.Array | None = None
+) -> jax.Array:
     """XLA's softmax attention weights `[B, heads, T, T]` (float32) of `q, k [B, T, heads,
-    D]` over real keys (`mask [B, T]`); a row with no real key weights all keys equally."""
+    D]` over real keys (`mask [B, T]`) of the query's segment (`segments [B, T]`, or
+    None: one sequence a row); a row with no allowed key weights all keys equally."""
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
-    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    logits = jnp.where(allowed(mask, segments), logits, jnp.finfo(jnp.float32).min)
     return jax.nn.softmax(logits, axis=-1)
 
 
-def reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """XLA attention: `q, k, v [B, T, heads, D]`, `mask [B, T]` True for real keys.
+def reference(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    segments: jax.Array | None = None,
+) -> jax.Array:
+    """XLA attention: `q, k, v [B, T, heads, D]`, `mask [B, T]` True for real keys,
+    `segments [B, T]` (or None) the packed sequence of each token.
 
     Logits and softmax in float32, the weighted sum in `v`'s dtype; returns
     `[B, T, heads, D]` in `q`'s dtype.
     """
-    probs = probabilities(q, k, mask).astype(v.dtype)
+    probs = probabilities(q, k, mask, segments).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v).astype(q.dtype)
 
 
-def _kernel(q_ref, k_ref, v_ref, bias_ref, *refs, scale: float):
-    # refs: (o_ref,), or (coef_ref, o_ref) when the slots are scaled (fp8 serving): the
-    # logits are multiplied by coef[0] and the output by coef[1]. An e4m3 output is
-    # clipped to its range first (a larger value would become NaN).
-    *coef_ref, o_ref = refs
+def _kernel(q_ref, k_ref, v_ref, bias_ref, *refs, scale: float, segmented: bool, scaled: bool):
+    # refs: ([seg_ref,] [coef_ref,] o_ref). With `segmented`, a query sees only keys of
+    # its own segment (packed sequences). With `scaled` (fp8 serving) the logits are
+    # multiplied by coef[0] and the output by coef[1]; an e4m3 output is clipped to its
+    # range first (a larger value would become NaN).
+    seg_ref = refs[0] if segmented else None
+    coef_ref = refs[int(segmented)] if scaled else None
+    o_ref = refs[-1]
     q, k, v = q_ref[...], k_ref[...], v_ref[...]  # [T, D] each
     dims = (((1,), (1,)), ((), ()))
     logits = jax.lax.dot_general(q, k, dims, preferred_element_type=jnp.float32)
-    logits = logits * (scale * coef_ref[0][0] if coef_ref else scale)
+    logits = logits * (scale * coef_ref[0] if scaled else scale)
     logits = logits + bias_ref[...][None, :]  # [T, T]
+    if segmented:
+        seg = seg_ref[...]
+        logits = jnp.where(seg[:, None] == seg[None, :], logits, logits + _MASKED)
     top = jnp.max(logits, axis=-1)
     weights = jnp.exp(logits - top[:, None])
     total = jnp.sum(weights, axis=-1)
     out = jnp.dot(weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    out = out / (total[:, None] / coef_ref[0][1] if coef_ref else total[:, None])
+    out = out / (total[:, None] / coef_ref[1] if scaled else total[:, None])
     if o_ref.dtype == jnp.float8_e4m3fn:
         out = jnp.clip(out, -e4m3.E4M3_MAX, e4m3.E4M3_MAX)
     o_ref[...] = out.astype(o_ref.dtype)
@@ -98,34 +124,48 @@ def _slot(j: int):
     return lambda h, b: (b, 0, j, h, 0)
 
 
-def _forward(arrays, mask, num_warps: int, interpret: bool, coef=None, out_dtype=None):
+def _forward(arrays, mask, segments, num_warps: int, interpret: bool, coef=None, out_dtype=None):
     """`arrays`: `(q, k, v)`, each `[B, T, heads, D]`, or `(qkv,)` packed `[B, T, 3,
-    heads, D]` (read in place, three times). `coef`: None, or float32 `[2]` (logit and
-    output multipliers). Returns `[B, T, heads, D]` in `out_dtype` (default: the inputs').
-    Under a mesh context each device runs the kernel on its share of the batch
-    (`sharding.per_batch_shard`)."""
+    heads, D]` (read in place, three times). `segments`: None or int `[B, T]`. `coef`:
+    None, or float32 `[2]` (logit and output multipliers). Returns `[B, T, heads, D]` in
+    `out_dtype` (default: the inputs'). Under a mesh context each device runs the kernel on
+    its share of the batch (`sharding.per_batch_shard`)."""
     length, width = arrays[0].shape[1], arrays[0].shape[-1]
     t, d = _block(length), _block(width)
     arrays = [_pad(_pad(x, 1, t), x.ndim - 1, d) for x in arrays]
     bias = jnp.where(mask, 0.0, _MASKED).astype(jnp.float32)
     bias = jnp.pad(bias, ((0, 0), (0, t - length)), constant_values=-jnp.inf)
-    extra = [] if coef is None else [jnp.asarray(coef, jnp.float32)]
+    extra = [] if segments is None else [_pad(segments.astype(jnp.int32), 1, t)]
+    batched = (True,) * (len(arrays) + 1 + len(extra))
+    if coef is not None:
+        extra.append(jnp.asarray(coef, jnp.float32))
+        batched += (False,)
     run = functools.partial(
         _call,
         packed=len(arrays) == 1,
+        segmented=segments is not None,
+        scaled=coef is not None,
         scale=1.0 / float(np.sqrt(width)),
         num_warps=num_warps,
         interpret=interpret,
         out_dtype=out_dtype or arrays[0].dtype,
     )
-    batched = (True,) * (len(arrays) + 1) + (False,) * len(extra)
     out = sharding.per_batch_shard(run, *arrays, bias, *extra, batched=batched)
     return out[:, :length, :, :width]
 
 
-def _call(*args, packed: bool, scale: float, num_warps: int, interpret: bool, out_dtype):
+def _call(
+    *args,
+    packed: bool,
+    segmented: bool,
+    scaled: bool,
+    scale: float,
+    num_warps: int,
+    interpret: bool,
+    out_dtype,
+):
     """The kernel over the sequences `args` hold (padded to blocks): `(qkv, bias[,
-    coef])` when `packed`, else `(q, k, v, bias[, coef])`."""
+    segments][, coef])` when `packed`, else `(q, k, v, bias[, segments][, coef])`."""
     arrays = args[:1] * 3 if packed else args[:3]
     bias, *extra = args[1:] if packed else args[3:]
     batch, t = arrays[0].shape[:2]
@@ -135,11 +175,12 @@ def _call(*args, packed: bool, scale: float, num_warps: int, interpret: bool, ou
         specs = [pl.BlockSpec((None, t, None, None, d), _slot(j)) for j in range(3)]
     else:
         specs = [head] * 3
-    specs.append(pl.BlockSpec((None, t), lambda h, b: (b, 0)))
-    if extra:
+    row = pl.BlockSpec((None, t), lambda h, b: (b, 0))
+    specs += [row] * (1 + segmented)
+    if scaled:
         specs.append(pl.BlockSpec((2,), lambda h, b: (0,)))
     call = pl.pallas_call(
-        functools.partial(_kernel, scale=scale),
+        functools.partial(_kernel, scale=scale, segmented=segmented, scaled=scaled),
         out_shape=jax.ShapeDtypeStruct((batch, t, heads, d), out_dtype),
         # Heads outer: a 1,024 x 64 call took 92 us a layer against 105 us with the
         # batch outer (H200, docs/performance.md).
@@ -162,19 +203,20 @@ def _split(arrays: tuple) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 # `arrays` as `_forward` takes them; gradients through XLA's formulation (`reference`).
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _fused(arrays, mask, num_warps, interpret):
-    return _forward(arrays, mask, num_warps, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _fused(arrays, mask, segments, num_warps, interpret):
+    return _forward(arrays, mask, segments, num_warps, interpret)
 
 
-def _fused_fwd(arrays, mask, num_warps, interpret):
-    return _forward(arrays, mask, num_warps, interpret), (arrays, mask)
+def _fused_fwd(arrays, mask, segments, num_warps, interpret):
+    out = _forward(arrays, mask, segments, num_warps, interpret)
+    return out, (arrays, mask, segments)
 
 
 def _fused_bwd(num_warps, interpret, residuals, grad):
-    arrays, mask = residuals
-    _, vjp = jax.vjp(lambda a: reference(*_split(a), mask), arrays)
-    return (*vjp(grad), None)
+    arrays, mask, segments = residuals
+    _, vjp = jax.vjp(lambda a: reference(*_split(a), mask, segments), arrays)
+    return (*vjp(grad), None, None)
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
@@ -191,12 +233,15 @@ def attention(
     mask: jax.Array,
     num_warps: int = 4,
     interpret: bool | None = None,
+    segments: jax.Array | None = None,
 ) -> jax.Array:
     """Softmax attention of every query over the real keys, fused into one kernel.
 
     Args:
       q, k, v: `[B, T, heads, D]` in one float dtype (bf16 or f16 for speed).
       mask: `[B, T]`, True for real keys. A row with no real key averages all keys.
+      segments: None, or int `[B, T]`: several sequences packed in a row, each token
+        attending only to keys of its own segment (`data.packing`).
       num_warps: Triton warps per program (one program per sequence and head).
       interpret: run Pallas's interpreter; None: on any backend but GPU.
 
@@ -208,9 +253,14 @@ def attention(
         raise ValueError(
             f"q, k, v must share a [B, T, heads, D] shape; got {q.shape}, {k.shape}, {v.shape}"
         )
-    if mask.shape != q.shape[:2]:
-        raise ValueError(f"mask must be [B, T] = {q.shape[:2]}; got {mask.shape}")
-    return _fused((q, k, v), mask.astype(bool), num_warps, _interpret(interpret))
+    _check_rows(q.shape[:2], mask, segments)
+    return _fused((q, k, v), mask.astype(bool), segments, num_warps, _interpret(interpret))
+
+
+def _check_rows(shape: tuple[int, int], mask: jax.Array, segments: jax.Array | None) -> None:
+    for name, a in (("mask", mask), ("segments", segments)):
+        if a is not None and a.shape != shape:
+            raise ValueError(f"{name} must be [B, T] = {shape}; got {a.shape}")
 
 
 def packed_attention(
@@ -220,6 +270,7 @@ def packed_attention(
     interpret: bool | None = None,
     slot_scales: jax.Array | None = None,
     out_scale: jax.Array | None = None,
+    segments: jax.Array | None = None,
 ) -> jax.Array:
     """`attention` of q, k and v packed in one array, as one projection with
     `[in, 3 * heads * D]` weights writes them: the kernel reads each slot in place, so
@@ -237,6 +288,7 @@ def packed_attention(
         weight scale to apply, and the kernel applies it for free).
       out_scale: None, or a float32 scalar: the output is written in e4m3, divided by
         it and clipped to ±448 (the next fp8 layer's input, quantized in the kernel).
+      segments: as for `attention`.
 
     Returns:
       `[B, T, heads, D]` in `qkv`'s dtype, or e4m3 with `out_scale`. With either scale
@@ -244,15 +296,14 @@ def packed_attention(
     """
     if qkv.ndim != 5 or qkv.shape[2] != 3:
         raise ValueError(f"qkv must be [B, T, 3, heads, D]; got {qkv.shape}")
-    if mask.shape != qkv.shape[:2]:
-        raise ValueError(f"mask must be [B, T] = {qkv.shape[:2]}; got {mask.shape}")
+    _check_rows(qkv.shape[:2], mask, segments)
     mask = mask.astype(bool)
     if slot_scales is None and out_scale is None:
-        return _fused((qkv,), mask, num_warps, _interpret(interpret))
+        return _fused((qkv,), mask, segments, num_warps, _interpret(interpret))
     q_scale, k_scale, v_scale = (
         jnp.ones(3, jnp.float32) if slot_scales is None else jnp.asarray(slot_scales, jnp.float32)
     )
     output = v_scale if out_scale is None else v_scale / e4m3.scale_as(out_scale, qkv.dtype)
     coef = jnp.stack([q_scale * k_scale, output])
     out_dtype = None if out_scale is None else jnp.float8_e4m3fn
-    return _forward((qkv,), mask, num_warps, _interpret(interpret), coef, out_dtype)
+    return _forward((qkv,), mask, segments, num_warps, _interpret(interpret), coef, out_dtype)

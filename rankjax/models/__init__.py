@@ -51,15 +51,20 @@ def input_keys(model: nn.Module) -> tuple[str, ...]:
     return getattr(model, "inputs", ("features",))
 
 
+def packed(model: nn.Module, batch: Mapping[str, Any]) -> bool:
+    """Whether `batch` holds packed pairs (`data.packing`) that `model` reads."""
+    return "packed_tokens" in batch and hasattr(model, "packed_inputs")
+
+
 def inputs(model: nn.Module, batch: Mapping[str, Any]) -> Any:
     """The model's first argument from a batch: the array of its one input key, or a dict
-    of several (text rankers).
+    of several (text rankers; the packed arrays when the batch was packed).
 
     Raises:
       KeyError: naming the missing key and the batch's keys (e.g. a text model on data
         without `data.text`).
     """
-    keys = input_keys(model)
+    keys = model.packed_inputs if packed(model, batch) else input_keys(model)
     missing = [k for k in keys if k not in batch]
     if missing:
         raise KeyError(
@@ -72,8 +77,11 @@ def inputs(model: nn.Module, batch: Mapping[str, Any]) -> Any:
 
 
 def sample_inputs(model: nn.Module, batch: Mapping[str, np.ndarray]) -> tuple[Any, Any]:
-    """`(x, where)` of one list of `batch`, on the host: shapes for `init` and conversion."""
+    """`(x, where)` of one list of `batch` (all of a packed batch, whose rows hold several
+    lists), on the host: shapes for `init` and conversion."""
     x = inputs(model, batch)
+    if packed(model, batch):
+        return jax.tree_util.tree_map(np.asarray, x), np.asarray(batch["where"])
     first = jax.tree_util.tree_map(lambda a: np.asarray(a[:1]), x)
     return first, np.asarray(batch["where"][:1])
 

@@ -134,21 +134,33 @@ def norm_kernel(norm: str, train: bool) -> str:
 
 
 def fused_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kernel: str
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    kernel: str,
+    segments: jax.Array | None = None,
 ) -> jax.Array:
     """Softmax attention of `q, k, v [B, T, heads, width]` over real keys (`mask [B, T]`)
+    of the query's own segment (`segments [B, T]`, packed rows; None: one sequence a row)
     by a fused `kernel` (`"cudnn"` or `"pallas"`). Returns `[B, T, heads, width]`.
 
     The cuDNN kernel takes key lengths, so it assumes right-padded sequences (real tokens
-    first), which is how `data.tokens` builds every input; the Pallas kernel takes any mask.
+    first), which is how `data.tokens` builds every input, and takes no packed rows; the
+    Pallas kernel takes any mask and segments.
     """
     if kernel == "cudnn":
+        if segments is not None:
+            raise ValueError(
+                "model.attention='cudnn' takes no packed rows (data.text.pack_length); "
+                "use 'auto', 'pallas' or 'xla'"
+            )
         lengths = jnp.sum(mask, axis=-1, dtype=jnp.int32)
         return jax.nn.dot_product_attention(
             q, k, v, key_value_seq_lengths=lengths, implementation="cudnn"
         )
     if kernel == "pallas":
-        return short_attention.attention(q, k, v, mask)
+        return short_attention.attention(q, k, v, mask, segments=segments)
     raise ValueError(f"fused_attention kernel={kernel!r}; valid: 'cudnn', 'pallas'")
 
 
@@ -192,10 +204,16 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, mask: jax.Array, train: bool, x_e4m3: jax.Array | None = None
+        self,
+        x: jax.Array,
+        mask: jax.Array,
+        train: bool,
+        x_e4m3: jax.Array | None = None,
+        segments: jax.Array | None = None,
     ) -> jax.Array:
         """Maps `[B, T, H]` (with `mask [B, T]`, True for real tokens) to `[B, T, H]`.
-        `x_e4m3`: `x` already quantized with q, k and v's fp8 input scale (or None)."""
+        `x_e4m3`: `x` already quantized with q, k and v's fp8 input scale (or None).
+        `segments`: `[B, T]` packed sequence ids, attention within each (or None)."""
         c = self.config
         width = c.hidden_size // c.num_attention_heads
         heads = c.num_attention_heads if self.num_heads is None else self.num_heads
@@ -234,8 +252,8 @@ class SelfAttention(nn.Module):
 
         def attend(q, k, v):
             if kernel != "xla":
-                return fused_attention(q, k, v, mask, kernel)
-            probs = short_attention.probabilities(q, k, mask).astype(self.dtype)
+                return fused_attention(q, k, v, mask, kernel, segments)
+            probs = short_attention.probabilities(q, k, mask, segments).astype(self.dtype)
             probs = nn.Dropout(dropout)(probs, deterministic=not train)
             return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
@@ -254,7 +272,7 @@ class SelfAttention(nn.Module):
                 # Served in fp8, the kernel writes the output product's input in e4m3.
                 out_scale = _input_scale(seam, self, "output")
                 y = short_attention.packed_attention(
-                    qkv, mask, slot_scales=slot_scales, out_scale=out_scale
+                    qkv, mask, slot_scales=slot_scales, out_scale=out_scale, segments=segments
                 )
             else:
                 qkv = qkv * slot_scales.astype(qkv.dtype)[:, None, None]
@@ -294,11 +312,12 @@ class Layer(nn.Module):
         train: bool,
         x_e4m3: jax.Array | None = None,
         next_scale: jax.Array | None = None,
+        segments: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array | None]:
         """Maps `[B, T, H]` to `[B, T, H]`.
 
         Args:
-          x, mask, train: as `Encoder`'s layers take them.
+          x, mask, train, segments: as `Encoder`'s layers take them.
           x_e4m3: `x` quantized with this layer's q, k and v input scale, or None.
           next_scale: the next layer's q, k and v input scale, or None.
 
@@ -324,7 +343,7 @@ class Layer(nn.Module):
         attention = SelfAttention(
             c, name="attention", attention=self.attention, num_heads=self.num_heads, **dense
         )
-        a = attention(x, mask, train, x_e4m3)
+        a = attention(x, mask, train, x_e4m3, segments)
         y = x + drop(a, deterministic=not train)
         x, h = normalize("attention_norm", y, _input_scale(seam, self, "intermediate"))
         h = x if h is None else h
@@ -369,12 +388,20 @@ class Encoder(nn.Module):
         mask: jax.Array,
         token_type_ids: jax.Array | None = None,
         train: bool = False,
+        positions: jax.Array | None = None,
+        segments: jax.Array | None = None,
     ) -> jax.Array:
-        """Encodes `[B, T]` int token ids (`mask [B, T]` True for real tokens) to `[B, T, H]`."""
+        """Encodes `[B, T]` int token ids (`mask [B, T]` True for real tokens) to `[B, T, H]`.
+
+        Rows may hold several sequences packed end to end (`data.packing`): `segments
+        [B, T]` tells them apart (attention stays within a segment) and `positions [B, T]`
+        restarts at 0 for each; None: one sequence a row, positions 0, 1, ...
+        """
         c = self.config
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        positions = jnp.arange(input_ids.shape[-1])[None, :]
+        if positions is None:
+            positions = jnp.arange(input_ids.shape[-1])[None, :]
         embed = dict(features=c.hidden_size, bits=self.embedding_bits)
         x = (
             Embed(c.vocab_size, name="word_embeddings", **embed)(input_ids)
@@ -399,7 +426,7 @@ class Encoder(nn.Module):
             layer = Layer(
                 c, self.dtype, seam, self.attention, self.norm, heads, ffn, name=f"layer_{i}"
             )
-            x, x_e4m3 = layer(x, mask, train, x_e4m3, next_scale)
+            x, x_e4m3 = layer(x, mask, train, x_e4m3, next_scale, segments)
         return x
 
 

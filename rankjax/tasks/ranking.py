@@ -13,7 +13,6 @@ served model (integer weights, packed N:M) saved, loaded back and evaluated, and
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 from typing import Any
@@ -37,7 +36,7 @@ from rankjax import (
 )
 from rankjax import data as data_lib
 from rankjax.compression import distillation, quantization, report, serve, sparsity
-from rankjax.data import tokens
+from rankjax.data import packing, tokens
 from rankjax.data.batches import ShardedTrainBatches, max_list_size
 from rankjax.data.dataset import concat
 from rankjax.evaluators import ranking, section
@@ -81,20 +80,22 @@ class RankingTask:
             checkpoint.write_json(
                 os.path.join(workdir, "feature_transform.json"), splits.transform.to_json()
             )
-        # Token axes are cut to each batch's longest sequence; with several processes every
-        # one would need the same width, so they keep the full width there.
         text_cfg = config.data.get("text") or {}
+        quantizer = quantization.from_config(config.get("quant"))
+        model = models.get(config.model, **_seam(quantizer, "train"))
+        # Token axes are cut to each batch's longest sequence, or a cross-encoder's pairs
+        # packed into rows (`data.text.pack_length`), one group per data-parallel device;
+        # with several processes every one would need the same shapes, so they keep the
+        # full width there.
         prepare = (
-            functools.partial(
-                tokens.trim_token_axes, multiple=int(text_cfg.get("pad_multiple", 16))
+            packing.preparer(
+                text_cfg, hasattr(model, "packed_inputs"), mesh.shape[sharding.DATA_AXIS]
             )
             if jax.process_count() == 1
             else _identity
         )
 
-        # Model, loss; the teacher's scores on the training items.
-        quantizer = quantization.from_config(config.get("quant"))
-        model = models.get(config.model, **_seam(quantizer, "train"))
+        # Loss; the teacher's scores on the training items.
         loss_fn = losses.get(**config.loss)
         distiller = distillation.from_config(config.get("distill"))
         teacher_params = None
@@ -124,6 +125,9 @@ class RankingTask:
             lengths=[tokens.list_token_lengths(d) for d in splits.train_shards],
             bucket_batches=int(config.data.get("bucket_batches", 0)),
         )
+        if text_cfg and hasattr(model, "packed_inputs"):
+            multiple = int(text_cfg.get("pad_multiple", 16))
+            logging.info("%s", packing.describe_shares(train_batches, prepare, multiple))
         shards = f" (this process's shards {list(shard_ids)} of {num_shards})"
         describe = (
             f"data: {config.data.source} | train {splits.train.num_lists} lists, valid "
