@@ -113,30 +113,15 @@ def measure(workdir: str, variant: str, folder: str) -> dict:
 
 def plot(rows: list[dict], folder: str, metric: str) -> list[str]:
     """Two PNGs: `metric` against p50 latency and against bytes, Pareto fronts marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for cost, label in (("latency_p50_ms", "p50 latency, one query (ms)"), ("bytes", "bytes")):
-        points = [(r[cost], r[metric]) for r in rows]
-        front = timing.pareto_front(points)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r, (x, y) in zip(rows, points, strict=True):
-            ax.scatter(x, y, color="tab:blue" if (x, y) in front else "tab:gray")
-            ax.annotate(r["run"], (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
-        ax.plot(*zip(*sorted(front), strict=True), color="tab:blue", lw=1)
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel(f"test {metric}")
-        fig.tight_layout()
-        path = os.path.join(folder, f"{metric.replace('@', '')}_vs_{cost}.png")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+    return [
+        timing.pareto_plot(
+            [(r["run"], r[cost], r[metric]) for r in rows],
+            os.path.join(folder, f"{metric.replace('@', '')}_vs_{cost}.png"),
+            label,
+            f"test {metric}",
+        )
+        for cost, label in (("latency_p50_ms", "p50 latency, one query (ms)"), ("bytes", "bytes"))
+    ]
 
 
 def main(argv):

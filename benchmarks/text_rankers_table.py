@@ -10,22 +10,32 @@ Each argument is a finished workdir (`configs/homedepot_*.py`). A run with a ser
 Throughput: every test pair once, sorted by length into batches of `--batch_size` pairs
 (each trimmed to its longest sequence, or packed into rows as the run's config packs
 them: `data.text.pack_length`; `--pack_length` overrides it), median of 3 passes after a
-warm-up pass; latency: p50/p99 of scoring one batch of `--latency_batch` pairs. `real %`
-is the share of real tokens among the positions computed in the throughput pass.
+warm-up pass; latency: p50/p99 of scoring the first `--latency_batch` test pairs in the
+data's order (a query's candidates arrive unsorted). `real %` is the share of real tokens
+among the positions computed in the throughput pass.
+
+The user's alternative runs first, on the same pairs and GPU, in a subprocess before JAX
+starts (`--peers`, needs torch, sentence-transformers and CUDA; `benchmarks/peers/
+st_cross_encoder.py`): sentence-transformers' `CrossEncoder.predict` in fp16 and the
+Hugging Face model under it, built from the first run's BERT folder. `--plot=PATH` draws
+test NDCG@5 against products/s with the Pareto front, the peers as dashed lines.
 """
 
 import functools
+import importlib.util
 import json
 import os
+import subprocess
+import sys
+import tempfile
 
 import jax
-import numpy as np
 from absl import app, flags, logging
 
 from benchmarks import timing
 from rankjax import data as data_lib
 from rankjax import models, serving
-from rankjax.data import packing
+from rankjax.data import packing, tokens
 from rankjax.models import bert
 
 FLAGS = flags.FLAGS
@@ -37,6 +47,9 @@ flags.DEFINE_integer(
     -1,
     "Cross-encoder input: -1 as each run's config says, 0 padded, L packed in L-token rows.",
 )
+flags.DEFINE_bool("peers", True, "Time sentence-transformers' CrossEncoder on the same pairs.")
+flags.DEFINE_string("plot", "", "Write the NDCG@5 / products/s Pareto plot to this PNG.")
+_PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers", "st_cross_encoder.py")
 
 
 HEAD = (
@@ -95,26 +108,68 @@ def _real_share(batches) -> float:
     return float(sum((a != 0).sum() for a in arrays) / sum(a.size for a in arrays))
 
 
+def _test_split(workdir: str, cache: dict):
+    """The test split of a run's data (loaded once per data config) and its config."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    key = json.dumps(config["data"], sort_keys=True, default=str)
+    if key not in cache:
+        cache[key] = data_lib.load(config["data"]).test
+    return cache[key], config
+
+
+def _peer_rows(workdir: str, cache: dict) -> list[dict]:
+    """The sentence-transformers rows on the first run's test pairs ([] if it cannot run)."""
+    if not all(importlib.util.find_spec(m) for m in ("torch", "sentence_transformers")):
+        logging.warning("peers skipped: torch and sentence-transformers are not installed")
+        return []
+    test, config = _test_split(workdir, cache)
+    text = config["data"]["text"]
+    products = tokens.item_texts(test, text["item_columns"])
+    spec = {
+        "queries": tokens.query_texts(test),
+        "products": products,
+        "max_length": int(text.get("max_length") or 512),
+    }
+    checkpoint = bert.resolve_checkpoint(config["model"].get("checkpoint", ""))
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump(spec, f)
+        f.flush()
+        cmd = [sys.executable, _PEER, f"--pairs={f.name}", f"--checkpoint={checkpoint}"]
+        cmd += [f"--batch={FLAGS.batch_size}", f"--latency_batch={FLAGS.latency_batch}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        logging.warning("peer %s failed:\n%s", _PEER, proc.stderr[-3000:])
+        return []
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv):
-    workdirs = argv[1:]
+    workdirs = [w for w in argv[1:] if os.path.exists(os.path.join(w, "results.json"))]
+    for w in set(argv[1:]) - set(workdirs):
+        logging.warning("%s: no results.json (unfinished run); skipped", w)
     if not workdirs:
         raise app.UsageError("give one or more finished workdirs")
     rows, cache = [], {}
+    # Before JAX takes the GPU: the two never share it.
+    peers = _peer_rows(workdirs[0], cache) if FLAGS.peers else []
     env = timing.environment()
     print(f"\n{env['device']} ({env['platform']}, {env['devices']} device(s)), jax {env['jax']}")
     print(HEAD)
     print("|" + "|".join("-" * (len(c)) for c in HEAD.split("|")[1:-1]) + "|", flush=True)
+    for peer in peers:
+        print(
+            f"| {peer['variant'][:34]:<34} | {'':>7} | {'':>7} | {'':>6} | {'':>8} | {'':>6} | "
+            f"{'':>6} | {peer['products_per_sec']:10.0f} | {peer['p50_ms']:6.2f} | "
+            f"{peer['p99_ms']:6.2f} |",
+            flush=True,
+        )
+        rows.append({"run": peer["variant"], "peer": True, **peer, **env})
     for workdir in workdirs:
-        if not os.path.exists(os.path.join(workdir, "results.json")):
-            logging.warning("%s: no results.json (unfinished run); skipped", workdir)
-            continue
         variants = ["best"] + (["served"] if os.path.isdir(os.path.join(workdir, "served")) else [])
         for params in variants:
             ranker = serving.load(workdir, params)
-            key = json.dumps(ranker.config.data.to_dict(), sort_keys=True, default=str)
-            if key not in cache:
-                cache[key] = data_lib.load(ranker.config.data).test
-            test = cache[key]
+            test, _ = _test_split(workdir, cache)
             apply = jax.jit(
                 lambda v, b, m=ranker.model: m.apply(v, models.inputs(m, b), b["where"])
             )
@@ -122,9 +177,8 @@ def main(argv):
             prepare, pack_length = _preparer(ranker)
             batches = [prepare(b) for b in timing.pair_batches(test, FLAGS.batch_size)]
             tp = timing.scoring_throughput(score, batches)
-            first = test.select(np.arange(min(FLAGS.latency_batch, test.num_lists)))
-            small = timing.pair_batches(first, FLAGS.latency_batch)
-            lat = timing.latency_ms(score, prepare(small[len(small) // 2]))
+            first = timing.pair_batches(test, FLAGS.latency_batch, sort=False)[0]
+            lat = timing.latency_ms(score, prepare(first))
             served = params == "served"
             q = _quality(workdir, served)
             rows.append(
@@ -156,6 +210,17 @@ def main(argv):
             if FLAGS.json:  # after every row: a cut-off run keeps what it measured
                 with open(FLAGS.json, "w") as f:
                     json.dump(rows, f, indent=2)
+    if FLAGS.plot:
+        ours = [r for r in rows if not r.get("peer")]
+        path = timing.pareto_plot(
+            [(r["run"], r["products_per_sec"], r["ndcg@5"]) for r in ours],
+            FLAGS.plot,
+            f"products/s ({env['device']})",
+            "test NDCG@5",
+            higher_x_is_better=True,
+            marks=[(r["run"][:40], r["products_per_sec"]) for r in rows if r.get("peer")],
+        )
+        print("wrote", path)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -34,9 +35,10 @@ def environment() -> dict[str, str]:
 
 
 def pair_batches(
-    dataset: RankingDataset, batch_size: int, multiple: int = 16
+    dataset: RankingDataset, batch_size: int, multiple: int = 16, sort: bool = True
 ) -> list[dict[str, np.ndarray]]:
-    """Every item of `dataset` as its own one-item list, sorted by token length and cut
+    """Every item of `dataset` as its own one-item list, sorted by token length (or in
+    the data's order: `sort=False`, as a server receives a query's candidates) and cut
     into batches `[batch_size, 1, T]` (each trimmed to its longest sequence): how an
     offline or high-throughput scorer batches (query, product) pairs. The last batch is
     filled with empty lists."""
@@ -45,7 +47,9 @@ def pair_batches(
         list_offsets=np.arange(dataset.num_items + 1, dtype=np.int64),
         query_ids=np.repeat(dataset.query_ids, dataset.list_sizes),
     )
-    order = np.argsort(tokens.list_token_lengths(singles), kind="stable")
+    order = np.arange(singles.num_lists)
+    if sort:
+        order = np.argsort(tokens.list_token_lengths(singles), kind="stable")
     out = []
     for start in range(0, len(order), batch_size):
         part = singles.select(order[start : start + batch_size])
@@ -138,6 +142,53 @@ def markdown_table(title: str, header: Sequence[str], rows: Sequence[Sequence[ob
 
     rule = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
     return "\n".join([f"\n{title}\n", line(cells[0]), rule] + [line(r) for r in cells[1:]])
+
+
+def pareto_plot(
+    rows: Sequence[tuple[str, float, float]],
+    path: str,
+    xlabel: str,
+    ylabel: str,
+    higher_x_is_better: bool = False,
+    marks: Sequence[tuple[str, float]] = (),
+) -> str:
+    """Writes a PNG of `(label, x, y)` points (y higher is better), the Pareto front
+    joined and coloured, a log x axis, and vertical dashed `marks` (`(label, x)`: e.g.
+    a peer without a quality figure). Returns `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sign = -1.0 if higher_x_is_better else 1.0
+    front = set(pareto_front([(sign * x, y) for _, x, y in rows]))  # costs: lower is better
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, x, y in rows:
+        on = (sign * x, y) in front
+        ax.scatter(x, y, color="tab:blue" if on else "tab:gray", zorder=3)
+        ax.annotate(label, (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
+    line = sorted((sign * c, q) for c, q in front)
+    ax.plot([x for x, _ in line], [y for _, y in line], color="tab:blue", lw=1)
+    for label, x in marks:
+        ax.axvline(x, color="tab:red", ls="--", lw=1)
+        ax.annotate(
+            label,
+            (x, ax.get_ylim()[0]),
+            fontsize=7,
+            rotation=90,
+            color="tab:red",
+            textcoords="offset points",
+            xytext=(3, 4),
+        )
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded labels
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
