@@ -122,10 +122,10 @@ def scoring(peers: list[dict]) -> list[dict]:
     for s in scorers:
         if any(part in s.name for part in EXPORTED.value):
             logging.info("timing %s through its export", s.name)
-            timing = speed.measure_exported(
+            measured = speed.measure_exported(
                 s, BATCH.value, length, LATENCY_BATCH.value, REPEATS.value
             )
-            rows.append({"variant": s.name + speed.EXPORTED, **timing})
+            rows.append({"variant": s.name + speed.EXPORTED, **measured})
     for row in peers + rows:
         row["tflops"] = row["docs_per_sec"] * flops / 1e12
         row["peak_share"] = row["tflops"] / PEAK.value
