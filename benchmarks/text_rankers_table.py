@@ -164,7 +164,8 @@ def main(argv):
             f"{peer['p99_ms']:6.2f} |",
             flush=True,
         )
-        rows.append({"run": peer["variant"], "peer": True, **peer, **env})
+        latency = {f"latency_{k}": peer.pop(k) for k in ("p50_ms", "p99_ms")}
+        rows.append({"run": peer.pop("variant"), "peer": True, **peer, **latency, **env})
     for workdir in workdirs:
         variants = ["best"] + (["served"] if os.path.isdir(os.path.join(workdir, "served")) else [])
         for params in variants:
