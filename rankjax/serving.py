@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 
 from rankjax import compiler, models
 from rankjax.checkpoint import quiet_orbax_logs, restore_here
-from rankjax.compression import quantization, serve, sparsity
+from rankjax.compression import forms, quantization, serve, sparsity
 from rankjax.data import packing
 from rankjax.data.batches import pad_lists
 from rankjax.data.dataset import from_groups
@@ -142,6 +142,8 @@ def load(workdir: str, params: str = "best") -> Ranker:
 
 def _load_served(workdir: str, config, transform: FeatureTransform) -> Ranker:
     quantizer = quantization.from_config(config.get("quant"))
+    if quantizer is not None:  # rebuilt in the form it was converted to
+        quantizer = forms.quantizer_for(quantizer, forms.recorded(workdir, quantizer))
     variables = serve.load(workdir, sparsity.from_config(config.get("sparsity")))
     seam = {} if quantizer is None else quantizer.model_seam("serve")
     model, variables = serve.served_module(models.get(config.model, **seam), variables)

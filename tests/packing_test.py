@@ -13,19 +13,10 @@ from rankjax.data import packing
 from rankjax.kernels import short_attention
 
 
-def test_round_rows_keeps_three_significant_bits():
-    assert [packing.round_rows(r) for r in (0, 1, 7, 8, 9, 10, 11, 17, 33, 100)] == [
-        1,
-        1,
-        7,
-        8,
-        10,
-        10,
-        12,
-        20,
-        40,
-        112,
-    ]
+def test_round_rows_keeps_few_significant_bits():
+    rows = (0, 1, 3, 5, 7, 8, 9, 17, 33, 100)
+    assert [packing.round_rows(r) for r in rows] == [1, 1, 3, 6, 8, 8, 12, 24, 48, 128]
+    assert [packing.round_rows(r, bits=3) for r in rows] == [1, 1, 3, 5, 7, 8, 10, 20, 40, 112]
 
 
 def test_best_fit_places_every_sequence_without_overlap():

@@ -84,7 +84,6 @@ def test_ptq_trains_in_float():
         (dict(enabled=True, mode="awq"), r"quant.mode='awq'"),
         (dict(enabled=True, layers="("), r"quant.layers='\(' is not a regex"),
         (dict(enabled=True, bits=8), r"unknown config key quant.bits"),
-        (dict(enabled=True, serving="fp8", fp8=True), r"serving='fp8' needs .*static"),
         (dict(enabled=True, serving="int2"), r"quant.serving='int2'; valid"),
     ],
 )

@@ -41,7 +41,7 @@ from rankjax.compression import embeddings, fp8
 MODES = ("qat", "ptq")
 PHASES = ("train", "calibrate", "convert", "serve")
 CALIBRATIONS = ("dynamic", "static")
-SERVINGS = ("aqt", "fp8")
+SERVINGS = ("auto", "int8", "fp8", "bf16", "aqt")  # see compression.forms
 _QUANT_MODE = {
     "train": aqt_utils.QuantMode.TRAIN,
     "calibrate": aqt_utils.QuantMode.CALIBRATE,
@@ -82,12 +82,14 @@ class Quantizer:
       exclude: regex of layer paths left in float (e.g. the final scoring layer `Dense_1`).
       embedding_bits: 8 or 4 stores the served model's embedding tables row-wise
         quantized (`compression.embeddings`, post-training); 0 keeps them float.
-      serving: how the converted layers are stored and computed. `"aqt"`: AQT's served
-        layers (integers or e4m3 plus per-channel scales). `"fp8"`: e4m3 weights and
-        activations with per-tensor scales all fixed at conversion, computed as native
-        fp8 GEMMs (`compression.fp8`; the fast path on Hopper GPUs). `"fp8"` needs
-        `fp8=True` and `calibration="static"`; under `mode="qat"` training still runs
-        AQT's e4m3 fake quantization.
+      serving: the served form (`compression.forms`): `"auto"` (the fastest this device
+        offers: int8 on CPU and TPU, fp8 or bf16 on GPUs, measured where both run),
+        `"int8"` (AQT integer layers), `"fp8"` (e4m3 weights and activations with
+        per-tensor scales all fixed at conversion, computed as native fp8 GEMMs:
+        `compression.fp8`), `"bf16"` (no quantized products) or `"aqt"` (AQT's layers in
+        the trained format: integers, or e4m3 with `fp8=True`). A form other than the
+        trained one is converted from the trained float weights (post-training). Methods
+        that build served layers take a quantizer of one form (`forms.quantizer_for`).
     """
 
     mode: str = "qat"
@@ -100,7 +102,7 @@ class Quantizer:
     layers: str = ".*"
     exclude: str = ""
     embedding_bits: int = 0
-    serving: str = "aqt"
+    serving: str = "auto"
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -118,11 +120,6 @@ class Quantizer:
             raise ValueError(f"quant.calibration={self.calibration!r}; valid: {list(CALIBRATIONS)}")
         if self.serving not in SERVINGS:
             raise ValueError(f"quant.serving={self.serving!r}; valid: {list(SERVINGS)}")
-        if self.serving == "fp8" and not (self.fp8 and self.static):
-            raise ValueError(
-                "quant.serving='fp8' needs quant.fp8=True, quant.calibration='static' and "
-                "quant.activation_bits=8 (fp8 GEMMs take e4m3 on both sides, with fixed scales)"
-            )
         if self.calibration_batches < 1:
             raise ValueError(f"quant.calibration_batches={self.calibration_batches}; need >= 1")
         for key in ("layers", "exclude"):
@@ -280,7 +277,7 @@ class Quantizer:
             if not (path.endswith("/kernel") and path[: -len("/kernel")] in quantized_layers)
         }
         out = {"params": _unflatten(kept), FROZEN_COLLECTION: frozen}
-        if calibration is not None and self.serving == "aqt":
+        if calibration is not None and self.serving != "fp8":
             # AQT's serving path reads the calibration statistics too (a few scalars a layer).
             out[CALIBRATION_COLLECTION] = flax.core.unfreeze(variables[CALIBRATION_COLLECTION])
         return out

@@ -13,6 +13,7 @@ served model (integer weights, packed N:M) saved, loaded back and evaluated, and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any
@@ -21,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from rankjax import (
@@ -35,7 +37,7 @@ from rankjax import (
     sharding,
 )
 from rankjax import data as data_lib
-from rankjax.compression import distillation, quantization, report, serve, sparsity
+from rankjax.compression import distillation, forms, quantization, report, serve, sparsity
 from rankjax.data import packing, tokens
 from rankjax.data.batches import ShardedTrainBatches, max_list_size
 from rankjax.data.dataset import concat
@@ -268,50 +270,111 @@ def _seam(quantizer: quantization.Quantizer | None, phase: str) -> dict[str, Any
 def _serve(config, quantizer, sparsifier, params, train_batches, evaluator, workdir):
     """Builds the served model, saves it to `workdir/served/` and loads it back from there.
 
-    Quantized layers are converted to integer weights plus scales (their float kernels are
-    dropped); N:M-sparse kernels are stored packed (kept values and bit-packed positions).
+    Quantized layers are converted to the served form (`compression.forms`: the configured
+    one, or under `quant.serving="auto"` the fastest of this device's, timed on the
+    evaluator's first batches) and their float kernels dropped; N:M-sparse kernels are
+    stored packed (kept values and bit-packed positions); pruned units are cut out.
 
     Returns:
-      `(the tree as saved, the loaded model's score function)`.
+      `(the tree as saved, the loaded model's score function, {"serving_form": form,
+      "serving_forms": {form: {"bytes", "seconds_per_pass"}}})` (the last empty without a
+      quantizer; seconds only where forms were timed against each other).
     """
     mesh = evaluator.mesh
+    convert = functools.partial(
+        _convert,
+        config,
+        sparsifier=sparsifier,
+        params=params,
+        train_batches=train_batches,
+        evaluator=evaluator,
+    )
+    choice: dict[str, Any] = {}
+    if quantizer is None:
+        served, serve_model, _ = convert(None, None)
+    else:
+        built = {form: convert(quantizer, form) for form in forms.candidates(quantizer)}
+        form, seconds = next(iter(built)), {}
+        if len(built) > 1:
+            batches = [sharding.put_batch(b, mesh) for b in evaluator.batches[:8]]
+            scorers = {
+                f: functools.partial(
+                    _predictor(m, mesh), jax.device_put(v, sharding.replicated(mesh))
+                )
+                for f, (_, m, v) in built.items()
+            }
+            form, seconds = forms.fastest(scorers, batches)
+            if jax.process_count() > 1:  # every process serves the form process 0 timed
+                names = list(built)
+                index = multihost_utils.broadcast_one_to_all(np.int32(names.index(form)))
+                form = names[int(index)]
+            logging.info("served forms, seconds per pass: %s; serving %s", seconds, form)
+        served, serve_model, _ = built[form]
+        choice = {
+            "serving_form": form,
+            "serving_forms": {
+                f: {"bytes": quantization.array_bytes(tree), "seconds_per_pass": seconds.get(f)}
+                for f, (tree, _, _) in built.items()
+            },
+        }
+    # Evaluate what a server would load: the saved (packed) tree, unpacked.
+    serve_model, loaded = serve.served_module(
+        serve_model, serve.round_trip(workdir, served, sparsifier)
+    )
+    loaded = jax.device_put(loaded, sharding.replicated(mesh))  # once, not every batch
+    predict = _predictor(serve_model, mesh)
+    return served, lambda batch: predict(loaded, batch), choice
+
+
+def _predictor(model, mesh):
+    """`(variables, batch) -> scores`, jitted, under the mesh (Pallas kernels split)."""
+    return sharding.with_mesh(
+        compiler.jit(
+            lambda v, batch: model.apply(
+                v, models.inputs(model, batch), batch["where"], train=False
+            )
+        ),
+        mesh,
+    )
+
+
+def _convert(config, quantizer, form, *, sparsifier, params, train_batches, evaluator):
+    """The model converted to one served `form` of `quantizer` (None: float, no quantizer).
+
+    Returns:
+      `(tree to save, the serving module, its variables as loaded)` (host arrays).
+    """
+    mesh = evaluator.mesh
+    if quantizer is not None:
+        quantizer = forms.quantizer_for(quantizer, form)
+    converts = quantizer is not None and forms.quantizes_layers(form)
+    if quantizer is not None and not converts:  # bf16: float weights stored in 16 bits
+        params = serving.cast_params({"params": jax.device_get(params)})["params"]
 
     def build(phase):
         return models.get(config.model, **_seam(quantizer, phase))
 
-    serve_model = build("serve")
+    serve_model, calibrate_model = build("serve"), build("calibrate")
     sample = models.sample_inputs(serve_model, evaluator.batches[0])
     # Global batches: every process gets the same static ranges from all shards' data.
     calibration = (
-        (models.inputs(serve_model, b), b["where"])
+        (models.inputs(calibrate_model, b), b["where"])
         for b in (
             sharding.put_batch(train_batches(i), mesh, int(config.train.batch_size))
-            for i in range(quantizer.calibration_batches if quantizer else 0)
+            for i in range(quantizer.calibration_batches if converts else 0)
         )
     )
     served = serve.convert(
         build,
         params,
         sample,
-        quantizer=quantizer,
+        quantizer=quantizer if converts else None,
         calibration_batches=calibration,
         embedding_bits=quantizer.embedding_bits if quantizer else 0,
         sparsifier=sparsifier,
     )
-    # Evaluate what a server would load: the saved (packed) tree, unpacked.
-    serve_model, loaded = serve.served_module(
-        serve_model, serve.round_trip(workdir, served, sparsifier)
-    )
-    loaded = jax.device_put(loaded, sharding.replicated(mesh))  # once, not every batch
-    predict = sharding.with_mesh(
-        compiler.jit(
-            lambda v, batch: serve_model.apply(
-                v, models.inputs(serve_model, batch), batch["where"], train=False
-            )
-        ),
-        mesh,
-    )
-    return served, lambda batch: predict(loaded, batch)
+    module, variables = serve.served_module(serve_model, sparsity.unpack_tree(served, sparsifier))
+    return served, module, variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,7 +419,7 @@ class _Final:
         )
         if self.quantizer is not None or reshapes:
             main = section.selecting(evals)
-            served, served_scores = _serve(
+            served, served_scores, choice = _serve(
                 config,
                 self.quantizer,
                 self.sparsifier,
@@ -367,6 +430,9 @@ class _Final:
             )
             results.update(self._evaluate(served_scores, served=True))
         compression = report.build(jax.device_get(params), jax.device_get(served))
+        if served is not None:
+            compression.update(choice)
+            results["serving_form"] = choice.get("serving_form", "float")
         results["bytes"] = {k: compression[k] for k in ("float_bytes", "serving_bytes")}
         if jax.process_index() == 0:
             report.write(workdir, compression)

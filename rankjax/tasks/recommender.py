@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rankjax.compression import quantization
+from rankjax.compression import forms, quantization
 from rankjax.types import ScoreFn
 
 
@@ -105,7 +105,10 @@ def score_fn(
 
 
 def seam(quantizer: quantization.Quantizer | None, form: Form) -> dict[str, Any]:
-    """Model keyword arguments for `form`: the Dense seam and the tables' bits."""
+    """Model keyword arguments for `form`: the Dense seam and the tables' bits. Phases
+    after training build the served form this device gets (`forms.uncalibrated`)."""
+    if quantizer is not None and form.phase != "train":
+        quantizer = forms.quantizer_for(quantizer, forms.uncalibrated(quantizer))
     factory = quantizer.dot_general_factory(form.phase) if quantizer else None
     return {"dot_general_cls": factory, "embedding_bits": form.embedding_bits}
 

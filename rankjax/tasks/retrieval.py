@@ -46,8 +46,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from rankjax import cascade, checkpoint, models, sharding
-from rankjax.compression import quantization, serve
+from rankjax import cascade, checkpoint, models, serving, sharding
+from rankjax.compression import forms, quantization, serve
 from rankjax.data import interactions
 from rankjax.data.sources import LOG_SOURCES, read_log
 from rankjax.evaluators import ctr, retrieval, section
@@ -185,20 +185,25 @@ def quantizer_of(config: ml_collections.ConfigDict) -> quantization.Quantizer | 
         raise ValueError(
             "quant.calibration='static' is not supported for retrieval models; use 'dynamic'"
         )
+    forms.uncalibrated(quantizer)  # a form these models can serve (not fp8)
     return quantizer
 
 
 def served(
     task: ModelParts, quantizer: quantization.Quantizer | None, params: Any, embedding_bits: int
 ) -> tuple[dict[str, Any], Form]:
-    """`(variables, form)` of the model as served: quantized layers converted to integer
-    weights plus scales (their float kernels dropped), and embedding tables stored as
-    int8/int4 rows when `embedding_bits` is set. Host arrays."""
+    """`(variables, form)` of the model as served: quantized layers converted to the
+    device's served form (`forms.uncalibrated`: integer weights plus scales, their float
+    kernels dropped; or bf16 weights), and embedding tables stored as int8/int4 rows when
+    `embedding_bits` is set. Host arrays."""
+    converts = quantizer is not None and forms.quantizes_layers(forms.uncalibrated(quantizer))
+    if quantizer is not None and not converts:  # bf16: float weights stored in 16 bits
+        params = serving.cast_params({"params": params})["params"]
     variables = serve.convert(
         lambda phase: task.build(Form(phase)),
         params,
         task.sample,
-        quantizer=quantizer,
+        quantizer=quantizer if converts else None,
         embedding_bits=embedding_bits,
     )
     return variables, Form("serve", embedding_bits)
@@ -409,6 +414,8 @@ class _Final:
                     key = section.result_key(evals, name, split, served=True)
                     results[key] = ev.run(served_scores)
             results["bytes"]["serving_bytes"] = quantization.array_bytes(loaded)
+            if quantizer:
+                results["serving_form"] = forms.uncalibrated(quantizer)
         counts = jnp.asarray(
             np.bincount(parts["train"].items, minlength=log.num_items), jnp.float32
         )
@@ -460,8 +467,12 @@ def _local(tree: Any) -> Any:
 
 def _served_name(quantizer: quantization.Quantizer | None, bits: int) -> str:
     """E.g. `"int8 towers, int4 tables"`: what the served model stores as integers."""
-    kind = quantizer and ("fp8" if quantizer.fp8 else f"int{quantizer.weight_bits}")
-    parts = [f"{kind} towers"] if quantizer else []
+    parts = []
+    if quantizer:
+        form = forms.uncalibrated(quantizer)
+        fp8 = form == "aqt" and quantizer.fp8
+        kind = "bf16" if form == "bf16" else "fp8" if fp8 else f"int{quantizer.weight_bits}"
+        parts = [f"{kind} towers"]
     return ", ".join(parts + ([f"int{bits} tables"] if bits else []))
 
 
