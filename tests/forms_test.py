@@ -71,13 +71,6 @@ def test_fastest_times_every_form_and_picks_the_quickest():
     assert calls == {"slow": 8, "fast": 8}  # one untimed pass, three timed, two batches
 
 
-def test_retrieval_models_cannot_serve_fp8():
-    q = quantization.Quantizer(serving="fp8")
-    with pytest.raises(ValueError, match="retrieval models do not calibrate"):
-        forms.uncalibrated(q)
-    assert forms.uncalibrated(quantization.Quantizer()) == "int8"
-
-
 def _kernels(tree):
     import jax
 
@@ -152,14 +145,37 @@ def test_one_int8_qat_model_serves_in_another_form(tmp_path, form):
     assert np.corrcoef(got, want)[0, 1] > 0.98 and not np.array_equal(got, want)
 
 
-def test_retrieval_towers_serve_bf16(shared_data, tmp_path):
+@pytest.mark.parametrize("family", ["ml100k_two_tower", "ml100k_dcn", "beauty_sequential"])
+def test_retrieval_families_serve_fp8_and_bf16_and_choose_by_time(
+    shared_data, tmp_path, monkeypatch, family
+):
+    # As on an fp8 GPU: both forms converted (fp8 after static calibration on training
+    # batches), the faster at scoring the catalog served and recorded.
+    monkeypatch.setattr(forms, "device_forms", lambda device=None: ("fp8", "bf16"))
+    arg = "runlocal,towers=int8,steps=4" + (",features" if family == "ml100k_two_tower" else "")
+    c = load_config(family, arg)
+    results = trainer.train_and_evaluate(c, str(tmp_path))
+    timed = results["serving_forms"]
+    assert set(timed) == {"fp8", "bf16"} and all(t["seconds_per_pass"] > 0 for t in timed.values())
+    form = min(timed, key=lambda f: timed[f]["seconds_per_pass"])
+    assert results["serving_form"] == form
+    saved = checkpoint.load_tree(str(tmp_path / "served"))
+    if form == "fp8":
+        assert all(v.dtype == jnp.float8_e4m3fn for v in _kernels(saved["aqt"]).values())
+    else:
+        assert "aqt" not in saved
+    for name, metric in results["test_served"].items():
+        assert metric == pytest.approx(results["test"][name], abs=0.05), name
+
+
+@pytest.mark.parametrize("form", ["fp8", "bf16"])
+def test_retrieval_towers_serve_a_fixed_form(shared_data, tmp_path, form):
     c = load_config("ml100k_two_tower", "runlocal,features,towers=int8,steps=4")
-    c.quant.serving = "bf16"
+    c.quant.serving = form
     results = trainer.train_and_evaluate(c, str(tmp_path))
     saved = checkpoint.load_tree(str(tmp_path / "served"))
-    assert "aqt" not in saved and results["serving_form"] == "bf16"
-    assert all(v.dtype == jnp.bfloat16 for v in _kernels(saved["params"]).values())
+    assert results["serving_form"] == form
+    dtype = jnp.bfloat16 if form == "bf16" else jnp.float8_e4m3fn
+    kernels = _kernels(saved["params" if form == "bf16" else "aqt"])
+    assert kernels and all(v.dtype == dtype for v in kernels.values())
     assert results["test_served"]["ndcg@10"] == pytest.approx(results["test"]["ndcg@10"], abs=0.02)
-    c.quant.serving = "fp8"
-    with pytest.raises(ValueError, match="retrieval models do not calibrate"):
-        trainer.train_and_evaluate(c, str(tmp_path / "fp8"))

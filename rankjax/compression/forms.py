@@ -113,22 +113,6 @@ def fastest(
     return min(seconds, key=seconds.get), seconds
 
 
-def uncalibrated(quantizer: Quantizer) -> str:
-    """The served form for a model whose conversion cannot calibrate static activation
-    ranges (the retrieval models): the first of `candidates` other than fp8.
-
-    Raises:
-      ValueError: `quant.serving="fp8"`, which needs static ranges.
-    """
-    usable = [f for f in candidates(quantizer) if f != "fp8"]
-    if not usable:
-        raise ValueError(
-            "quant.serving='fp8' needs static activation ranges, which retrieval models do "
-            "not calibrate; use 'auto', 'int8', 'bf16' or 'aqt'"
-        )
-    return usable[0]
-
-
 def recorded(workdir: str, quantizer: Quantizer) -> str:
     """The form a finished run served in: `compression.json`'s `serving_form` (written at
     conversion), else the configured one.

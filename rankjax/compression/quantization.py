@@ -218,22 +218,22 @@ class Quantizer:
         Args:
           calibrate_model: the model built with `dot_general_factory("calibrate")`.
           params: trained float parameters.
-          batches: iterable of `(features, where)`.
+          batches: iterable of the model's `__call__` arguments, e.g. `(features, where)`.
 
         Returns:
           The calibration statistics collection, for `convert`.
         """
         stats = None
         apply = jax.jit(
-            lambda variables, x, w: calibrate_model.apply(
-                variables, x, w, mutable=[CALIBRATION_COLLECTION]
+            lambda variables, *args: calibrate_model.apply(
+                variables, *args, mutable=[CALIBRATION_COLLECTION]
             )[1]
         )
-        for x, w in batches:
+        for args in batches:
             if stats is None:
                 init = jax.jit(calibrate_model.init)  # one compilation, not one per op
-                stats = init(jax.random.PRNGKey(0), x, w)[CALIBRATION_COLLECTION]
-            stats = apply({"params": params, CALIBRATION_COLLECTION: stats}, x, w)[
+                stats = init(jax.random.PRNGKey(0), *args)[CALIBRATION_COLLECTION]
+            stats = apply({"params": params, CALIBRATION_COLLECTION: stats}, *args)[
                 CALIBRATION_COLLECTION
             ]
         if stats is None:

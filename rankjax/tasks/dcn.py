@@ -101,4 +101,8 @@ def build_parts(
             lambda users, items: pair_scores(form, variables, users, items),
         )
 
-    return ModelParts(build, sample, loss, batch, scorer)
+    def calibration(step):  # the batch's observed pairs
+        b = batch(step)
+        return (pairs(jnp.asarray(b["users"]), jnp.asarray(b["items"])[:, None]),)
+
+    return ModelParts(build, sample, loss, batch, scorer, calibration)

@@ -43,10 +43,13 @@ class Form:
       phase: the quantization seam's phase — `"train"` (float, or fake-quantized under
         QAT), `"convert"` (freezes integer weights) or `"serve"` (reads them).
       embedding_bits: 0 (float tables) or 8/4 (served row-wise quantized tables).
+      served: the served form of the phases after training (`compression.forms`); "":
+        the first this device offers.
     """
 
     phase: str = "train"
     embedding_bits: int = 0
+    served: str = ""
 
 
 TRAINING = Form()
@@ -67,6 +70,8 @@ class ModelParts:
       scorer: `(variables, form, split) -> ScoreFn` (`score_fn`) for split "valid" (the
         user as of training) or "test" (also after validation); `variables` is
         `{"params": ...}` plus the frozen integer weights when served.
+      calibration: `step -> __call__ arguments` from that training batch: inputs for
+        static activation ranges (fp8 serving).
       loaded: pretrained weights (host arrays) laid over the fresh parameters when
         training starts, e.g. a BERT item tower's checkpoint; or None.
     """
@@ -76,6 +81,7 @@ class ModelParts:
     loss: Callable[[Any, dict, jax.Array], jax.Array]
     batch: Callable[[int], dict]
     scorer: Callable[[Any, Form, str], ScoreFn]
+    calibration: Callable[[int], tuple]
     loaded: Any = None
 
     def init(self, rng: jax.Array) -> Any:
@@ -106,9 +112,9 @@ def score_fn(
 
 def seam(quantizer: quantization.Quantizer | None, form: Form) -> dict[str, Any]:
     """Model keyword arguments for `form`: the Dense seam and the tables' bits. Phases
-    after training build the served form this device gets (`forms.uncalibrated`)."""
+    after training build the form's served version (`Form.served`)."""
     if quantizer is not None and form.phase != "train":
-        quantizer = forms.quantizer_for(quantizer, forms.uncalibrated(quantizer))
+        quantizer = forms.quantizer_for(quantizer, form.served or forms.candidates(quantizer)[0])
     factory = quantizer.dot_general_factory(form.phase) if quantizer else None
     return {"dot_general_cls": factory, "embedding_bits": form.embedding_bits}
 

@@ -173,40 +173,73 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def quantizer_of(config: ml_collections.ConfigDict) -> quantization.Quantizer | None:
-    """The towers' quantizer (`quant.enabled`), or None; only dynamic activation ranges."""
+    """The towers' quantizer (`quant.enabled`), or None."""
     qcfg = dict(config.get("quant") or {})
     if not qcfg.get("enabled", False):
         extra = sorted(set(qcfg) - {"enabled", "embedding_bits"})
         if extra:
             raise ValueError(f"config quant.{extra[0]} is set but quant.enabled is not true")
         return None
-    quantizer = quantization.from_config(qcfg)
-    if quantizer.static:
-        raise ValueError(
-            "quant.calibration='static' is not supported for retrieval models; use 'dynamic'"
-        )
-    forms.uncalibrated(quantizer)  # a form these models can serve (not fp8)
-    return quantizer
+    return quantization.from_config(qcfg)
 
 
 def served(
-    task: ModelParts, quantizer: quantization.Quantizer | None, params: Any, embedding_bits: int
-) -> tuple[dict[str, Any], Form]:
-    """`(variables, form)` of the model as served: quantized layers converted to the
-    device's served form (`forms.uncalibrated`: integer weights plus scales, their float
-    kernels dropped; or bf16 weights), and embedding tables stored as int8/int4 rows when
-    `embedding_bits` is set. Host arrays."""
-    converts = quantizer is not None and forms.quantizes_layers(forms.uncalibrated(quantizer))
-    if quantizer is not None and not converts:  # bf16: float weights stored in 16 bits
+    task: ModelParts,
+    quantizer: quantization.Quantizer | None,
+    params: Any,
+    embedding_bits: int,
+    users: np.ndarray | None = None,
+) -> tuple[dict[str, Any], Form, dict[str, Any]]:
+    """`(variables, form, choice)` of the model as served (host arrays): quantized layers
+    converted to the served form (`compression.forms`; their float kernels dropped), and
+    embedding tables stored as int8/int4 rows when `embedding_bits` is set.
+
+    Under `quant.serving="auto"` with several forms on this device (fp8 and bf16 on an fp8
+    GPU) each is converted and the faster at scoring the catalog for `users` is served
+    (without `users`, the first). `choice`: `{"serving_form", "serving_forms": {form:
+    {"bytes", "seconds_per_pass"}}}`, empty without a quantizer.
+    """
+    if quantizer is None:
+        form = Form("serve", embedding_bits)
+        build = lambda phase: task.build(Form(phase))  # noqa: E731
+        return serve.convert(build, params, task.sample, embedding_bits=embedding_bits), form, {}
+    built = {
+        f: _convert_form(task, quantizer, f, params, embedding_bits)
+        for f in forms.candidates(quantizer)
+    }
+    chosen, seconds = next(iter(built)), {}
+    if len(built) > 1 and users is not None:
+        scorers = {
+            f: task.scorer(jax.device_put(v), Form("serve", embedding_bits, f), "test")
+            for f, v in built.items()
+        }
+        chosen, seconds = forms.fastest(scorers, [{"users": jnp.asarray(users)}])
+        logging.info("served forms, seconds per pass: %s; serving %s", seconds, chosen)
+    choice = {
+        "serving_form": chosen,
+        "serving_forms": {
+            f: {"bytes": quantization.array_bytes(v), "seconds_per_pass": seconds.get(f)}
+            for f, v in built.items()
+        },
+    }
+    return built[chosen], Form("serve", embedding_bits, chosen), choice
+
+
+def _convert_form(task, quantizer, form: str, params: Any, embedding_bits: int) -> dict:
+    """The model converted to one served `form` of `quantizer` (host arrays)."""
+    quantizer = forms.quantizer_for(quantizer, form)
+    converts = forms.quantizes_layers(form)
+    if not converts:  # bf16: float weights stored in 16 bits
         params = serving.cast_params({"params": params})["params"]
-    variables = serve.convert(
-        lambda phase: task.build(Form(phase)),
+    steps = range(quantizer.calibration_batches if converts and quantizer.static else 0)
+    return serve.convert(
+        lambda phase: task.build(Form(phase, 0, form)),
         params,
         task.sample,
         quantizer=quantizer if converts else None,
+        calibration_batches=(task.calibration(i) for i in steps),
         embedding_bits=embedding_bits,
     )
-    return variables, Form("serve", embedding_bits)
 
 
 def _retrieved(config, train, num_items: int) -> jax.Array:
@@ -284,7 +317,9 @@ class Trained:
             return {"params": self.params}, TRAINING
         if embedding_bits not in self._served:  # converted once per table width
             quantizer = quantizer_of(self.config)
-            self._served[embedding_bits] = served(self.task, quantizer, self.params, embedding_bits)
+            users = np.arange(min(512, self.log.num_users))
+            variables, form, _ = served(self.task, quantizer, self.params, embedding_bits, users)
+            self._served[embedding_bits] = variables, form
         return self._served[embedding_bits]
 
     def scorer(self, split: str = "test", embedding_bits: int = 0, serve: bool = False) -> ScoreFn:
@@ -405,7 +440,8 @@ class _Final:
         quantizer = quantizer_of(config)
         if bits or quantizer:
             # Served model: tables as int8/int4 rows plus scales, towers as integer weights.
-            variables, form = served(task, quantizer, jax.device_get(params), bits)
+            users = np.arange(min(512, log.num_users))
+            variables, form, choice = served(task, quantizer, jax.device_get(params), bits, users)
             # Evaluate what a server would load: the saved tree.
             loaded = jax.device_put(serve.round_trip(self.workdir, variables))  # once
             served_scores = task.scorer(loaded, form, "test")
@@ -415,7 +451,8 @@ class _Final:
                     results[key] = ev.run(served_scores)
             results["bytes"]["serving_bytes"] = quantization.array_bytes(loaded)
             if quantizer:
-                results["serving_form"] = forms.uncalibrated(quantizer)
+                results["serving_form"] = choice["serving_form"]
+                results["serving_forms"] = choice["serving_forms"]
         counts = jnp.asarray(
             np.bincount(parts["train"].items, minlength=log.num_items), jnp.float32
         )
@@ -432,7 +469,11 @@ def _print_table(config, results, params_from: str, workdir: str, quantizer, bit
     print(f"\nTest metrics, {what} protocol ({params_from} parameters), workdir {workdir}:")
     for name, values in [
         (config.model.name, results["test"]),
-        *([(_served_name(quantizer, bits), results["test_served"])] if bits or quantizer else []),
+        *(
+            [(_served_name(quantizer, bits, results.get("serving_form")), results["test_served"])]
+            if bits or quantizer
+            else []
+        ),
         ("popularity", results["baselines"]["popularity"]["test"]),
     ]:
         print(f"  {name:<24} " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
@@ -465,12 +506,11 @@ def _local(tree: Any) -> Any:
     return jax.tree_util.tree_map(gather, tree)
 
 
-def _served_name(quantizer: quantization.Quantizer | None, bits: int) -> str:
-    """E.g. `"int8 towers, int4 tables"`: what the served model stores as integers."""
+def _served_name(quantizer: quantization.Quantizer | None, bits: int, form: str | None) -> str:
+    """E.g. `"int8 towers, int4 tables"`: the served towers' and tables' formats."""
     parts = []
     if quantizer:
-        form = forms.uncalibrated(quantizer)
-        fp8 = form == "aqt" and quantizer.fp8
+        fp8 = form == "fp8" or (form == "aqt" and quantizer.fp8)
         kind = "bf16" if form == "bf16" else "fp8" if fp8 else f"int{quantizer.weight_bits}"
         parts = [f"{kind} towers"]
     return ", ".join(parts + ([f"int{bits} tables"] if bits else []))

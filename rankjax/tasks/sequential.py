@@ -101,4 +101,7 @@ def build_parts(config, log, parts, row_multiple: int, quantizer) -> ModelParts:
             )
         )
 
-    return ModelParts(build, sample, loss, batch, scorer)
+    def calibration(step):
+        return (jnp.asarray(batch(step)["inputs"]),)
+
+    return ModelParts(build, sample, loss, batch, scorer, calibration)

@@ -120,7 +120,12 @@ def build_parts(
             lambda users, items: pair_scores(form, variables, users, items, items_v),
         )
 
-    return ModelParts(build, sample, loss, batch, scorer, loaded)
+    def calibration(step):
+        b = batch(step)
+        users, items = jnp.asarray(b["users"]), jnp.asarray(b["items"])
+        return users, gather(user_table, users), items, gather(item_table, items)
+
+    return ModelParts(build, sample, loss, batch, scorer, calibration, loaded)
 
 
 TEXT_MODES = ("frozen", "finetune")
