@@ -31,6 +31,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from rankjax.compression.quantization import Quantizer
 
@@ -111,6 +113,16 @@ def fastest(
             passes.append(time.perf_counter() - t0)
         seconds[form] = statistics.median(passes)
     return min(seconds, key=seconds.get), seconds
+
+
+def agreed(form: str, names: Sequence[str]) -> str:
+    """`form` as process 0 chose it among `names`: timings differ between hosts, and every
+    process must serve the same form."""
+    if jax.process_count() == 1:
+        return form
+    names = list(names)
+    index = multihost_utils.broadcast_one_to_all(np.int32(names.index(form)))
+    return names[int(index)]
 
 
 def recorded(workdir: str, quantizer: Quantizer) -> str:

@@ -342,8 +342,8 @@ TOWER_CHOICES = {
 # activations, AQT int8 weights only.
 PTQ_CHOICES = {
     "fp8": dict(mode="ptq", fp8=True, calibration="static", serving="fp8"),
-    "int8": dict(mode="ptq"),
-    "w8": dict(mode="ptq", activation_bits=0),
+    "int8": dict(mode="ptq", serving="int8"),
+    "w8": dict(mode="ptq", activation_bits=0, serving="int8"),
 }
 
 

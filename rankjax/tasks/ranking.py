@@ -22,7 +22,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from rankjax import (
@@ -296,7 +295,8 @@ def _serve(config, quantizer, sparsifier, params, train_batches, evaluator, work
         built = {form: convert(quantizer, form) for form in forms.candidates(quantizer)}
         form, seconds = next(iter(built)), {}
         if len(built) > 1:
-            batches = [sharding.put_batch(b, mesh) for b in evaluator.batches[:8]]
+            size = evaluator.batch_size
+            batches = [sharding.put_batch(b, mesh, size) for b in evaluator.batches[:8]]
             scorers = {
                 f: functools.partial(
                     _predictor(m, mesh), jax.device_put(v, sharding.replicated(mesh))
@@ -304,10 +304,7 @@ def _serve(config, quantizer, sparsifier, params, train_batches, evaluator, work
                 for f, (_, m, v) in built.items()
             }
             form, seconds = forms.fastest(scorers, batches)
-            if jax.process_count() > 1:  # every process serves the form process 0 timed
-                names = list(built)
-                index = multihost_utils.broadcast_one_to_all(np.int32(names.index(form)))
-                form = names[int(index)]
+            form = forms.agreed(form, built)
             logging.info("served forms, seconds per pass: %s; serving %s", seconds, form)
         served, serve_model, _ = built[form]
         choice = {

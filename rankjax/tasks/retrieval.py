@@ -214,6 +214,7 @@ def served(
             for f, v in built.items()
         }
         chosen, seconds = forms.fastest(scorers, [{"users": jnp.asarray(users)}])
+        chosen = forms.agreed(chosen, built)
         logging.info("served forms, seconds per pass: %s; serving %s", seconds, chosen)
     choice = {
         "serving_form": chosen,
