@@ -122,3 +122,24 @@ def _no_text(config):
     with config.unlocked():
         del config.data["text"]
     return config
+
+
+def test_text_rankers_table_measures_packed_and_padded_serving(teacher, tmp_path):
+    import subprocess
+    import sys
+
+    def table(*flags):
+        out = tmp_path / f"rows{len(flags)}.json"
+        cmd = [sys.executable, "-m", "benchmarks.text_rankers_table", "--batch_size=32"]
+        cmd += ["--latency_batch=8", "--peers=false", f"--json={out}", *flags, teacher]
+        subprocess.run(cmd, check=True, capture_output=True, cwd=os.path.dirname(CONFIG_DIR))
+        with open(out) as f:
+            return json.load(f)
+
+    packed = table(f"--plot={tmp_path / 'pareto.png'}")[0]
+    padded = table("--pack_length=0", "--plot=")[0]
+    assert packed["pack_length"] == 64 and padded["pack_length"] == 0
+    # Packed rows hold mostly real tokens; padded pairs of one batch pad to the longest.
+    assert packed["real_token_share"] > padded["real_token_share"]
+    assert packed["products_per_sec"] > 0 and packed["ndcg@5"] == padded["ndcg@5"]
+    assert (tmp_path / "pareto.png").stat().st_size > 0
