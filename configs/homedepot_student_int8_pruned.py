@@ -15,10 +15,10 @@ Arguments: those of `homedepot_distill.py`, plus `prune=P` (the share of each la
 heads and of its feed-forward units removed, default 0.5) and `quant=int8|fp8|none`: int8
 QAT (default), served in the device's fastest form (`quant.serving="auto"`: int8 on CPU,
 the faster of fp8 and bf16 on Hopper GPUs, timed at conversion), fp8 e4m3 with static
-scales after float training, or float (the compacted model in the training dtype). Heads and units are scored by
-magnitude and pruned gradually over the first third of training; the scoring head stays
-float, the embedding tables are served row-wise int4 when quantized. docs/results.md has
-measured figures.
+scales after float training, or float (the compacted model in the training dtype). Heads
+and units are scored by magnitude and pruned gradually over the first third of training;
+the scoring head stays float, the embedding tables are served row-wise int4 when
+quantized. docs/results.md has measured figures.
 """
 
 import ml_collections

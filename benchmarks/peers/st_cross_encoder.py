@@ -22,22 +22,9 @@ Prints one JSON list of rows.
 import argparse
 import json
 import statistics
-import time
 
 import torch
-
-
-def _seconds(fn, repeats: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return times
+from torch_timing import seconds
 
 
 def _latency(times: list[float]) -> dict[str, float]:
@@ -81,13 +68,13 @@ def main() -> None:
     def predict(batch):
         return encoder.predict(batch, show_progress_bar=False)
 
-    whole = statistics.median(_seconds(lambda: predict(pairs), 3, warmup=1))
+    whole = statistics.median(seconds(lambda: predict(pairs), 3, warmup=1))
     small = pairs[: args.latency_batch]
     rows.append(
         {
             "variant": "sentence-transformers CrossEncoder.predict, fp16 (default batching)",
             "products_per_sec": len(pairs) / whole,
-            **_latency(_seconds(lambda: predict(small), args.repeats)),
+            **_latency(seconds(lambda: predict(small), args.repeats)),
             **versions,
         }
     )
@@ -108,7 +95,7 @@ def main() -> None:
         with torch.inference_mode():
             return [model(**b).logits for b in batches]
 
-    whole = statistics.median(_seconds(score_all, 5))
+    whole = statistics.median(seconds(score_all, 5))
     fixed = tokenizer(
         [q for q, _ in small],
         [p for _, p in small],
@@ -130,7 +117,7 @@ def main() -> None:
             f"batches of {args.batch}; latency: torch.compile CUDA graphs at "
             f"[{args.latency_batch}, {length}]",
             "products_per_sec": len(pairs) / whole,
-            **_latency(_seconds(score_fixed, args.repeats, warmup=5)),
+            **_latency(seconds(score_fixed, args.repeats, warmup=5)),
             **versions,
         }
     )

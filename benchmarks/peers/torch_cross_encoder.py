@@ -14,23 +14,10 @@ rows (`benchmarks/run_speed.py` runs this file in a subprocess and reads it).
 import argparse
 import json
 import statistics
-import time
 
 import torch
 import transformers
-
-
-def _seconds(fn, repeats: int) -> list[float]:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return times
+from torch_timing import seconds
 
 
 def main() -> None:
@@ -61,8 +48,8 @@ def main() -> None:
 
             big = torch.randint(1000, 30000, (args.batch, args.length), device="cuda")
             small = torch.randint(1000, 30000, (args.latency_batch, args.length), device="cuda")
-            throughput = statistics.median(_seconds(lambda b=big: score(b), args.repeats))
-            latency = _seconds(lambda s=small: score(s), 5 * args.repeats)
+            throughput = statistics.median(seconds(lambda b=big: score(b), args.repeats))
+            latency = seconds(lambda s=small: score(s), 5 * args.repeats)
             mode = "torch.compile" if compiled else "eager"
             rows.append(
                 {
