@@ -7,11 +7,18 @@ Command (H200: about N min; on 2 CPU cores use `loss=sampled_softmax`, far slowe
       --workdir=/tmp/rankjax/beauty_sequential
 
 `data_file` (default `$RANKJAX_SHARED/data/recsys/amazon_beauty.txt`) is any SASRec/BERT4Rec
-`user item` file, each user's lines in time order. Split: leave-one-out (last item test,
-second-to-last valid). Metrics: each held-out item ranked against 100 items the user never
-interacted with, sampled by popularity over the whole log (BERT4Rec's protocol; BERT4Rec's
-Beauty figures: HR@10 0.3025, NDCG@10 0.1862), or by full ranking over the catalog
-(`protocol=full`). Measured figures are in docs/results.md.
+`user item` file, each user's lines in time order, or a file of one user's history per
+line, `user item item ...` (S3-Rec's and ICLRec's layout, e.g. `beauty_s3rec.txt`); the
+layout is told from the lines (`--config.data.layout=pairs|sequences` fixes it). Split:
+leave-one-out (last item test, second-to-last valid). Metrics: each held-out item ranked
+against 100 items the user never interacted with, sampled by popularity over the whole log
+(BERT4Rec's legacy protocol; BERT4Rec's Beauty figures: HR@10 0.3025, NDCG@10 0.1862), or
+by full ranking over the catalog with the user's earlier items excluded (`protocol=full`:
+Recall@10/20, NDCG@10/20, as S3-Rec, ICLRec and eSASRec report). Measured figures are in
+docs/results.md.
+
+  python -m experiments.train --workdir=/tmp/rankjax/beauty_s3rec \
+      --config=configs/beauty_sequential.py:data_file=../shared/data/recsys/beauty_s3rec.txt,protocol=full
 
 Arguments: `data_file=PATH`, `loss=softmax|sampled_softmax|bce`, `protocol=sampled|full`,
 `dim=N`, `layers=N`, `dropout=P`, `max_len=N`, `embedding_bits=8|4` (also evaluate the
@@ -75,6 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         retrieval = dict(type="sampled_ranking", num_negatives=100, negatives="popularity", seed=0)
     elif arg.protocol == "full":
         retrieval = dict(type="full_ranking")
+        metrics = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "hit@10")
     else:
         raise ValueError(f"config argument protocol={arg.protocol!r}; valid: sampled, full")
     c.evals = dict(retrieval=dict(metrics=metrics, users_per_chunk=1024, **retrieval))

@@ -71,8 +71,21 @@ def test_bad_atomic_files_name_file_and_line(tmp_path, text, match):
 def test_user_item_file_keeps_line_order_and_rejects_bad_lines(tmp_path):
     log = it.read_user_item(write(tmp_path, "x.txt", "1 10\n2 7\n1 3\n\n1 10\n"))
     assert [list(log.item_ids[s]) for s in log.user_sequences()] == [["10", "3", "10"], ["7"]]
-    with pytest.raises(FormatError, match=r"x.txt:2: expected 'user item'"):
-        it.read_user_item(write(tmp_path, "x.txt", "1 10\n1 2 3\n"))
+    with pytest.raises(FormatError, match=r"x.txt:2: expected 'user item', .*layout='sequences'"):
+        it.read_user_item(write(tmp_path, "x.txt", "1 10\n1 2 3\n"), "pairs")
+    with pytest.raises(FormatError, match=r"x.txt:2: expected 'user item \[item ...\]'"):
+        it.read_user_item(write(tmp_path, "x.txt", "1 10\n7\n"))
+    with pytest.raises(ValueError, match="data.layout='rows'"):
+        it.read_user_item(write(tmp_path, "x.txt", "1 10\n"), "rows")
+
+
+@pytest.mark.parametrize("layout", ["auto", "sequences"])
+def test_one_history_per_line_reads_like_one_pair_per_line(tmp_path, layout):
+    pairs = it.read_user_item(write(tmp_path, "p.txt", "1 10\n2 7\n1 3\n2 4\n1 10\n"))
+    seqs = it.read_user_item(write(tmp_path, "s.txt", "1 10 3 10\n2 7 4\n"), layout)
+    histories = [[list(g.item_ids[s]) for s in g.user_sequences()] for g in (pairs, seqs)]
+    assert histories[0] == histories[1] == [["10", "3", "10"], ["7", "4"]]
+    assert list(pairs.user_ids) == list(seqs.user_ids)
 
 
 def test_leave_one_out_holds_out_the_last_two_of_users_with_three_or_more(tmp_path):
@@ -129,6 +142,11 @@ def test_shared_recsys_files_have_their_documented_sizes(shared_data):
     assert (beauty.num_users, beauty.num_items, beauty.num_interactions) == (40226, 54542, 353962)
     loo = it.leave_one_out(beauty)
     assert loo["test"].num_interactions == loo["valid"].num_interactions == 40226
+    # S3-Rec's split of Beauty: one user's history per line, read as the layout says.
+    s3rec = it.read_user_item(os.path.join(folder, "beauty_s3rec.txt"))
+    assert (s3rec.num_users, s3rec.num_items, s3rec.num_interactions) == (22363, 12101, 198502)
+    first = s3rec.user_sequences()[0]  # line 1: "1 1 2 3 4 5"
+    assert s3rec.user_ids[0] == "1" and list(s3rec.item_ids[first]) == ["1", "2", "3", "4", "5"]
 
 
 def test_synthetic_world_logs_cover_the_catalog():

@@ -137,27 +137,47 @@ def _build(users, items, timestamps, ratings, source) -> Interactions:
     )
 
 
-def read_user_item(path: str) -> Interactions:
-    """Reads a SASRec/BERT4Rec `user item` file (whitespace separated, time-ordered lines).
+LAYOUTS = ("auto", "pairs", "sequences")
+
+
+def read_user_item(path: str, layout: str = "auto") -> Interactions:
+    """Reads a whitespace-separated interaction file in time order, one of two layouts:
+
+    * `"pairs"`: `user item` per line (SASRec's and BERT4Rec's files), a user's lines in
+      time order;
+    * `"sequences"`: `user item item ...` per line, a user's whole history in time order
+      (S3-Rec's and ICLRec's `beauty_s3rec.txt`);
+    * `"auto"` (default): either, told apart by the lines themselves (a line of two
+      fields reads the same in both layouts).
 
     Raises:
-      FormatError: a line without exactly two fields, naming `path:line`.
+      FormatError: naming `path:line`: a line without a user and an item, or, with
+        `layout="pairs"`, with more than one item.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"data.layout={layout!r}; valid: {list(LAYOUTS)}")
     users, items = [], []
     with open_binary(path) as f:
         for lineno, line in enumerate(decoded_lines(f, path, "utf-8"), 1):
             fields = line.split()
             if not fields:
                 continue
-            if len(fields) != 2:
+            if len(fields) < 2 or (layout == "pairs" and len(fields) > 2):
+                want = "'user item'" if layout == "pairs" else "'user item [item ...]'"
+                shown = line.strip()[:80]
                 raise FormatError(
-                    f"{path}:{lineno}: expected 'user item', got {len(fields)} fields {line!r}"
+                    f"{path}:{lineno}: expected {want}, got {len(fields)} field(s) {shown!r}"
+                    + (
+                        " (data.layout='sequences' reads one user's items per line)"
+                        if layout == "pairs"
+                        else ""
+                    )
                 )
-            users.append(fields[0])
-            items.append(fields[1])
+            users += [fields[0]] * (len(fields) - 1)
+            items += fields[1:]
     if not users:
         raise FormatError(f"{path}: no interactions")
-    order = np.arange(len(users), dtype=np.float64)  # the line order is the time
+    order = np.arange(len(users), dtype=np.float64)  # the file's order is the time
     return _build(users, items, order, np.ones(len(users)), path)
 
 

@@ -12,7 +12,8 @@ List sources:
 * `judgments`: a query-product judgments CSV (`judgments.py`), split by query.
 
 Log sources: `synthetic` (the world's event log), `user_item` (one `user item` pair per
-line, time order), `atomic` (RecBole atomic files, with `.item`/`.user` side features).
+line, or one user's `user item item ...` history per line, in time order: `data.layout`),
+`atomic` (RecBole atomic files, with `.item`/`.user` side features).
 
 The synthetic world is generated, and a CSV's queries are not contiguous in the file, so for
 those two every process builds or reads the whole table and keeps its shard.
@@ -109,7 +110,7 @@ def _synthetic_log(cfg: Mapping[str, Any]) -> interactions.Interactions:
 
 
 def _user_item_log(cfg: Mapping[str, Any]) -> interactions.Interactions:
-    return interactions.read_user_item(cfg["file"])
+    return interactions.read_user_item(cfg["file"], cfg.get("layout", "auto"))
 
 
 def _atomic_log(cfg: Mapping[str, Any]) -> interactions.Interactions:

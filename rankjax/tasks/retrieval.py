@@ -87,6 +87,7 @@ _KEYS = {
             "item_file",
             "user_file",
             "file",
+            "layout",
             "world",
             "fractions",
             "split_seed",
