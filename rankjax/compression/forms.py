@@ -16,8 +16,9 @@ the backend and on the model's widths (docs/performance.md):
 CPU and TPU, bf16 on GPUs without fp8, and on fp8 GPUs whichever of fp8 and bf16 scores the
 model's own evaluation batches faster, measured at conversion (fp8 wins at MiniLM width,
 bf16 on the narrow pruned students; docs/results.md). The choice and every candidate's
-time are written to `compression.json` (`serving_form`, `serving_forms`), which
-`rankjax.serving.load` reads to rebuild the served model.
+bytes and time are written to results.json and, for the ranking task, `compression.json`
+(`serving_form`, `serving_forms`), which `rankjax.serving.load` reads to rebuild the
+served model; a retrieval run's served model is converted again where it is loaded.
 """
 
 from __future__ import annotations

@@ -429,7 +429,8 @@ class _Final:
         compression = report.build(jax.device_get(params), jax.device_get(served))
         if served is not None:
             compression.update(choice)
-            results["serving_form"] = choice.get("serving_form", "float")
+            results.update(choice)
+            results.setdefault("serving_form", "float")
         results["bytes"] = {k: compression[k] for k in ("float_bytes", "serving_bytes")}
         if jax.process_index() == 0:
             report.write(workdir, compression)
