@@ -21,9 +21,12 @@ docs/results.md.
       --config=configs/beauty_sequential.py:data_file=../shared/data/recsys/beauty_s3rec.txt,protocol=full
 
 Arguments: `data_file=PATH`, `loss=softmax|sampled_softmax|bce`, `protocol=sampled|full`,
-`dim=N`, `layers=N`, `dropout=P`, `max_len=N`, `embedding_bits=8|4` (also evaluate the
-model served with row-wise quantized tables), `towers=int8|int4|w8` (QAT of the
-transformer's dense layers, served with integer weights), `steps=N`, `max_users=N`, `runlocal`.
+`dim=N`, `layers=N`, `dropout=P`, `max_len=N`, `positions=newest|oldest` (count positions
+back from the newest item, SASRec's, or from the oldest in the window, which lets a server
+append events to cached keys and values: `rankjax.incremental`), `embedding_bits=8|4`
+(also evaluate the model served with row-wise quantized tables), `towers=int8|int4|w8`
+(QAT of the transformer's dense layers, served with integer weights), `steps=N`,
+`max_users=N`, `runlocal`.
 """
 
 import os
@@ -45,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         layers=2,
         dropout=0.5,
         max_len=50,
+        positions="newest",
         embedding_bits=0,
         towers="",
         steps=0,
@@ -64,6 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_layers=arg.layers,
         num_heads=2,
         dropout=arg.dropout,
+        positions=arg.positions,
     )
     c.loss = dict(name=arg.loss, num_negatives=1024)
     c.optim = dict(

@@ -71,7 +71,7 @@ MODELS = {
         ("in_batch_softmax",),
     ),
     "sasrec": (
-        {"dim", "max_len", "num_layers", "num_heads", "dropout"},
+        {"dim", "max_len", "num_layers", "num_heads", "dropout", "positions"},
         ("softmax", "sampled_softmax", "bce"),
     ),
     "dcn": (
