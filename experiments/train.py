@@ -4,6 +4,8 @@ r"""Trains and evaluates a ranker from a config file.
       --workdir=/tmp/rankjax/quickstart [--config.optim.learning_rate=1e-3 ...]
 """
 
+import difflib
+import importlib.util
 import sys
 
 from absl import app, flags, logging
@@ -31,6 +33,54 @@ _USER_ERRORS = (
 )
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a mistyped `--config.<key>` override (or a value of the
+    wrong type) reported in one line naming the override and the closest keys, instead
+    of a traceback from inside ml_collections."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:  # e.g. a value of the wrong type: absl names the flag
+        print(f"rankjax: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        config = FLAGS["config"].value if "config" in FLAGS else None
+        config = config if config is not None else _config_of(argv)
+        missing = [m for m in (_missing_key(o, config) for o in overrides) if m]
+        text = " ".join(str(e).replace("\\n", " ").split())
+        print(f"rankjax: error: {missing[0] if missing else text}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _config_of(argv: list[str]):
+    """The config `--config=path[:arg]` names (None if it cannot be loaded)."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+    path, _, arg = spec.partition(":")
+    try:
+        module_spec = importlib.util.spec_from_file_location("_rankjax_config", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        return module.get_config(arg or None)
+    except Exception:  # noqa: BLE001 - only to suggest keys; the error is reported anyway
+        return None
+
+
+def _missing_key(override: str, config) -> str:
+    """`"--config.a.b: no key 'b' in a; closest: [...]"` when the override's path is not
+    in `config`, else ""."""
+    path = override.removeprefix("--config.").split(".")
+    node = config
+    for i, key in enumerate(path):
+        if hasattr(node, "keys") and key in node:
+            node = node[key]
+            continue
+        keys = sorted(node.keys()) if hasattr(node, "keys") else []
+        close = difflib.get_close_matches(key, keys, n=3) or keys
+        where = ".".join(path[:i]) or "the config"
+        return f"{override}: no key {key!r} in {where}; closest: {close}"
+    return ""
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -50,4 +100,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -1,5 +1,7 @@
 """Checks an experiment config before anything runs: unknown or missing keys are errors
-that name the key and list the valid ones (a typo must never be silently ignored)."""
+that name the key and list the valid ones (a typo must never be silently ignored), and
+numeric values outside their range are errors naming the key, the value and the range
+(`check_values`, for every task)."""
 
 from __future__ import annotations
 
@@ -51,6 +53,90 @@ _TOP = {"seed", "data", "model", "evals", *_SECTIONS}
 _OPTIONAL_TOP = {"task", "quant", "sparsity", "distill"}  # checked by their modules' from_config
 
 
+# key path ("*" matches any key at that level) -> (type, low, high, note); None: unbounded.
+# Integers must be ints (bools are not); floats may be ints.
+_RANGES: dict[str, tuple[type, float | None, float | None, str]] = {
+    "train.num_steps": (int, 1, None, ""),
+    "train.batch_size": (int, 1, None, ""),
+    "train.log_every": (int, 1, None, ""),
+    "train.eval_every": (int, 1, None, ""),
+    "ckpt.every": (int, 1, None, ""),
+    "ckpt.keep": (int, 1, None, "checkpoints kept; at least the latest"),
+    "optim.learning_rate": (float, 0, None, ""),
+    "optim.warmup_steps": (int, 0, None, ""),
+    "optim.weight_decay": (float, 0, None, ""),
+    "optim.grad_clip_norm": (float, 0, None, "0: no clipping"),
+    "optim.momentum": (float, 0, 1, ""),
+    "optim.b1": (float, 0, 1, ""),
+    "optim.b2": (float, 0, 1, ""),
+    "data.list_size": (int, 1, None, ""),
+    "data.bucket_batches": (int, 0, None, ""),
+    "data.shards": (int, 0, None, "0: one per process"),
+    "data.max_queries": (int, 0, None, "0: all"),
+    "data.max_users": (int, 0, None, "0: all"),
+    "data.num_folds": (int, 2, None, ""),
+    "data.valid_fraction": (float, 0, 1, ""),
+    "data.text.max_length": (int, 0, None, "0: the checkpoint's"),
+    "data.text.pad_multiple": (int, 1, None, ""),
+    "data.text.pack_length": (int, 0, None, "0: padded lists"),
+    "evals.*.batch_size": (int, 1, None, ""),
+    "evals.*.min_list_size": (int, 1, None, ""),
+    "loss.temperature": (float, 0, None, ""),
+    "loss.num_negatives": (int, 1, None, ""),
+    "loss.hard_negatives": (int, 0, None, ""),
+    "mesh.model": (int, 1, None, ""),
+}
+_EXCLUSIVE_LOW = {"optim.learning_rate", "loss.temperature"}
+_EXCLUSIVE_HIGH = {"optim.momentum", "optim.b1", "optim.b2", "data.valid_fraction"}
+
+
+def _values(config: Any, path: list[str], prefix: str = ""):
+    """`(dotted key, value)` for every key of `config` matching `path` ("*": any key)."""
+    if not path:
+        yield prefix, config
+        return
+    if not hasattr(config, "keys"):
+        return
+    head, rest = path[0], path[1:]
+    for key in list(config.keys()) if head == "*" else [head]:
+        if key in config and config[key] is not None:
+            yield from _values(config[key], rest, f"{prefix}.{key}" if prefix else key)
+
+
+def check_values(config: Mapping[str, Any]) -> None:
+    """Raises ValueError naming the first numeric config value outside its valid range
+    (`_RANGES`), e.g. `train.batch_size=0: expected an integer >= 1`."""
+    for pattern, (kind, low, high, note) in _RANGES.items():
+        for key, value in _values(config, pattern.split(".")):
+            _check_value(key, pattern, value, kind, low, high, note)
+    mesh = config.get("mesh") or {}
+    devices = mesh.get("num_devices", 0)
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < -1:
+        raise ValueError(
+            f"mesh.num_devices={devices!r}: expected -1 (every device), 0 (one) or a count"
+        )
+    data = config.get("data") or {}
+    folds, fold = data.get("num_folds"), data.get("fold")
+    if folds and fold is not None and not (isinstance(fold, int) and 0 <= fold < folds):
+        raise ValueError(f"data.fold={fold!r}: expected an integer in [0, {folds})")
+
+
+def _check_value(key, pattern, value, kind, low, high, note) -> None:
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    ok_type = is_int if kind is int else (is_int or isinstance(value, float))
+    name = "an integer" if kind is int else "a number"
+    lo = "" if low is None else (">" if pattern in _EXCLUSIVE_LOW else ">=") + f" {low}"
+    hi = "" if high is None else ("<" if pattern in _EXCLUSIVE_HIGH else "<=") + f" {high}"
+    want = f"{name} {' and '.join(filter(None, (lo, hi)))}".strip()
+    want += f" ({note})" if note else ""
+    if not ok_type or value != value:  # NaN too
+        raise ValueError(f"{key}={value!r}: expected {want}")
+    too_low = low is not None and (value <= low if pattern in _EXCLUSIVE_LOW else value < low)
+    too_high = high is not None and (value >= high if pattern in _EXCLUSIVE_HIGH else value > high)
+    if too_low or too_high:
+        raise ValueError(f"{key}={value!r}: expected {want}")
+
+
 def _check_keys(where: str, given: Mapping, required: set[str], optional: set[str]) -> None:
     valid = sorted(required | optional)
     for key in given:
@@ -68,6 +154,7 @@ def validate(config: Mapping[str, Any]) -> None:
     """
     section.validate(config, ("ranking",), "ranking")
     _check_keys("config", config, _TOP, _OPTIONAL_TOP)
+    check_values(config)
     for name, (required, optional) in _SECTIONS.items():
         _check_keys(name, config[name], required, optional)
     data = config["data"]

@@ -46,7 +46,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from rankjax import cascade, checkpoint, models, serving, sharding
+from rankjax import cascade, checkpoint, config_schema, models, serving, sharding
 from rankjax.compression import forms, quantization, serve
 from rankjax.data import interactions
 from rankjax.data.sources import LOG_SOURCES, read_log
@@ -126,6 +126,7 @@ TABLE_RULES = ((r"_embedding/embedding$", (sharding.MODEL_AXIS, None)),)
 
 def validate(config: ml_collections.ConfigDict) -> None:
     section.validate(config, EVAL_TYPES, "retrieval")
+    config_schema.check_values(config)
     allowed = set(_KEYS) | {"seed", "task", "evals"}
     for key in config:
         if key not in allowed:
