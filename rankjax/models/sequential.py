@@ -47,7 +47,8 @@ class Block(nn.Module):
         self.query, self.key, self.value = dense(self.dim), dense(self.dim), dense(self.dim)
         self.attention_output = dense(self.dim)
         self.ffn_hidden, self.ffn_output = dense(4 * self.dim), dense(self.dim)
-        self.drop = nn.Dropout(self.dropout)
+        # The name inline Dropout had: the same dropout masks as before setup().
+        self.drop = nn.Dropout(self.dropout, name="Dropout_0")
 
     def _split(self, y: jax.Array) -> jax.Array:
         return y.reshape(y.shape[:-1] + (self.num_heads, self.dim // self.num_heads))
