@@ -1,14 +1,22 @@
-"""Packaging for rankjax. The wheel ships only the `rankjax` package."""
+"""Packaging for rankjax. The wheel ships only the `rankjax` package (with `py.typed`)."""
+
+import re
 
 import setuptools
 
+# One version source: `rankjax/__init__.py`.
+with open("rankjax/__init__.py", encoding="utf-8") as f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
 setuptools.setup(
     name="rankjax",
-    version="0.1.0",
+    version=VERSION,
+    license="Apache-2.0",
     description="JAX research framework for compressed rankers in search and recommendation.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["rankjax", "rankjax.*"]),
+    package_data={"rankjax": ["py.typed"]},
     python_requires=">=3.11",
     install_requires=[
         "absl-py>=2.1.0",

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from rankjax import checkpoint, optim, preemption, sharding, tasks
+from rankjax import checkpoint, optim, preemption, provenance, sharding, tasks
 from rankjax.compression import sparsity
 from rankjax.metric_writer import MetricWriter
 
@@ -328,6 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         results["sparsity"] = sparsity.measured(params, sparsifier)
         logging.info("sparsity of the pruned kernels: %s", results["sparsity"])
     results.update(run.finish(params, params_from))
+    results["provenance"] = provenance.provenance()  # versions, device, git commit
     if lead:
         checkpoint.write_json(os.path.join(workdir, "results.json"), results)
     return results
