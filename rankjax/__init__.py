@@ -7,12 +7,27 @@ Stable API:
   rankjax.text.embed(texts, checkpoint_dir=None, pooling="mean", normalize=True)
   rankjax.data.load(config.data), rankjax.data.synthetic.make_world(...)
   rankjax.models.get(config.model), rankjax.losses.get(name, ...)
+  rankjax.incremental.IncrementalScorer(model, variables)   per-event next-item serving
+  rankjax.export.save(ranker, path) / rankjax.export.load(path)
 """
 
 from rankjax import data, losses, metrics, models
 from rankjax.metrics import evaluate
 
 __version__ = "0.1.0"
+
+
+# Reachable as attributes after `import rankjax`, imported on first use (they pull in
+# orbax, tokenizers or AQT, which `import rankjax` alone should not pay for).
+_LAZY = ("serving", "text", "export", "incremental", "compression", "trainer", "provenance")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"rankjax.{name}")
+    raise AttributeError(f"module 'rankjax' has no attribute {name!r}")
 
 
 def train_and_evaluate(config, workdir):
@@ -23,6 +38,7 @@ def train_and_evaluate(config, workdir):
 
 
 __all__ = [
+    *_LAZY,
     "data",
     "evaluate",
     "losses",
