@@ -44,3 +44,18 @@ def test_cli_rejects_unknown_config_keys(tmp_path):
     )
     assert p.returncode != 0
     assert "learning_rat" in p.stderr
+
+
+def test_cli_prints_the_result_table_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import CONFIG_DIR
+
+    cmd = [sys.executable, "-m", "experiments.train", f"--workdir={tmp_path / 'w'}"]
+    cmd += [f"--config={os.path.join(CONFIG_DIR, 'synthetic_listwise.py')}:runlocal"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(CONFIG_DIR))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    both = proc.stdout + proc.stderr
+    assert both.count("| listwise (test)") == 1 and both.count("| oracle (test)") == 1

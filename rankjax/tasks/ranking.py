@@ -435,7 +435,6 @@ class _Final:
         if jax.process_index() == 0:
             report.write(workdir, compression)
         compression_table = report.format_table(compression)
-        logging.info("compression report (also in compression.json):\n%s", compression_table)
         wanted = dict.fromkeys(b for e in evals.values() for b in e.get("baselines", ()))
         baseline_scores = {
             "random": ranking.random_scores(int(config.seed)),
@@ -446,7 +445,8 @@ class _Final:
             name: self._evaluate(fn, test_only=True) for name, fn in baseline_scores.items()
         }
         tables = "\n\n".join(_tables(config, results))
-        logging.info("final evaluation of %s parameters:\n%s", params_from, tables)
+        # The tables are printed once (process 0), not logged as well: one copy on screen.
+        logging.info("final evaluation of %s parameters done (results.json)", params_from)
         if jax.process_index() == 0:
             print(f"\nModel size (compression.json):\n{compression_table}", flush=True)
             print(
