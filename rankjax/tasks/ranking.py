@@ -290,28 +290,27 @@ def _serve(config, quantizer, sparsifier, params, train_batches, evaluator, work
     )
     choice: dict[str, Any] = {}
     if quantizer is None:
-        served, serve_model, _ = convert(None, None)
+        served, serve_model = convert(None, None)
     else:
         built = {form: convert(quantizer, form) for form in forms.candidates(quantizer)}
         form, seconds = next(iter(built)), {}
         if len(built) > 1:
             size = evaluator.batch_size
             batches = [sharding.put_batch(b, mesh, size) for b in evaluator.batches[:8]]
-            scorers = {
-                f: functools.partial(
-                    _predictor(m, mesh), jax.device_put(v, sharding.replicated(mesh))
-                )
-                for f, (_, m, v) in built.items()
-            }
+            scorers = {}
+            for f, (tree, m) in built.items():  # as loaded: N:M kernels unpacked
+                m, v = serve.served_module(m, sparsity.unpack_tree(tree, sparsifier))
+                v = jax.device_put(v, sharding.replicated(mesh))
+                scorers[f] = functools.partial(_predictor(m, mesh), v)
             form, seconds = forms.fastest(scorers, batches)
             form = forms.agreed(form, built)
             logging.info("served forms, seconds per pass: %s; serving %s", seconds, form)
-        served, serve_model, _ = built[form]
+        served, serve_model = built[form]
         choice = {
             "serving_form": form,
             "serving_forms": {
                 f: {"bytes": quantization.array_bytes(tree), "seconds_per_pass": seconds.get(f)}
-                for f, (tree, _, _) in built.items()
+                for f, (tree, _) in built.items()
             },
         }
     # Evaluate what a server would load: the saved (packed) tree, unpacked.
@@ -339,7 +338,7 @@ def _convert(config, quantizer, form, *, sparsifier, params, train_batches, eval
     """The model converted to one served `form` of `quantizer` (None: float, no quantizer).
 
     Returns:
-      `(tree to save, the serving module, its variables as loaded)` (host arrays).
+      `(tree to save (host arrays), the serving module)`.
     """
     mesh = evaluator.mesh
     if quantizer is not None:
@@ -370,8 +369,7 @@ def _convert(config, quantizer, form, *, sparsifier, params, train_batches, eval
         embedding_bits=quantizer.embedding_bits if quantizer else 0,
         sparsifier=sparsifier,
     )
-    module, variables = serve.served_module(serve_model, sparsity.unpack_tree(served, sparsifier))
-    return served, module, variables
+    return served, serve_model
 
 
 @dataclasses.dataclass(frozen=True)
