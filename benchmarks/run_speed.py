@@ -52,6 +52,7 @@ from absl import app, flags, logging
 
 from benchmarks import speed, timing
 from rankjax.compression import quantization
+from rankjax.models import bert
 
 PARTS = flags.DEFINE_list(
     "parts",
@@ -74,6 +75,14 @@ EXPORTED = flags.DEFINE_list(
     ["pallas attention", "fp8"],
     "scoring variants (parts of their names) also timed through the serving artifact",
 )
+ATTENTIONS = flags.DEFINE_list(
+    "attentions",
+    [],
+    "bf16 attention implementations timed (default: xla, cudnn, pallas on a GPU; xla elsewhere)",
+)
+SERVED = flags.DEFINE_list(
+    "served", [], "served low-precision forms timed, parts of their names (default: all)"
+)
 PEERS = flags.DEFINE_bool("peers", True, "run the PyTorch peers (needs torch and CUDA)")
 REPEATS = flags.DEFINE_integer("repeats", 20, "timed scoring calls per measurement (median)")
 TRAIN_REPEATS = flags.DEFINE_integer("train_repeats", 5, "timed blocks of training steps")
@@ -91,6 +100,24 @@ def _shape() -> dict[str, int] | None:
     return {k: int(v) for k, v in (kv.split("=") for kv in SHAPE.value.split(","))}
 
 
+def _attentions() -> tuple[str, ...]:
+    if not ATTENTIONS.value:
+        return ("xla", "cudnn", "pallas") if jax.default_backend() == "gpu" else ("xla",)
+    unknown = set(ATTENTIONS.value) - set(bert.ATTENTIONS)
+    if unknown:
+        raise app.UsageError(f"--attentions: {sorted(unknown)}; valid: {list(bert.ATTENTIONS)}")
+    return tuple(ATTENTIONS.value)
+
+
+def _served() -> tuple[str, ...]:
+    names = tuple(speed.SERVED)
+    chosen = tuple(n for n in names if not SERVED.value or any(p in n for p in SERVED.value))
+    missed = [p for p in SERVED.value if not any(p in n for n in names)]
+    if missed:
+        raise app.UsageError(f"--served: {missed} match no form; forms: {list(names)}")
+    return chosen
+
+
 def run_peer(script: str, *args: str) -> list[dict]:
     """Runs `benchmarks/peers/<script>` and returns its JSON rows ([] if it cannot run)."""
     cmd = [sys.executable, os.path.join(_PEERS, script), *args]
@@ -103,8 +130,7 @@ def run_peer(script: str, *args: str) -> list[dict]:
 
 def scoring(peers: list[dict]) -> list[dict]:
     shape, length = _shape(), LENGTH.value
-    attentions = ("xla", "cudnn", "pallas") if jax.default_backend() == "gpu" else ("xla",)
-    scorers = speed.scoring_variants(shape, attentions)
+    scorers = speed.scoring_variants(shape, _attentions(), _served())
     check = speed.pair_tokens(256, length, 9)
     reference = None
     rows = []

@@ -28,6 +28,9 @@ class State:
 
     cache: Any
     length: jax.Array  # [users] int32
+    # The longest history, kept on the host so that checking it against max_len costs no
+    # device round trip per event.
+    longest: int = 0
 
 
 class IncrementalScorer:
@@ -53,7 +56,7 @@ class IncrementalScorer:
 
         def step(variables, table, items, length, cache):
             vec, cache = model.apply(variables, items, length, cache, method="extend")
-            return cache, jax.lax.top_k(vec @ table.T, top_k), vec
+            return cache, length + 1, jax.lax.top_k(vec @ table.T, top_k), vec
 
         self._step = jax.jit(step)
 
@@ -77,11 +80,13 @@ class IncrementalScorer:
 
     def append_with_vectors(self, state: State, items: Any):
         """`append`, also returning the users' vectors `[users, dim]`."""
-        if int(jnp.max(state.length)) >= self.model.max_len:
+        if state.longest >= self.model.max_len:
             raise ValueError(
                 f"a history reached model.max_len={self.model.max_len}: recompute its window "
                 "(the cache holds that many positions)"
             )
-        items = jnp.asarray(items, jnp.int32)
-        cache, top, vec = self._step(self.variables, self.table, items, state.length, state.cache)
-        return State(cache, state.length + 1), top, vec
+        # One compiled call per event: the cache update, the new lengths and the top-K.
+        cache, length, top, vec = self._step(
+            self.variables, self.table, jnp.asarray(items, jnp.int32), state.length, state.cache
+        )
+        return State(cache, length, state.longest + 1), top, vec

@@ -100,7 +100,8 @@ def _cyclic_log(path, num_users=120, num_items=30, length=8):
 
 
 @pytest.mark.parametrize(
-    "loss, protocol, towers", [("softmax", "sampled", ""), ("bce", "full", "int8")]
+    "loss, protocol, towers",
+    [("softmax", "sampled", ""), ("bce", "full", "int8"), ("softmax", "full", "fp8")],
 )
 def test_sasrec_learns_a_deterministic_next_item(tmp_path, loss, protocol, towers):
     c = load_config(
@@ -127,8 +128,12 @@ def test_sasrec_learns_a_deterministic_next_item(tmp_path, loss, protocol, tower
     if towers:
         served = checkpoint.load_tree(str(tmp_path / "run" / "served"))
         for layer in ("query", "key", "value", "attention_output", "ffn_hidden", "ffn_output"):
-            frozen = served["aqt"]["block_0"][layer]["quant_dot_general"]["qrhs"]
-            assert frozen["value"].dtype == np.int8, layer
+            frozen = served["aqt"]["block_0"][layer]["quant_dot_general"]
+            if towers == "fp8":  # e4m3 weights, every scale fixed at conversion
+                assert frozen["kernel"].dtype == jnp.float8_e4m3fn, layer
+                assert frozen["input_scale"].shape == (), layer
+            else:
+                assert frozen["qrhs"]["value"].dtype == np.int8, layer
 
 
 def test_sharded_tables_train_like_one_device(tmp_path):

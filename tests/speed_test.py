@@ -1,6 +1,8 @@
 """The speed module's pieces at toy sizes: served variants score like bf16, the timers
 return rates, the attention choice, and the results table."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,15 +96,24 @@ def test_attention_choice(monkeypatch):
     assert bert.attention_kernel("xla", 0.1, True) == "xla"
     assert bert.attention_kernel("cudnn", 0.1, False) == "cudnn"
     assert bert.attention_kernel("pallas", 0.0, True) == "pallas"
-    # "auto": the Pallas kernel on a GPU backend for short sequences without attention
-    # dropout, else XLA's.
+    # "auto" on a GPU without attention dropout: the Pallas kernel for short rows (and for
+    # packed rows or fp8 serving up to 128 tokens), cuDNN's for longer 16-bit rows, else
+    # XLA's.
     assert bert.attention_kernel("auto", 0.0, False, 64) == "xla"  # the tests run on CPU
     monkeypatch.setattr(bert.jax, "default_backend", lambda: "gpu")
-    assert bert.attention_kernel("auto", 0.1, False, 64) == "pallas"
-    assert bert.attention_kernel("auto", 0.0, True, 128) == "pallas"
-    assert bert.attention_kernel("auto", 0.1, True, 64) == "xla"  # dropout
-    assert bert.attention_kernel("auto", 0.0, False, 256) == "xla"  # too long for one block
-    assert bert.attention_kernel("auto", 0.0, False) == "xla"  # length unknown
+    auto = functools.partial(bert.attention_kernel, "auto")
+    assert auto(0.1, False, 64) == "pallas"
+    assert auto(0.0, True, 64, dtype=jnp.bfloat16) == "pallas"
+    assert auto(0.0, True, 128, dtype=jnp.bfloat16) == "cudnn"
+    assert auto(0.0, False, 256, dtype=jnp.float16) == "cudnn"
+    assert auto(0.0, True, 128) == "pallas"  # float32: not cuDNN's
+    assert auto(0.0, False, 128, packed=True, dtype=jnp.bfloat16) == "pallas"  # segments
+    assert auto(0.0, False, 128, dtype=jnp.bfloat16, fp8=True) == "pallas"  # writes e4m3
+    assert auto(0.0, False, 256, dtype=jnp.bfloat16, fp8=True) == "cudnn"
+    assert auto(0.0, False, 256, packed=True, dtype=jnp.bfloat16) == "xla"  # no kernel fits
+    assert auto(0.0, False, 256) == "xla"  # too long for one block, float32
+    assert auto(0.1, True, 64) == "xla"  # dropout
+    assert auto(0.0, False) == "xla"  # length unknown
     for fused in ("cudnn", "pallas"):
         with pytest.raises(ValueError, match="applies no attention dropout"):
             bert.attention_kernel(fused, 0.1, True)

@@ -334,6 +334,8 @@ TOWER_CHOICES = {
     "int8": dict(weight_bits=8, activation_bits=8),
     "int4": dict(weight_bits=4, activation_bits=8),
     "w8": dict(weight_bits=8, activation_bits=0),  # weight-only
+    # e4m3 weights and activations, scales calibrated once, served as native fp8 GEMMs.
+    "fp8": dict(fp8=True, calibration="static", serving="fp8"),
 }
 
 
@@ -349,8 +351,8 @@ PTQ_CHOICES = {
 
 def retrieval_section(towers: str = "", embedding_bits: int = 0) -> dict[str, Any] | None:
     """A retrieval model's `quant` section: `towers` one of `TOWER_CHOICES` (QAT of the
-    dense layers, served as integers) or "" (float), and served tables of `embedding_bits`;
-    None when neither is asked for."""
+    dense layers: integer ones served in the device's fastest form, fp8 as e4m3) or ""
+    (float), and served tables of `embedding_bits`; None when neither is asked for."""
     if towers and towers not in TOWER_CHOICES:
         raise ValueError(f"towers={towers!r}; valid: {sorted(TOWER_CHOICES)} or empty")
     if towers:

@@ -34,9 +34,13 @@ from rankjax.kernels import e4m3
 # Triton's matrix products need every block dimension >= 16 and a power of two.
 _MIN_BLOCK = 16
 # The longest sequence `model.attention="auto"` sends here: the whole `[T, T]` score
-# block lives in one program's registers. Measured at T = 64 (docs/performance.md); longer
-# sequences go to XLA's attention (or a flash-attention kernel).
+# block lives in one program's registers, which spill beyond (at T = 256 on an H100 the
+# kernel is 14× slower than cuDNN's flash attention, docs/performance.md).
 AUTO_MAX_LENGTH = 128
+# Up to this length "auto" prefers this kernel to cuDNN's (H100: 1.34× at 64 tokens, cuDNN
+# 1.33× at 96); longer rows go to cuDNN unless they are packed (cuDNN takes no segments) or
+# served in fp8 (this kernel writes e4m3 for the next product).
+AUTO_PALLAS_LENGTH = 64
 # Added to masked keys' logits: finite, so a row with no real key averages its `T` keys
 # (as XLA's `finfo.min` masking does) instead of dividing 0 by 0. Keys added to round `T`
 # up to a block get -inf: they never count.

@@ -83,28 +83,57 @@ ATTENTIONS = ("auto", "xla", "cudnn", "pallas")
 NORMS = ("auto", "xla", "pallas")
 
 
-def attention_kernel(attention: str, dropout: float, train: bool, length: int = 0) -> str:
+def attention_kernel(
+    attention: str,
+    dropout: float,
+    train: bool,
+    length: int = 0,
+    packed: bool = False,
+    dtype: Any = None,
+    fp8: bool = False,
+) -> str:
     """Checks and resolves the attention implementation:
 
     * `"xla"`: einsum and softmax, any mask, attention dropout;
     * `"cudnn"`: cuDNN's fused flash attention (GPU, 16-bit, right-padded inputs);
     * `"pallas"`: `short_attention`, one fused kernel per layer for sequences of up to a
       few hundred tokens (NVIDIA GPUs; interpreted elsewhere), any key mask;
-    * `"auto"` (the default): the Pallas kernel when JAX's default backend is a GPU, no
-      attention dropout applies and the sequence `length` is known and at most
-      `short_attention.AUTO_MAX_LENGTH`; XLA's otherwise. (`export.save` exports it as
+    * `"auto"` (the default): on a GPU, with no attention dropout and a known sequence
+      `length`, the Pallas kernel up to `short_attention.AUTO_PALLAS_LENGTH` tokens (and
+      for packed rows or fp8 serving, where it writes e4m3, up to
+      `short_attention.AUTO_MAX_LENGTH`), cuDNN's beyond that for 16-bit `dtype` without
+      packed rows, XLA's otherwise. (`export.save` exports it as
       XLA's: an export's batch is symbolic, and a Triton kernel's grid must be static.)
 
-    The fused kernels apply no attention dropout. At cross-encoder shapes (64 tokens,
-    32-wide heads) the Pallas kernel took a 1,024-pair call from 5.41 to 4.86 ms of H200
-    time; cuDNN's was no faster than XLA's (docs/performance.md).
+    The fused kernels apply no attention dropout. Measured on an H100 (MiniLM-L6, bf16,
+    docs/performance.md), the Pallas kernel serves 1.34× cuDNN's at 64 tokens, cuDNN's
+    1.33× the Pallas kernel's at 96, 1.10× at 128 and 1.8× XLA's at 256, where one Pallas
+    program's `[T, T]` block spills; served in fp8 at 128 tokens, the Pallas kernel's
+    fused e4m3 output gives 1.04× cuDNN's.
+
+    Args:
+      attention: one of `ATTENTIONS`.
+      dropout: the attention-probability dropout rate.
+      train: whether the call trains (dropout applies).
+      length: tokens per row (0: unknown).
+      packed: rows hold several segments (only XLA's and the Pallas kernel mask them).
+      dtype: the computation dtype (cuDNN's kernel takes 16-bit inputs only).
+      fp8: the layer is served in fp8 (the Pallas kernel writes its output in e4m3).
     """
     if attention not in ATTENTIONS:
         raise ValueError(f"model.attention={attention!r}; valid: {list(ATTENTIONS)}")
     dropping = train and dropout > 0
     if attention == "auto":
-        short = isinstance(length, int) and 0 < length <= short_attention.AUTO_MAX_LENGTH
-        return "pallas" if jax.default_backend() == "gpu" and short and not dropping else "xla"
+        known = isinstance(length, int) and length > 0
+        if jax.default_backend() != "gpu" or dropping or not known:
+            return "xla"
+        fits = length <= short_attention.AUTO_MAX_LENGTH
+        if length <= short_attention.AUTO_PALLAS_LENGTH or (fits and (packed or fp8)):
+            return "pallas"
+        sixteen = dtype is not None and jnp.dtype(dtype).itemsize == 2
+        if sixteen and not packed:
+            return "cudnn"
+        return "pallas" if fits else "xla"
     if attention != "xla" and dropping:
         raise ValueError(
             f"model.attention={attention!r} applies no attention dropout; train with "
@@ -258,13 +287,21 @@ class SelfAttention(nn.Module):
             return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
         dropout = c.attention_probs_dropout_prob
-        kernel = attention_kernel(self.attention, dropout, train, x.shape[-2])
         frozen = [_served(seam, self, n) for n in names]
+        served_fp8 = seam is not None and None not in frozen
+        kernel = attention_kernel(
+            self.attention,
+            dropout,
+            train,
+            x.shape[-2],
+            segments is not None,
+            self.dtype,
+            served_fp8,
+        )
         # Served in fp8, q, k and v are always one product: left as three fp8 products of
         # one input, XLA's dot merger joins them into one product that its fp8 GEMM
         # rewrite no longer matches, a bf16 GEMM (seen on the H200 in an exported
         # artifact). In float, the Pallas kernel reads the packed product in place.
-        served_fp8 = seam is not None and None not in frozen
         if served_fp8 or (kernel == "pallas" and seam is None):
             qkv, slot_scales = packed_fp8() if served_fp8 else packed()
             qkv = qkv.reshape(qkv.shape[:-1] + (3, heads, width))
