@@ -4,11 +4,11 @@ top-K over the catalog. Float and served int8 (AQT dense layers, int8 item table
 
   python -m benchmarks.incremental_latency --lengths=50,200 --users=1
 
-A SASRec of the configs' shape (`dim` 64, 2 blocks, 2 heads) with `max_len` the longest
-length, random weights (speed does not depend on them), a Beauty-sized catalog (12,101
-items). Each row: p50/p99 of `--repeats` events for `--users` users at once, after the
-history reached the given length; compilation excluded. The recompute reads exactly the
-history (no padding to `max_len`), its fastest form.
+A SASRec of `configs/beauty_sequential.py`'s shape (`--dim`, default 128, 2 blocks, 2 heads)
+with `max_len` the longest length, random weights (speed does not depend on them), a
+Beauty-sized catalog (12,101 items). Each row: p50/p99 of `--repeats` events for `--users`
+users at once, after the history reached the given length; compilation excluded. The
+recompute reads exactly the history (no padding to `max_len`), its fastest form.
 """
 
 import functools
@@ -29,6 +29,7 @@ USERS = flags.DEFINE_integer("users", 1, "users whose events arrive together")
 ITEMS = flags.DEFINE_integer("items", 12101, "catalog size")
 TOP_K = flags.DEFINE_integer("top_k", 10, "items returned per event")
 REPEATS = flags.DEFINE_integer("repeats", 50, "timed events per row")
+DIM = flags.DEFINE_integer("dim", 128, "hidden width")
 
 
 def _variants(max_len: int):
@@ -36,7 +37,7 @@ def _variants(max_len: int):
     model = sequential.SASRec(
         num_items=ITEMS.value,
         max_len=max_len,
-        dim=64,
+        dim=DIM.value,
         num_layers=2,
         num_heads=2,
         positions="oldest",
@@ -105,7 +106,8 @@ def main(argv):
             )
     print(
         timing.markdown_table(
-            f"Per-event latency, {users} user(s), top-{k} of {ITEMS.value:,} items, "
+            f"Per-event latency, {users} user(s), dim {DIM.value}, "
+            f"top-{k} of {ITEMS.value:,} items, "
             f"{env['device']} ({env['platform']}), jax {env['jax']}",
             ["model", "history", "append p50 ms", "p99", "recompute p50 ms", "p99", "speedup"],
             rows,
