@@ -1,4 +1,6 @@
-"""Packaging for rankjax. The wheel ships only the `rankjax` package (with `py.typed`)."""
+"""Packaging for rankjax. The wheel ships the `rankjax` package (with `py.typed`) and the
+experiment configs as `rankjax.configs` (source: `configs/`), and the `rankjax-train`
+command."""
 
 import re
 
@@ -15,21 +17,24 @@ setuptools.setup(
     description="JAX research framework for compressed rankers in search and recommendation.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["rankjax", "rankjax.*"]),
+    packages=[*setuptools.find_packages(include=["rankjax", "rankjax.*"]), "rankjax.configs"],
+    package_dir={"rankjax.configs": "configs"},
     package_data={"rankjax": ["py.typed"]},
+    entry_points={"console_scripts": ["rankjax-train = rankjax.cli:run"]},
     python_requires=">=3.11",
     install_requires=[
         "absl-py>=2.1.0",
         "aqtp>=0.8.0",
         "flatbuffers>=24.3",  # jax.export serialization (rankjax.export)
         "flax>=0.10.2",
-        "jax>=0.4.38",
+        "jax>=0.7.1",  # jax.set_mesh
         "ml-collections>=1.0.0",
         "numpy>=1.26",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11.0",
         "rax>=0.4.0",
         "tensorboardX>=2.6",
+        "tqdm>=4.66",  # the progress bar in notebooks
     ],
     extras_require={
         # Independent metric implementation, linter and test runner (2 workers: JAX's
@@ -37,14 +42,23 @@ setuptools.setup(
         # matplotlib for the quickstart notebook's plot, which the tests execute.
         "dev": [
             "hypothesis>=6.100",
+            # The notebook test executes notebooks/quickstart.ipynb in a kernel.
+            "ipykernel>=6.29",
             "matplotlib>=3.8",
+            "nbclient>=0.10",
+            "nbformat>=5.10",
             "pytest>=8.0",
             "pytest-xdist>=3.5",
             "pytrec-eval-terrier>=0.5.6",
             "ruff>=0.6",
+            # Builds the wheel that tests/install_test.py installs (bdist_wheel built in).
+            "setuptools>=70.1",
         ],
         # Tokenizers and safetensors for the text rankers.
         "text": ["safetensors>=0.4", "tokenizers>=0.19"],
+        # Accelerators: JAX's CUDA 12 wheels (NVIDIA GPUs), or its TPU runtime.
+        "cuda12": ["jax[cuda12]>=0.7.1"],
+        "tpu": ["jax[tpu]>=0.7.1"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

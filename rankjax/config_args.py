@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import os
 from collections.abc import Mapping
@@ -81,10 +82,57 @@ def base_config(config_file: str, name: str, arg: str | None) -> ml_collections.
     return module.get_config(arg)
 
 
+def config_dir() -> str:
+    """The folder of the named configs: the installed `rankjax.configs`, or in a checkout
+    that is not installed, `configs/` beside the package."""
+    try:
+        spec = importlib.util.find_spec("rankjax.configs")
+    except ImportError:
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def config_names() -> list[str]:
+    """The configs shipped with the package, by name."""
+    folder = config_dir()
+    if not os.path.isdir(folder):
+        return []
+    return sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_"))
+
+
+def resolve(spec: str) -> str:
+    """`--config`'s value with a config name replaced by its file's path.
+
+    Args:
+      spec: `"name[:arg]"` or `"path/to/config.py[:arg]"`.
+
+    Returns:
+      `"path[:arg]"`: a path as given, or the shipped config `name`'s file.
+
+    Raises:
+      ValueError: a name that is neither a file nor a shipped config (the message lists them).
+    """
+    target, sep, arg = spec.partition(":")
+    if os.path.exists(target) or os.sep in target or target.endswith(".py"):
+        return spec
+    path = os.path.join(config_dir(), target + ".py")
+    if not os.path.isfile(path):
+        close = difflib.get_close_matches(target, config_names(), n=3)
+        hint = f"; closest: {close}" if close else ""
+        raise ValueError(
+            f"config {spec!r}: no config file or shipped config named {target!r}{hint}; "
+            f"shipped: {config_names()}"
+        )
+    return path + sep + arg
+
+
 def load(spec: str) -> ml_collections.ConfigDict:
-    """The config `"path/to/config.py:arg"` (as `--config=` takes it), from Python or a
-    notebook: `load("configs/synthetic_listwise.py:runlocal")`."""
-    path, _, arg = spec.partition(":")
+    """The config `"name:arg"` (shipped with the package) or `"path/to/config.py:arg"`
+    (as `--config=` takes them), from Python or a notebook:
+    `load("synthetic_listwise:runlocal")`."""
+    path, _, arg = resolve(spec).partition(":")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such config file")
     name = os.path.splitext(os.path.basename(path))[0]

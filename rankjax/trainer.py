@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from rankjax import checkpoint, optim, preemption, provenance, sharding, tasks
+from rankjax import checkpoint, optim, preemption, progress, provenance, sharding, tasks
 from rankjax.compression import sparsity
 from rankjax.metric_writer import MetricWriter
 
@@ -249,6 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # about one run in four on 2 cores), so CPU meshes dispatch one step at a time.
     one_in_flight = mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
     t_last, steps_since = time.perf_counter(), 0
+    steps_bar = progress.bar(num_steps, int(state.step), lead)
     try:
         with preemption.SigtermFlag() as sigterm:
             for step in range(int(state.step), num_steps):
@@ -259,6 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 done = step + 1  # steps completed; logs and checkpoints count this way
                 step_metrics.add(done, m)
                 steps_since += 1
+                steps_bar.update(1)
                 is_log = done % int(tcfg.log_every) == 0 or done == num_steps
                 is_eval = done % int(tcfg.eval_every) == 0 or done == num_steps
                 is_ckpt = done % ckpt.every == 0 or done == num_steps
@@ -280,6 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         "examples_per_sec": steps_since * batch_size / elapsed,
                     }
                     _log_step(done, num_steps, values, elapsed / steps_since)
+                    steps_bar.set_postfix(loss=f"{values['loss']:.4f}")
                     writer.write(done, "train", values)
                     t_last, steps_since = time.perf_counter(), 0
                 if is_eval:
@@ -305,6 +308,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         raise TrainingDiverged(f"{e}; stopping: {kept}") from None
     finally:
+        steps_bar.close()
         ckpt.wait()
         writer.close()
 

@@ -11,7 +11,9 @@ from helpers import CONFIG_DIR, load_config
 from rankjax import trainer
 from rankjax.data import shared_dir
 
-CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "*.py")))
+CONFIGS = sorted(
+    os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "[!_]*.py"))
+)
 NEEDS_SHARED = {
     name for name in CONFIGS if name.startswith(("letor", "homedepot", "ml100k", "beauty"))
 }
@@ -21,8 +23,8 @@ NEEDS_TEACHER = {
     "homedepot_student_int8_nm24",
     "homedepot_student_int8_pruned",
 }
-# tests/notebook_test.py trains these with `:runlocal` and checks the same (the suite's
-# time budget is better spent elsewhere than on training them twice).
+# tests/install_test.py's notebook run trains these with `:runlocal` and checks the same
+# (the suite's time budget is better spent elsewhere than on training them twice).
 IN_NOTEBOOK = {f"synthetic_listwise{s}" for s in ("", "_int8", "_nm24", "_int8_nm24")}
 
 
@@ -45,9 +47,11 @@ def test_configs_are_found():
 
 
 def test_notebook_trains_the_configs_left_out_here():
-    from notebook_test import NOTEBOOK, code_cells
+    from install_test import NOTEBOOK
 
-    source = "\n".join(code_cells(NOTEBOOK))
+    with open(NOTEBOOK) as f:
+        cells = json.load(f)["cells"]
+    source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     assert all(f'"{name}"' in source for name in IN_NOTEBOOK), IN_NOTEBOOK
 
 
