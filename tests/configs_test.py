@@ -11,9 +11,7 @@ from helpers import CONFIG_DIR, load_config
 from rankjax import trainer
 from rankjax.data import shared_dir
 
-CONFIGS = sorted(
-    os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "[!_]*.py"))
-)
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "[!_]*.py")))
 NEEDS_SHARED = {
     name for name in CONFIGS if name.startswith(("letor", "homedepot", "ml100k", "beauty"))
 }
