@@ -1,7 +1,11 @@
 """rankjax: compressed rankers for search and recommendation, in JAX.
 
 Stable API:
-  rankjax.metrics.evaluate(scores, labels, *, where=None, metrics=..., no_relevant="zero")
+  rankjax.metrics.evaluate(scores, labels, *, where=None, metrics=..., no_relevant="zero",
+                           per_query=False)   padded arrays or ragged lists
+  rankjax.metrics.paired_test(a, b, method="t" | "bootstrap")   per-query significance
+  rankjax.metrics.write_trec_run(path, scores) / write_trec_qrels(path, labels)
+  rankjax.config_args.load("synthetic_listwise:runlocal")   a shipped config, or a path
   rankjax.train_and_evaluate(config, workdir)   any task: config.task, default "ranking"
   rankjax.serving.load(workdir).score(...) / .score_texts(query, products)
   rankjax.text.embed(texts, checkpoint_dir=None, pooling="mean", normalize=True)
@@ -11,7 +15,7 @@ Stable API:
   rankjax.export.save(ranker, path) / rankjax.export.load(path)
 """
 
-from rankjax import data, losses, metrics, models
+from rankjax import config_args, data, losses, metrics, models
 from rankjax.metrics import evaluate
 
 __version__ = "0.1.0"
@@ -39,6 +43,7 @@ def train_and_evaluate(config, workdir):
 
 __all__ = [
     *_LAZY,
+    "config_args",
     "data",
     "evaluate",
     "losses",

@@ -21,6 +21,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
+from rankjax import files
+
 
 class _DropOrbaxInfo(logging.Filter):
     """Orbax logs several INFO lines per save and restore; keep its warnings and errors."""
@@ -227,8 +229,6 @@ def load_tree(path: str) -> Any:
 
 
 def write_json(path: str, obj: Any) -> None:
-    """Writes JSON atomically: a reader never sees a half-written file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    """Writes JSON atomically, not through a link: a reader never sees a half-written
+    file (`rankjax.files`)."""
+    files.write_atomic(path, json.dumps(obj, indent=2, sort_keys=True))

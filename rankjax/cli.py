@@ -17,12 +17,17 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rankjax import checkpoint, config_args, distributed, preemption, trainer
+from rankjax import checkpoint, config_args, distributed, preemption, trainer, workdir
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Output folder; rerunning with it resumes the run.")
 flags.DEFINE_bool("traceback", False, "Show full tracebacks for input and config errors.")
+flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Resume a workdir that was made by a different config (rankjax.workdir).",
+)
 flags.DEFINE_string("coordinator_address", "", "Multi-process: host:port of process 0.")
 flags.DEFINE_integer("num_processes", 0, "Multi-process: number of processes.")
 flags.DEFINE_integer("process_id", -1, "Multi-process: index of this process.")
@@ -36,6 +41,7 @@ _USER_ERRORS = (
     PermissionError,
     FloatingPointError,
     checkpoint.CheckpointError,
+    workdir.WorkdirError,
 )
 
 
@@ -103,7 +109,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-        trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
     except preemption.Preempted as e:
         logging.warning("%s", e)
         print(f"rankjax: {e}", file=sys.stderr)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rankjax import compiler, models, serving
+from rankjax import compiler, files, models, serving
 from rankjax.data.transforms import QUANTILE_PROBS, FeatureTransform, ppf_table
 
 # Platforms the artifact is compiled for; XLA lowers it anew for each at load time.
@@ -223,8 +223,7 @@ def save(
     )
     exported = jax.export.export(jax.jit(score), platforms=platforms, disabled_checks=checks)(*args)
     header = json.dumps(signature).encode() + b"\n"
-    with open(path, "wb") as f:
-        f.write(_MAGIC + header + exported.serialize())
+    files.write_atomic(path, _MAGIC + header + exported.serialize())
     return signature
 
 

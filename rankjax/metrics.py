@@ -22,6 +22,11 @@ shuffle items within lists if their order carries information. Within-query pair
 accuracy counts, over pairs with different labels, the fraction ordered correctly (a score
 tie counts 1/2); lists without such a pair are left out.
 
+Lists may be ragged (`evaluate([[3.0, 1.0], [0.5]], [[1, 0], [1]])`); `per_query=True`
+also returns each list's values, which `paired_test` compares between two rankers (paired
+t-test or bootstrap, `rankjax.significance`); `write_trec_run` and `write_trec_qrels` write
+the rankings for trec_eval and friends (`rankjax.trec`).
+
 Example:
 
 >>> import numpy as np
@@ -40,6 +45,11 @@ import jax.numpy as jnp
 import numpy as np
 import rax
 
+# Re-exported: the metrics API in one place.
+from rankjax.significance import paired_test as paired_test
+from rankjax.trec import write_qrels as write_trec_qrels  # noqa: F401
+from rankjax.trec import write_run as write_trec_run  # noqa: F401
+
 Array = jax.Array
 
 # Name -> (rax metric, is undefined without relevant items).
@@ -51,7 +61,7 @@ _RAX_METRICS: dict[str, tuple[Callable, bool]] = {
     "recall": (rax.recall_metric, True),
     "precision": (rax.precision_metric, False),
 }
-METRICS = tuple(_RAX_METRICS) + ("rmse", "pairwise_accuracy")
+METRICS = tuple(_RAX_METRICS) + ("hit", "rmse", "pairwise_accuracy")
 NO_RELEVANT = ("zero", "one", "skip")
 GAINS = {"exp2": lambda label: jnp.power(2.0, label) - 1.0, "linear": lambda label: label}
 DEFAULT_METRICS = ("ndcg@5", "ndcg@10", "mrr", "map")
@@ -60,6 +70,7 @@ DEFAULT_METRICS = ("ndcg@5", "ndcg@10", "mrr", "map")
 # Ranking lists (graded labels, rax):
 LIST_NAMES = {
     **dict.fromkeys(_RAX_METRICS, "optional"),
+    "hit": "optional",
     "rmse": "none",
     "pairwise_accuracy": "none",
 }
@@ -123,6 +134,60 @@ def _pairwise_accuracy(scores: Array, labels: Array, where: Array) -> tuple[Arra
     return jnp.sum(correct * higher, axis=(-2, -1)), jnp.sum(higher, axis=(-2, -1))
 
 
+def per_list(
+    scores: Array,
+    labels: Array,
+    *,
+    where: Array | None = None,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    no_relevant: str = "zero",
+    gain: str = "exp2",
+    min_list_size: int = 1,
+) -> dict[str, tuple[Array, Array]]:
+    """Every metric's value per list, and whether the list counts (jittable).
+
+    Args: as `batch_sums`.
+
+    Returns:
+      `{name: (values [...], counted [...] bool)}` over the lists (the leading axes). RMSE's
+      value is the list's sum of squared errors and its count the list's valid items.
+    """
+    _check_conventions(no_relevant, gain)
+    scores = jnp.asarray(scores, jnp.float32)
+    labels = jnp.asarray(labels, jnp.float32)
+    where = jnp.ones(scores.shape, bool) if where is None else jnp.asarray(where, bool)
+    list_valid = jnp.any(where, axis=-1)
+    has_relevant = jnp.any(where & (labels >= 1), axis=-1)
+    out = {}
+    for name in metrics:
+        kind, k = parse_metric(name)
+        if kind == "rmse":
+            err = jnp.where(where, scores - labels, 0.0)
+            out[name] = (jnp.sum(err**2, axis=-1), jnp.sum(where, axis=-1))
+            continue
+        if kind == "pairwise_accuracy":
+            correct, pairs = _pairwise_accuracy(scores, labels, where)
+            out[name] = (correct / jnp.maximum(pairs, 1.0), list_valid & (pairs > 0))
+            continue
+        if kind == "hit":  # a relevant item among the first k
+            found = rax.precision_metric(scores, labels, where=where, topn=k, reduce_fn=None)
+            values, needs_relevant = (found > 0).astype(jnp.float32), True
+        else:
+            fn, needs_relevant = _RAX_METRICS[kind]
+            kwargs = {"gain_fn": GAINS[gain]} if kind in ("ndcg", "dcg") else {}
+            values = fn(scores, labels, where=where, topn=k, reduce_fn=None, **kwargs)
+        counted = list_valid & (jnp.sum(where, axis=-1) >= min_list_size)
+        if needs_relevant:
+            if no_relevant == "one":
+                values = jnp.where(has_relevant, values, 1.0)
+            elif no_relevant == "skip":
+                counted = counted & has_relevant
+            else:
+                values = jnp.where(has_relevant, values, 0.0)
+        out[name] = (values, counted)
+    return out
+
+
 def batch_sums(
     scores: Array,
     labels: Array,
@@ -149,39 +214,24 @@ def batch_sums(
       `{name: (sum, count)}`, each a scalar; the metric is `sum / count` (RMSE: the square
       root of it), and sums and counts add up exactly across batches.
     """
-    _check_conventions(no_relevant, gain)
-    scores = jnp.asarray(scores, jnp.float32)
-    labels = jnp.asarray(labels, jnp.float32)
-    where = jnp.ones(scores.shape, bool) if where is None else jnp.asarray(where, bool)
-    list_valid = jnp.any(where, axis=-1)
-    has_relevant = jnp.any(where & (labels >= 1), axis=-1)
+    lists = per_list(
+        scores,
+        labels,
+        where=where,
+        metrics=metrics,
+        no_relevant=no_relevant,
+        gain=gain,
+        min_list_size=min_list_size,
+    )
     out = {}
-    for name in metrics:
-        kind, k = parse_metric(name)
-        if kind == "rmse":
-            err = jnp.where(where, scores - labels, 0.0)
-            out[name] = (jnp.sum(err**2), jnp.sum(where).astype(jnp.float32))
-            continue
-        if kind == "pairwise_accuracy":
-            correct, pairs = _pairwise_accuracy(scores, labels, where)
-            counted = list_valid & (pairs > 0)
-            values = correct / jnp.maximum(pairs, 1.0)
+    for name, (values, counted) in lists.items():
+        if parse_metric(name)[0] == "rmse":  # over items: counted holds each list's items
+            out[name] = (jnp.sum(values), jnp.sum(counted).astype(jnp.float32))
         else:
-            fn, needs_relevant = _RAX_METRICS[kind]
-            kwargs = {"gain_fn": GAINS[gain]} if kind in ("ndcg", "dcg") else {}
-            values = fn(scores, labels, where=where, topn=k, reduce_fn=None, **kwargs)
-            counted = list_valid & (jnp.sum(where, axis=-1) >= min_list_size)
-            if needs_relevant:
-                if no_relevant == "one":
-                    values = jnp.where(has_relevant, values, 1.0)
-                elif no_relevant == "skip":
-                    counted = counted & has_relevant
-                else:
-                    values = jnp.where(has_relevant, values, 0.0)
-        out[name] = (
-            jnp.sum(jnp.where(counted, values, 0.0)),
-            jnp.sum(counted).astype(jnp.float32),
-        )
+            out[name] = (
+                jnp.sum(jnp.where(counted, values, 0.0)),
+                jnp.sum(counted).astype(jnp.float32),
+            )
     return out
 
 
@@ -211,8 +261,8 @@ class MetricAccumulator:
 
 
 @functools.partial(jax.jit, static_argnames=("metrics", "no_relevant", "gain", "min_list_size"))
-def _jit_batch_sums(scores, labels, where, metrics, no_relevant, gain, min_list_size):
-    return batch_sums(
+def _jit_per_list(scores, labels, where, metrics, no_relevant, gain, min_list_size):
+    return per_list(
         scores,
         labels,
         where=where,
@@ -221,6 +271,33 @@ def _jit_batch_sums(scores, labels, where, metrics, no_relevant, gain, min_list_
         gain=gain,
         min_list_size=min_list_size,
     )
+
+
+def _is_ragged(x) -> bool:
+    """Whether `x` is a sequence of 1-D lists (arrays or Python lists) of any lengths."""
+    return isinstance(x, (list, tuple)) and all(np.ndim(v) == 1 for v in x) and len(x) > 0
+
+
+def pad_lists(
+    scores: Sequence[Sequence[float]], labels: Sequence[Sequence[float]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ragged lists (one 1-D sequence per query) padded into `[num_lists, longest]` arrays.
+
+    Returns:
+      `(scores, labels, where)`; `where` is False on padding.
+
+    Raises:
+      ValueError: a list whose scores and labels differ in length (named by its index).
+    """
+    if len(scores) != len(labels):
+        raise ValueError(f"{len(scores)} score lists but {len(labels)} label lists")
+    longest = max((len(v) for v in scores), default=0)
+    out = np.zeros((3, len(scores), max(longest, 1)), np.float32)
+    for i, (s, y) in enumerate(zip(scores, labels, strict=True)):
+        if len(s) != len(y):
+            raise ValueError(f"list {i}: {len(s)} scores but {len(y)} labels")
+        out[0, i, : len(s)], out[1, i, : len(s)], out[2, i, : len(s)] = s, y, 1
+    return out[0], out[1], out[2].astype(bool)
 
 
 def evaluate(
@@ -232,24 +309,34 @@ def evaluate(
     no_relevant: str = "zero",
     gain: str = "exp2",
     min_list_size: int = 1,
-) -> dict[str, float]:
+    per_query: bool = False,
+) -> dict[str, float] | tuple[dict[str, float], dict[str, np.ndarray]]:
     """Ranking metrics averaged over lists.
 
     Args:
-      scores: `[num_lists, list_size]` (or `[..., list_size]`) predicted scores; must be
-        finite on valid items.
-      labels: same shape, graded relevance (relevant means >= 1).
-      where: same shape, bool, False on padding; None means every item is valid.
+      scores: `[num_lists, list_size]` (or `[..., list_size]`) predicted scores, or ragged
+        lists: a sequence of 1-D score lists of any lengths; must be finite on valid items.
+      labels: the same shape (or the same ragged lengths), graded relevance (relevant
+        means >= 1).
+      where: same shape, bool, False on padding; None means every item is valid (ragged
+        lists need none).
       metrics: names such as `"ndcg@10"`, `"dcg@5"`, `"mrr"`, `"map"`, `"recall@20"`,
-        `"precision@5"`, `"rmse"`, `"pairwise_accuracy"`.
+        `"precision@5"`, `"hit@10"`, `"rmse"`, `"pairwise_accuracy"`.
       no_relevant: `"zero"`, `"one"` or `"skip"`: how lists without a relevant item count
-        for NDCG, MRR, MAP and recall.
+        for NDCG, MRR, MAP, recall and hit.
       gain: `"exp2"` (`2^label - 1`) or `"linear"` (`label`) for (N)DCG.
       min_list_size: ranking metrics count only lists of at least this many valid items.
+      per_query: also return each list's values.
 
     Returns:
-      `{name: value}` as Python floats.
+      `{name: value}` as Python floats; with `per_query`, also `{name: [num_lists]}` float64
+      per-list values (RMSE: the list's own RMSE), NaN where a list does not count (all
+      padding, skipped, too short) — the input of `significance.paired_test`.
     """
+    if _is_ragged(scores) or _is_ragged(labels):
+        if where is not None:
+            raise ValueError("ragged lists take no `where`: each list's length is its items")
+        scores, labels, where = pad_lists(scores, labels)
     scores = np.asarray(scores, np.float32)
     labels = np.asarray(labels, np.float32)
     where = np.ones(scores.shape, bool) if where is None else np.asarray(where, bool)
@@ -262,11 +349,19 @@ def evaluate(
     if bad.any():
         i = tuple(int(x) for x in np.argwhere(bad)[0])
         raise ValueError(f"scores must be finite on valid items; scores{list(i)} = {scores[i]}")
+    lists = _jit_per_list(scores, labels, where, tuple(metrics), no_relevant, gain, min_list_size)
     acc = MetricAccumulator()
-    acc.update(
-        _jit_batch_sums(scores, labels, where, tuple(metrics), no_relevant, gain, min_list_size)
-    )
-    return acc.result()
+    values = {}
+    for name, (v, counted) in lists.items():
+        v, counted = np.asarray(v, np.float64), np.asarray(counted)
+        if parse_metric(name)[0] == "rmse":
+            acc.update({name: (v.sum(), counted.sum())})
+            v = np.where(counted > 0, np.sqrt(v / np.maximum(counted, 1)), np.nan)
+        else:
+            acc.update({name: (np.where(counted, v, 0.0).sum(), counted.sum())})
+            v = np.where(counted, v, np.nan)
+        values[name] = v
+    return (acc.result(), values) if per_query else acc.result()
 
 
 # ----------------------------------------------------------------------------- top-K metrics

@@ -24,8 +24,9 @@ import optax
 from absl import logging
 
 from rankjax import checkpoint, optim, preemption, progress, provenance, sharding, tasks
+from rankjax import workdir as workdir_lib
 from rankjax.compression import sparsity
-from rankjax.metric_writer import MetricWriter
+from rankjax.metric_writer import MetricWriter, flat_hparams
 
 
 @flax.struct.dataclass
@@ -140,17 +141,6 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | None) -> jax.sharding.Mes
     return sharding.make_mesh(given or 1, model=int(cfg.get("model", 1)))
 
 
-def _prepare_workdir(workdir: str) -> None:
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise PermissionError(f"workdir {workdir!r} is not writable: {e.strerror}") from None
-
-
 class _StepMetrics:
     """Train-step metrics kept on device between syncs; checked for NaN step by step."""
 
@@ -188,7 +178,9 @@ def _place(batch: dict[str, np.ndarray], mesh, global_size: int, is_global: bool
     return sharding.put_batch(batch, mesh, global_size)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False
+) -> dict[str, Any]:
     """Trains the model described by `config`, evaluates it and writes `workdir`.
 
     Rerunning with the same workdir resumes from the newest checkpoint.
@@ -198,19 +190,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         (default "ranking").
       workdir: output folder: `config.json`, `metrics.jsonl`, `tensorboard/`,
         `checkpoints/`, `best/`, `results.json` and the task's own files (e.g.
-        `feature_transform.json`, `served/`, `compression.json`).
+        `feature_transform.json`, `served/`, `compression.json`). It belongs to one run
+        (`rankjax.workdir`): locked while the run lasts, and resumed only with the config
+        that made it.
+      allow_config_change: resume a workdir made by a different config.
 
     Returns:
       The contents of `results.json`.
+
+    Raises:
+      workdir.WorkdirError: another run holds `workdir`, or it was made by another config.
     """
     task = tasks.get(config)
     task.validate(config)
-    _prepare_workdir(workdir)
     lead = jax.process_index() == 0
-    if lead:
-        checkpoint.write_json(
-            os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
-        )
+    plain = json.loads(config.to_json_best_effort())
+    with workdir_lib.claim(workdir, plain, lead, allow_config_change):
+        if lead:
+            checkpoint.write_json(os.path.join(workdir, "config.json"), plain)
+        return _train(task, config, workdir, lead)
+
+
+def _train(task, config: ml_collections.ConfigDict, workdir: str, lead: bool) -> dict[str, Any]:
+    """`train_and_evaluate`'s run, in a claimed workdir."""
     tcfg = config.train
     num_steps, batch_size = int(tcfg.num_steps), int(tcfg.batch_size)
     mesh = make_mesh(config.get("mesh"))
@@ -335,6 +337,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     results["provenance"] = provenance.provenance()  # versions, device, git commit
     if lead:
         checkpoint.write_json(os.path.join(workdir, "results.json"), results)
+        final = MetricWriter(workdir, resume_step=int(state.step), purge=False)
+        try:  # the final metrics and the config, for TensorBoard's scalars and HParams
+            final.write_final(int(state.step), results, flat_hparams(config.to_dict()))
+        finally:
+            final.close()
     return results
 
 

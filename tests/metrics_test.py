@@ -256,8 +256,9 @@ def test_top_k_names_need_a_cutoff_and_auc_takes_none():
     for bad in ("ndcg", "auc@5", "map@10", "hit@0"):
         with pytest.raises(ValueError, match=f"unknown metric '{bad}'.*hit, precision"):
             metrics.parse_metric(bad, metrics.TOP_K_NAMES)
-    with pytest.raises(ValueError, match="unknown metric 'hit@10'"):
-        metrics.parse_metric("hit@10")  # not a list metric
+    with pytest.raises(ValueError, match="unknown metric 'auc'"):
+        metrics.parse_metric("auc")  # not a list metric
+    assert metrics.parse_metric("hit@10") == ("hit", 10)  # lists have hit@k too
 
 
 def test_top_k_metric_by_hand():

@@ -63,6 +63,15 @@ def test_workdir_has_every_artifact(tmp_path):
         > results["baselines"]["random"]["test"]["ndcg@10"]
     )
     assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "listwise"
+    # The final metrics reach metrics.jsonl and TensorBoard (with the config as hparams);
+    # rerunning the finished run writes them once, not twice.
+    trainer.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
+    final = read_jsonl(tmp_path, "final/test")
+    assert len(final) == 1 and final[0]["step"] == 2
+    assert final[0]["ndcg@10"] == pytest.approx(results["test"]["ndcg@10"])
+    assert len(read_jsonl(tmp_path, "final/valid")) == 1
+    hparams_run = tmp_path / "tensorboard" / "final"
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(hparams_run))
 
 
 @pytest.mark.parametrize("task", sorted(TINY))

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from rankjax import files
 from rankjax.compression.quantization import FROZEN_COLLECTION, array_bytes
 from rankjax.sharding import path_str
 
@@ -121,8 +122,5 @@ def format_table(report: Mapping[str, Any]) -> str:
 
 
 def write(workdir: str, report: Mapping[str, Any]) -> None:
-    """Writes `workdir/compression.json` atomically."""
-    path = os.path.join(workdir, "compression.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    os.replace(path + ".tmp", path)
+    """Writes `workdir/compression.json` atomically (`rankjax.files`)."""
+    files.write_atomic(os.path.join(workdir, "compression.json"), json.dumps(report, indent=2))

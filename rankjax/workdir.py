@@ -1,0 +1,149 @@
+"""A workdir belongs to one run: one process at a time, one config.
+
+`claim(workdir, config)` is held for the whole of a run:
+
+* **lock**: an exclusive `flock` on `workdir/.rankjax.lock`, which records the holder's
+  process id, host and start time; a second run into the same folder fails at once with a
+  one-line `WorkdirError` naming the holder (the lock goes with the process, so a killed run
+  leaves nothing to clean up);
+* **one config**: the folder's `config.json` is the config that made it. A rerun resumes only
+  with the same config, up to the keys that may change when a run is extended
+  (`RESUMABLE`, e.g. `train.num_steps`); a different config is refused, naming the first
+  differences, before anything in the folder is written. `allow_config_change=True`
+  (`--allow_config_change`) accepts a deliberate change;
+* **no writes through links**: the write probe and every file a run writes use
+  `rankjax.files`, which neither follows nor writes through a symbolic link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from rankjax import files
+
+LOCK = ".rankjax.lock"
+# Keys that may differ between a workdir's config and a rerun that resumes it: training
+# longer, logging, evaluating and checkpointing at another rhythm, another device count.
+RESUMABLE = (
+    "train.num_steps",
+    "train.log_every",
+    "train.eval_every",
+    "ckpt.every",
+    "ckpt.keep",
+    "mesh.num_devices",
+)
+
+
+class WorkdirError(RuntimeError):
+    """The workdir is in use by another run, or was made by another config."""
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def differences(old: Mapping, new: Mapping) -> list[str]:
+    """`["optim.learning_rate: 0.001 -> 0.0005", ...]`: keys whose values differ (a key
+    present on one side only included), `RESUMABLE` keys left out."""
+    a, b = _flat(old), _flat(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key in RESUMABLE or a.get(key, "<absent>") == b.get(key, "<absent>"):
+            continue
+        out.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+    return out
+
+
+def check_config(workdir: str, config: Mapping, allow_config_change: bool = False) -> None:
+    """Raises `WorkdirError` when `workdir/config.json` holds another config.
+
+    Raises:
+      WorkdirError: the configs differ beyond `RESUMABLE` keys (the first 5 differences are
+        named) and `allow_config_change` is False, or `config.json` cannot be read.
+    """
+    path = os.path.join(workdir, "config.json")
+    if allow_config_change or not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+    except (OSError, ValueError) as e:
+        raise WorkdirError(
+            f"{path} cannot be read ({e}): this workdir's config is unknown; use a new workdir, "
+            "or allow_config_change=True (--allow_config_change) to overwrite it"
+        ) from None
+    diff = differences(old, config)
+    if diff:
+        more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
+        raise WorkdirError(
+            f"workdir {workdir} was made by another config ({'; '.join(diff[:5])}{more}); "
+            "nothing was written. Use a new workdir, or allow_config_change=True "
+            "(--allow_config_change) to resume it with this config"
+        )
+
+
+def _probe_writable(workdir: str, name: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, name)
+        files.write_atomic(probe, "ok")
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(f"workdir {workdir!r} is not writable: {e.strerror}") from None
+
+
+@contextlib.contextmanager
+def claim(
+    workdir: str, config: Mapping, lead: bool = True, allow_config_change: bool = False
+) -> Iterator[None]:
+    """Holds `workdir` for one run (module docstring).
+
+    Args:
+      workdir: the run's folder (created if absent).
+      config: the run's config as plain JSON values.
+      lead: whether this process writes the workdir (process 0); the others only check
+        that it is writable.
+      allow_config_change: resume a workdir made by a different config.
+
+    Raises:
+      WorkdirError: another process holds the workdir, or it holds another config.
+      PermissionError: the workdir cannot be written.
+    """
+    import jax  # the process index names the probe of each process
+
+    _probe_writable(workdir, f".write_test.{jax.process_index()}")
+    if not lead:
+        yield
+        return
+    path = os.path.join(workdir, LOCK)
+    if os.path.islink(path):
+        os.unlink(path)  # a planted link: never lock (or write) the file it points to
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "unknown"
+            raise WorkdirError(
+                f"workdir {workdir} is in use by another run ({holder}); wait for it to end "
+                "or use another workdir"
+            ) from None
+        check_config(workdir, config, allow_config_change)
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
