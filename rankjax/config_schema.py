@@ -50,7 +50,9 @@ _DATA_BY_SOURCE = {
     ),
 }
 _TOP = {"seed", "data", "model", "evals", *_SECTIONS}
-_OPTIONAL_TOP = {"task", "quant", "sparsity", "distill"}  # checked by their modules' from_config
+# Checked by their modules' from_config; `provenance` is what config.json records of the
+# versions and commit that wrote it (`rankjax.provenance`), never read as a setting.
+_OPTIONAL_TOP = {"task", "quant", "sparsity", "distill", "provenance"}
 
 
 # key path ("*" matches any key at that level) -> (type, low, high, note); None: unbounded.

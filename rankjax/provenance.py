@@ -1,7 +1,7 @@
 """What produced a result: package versions, the device, and the code's git commit.
 
-`results.json` carries this under `provenance`, so a figure can be traced to the code and
-libraries that measured it.
+`results.json` and `config.json` carry this under `provenance`, so a figure can be traced
+to the code and libraries that measured it.
 """
 
 from __future__ import annotations

@@ -206,8 +206,9 @@ def train_and_evaluate(
     lead = jax.process_index() == 0
     plain = json.loads(config.to_json_best_effort())
     with workdir_lib.claim(workdir, plain, lead, allow_config_change):
-        if lead:
-            checkpoint.write_json(os.path.join(workdir, "config.json"), plain)
+        if lead:  # with the versions, device and commit that run it
+            recorded = {**plain, "provenance": provenance.provenance()}
+            checkpoint.write_json(os.path.join(workdir, "config.json"), recorded)
         return _train(task, config, workdir, lead)
 
 

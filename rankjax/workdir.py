@@ -32,6 +32,7 @@ LOCK = ".rankjax.lock"
 # Keys that may differ between a workdir's config and a rerun that resumes it: training
 # longer, logging, evaluating and checkpointing at another rhythm, another device count.
 RESUMABLE = (
+    "provenance",  # the versions and commit config.json records: a record, not a setting
     "train.num_steps",
     "train.log_every",
     "train.eval_every",
@@ -60,7 +61,8 @@ def differences(old: Mapping, new: Mapping) -> list[str]:
     a, b = _flat(old), _flat(new)
     out = []
     for key in sorted(set(a) | set(b)):
-        if key in RESUMABLE or a.get(key, "<absent>") == b.get(key, "<absent>"):
+        resumable = any(key == r or key.startswith(r + ".") for r in RESUMABLE)
+        if resumable or a.get(key, "<absent>") == b.get(key, "<absent>"):
             continue
         out.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
     return out

@@ -5,7 +5,7 @@ import json
 import jax
 from helpers import load_config
 
-from rankjax import provenance, trainer
+from rankjax import provenance, serving, trainer
 
 
 def test_provenance_names_versions_device_and_commit():
@@ -20,10 +20,14 @@ def test_outside_a_checkout_there_is_no_commit(tmp_path):
     assert provenance.git_commit(str(tmp_path / "file.py")) is None
 
 
-def test_results_json_carries_the_provenance(tmp_path):
+def test_results_and_config_json_carry_the_provenance(tmp_path):
     config = load_config("synthetic_listwise", "runlocal")
     config.mesh.num_devices = 1
     trainer.train_and_evaluate(config, str(tmp_path))
-    with open(tmp_path / "results.json") as f:
-        record = json.load(f)["provenance"]
-    assert record["versions"]["flax"] and record["platform"] == jax.devices()[0].platform
+    for name in ("results.json", "config.json"):
+        with open(tmp_path / name) as f:
+            record = json.load(f)["provenance"]
+        assert record["versions"]["flax"] and record["platform"] == jax.devices()[0].platform
+    # The record is no setting: the workdir resumes, and its served ranker loads.
+    trainer.train_and_evaluate(config, str(tmp_path))
+    assert serving.load(str(tmp_path)).score is not None
