@@ -26,12 +26,12 @@ setuptools.setup(
         "absl-py>=2.1.0",
         "aqtp>=0.8.0",
         "flatbuffers>=24.3",  # jax.export serialization (rankjax.export)
-        "flax>=0.10.2",
+        "flax>=0.12.0",
         "jax>=0.7.1",  # jax.set_mesh
         "ml-collections>=1.0.0",
         "numpy>=1.26",
         "optax>=0.2.4",
-        "orbax-checkpoint>=0.11.0",
+        "orbax-checkpoint>=0.11.17",  # the first to import with jax 0.7
         "rax>=0.4.0",
         "tensorboardX>=2.6",
         "tqdm>=4.66",  # the progress bar in notebooks

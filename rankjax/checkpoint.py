@@ -21,7 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
-from rankjax import files
+from rankjax import files, integrity
 
 
 class _DropOrbaxInfo(logging.Filter):
@@ -47,7 +47,30 @@ def _abstract(tree: Any) -> Any:
 
 
 class CheckpointError(RuntimeError):
-    """Checkpoints exist but none can be restored."""
+    """Checkpoints exist but none can be restored, or one failed its checksum."""
+
+
+def _step_dir(manager: ocp.CheckpointManager, step: int) -> str:
+    return os.path.join(str(manager.directory), str(step))
+
+
+def _seal_finished(manager: ocp.CheckpointManager) -> None:
+    """Seals (`rankjax.integrity`) every finished step of `manager` not sealed yet; call
+    after its saves have finished. Process 0 writes the manifests."""
+    if jax.process_index() != 0:
+        return
+    for step in manager.all_steps():
+        folder = _step_dir(manager, step)
+        if os.path.isdir(folder) and not integrity.is_sealed(folder):
+            integrity.seal(folder)
+
+
+def verify_step(folder: str, step: int) -> None:
+    """Raises `CheckpointError` naming the file when step `step` of the manager folder
+    `folder` fails its checksums."""
+    problem = integrity.verify(os.path.join(folder, str(step)))
+    if problem:
+        raise CheckpointError(f"checkpoint step {step} is corrupted: {problem}")
 
 
 class Checkpointer:
@@ -110,7 +133,8 @@ class Checkpointer:
         """Restores the newest readable train state into `init_state`'s structure and layout.
 
         A checkpoint that cannot be read (a file deleted or truncated after it was written)
-        is skipped with a warning and the one before it is tried.
+        or fails its checksums (`rankjax.integrity`) is skipped with a warning naming the
+        file, and the one before it is tried.
 
         Args:
           init_state: a freshly initialised state (returned as is if nothing is saved).
@@ -125,6 +149,7 @@ class Checkpointer:
         errors = []
         for step in steps:
             try:
+                verify_step(str(self._latest.directory), step)
                 state = self._latest.restore(
                     step, args=ocp.args.StandardRestore(_abstract(init_state))
                 )
@@ -151,6 +176,9 @@ class Checkpointer:
             return False
         if step in self._latest.all_steps():
             return False
+        # The previous save (asynchronous) has long finished by now: checksum it.
+        self._latest.wait_until_finished()
+        _seal_finished(self._latest)
         return self._latest.save(step, args=ocp.args.StandardSave(state), force=True)
 
     def save_best(self, step: int, params: Any, metrics: dict[str, float]) -> None:
@@ -164,6 +192,8 @@ class Checkpointer:
             )
         if step in self._best.all_steps():
             return  # a resumed run re-evaluating a step it already offered
+        self._best.wait_until_finished()
+        _seal_finished(self._best)
         self._best.save(
             step,
             args=ocp.args.StandardSave(params),
@@ -175,17 +205,23 @@ class Checkpointer:
         return None if self._best is None else self._best.best_step()
 
     def restore_best(self, params_like: Any) -> Any | None:
-        """The best parameters (in `params_like`'s layout), or None if none were saved."""
+        """The best parameters (in `params_like`'s layout), or None if none were saved.
+
+        Raises:
+          CheckpointError: the best checkpoint fails its checksums (the file named).
+        """
         step = self.best_step()
         if step is None:
             return None
+        verify_step(str(self._best.directory), step)
         return self._best.restore(step, args=ocp.args.StandardRestore(_abstract(params_like)))
 
     def wait(self) -> None:
-        """Blocks until asynchronous saves have finished."""
-        self._latest.wait_until_finished()
-        if self._best is not None:
-            self._best.wait_until_finished()
+        """Blocks until asynchronous saves have finished, and checksums them."""
+        for manager in (self._latest, self._best):
+            if manager is not None:
+                manager.wait_until_finished()
+                _seal_finished(manager)
 
     def close(self) -> None:
         self._latest.close()
@@ -202,6 +238,8 @@ def save_tree(path: str, tree: Any) -> None:
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.abspath(path), tree, force=True)
         ckptr.wait_until_finished()
+    if jax.process_index() == 0:
+        integrity.seal(path)
 
 
 def restore_here(folder: str, step: int) -> Any:
@@ -209,6 +247,7 @@ def restore_here(folder: str, step: int) -> Any:
     process's first device whatever devices saved it (a run trained on 8 GPUs loads on a
     laptop; restoring without a target would ask for the saving topology)."""
     quiet_orbax_logs()
+    verify_step(folder, step)
     manager = ocp.CheckpointManager(folder, item_handlers=ocp.StandardCheckpointHandler())
     try:
         here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -222,7 +261,14 @@ def restore_here(folder: str, step: int) -> Any:
 
 
 def load_tree(path: str) -> Any:
-    """Restores a pytree saved by `save_tree`, with the dtypes it was saved with."""
+    """Restores a pytree saved by `save_tree`, with the dtypes it was saved with.
+
+    Raises:
+      CheckpointError: the folder fails its checksums (the file named).
+    """
+    problem = integrity.verify(path)
+    if problem:
+        raise CheckpointError(f"{path} is corrupted: {problem}")
     quiet_orbax_logs()
     with ocp.StandardCheckpointer() as ckptr:
         return ckptr.restore(os.path.abspath(path))

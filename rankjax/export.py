@@ -15,6 +15,7 @@ rankjax's Pallas kernels instead of XLA's formulations (`save`'s `kernels="palla
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -222,8 +223,12 @@ def save(
         [jax.export.DisabledSafetyCheck.custom_call(_TRITON_CALL)] if kernels == "pallas" else []
     )
     exported = jax.export.export(jax.jit(score), platforms=platforms, disabled_checks=checks)(*args)
+    program = bytes(exported.serialize())
+    # The checksum covers the signature (as written without it) and the program: `load`
+    # refuses a file changed after it was written.
+    signature["sha256"] = _digest(signature, program)
     header = json.dumps(signature).encode() + b"\n"
-    files.write_atomic(path, _MAGIC + header + exported.serialize())
+    files.write_atomic(path, _MAGIC + header + program)
     return signature
 
 
@@ -239,19 +244,31 @@ def _check_shape(path: str, key: str, shape: tuple, expected: list) -> None:
         )
 
 
+def _digest(signature: dict, program: bytes) -> str:
+    unsigned = {k: v for k, v in signature.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(unsigned).encode() + b"\n" + program).hexdigest()
+
+
 def load(path: str) -> Callable[..., np.ndarray]:
     """The exported scoring function: `(features [b, n, F] (or the token arrays by name),
     where [b, n] = all True) -> [b, n]` numpy scores. Needs jax only.
 
     Raises:
-      ValueError: `path` is not a rankjax export.
+      ValueError: `path` is not a rankjax export, or was changed after it was written
+        (its checksum differs; files written before checksums existed are not checked).
     """
     with open(path, "rb") as f:
         blob = f.read()
     if not blob.startswith(_MAGIC):
         raise ValueError(f"{path}: not a rankjax export (no {_MAGIC.strip().decode()!r} header)")
     header, _, program = blob[len(_MAGIC) :].partition(b"\n")
-    signature = json.loads(header)
+    try:
+        signature = json.loads(header)
+    except ValueError:
+        raise ValueError(f"{path}: corrupted (its header is not valid JSON)") from None
+    expected = signature.get("sha256")
+    if expected is not None and _digest(signature, program) != expected:
+        raise ValueError(f"{path}: corrupted (checksum mismatch: the file changed after export)")
     made_by = signature.get("kernels", {}).get("jax")
     if made_by and made_by != jax.__version__:
         raise ValueError(

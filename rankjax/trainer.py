@@ -317,7 +317,12 @@ def _train(task, config: ml_collections.ConfigDict, workdir: str, lead: bool) ->
 
     # The best parameters by validation metric (else the last).
     params, params_from = state.params, f"last (step {int(state.step)})"
-    best = ckpt.restore_best(state.params) if config.ckpt.get("use_best", True) else None
+    best = None
+    try:
+        best = ckpt.restore_best(state.params) if config.ckpt.get("use_best", True) else None
+    except checkpoint.CheckpointError as e:  # a bit flip must not change the reported model
+        logging.warning("%s; evaluating the last parameters instead", e)
+        params_from += f"; the best checkpoint failed its checksums: {e}"
     if best is not None:
         params, params_from = best, f"best {ckpt.best_metric} (step {ckpt.best_step()})"
     ckpt.close()

@@ -188,6 +188,10 @@ def test_export_errors_name_the_problem(served_run, tmp_path):
     header = json.loads(blob[1]) | {"kernels": {"name": "pallas", "jax": "0.0.1"}}
     other = tmp_path / "other.jaxexport"
     other.write_bytes(b"\n".join([blob[0], json.dumps(header).encode(), blob[2]]))
+    with pytest.raises(ValueError, match="corrupted \\(checksum mismatch"):  # edited header
+        export.load(str(other))
+    del header["sha256"]  # as a file written before checksums existed
+    other.write_bytes(b"\n".join([blob[0], json.dumps(header).encode(), blob[2]]))
     with pytest.raises(ValueError, match="under jax 0.0.1"):
         export.load(str(other))
 
