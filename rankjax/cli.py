@@ -120,6 +120,11 @@ def main(argv):
         logging.error("%s: %s", type(e).__name__, e)
         print(f"rankjax: error: {e}", file=sys.stderr)
         sys.exit(1)
+    except OSError as e:
+        if FLAGS.traceback or e.errno not in workdir.DISK_FULL:
+            raise
+        print(f"rankjax: error: {workdir.disk_full_message(e, FLAGS.workdir)}", file=sys.stderr)
+        sys.exit(1)
 
 
 def run() -> None:

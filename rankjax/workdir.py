@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -40,6 +41,21 @@ RESUMABLE = (
     "ckpt.keep",
     "mesh.num_devices",
 )
+
+
+# No space left on the device, or the user's disk quota is spent.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_message(e: OSError, workdir: str) -> str:
+    """One line for a write that found the disk full: what was saved before stays whole
+    (every file is written to a temporary name and renamed), so the run resumes once there
+    is room."""
+    where = f" ({e.filename})" if e.filename else ""
+    return (
+        f"no space left writing in workdir {workdir}{where}: {e.strerror}. Files saved "
+        "before are intact; free space and rerun the same command to resume"
+    )
 
 
 class WorkdirError(RuntimeError):

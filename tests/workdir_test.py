@@ -97,3 +97,12 @@ def test_differences_name_keys_and_leave_resumable_ones_out():
         "model.dim: '<absent>' -> 4",
         "train.batch_size: 8 -> 16",
     ]
+
+
+def test_disk_full_is_one_line_naming_the_workdir():
+    import errno
+
+    e = OSError(errno.ENOSPC, "No space left on device", "/w/checkpoints/4/x")
+    line = workdir.disk_full_message(e, "/w")
+    assert "\n" not in line and "workdir /w (/w/checkpoints/4/x)" in line
+    assert "rerun the same command to resume" in line
