@@ -24,7 +24,7 @@ setuptools.setup(
     python_requires=">=3.11",
     install_requires=[
         "absl-py>=2.1.0",
-        "aqtp>=0.8.0",
+        "aqtp>=0.9.0",  # fp8 (e4m3) quantization
         "flatbuffers>=24.3",  # jax.export serialization (rankjax.export)
         "flax>=0.12.0",
         "jax>=0.7.1",  # jax.set_mesh

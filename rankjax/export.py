@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.export  # a submodule to import explicitly before jax 0.8
 import jax.numpy as jnp
 import numpy as np
 

@@ -17,7 +17,7 @@ from rankjax import export, serving, trainer
 # signature line, then `jax.export`'s serialized program.
 STANDALONE = """
 import json, sys
-import jax, numpy as np
+import jax, jax.export, numpy as np
 blob = open(sys.argv[1], "rb").read()
 _, header, program = blob.split(b"\\n", 2)
 exported = jax.export.deserialize(bytearray(program))

@@ -1,5 +1,6 @@
 """Preemption: SIGKILL and SIGTERM mid-run, corrupted checkpoints, determinism."""
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -32,6 +33,16 @@ def finish(workdir, task):
     return json.loads((workdir / "results.json").read_text())
 
 
+# Orbax's mark of a finished step on a local disk: `commit_success.txt` since 0.12; before,
+# the step folder's metadata (the folder takes its final name when the save is done).
+_ORBAX = tuple(int(p) for p in importlib.metadata.version("orbax-checkpoint").split(".")[:2])
+_FINISHED = "commit_success.txt" if _ORBAX >= (0, 12) else "_CHECKPOINT_METADATA"
+
+
+def _finished(step_dir):
+    return (step_dir / _FINISHED).exists()
+
+
 def wait_for_checkpoint(workdir, min_step, proc, timeout=120):
     """Waits until a finished checkpoint of at least `min_step` exists."""
     deadline = time.time() + timeout
@@ -39,7 +50,7 @@ def wait_for_checkpoint(workdir, min_step, proc, timeout=120):
     while time.time() < deadline:
         assert proc.poll() is None, "the run ended before it could be interrupted"
         steps = [int(d) for d in os.listdir(folder) if d.isdigit()] if folder.exists() else []
-        if any(s >= min_step and (folder / str(s) / "commit_success.txt").exists() for s in steps):
+        if any(s >= min_step and _finished(folder / str(s)) for s in steps):
             return
         time.sleep(0.005)
     raise TimeoutError("no checkpoint appeared")

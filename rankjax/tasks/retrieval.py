@@ -127,7 +127,8 @@ TABLE_RULES = ((r"_embedding/embedding$", (sharding.MODEL_AXIS, None)),)
 def validate(config: ml_collections.ConfigDict) -> None:
     section.validate(config, EVAL_TYPES, "retrieval")
     config_schema.check_values(config)
-    allowed = set(_KEYS) | {"seed", "task", "evals"}
+    # `provenance`: what config.json records of the versions that wrote it, not a setting.
+    allowed = set(_KEYS) | {"seed", "task", "evals", "provenance"}
     for key in config:
         if key not in allowed:
             raise ValueError(
