@@ -25,11 +25,11 @@ setuptools.setup(
     install_requires=[
         "absl-py>=2.1.0",
         "aqtp>=0.9.0",  # fp8 (e4m3) quantization
-        "flatbuffers>=24.3",  # jax.export serialization (rankjax.export)
+        "flatbuffers>=24.3.25",  # jax.export serialization (rankjax.export)
         "flax>=0.12.0",
         "jax>=0.7.1",  # jax.set_mesh
         "ml-collections>=1.0.0",
-        "numpy>=1.26",
+        "numpy>=1.26.4",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11.17",  # the first to import with jax 0.7
         "rax>=0.4.0",

@@ -96,7 +96,7 @@ def test_sigterm_saves_a_checkpoint_and_rerun_resumes(tmp_path, uninterrupted):
     assert p.returncode == 143, err[-2000:]
     assert "stopped by SIGTERM after step" in err
     stopped_at = int(err.split("stopped by SIGTERM after step ")[1].split(";")[0])
-    assert (tmp_path / "checkpoints" / str(stopped_at) / "commit_success.txt").exists()
+    assert _finished(tmp_path / "checkpoints" / str(stopped_at))
     results = finish(tmp_path, task)
     assert results["test"] == pytest.approx(straight["test"], rel=1e-6)
 
