@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import venv
 
 import pytest
@@ -40,8 +41,10 @@ def _fresh_env(home: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """`(python, bin folder, env)` of a fresh environment holding the built wheel (its
-    other packages come from the test environment, so nothing is downloaded)."""
+    """`(python, bin folder, env)` of a fresh environment holding the built wheel. Its
+    other packages come from the test environment, so nothing is downloaded: a `.pth` file
+    appends the test environment's site-packages to the new one's path (as plain folders,
+    so an editable rankjax installed there stays out of reach)."""
     root = tmp_path_factory.mktemp("install")
     dist, prefix, home = root / "dist", root / "venv", root / "home"
     home.mkdir()
@@ -53,9 +56,14 @@ def installed(tmp_path_factory):
         env,
     )  # fmt: skip
     (wheel,) = glob.glob(str(dist / "rankjax-*.whl"))
-    venv.create(prefix, system_site_packages=True, with_pip=True)
+    venv.create(prefix, with_pip=True)
     bindir = prefix / "bin"
     python = str(bindir / "python")
+    site = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                str(root), env).strip()  # fmt: skip
+    ours = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    with open(os.path.join(site, "rankjax_test_env.pth"), "w") as f:
+        f.write("\n".join(ours) + "\n")
     _run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], str(root), env)
     _run(
         [python, "-m", "ipykernel", "install", "--prefix", str(prefix), "--name", "rankjax-test"],
