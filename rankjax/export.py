@@ -33,19 +33,27 @@ PLATFORMS = ("cpu", "cuda")
 _MAGIC = b"rankjax-export-v1\n"
 
 
+def numpy_interp(x: jax.Array, xp: jax.Array, fp: jax.Array) -> jax.Array:
+    """`np.interp` in `jax.numpy`, ties included: where the last knots repeat (a value
+    filling the top quantiles), NumPy returns `fp[-1]` at `x == xp[-1]` and `jnp.interp`
+    an earlier knot's value, which moved tied features' normal scores by up to 0.1."""
+    return jnp.where(x >= xp[-1], fp[-1], jnp.interp(x, xp, fp))
+
+
 def traced_transform(transform: FeatureTransform) -> Callable[[jax.Array], jax.Array]:
     """`FeatureTransform.__call__` in `jax.numpy` (float32): `[n, F] -> [n, F_out]`.
 
     NaN handling follows the transform: imputed when it was fitted with imputation,
-    otherwise passed through (the exported function cannot raise; callers check).
+    otherwise passed through (the exported function cannot raise: `load`'s scorer refuses
+    NaN on valid items before calling it, as `serving.Ranker.score` does).
     """
     knots = jnp.asarray(QUANTILE_PROBS, jnp.float32)
     probs, normal_scores = (jnp.asarray(a, jnp.float32) for a in ppf_table())
 
     def gauss_rank(column, q):  # gauss_rank for one feature
-        up = jnp.interp(column, q, knots)
-        down = -jnp.interp(-column, -q[::-1], -knots[::-1])
-        return jnp.interp(0.5 * (up + down), probs, normal_scores)
+        up = numpy_interp(column, q, knots)
+        down = -numpy_interp(-column, -q[::-1], -knots[::-1])
+        return numpy_interp(0.5 * (up + down), probs, normal_scores)
 
     def apply(features):
         x = jnp.asarray(features, jnp.float32)
@@ -99,6 +107,14 @@ def _signature(
         if num_features is None:
             raise ValueError("a feature ranker's export needs num_features (raw features)")
         inputs = {"features": [[b, n, num_features], "float32"]}
+        # NaN features: imputed by the transform, or refused by the loaded scorer.
+        missing = "impute" if ranker.transform.fill is not None else "error"
+        return {
+            "inputs": inputs,
+            "where": [[b, n], "bool"],
+            "output": [[b, n], "float32"],
+            "missing": missing,
+        }
     else:  # token arrays [b, n, T]; T symbolic unless fixed
         length = "t" if token_length is None else token_length
         inputs = {k: [[b, n, length], "int32"] for k in keys}
@@ -289,6 +305,10 @@ def load(path: str) -> Callable[..., np.ndarray]:
             _check_shape(path, k, inputs[k].shape, signature["inputs"][k][0])
         b, n = inputs[keys[0]].shape[:2]
         mask = np.ones((b, n), bool) if where is None else np.asarray(where, bool)
+        if "features" in inputs:  # as `serving.Ranker.score` treats them
+            inputs["features"] = serving.checked_features(
+                inputs["features"], mask, signature.get("missing") == "impute"
+            )
         return np.asarray(call(inputs, mask))
 
     # Compiled with rankjax's inference options (`compiler`). On a GPU a bare

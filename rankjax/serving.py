@@ -44,6 +44,26 @@ def cast_params(variables: dict[str, Any], dtype: Any = "bfloat16") -> dict[str,
     return {**variables, "params": jax.tree_util.tree_map(cast, variables["params"])}
 
 
+def checked_features(features: np.ndarray, where: np.ndarray, impute: bool) -> np.ndarray:
+    """Raw `features [b, n, F]` with padding items zeroed (whatever they hold never
+    matters); NaN on a valid item is refused unless the run imputes missing values.
+
+    Raises:
+      ValueError: naming the first NaN's `[list, item, feature]`.
+    """
+    where = np.asarray(where, bool)
+    features = np.where(where[..., None], features, 0.0).astype(np.float32)
+    if not impute:
+        bad = np.argwhere(np.isnan(features))
+        if len(bad):
+            i, j, k = (int(v) for v in bad[0])
+            raise ValueError(
+                f"features[{i}, {j}, {k}] is NaN and the run does not impute missing values "
+                "(data.missing='impute' imputes them at training)"
+            )
+    return features
+
+
 @dataclasses.dataclass
 class Ranker:
     """A model, its parameters and its feature transform."""
@@ -65,11 +85,17 @@ class Ranker:
         )
 
     def score(self, features: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
-        """Scores `features [batch, list_size, num_features]` (raw) -> `[batch, list_size]`."""
+        """Scores `features [batch, list_size, num_features]` (raw) -> `[batch, list_size]`.
+
+        Raises:
+          ValueError: a valid item has a NaN feature and the run did not impute missing
+            values (the exported artifact refuses the same inputs).
+        """
         features = np.asarray(features, np.float32)
         b, n, f = features.shape
         if where is None:
             where = np.ones((b, n), bool)
+        features = checked_features(features, where, self.transform.fill is not None)
         x = self.transform(features.reshape(b * n, f)).reshape(b, n, -1)
         return np.asarray(self._apply(self.variables, x, np.asarray(where, bool)))
 

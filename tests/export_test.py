@@ -12,6 +12,7 @@ from helpers import ROOT, load_config
 
 from benchmarks import speed, timing
 from rankjax import export, serving, trainer
+from rankjax.data import transforms
 
 # Loads an artifact with jax and numpy only: the file format is a magic line, a JSON
 # signature line, then `jax.export`'s serialized program.
@@ -248,3 +249,37 @@ def test_auto_kernels_export_as_xla_and_pallas_is_refused():
             export.exportable(model.clone(**{field: "pallas"}))
     pallas = export.exportable(model, "pallas")
     assert (pallas.attention, pallas.norm) == ("pallas", "pallas")
+
+
+def test_the_export_transforms_tied_features_like_numpy():
+    """Integer features with many ties (quantile knots repeat, at the ends too): the traced
+    transform equals `FeatureTransform` (NumPy, float64) to float32 precision."""
+    rng = np.random.default_rng(0)
+    train = np.stack(
+        [
+            rng.integers(0, 3, 5000),  # three values: runs of equal knots, ends included
+            np.where(rng.random(5000) < 0.7, 0, rng.integers(1, 50, 5000)),  # sparse counts
+            rng.normal(size=5000),  # no ties
+        ],
+        axis=1,
+    ).astype(np.float32)
+    t = transforms.fit_transform(train, ("log1p", "quantile", "standardize"))
+    x = np.concatenate([train[:500], [[0, 0, 0], [2, 49, 5], [-1, 100, -5], [1, 0, 0.1]]])
+    x = x.astype(np.float32)
+    np.testing.assert_allclose(export.traced_transform(t)(x), t(x), atol=2e-5)
+
+
+def test_the_export_and_the_ranker_refuse_the_same_nan(served_run, tmp_path):
+    ranker = serving.load(served_run, "served")
+    width = export.raw_width(ranker.transform)
+    path = str(tmp_path / "ranker.jaxexport")
+    assert export.save(ranker, path, num_features=width, platforms=("cpu",))["missing"] == "error"
+    score = export.load(path)
+    x = np.random.default_rng(1).lognormal(size=(2, 4, width)).astype(np.float32)
+    where = np.array([[True, True, True, False], [True, True, False, False]])
+    x[0, 3, 1] = x[1, 2, 0] = np.nan  # on padding: ignored by both
+    np.testing.assert_allclose(score(x, where=where), ranker.score(x, where), atol=1e-5)
+    x[1, 1, 2] = np.nan  # on a valid item: refused by both, naming it
+    for scorer in (lambda: score(x, where=where), lambda: ranker.score(x, where)):
+        with pytest.raises(ValueError, match=r"features\[1, 1, 2\] is NaN"):
+            scorer()
