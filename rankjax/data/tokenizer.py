@@ -7,6 +7,7 @@ pip installed it. Needs `pip install -e ".[text]"` (tokenizers); nothing is down
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -67,17 +68,31 @@ class Tokenizer:
         import tokenizers  # optional dependency: rankjax[text]
 
         path = os.path.join(folder, "tokenizer.json")
-        if os.path.exists(path):
-            self._tok = tokenizers.Tokenizer.from_file(path)
-        elif os.path.exists(os.path.join(folder, "vocab.txt")):
-            self._tok = tokenizers.BertWordPieceTokenizer(
-                os.path.join(folder, "vocab.txt"), lowercase=True
-            )
-        else:
-            raise FileNotFoundError(f"{folder}: has neither tokenizer.json nor vocab.txt")
-        self._tok.no_padding()
-        self._tok.enable_truncation(max_length, strategy="longest_first")
+        if not os.path.exists(path):
+            path = os.path.join(folder, "vocab.txt")
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"{folder}: has neither tokenizer.json nor vocab.txt")
+        self.path = path
+        with self._naming_the_file("cannot be loaded as a tokenizer"):
+            if path.endswith(".json"):
+                self._tok = tokenizers.Tokenizer.from_file(path)
+            else:
+                self._tok = tokenizers.BertWordPieceTokenizer(path, lowercase=True)
+            self._tok.no_padding()
+            self._tok.enable_truncation(max_length, strategy="longest_first")
         self.max_length = max_length
+
+    @contextlib.contextmanager
+    def _naming_the_file(self, what: str):
+        """Errors of the Rust tokenizer (its panics are BaseExceptions, not Exceptions) as
+        one ValueError naming the tokenizer file."""
+        try:
+            yield
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as e:  # noqa: BLE001 - pyo3's PanicException
+            message = " ".join(str(e).split())[:300]
+            raise ValueError(f"{self.path}: {what}: {type(e).__name__}: {message}") from None
 
     def encode(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None, multiple: int = 8
@@ -89,7 +104,8 @@ class Tokenizer:
           for XLA, not one per length).
         """
         inputs = list(texts) if pairs is None else list(zip(texts, pairs, strict=True))
-        out = self._tok.encode_batch(inputs)
+        with self._naming_the_file("failed to tokenize"):
+            out = self._tok.encode_batch(inputs)
         longest = max((len(e.ids) for e in out), default=1)
         width = min(-(-longest // multiple) * multiple, max(self.max_length, longest))
         ids = np.zeros((len(out), width), np.int32)

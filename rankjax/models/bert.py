@@ -44,9 +44,20 @@ class BertConfig:
 
     @classmethod
     def from_json(cls, path: str) -> BertConfig:
-        """Reads `config.json`, keeping the fields above and checking the model type."""
-        with open(path) as f:
-            raw = json.load(f)
+        """Reads `config.json`, keeping the fields above and checking the model type, and
+        that every size is a positive integer and the weights beside it
+        (`model.safetensors`) have the shapes it declares, before anything is allocated.
+
+        Raises:
+          ValueError: naming `path`, the key and what was expected.
+        """
+        try:
+            with open(path) as f:
+                raw = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
         if raw.get("model_type", "bert") != "bert":
             raise ValueError(f"{path}: model_type {raw['model_type']!r}; expected 'bert'")
         if raw.get("position_embedding_type", "absolute") != "absolute":
@@ -56,7 +67,75 @@ class BertConfig:
                 f"{path}: hidden_act {raw['hidden_act']!r}; supported: {list(_ACTIVATIONS)}"
             )
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        config = cls(**{k: v for k, v in raw.items() if k in names})
+        for key in _SIZES:
+            value = getattr(config, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{path}: {key}={value!r}; expected a positive integer")
+        if config.hidden_size % config.num_attention_heads:
+            raise ValueError(
+                f"{path}: hidden_size={config.hidden_size} is not divisible by "
+                f"num_attention_heads={config.num_attention_heads}"
+            )
+        weights = os.path.join(os.path.dirname(path), "model.safetensors")
+        if os.path.exists(weights):
+            _check_shapes(config, path, weights)
+        return config
+
+
+# Sizes a config.json must give as positive integers.
+_SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
+
+
+def _check_shapes(config: BertConfig, path: str, weights: str) -> None:
+    """Raises ValueError when `config` disagrees with the tensors' shapes in `weights`,
+    read from the safetensors header alone (no tensor is loaded)."""
+    from safetensors import safe_open  # optional dependency: rankjax[text]
+
+    try:
+        with safe_open(weights, framework="numpy") as f:
+            shapes = {k.removeprefix("bert."): tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file
+        raise ValueError(f"{weights}: not a readable safetensors file ({e})") from None
+    h = config.hidden_size
+    expected = {
+        "embeddings.word_embeddings.weight": (
+            ("vocab_size", "hidden_size"),
+            (config.vocab_size, h),
+        ),
+        "embeddings.position_embeddings.weight": (
+            ("max_position_embeddings", "hidden_size"),
+            (config.max_position_embeddings, h),
+        ),
+        "embeddings.token_type_embeddings.weight": (
+            ("type_vocab_size", "hidden_size"),
+            (config.type_vocab_size, h),
+        ),
+        "encoder.layer.0.intermediate.dense.weight": (
+            ("intermediate_size", "hidden_size"),
+            (config.intermediate_size, h),
+        ),
+    }
+    for tensor, (keys, shape) in expected.items():
+        if tensor in shapes and shapes[tensor] != shape:
+            raise ValueError(
+                f"{path}: {keys[0]}={getattr(config, keys[0])}, {keys[1]}={h} do not match "
+                f"{weights}'s {tensor} of shape {list(shapes[tensor])}"
+            )
+    layers = {int(k.split(".")[2]) for k in shapes if k.startswith("encoder.layer.")}
+    if layers and len(layers) != config.num_hidden_layers:
+        raise ValueError(
+            f"{path}: num_hidden_layers={config.num_hidden_layers}, but {weights} holds "
+            f"{len(layers)} layers"
+        )
 
 
 _ACTIVATIONS = {
