@@ -60,7 +60,9 @@ def test_exported_served_ranker_scores_like_the_ranker_at_any_shape(served_run, 
         env={"JAX_PLATFORMS": "cpu", "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
         timeout=120,
     )
-    np.testing.assert_allclose(np.load(out), want, rtol=1e-4, atol=1e-4)
+    # Padding items' scores mean nothing (the scorers zero their features; the bare
+    # program takes them as given): compare the valid items.
+    np.testing.assert_allclose(np.load(out)[where], want[where], rtol=1e-4, atol=1e-4)
     # Float parameters stored in bf16: scores within bf16's rounding.
     half = str(tmp_path / "half.jaxexport")
     export.save(ranker, half, num_features=num_features, platforms=("cpu",), param_dtype="bfloat16")
