@@ -1,6 +1,8 @@
 """Bad input gets a one-line error naming the file and line or config key, or a documented,
 logged cleaning policy; a fuzz test throws random corruptions at the readers."""
 
+import os
+
 import numpy as np
 import pytest
 from helpers import load_config
@@ -43,11 +45,40 @@ def test_missing_libsvm_values_can_be_imputed(tmp_path):
         (LIBSVM.replace("2:1\n", "2:1 1:4\n"), r"f.txt:1: a feature index appears twice"),
         (LIBSVM.replace("2:5", "2000000:5"), r"f.txt:4: feature index 2000000 exceeds"),
         (LIBSVM.replace("1:0.1", "1.5:0.1"), r"f.txt:2: expected 'index:value'"),
+        # Indices that parse as floats but are no index: never cast into the last column.
+        (LIBSVM.replace("1:0.1", "inf:0.1"), r"f.txt:2: expected 'index:value' .*'inf:0.1'"),
+        (LIBSVM.replace("1:0.1", "1e400:0.1"), r"f.txt:2: expected 'index:value'"),
+        (LIBSVM.replace("1:0.1", f"{2**63}:0.1"), rf"f.txt:2: feature index {2**63} exceeds"),
+        (LIBSVM.replace("1:0.1", "-3:0.1"), r"f.txt:2: expected 'index:value'"),
     ],
 )
 def test_more_bad_libsvm_lines(tmp_path, text, match):
     with pytest.raises(FormatError, match=match):
         libsvm.read(write(tmp_path, text), label_range=(0, 4))
+
+
+def test_negative_labels_are_refused_unless_the_config_allows_them(tmp_path):
+    """Graded relevance is >= 0 by default: a negative label would make NDCG negative."""
+    train = write(tmp_path, LIBSVM.replace("0 qid:1", "-1 qid:1"), "train.txt")
+    test = write(tmp_path, LIBSVM, "test.txt")
+    cfg = {"source": "libsvm", "train_file": train, "test_file": test}
+    with pytest.raises(FormatError, match=r"train.txt:2: label -1 is outside .*>= 0"):
+        data_lib.load(cfg)
+    assert libsvm.read(train, label_range=(-1, 4)).labels.min() == -1  # declared: accepted
+    path = write(tmp_path, CSV.replace("a,0,2", "a,-2,2"), "f.csv")
+    csv_cfg = {"source": "judgments", "file": path, "query_column": "query",
+               "label_column": "label"}  # fmt: skip
+    with pytest.raises(FormatError, match=r"f.csv:3: label -2.0 in column 'label' is outside"):
+        data_lib.load(csv_cfg)
+
+
+def test_a_pipe_or_device_is_refused_without_reading(tmp_path):
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)  # reading it would wait for a writer forever
+    with pytest.raises(FileNotFoundError, match="pipe.txt: not a regular file"):
+        libsvm.read(str(fifo))
+    with pytest.raises(FileNotFoundError, match="/dev/null: not a regular file"):
+        judgments.read("/dev/null", query_column="q", label_column="l")
 
 
 def test_csv_missing_features_reject_or_impute(tmp_path):

@@ -104,7 +104,8 @@ def read(
             if label_range is not None and not label_range[0] <= label <= label_range[1]:
                 raise FormatError(
                     f"{path}:{lineno}: label {label} in column {label_column!r} is outside "
-                    f"data.label_range={tuple(label_range)}"
+                    f"data.label_range={tuple(label_range)} (graded relevance is >= 0 unless "
+                    "data.label_range says otherwise)"
                 )
             labels.append(label)
             features.append([number(c) for c in feature_columns])

@@ -64,22 +64,24 @@ def _parse_features(
     if numbers is None or len(numbers) != 2 * len(tokens):
         numbers = _parse_slowly(tokens, path, lineno)
     idx, val = numbers[0::2], numbers[1::2]
-    if not (np.all(idx >= 1) and np.all(idx == np.floor(idx))):
-        bad = tokens[int(np.flatnonzero((idx < 1) | (idx != np.floor(idx)))[0])]
+    # inf, 1e400 and 2**63 parse as floats: refuse them before any cast to an integer.
+    wrong = ~np.isfinite(idx) | (idx < 1) | (idx != np.floor(idx))
+    if np.any(wrong):
+        bad = tokens[int(np.flatnonzero(wrong)[0])][:40]
         raise FormatError(
             f"{path}:{lineno}: expected 'index:value' with an integer index >= 1, got {bad!r}"
         )
-    idx = idx.astype(np.int64)
     limit = num_features or MAX_FEATURES
     if idx.max() > limit:
         raise FormatError(
-            f"{path}:{lineno}: feature index {idx.max()} exceeds "
+            f"{path}:{lineno}: feature index {idx.max():.0f} exceeds "
             + (
                 f"num_features={num_features}"
                 if num_features
                 else f"{MAX_FEATURES}; set data.num_features if that is really meant"
             )
         )
+    idx = idx.astype(np.int64)
     if len(np.unique(idx)) != len(idx):
         raise FormatError(f"{path}:{lineno}: a feature index appears twice on the line")
     too_big = np.isfinite(val) & (np.abs(val) > _FLOAT32_MAX)
@@ -317,7 +319,8 @@ class _Parser:
         ):
             raise FormatError(
                 f"{path}:{lineno}: label {tokens[0]} is outside data.label_range="
-                f"{tuple(self.label_range)}"
+                f"{tuple(self.label_range)} (graded relevance is >= 0 unless "
+                "data.label_range says otherwise)"
             )
         feats = tokens[1:]
         if feats and feats[0].startswith("qid:"):

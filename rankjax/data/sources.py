@@ -58,8 +58,13 @@ def _synthetic_lists(cfg: Mapping[str, Any], part: tuple[int, int]) -> Lists:
     return {k: shard(d, *part) for k, d in parts.items()}
 
 
-def _label_range(cfg: Mapping[str, Any]) -> tuple[float, float] | None:
-    return tuple(cfg["label_range"]) if cfg.get("label_range") else None
+# Graded relevance is never negative: NDCG's gain 2^label - 1 would turn a negative label
+# into a negative gain and NDCG below 0. Data with other targets sets data.label_range.
+DEFAULT_LABEL_RANGE = (0.0, float("inf"))
+
+
+def _label_range(cfg: Mapping[str, Any]) -> tuple[float, float]:
+    return tuple(cfg["label_range"]) if cfg.get("label_range") else DEFAULT_LABEL_RANGE
 
 
 def _libsvm_lists(cfg: Mapping[str, Any], part: tuple[int, int]) -> Lists:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -12,11 +13,14 @@ class FormatError(ValueError):
 
 
 def open_binary(path: str) -> BinaryIO:
-    """Opens `path` for reading, with a one-line error if it does not exist."""
+    """Opens `path` for reading, with a one-line error if it does not exist or is not a
+    regular file (a folder, a FIFO, a device: reading one could hang or never end)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     if os.path.isdir(path):
         raise FileNotFoundError(f"{path}: is a folder, expected a file")
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise FileNotFoundError(f"{path}: not a regular file (a pipe or a device), expected a file")
     return open(path, "rb")
 
 
