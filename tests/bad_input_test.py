@@ -72,6 +72,21 @@ def test_negative_labels_are_refused_unless_the_config_allows_them(tmp_path):
         data_lib.load(csv_cfg)
 
 
+def test_csv_quoting_errors_are_errors(tmp_path):
+    """A quote left open must not swallow the following rows into one field."""
+    read = dict(query_column="query", label_column="label", feature_columns=("price",))
+    at_end = write(tmp_path, CSV.replace("b,2,7", '"b,2,7'), "end.csv")
+    with pytest.raises(FormatError, match=r"end.csv:4: malformed CSV .*quote left open"):
+        judgments.read(at_end, **read)
+    rows = "".join(f"c{i},0,{i}\n" for i in range(200))
+    # The quote closes 200 lines later, before a delimiter: valid CSV, one absurd field.
+    swallowing = write(tmp_path, CSV.replace("b,2,7", '"b,2,7') + rows + 'd",1,2\n', "mid.csv")
+    with pytest.raises(FormatError, match=r"mid.csv:4: one row runs over \d+ lines"):
+        judgments.read(swallowing, **read)
+    quoted = CSV.replace("a,0,2", '"a",0,"2"')  # well-formed quoting reads as before
+    assert judgments.read(write(tmp_path, quoted, "ok.csv"), **read).num_lists == 2
+
+
 def test_a_pipe_or_device_is_refused_without_reading(tmp_path):
     fifo = tmp_path / "pipe.txt"
     os.mkfifo(fifo)  # reading it would wait for a writer forever

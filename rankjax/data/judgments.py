@@ -68,7 +68,10 @@ def read(
     texts: dict[str, list[str]] = {c: [] for c in text_columns}
     items: list[str] = []
     with open_binary(path) as f:
-        reader = csv.reader(decoded_lines(f, path, encoding), delimiter=delimiter)
+        # strict: a quote left open is an error, not a field swallowing the rest of the file.
+        reader = _checked(
+            csv.reader(decoded_lines(f, path, encoding), delimiter=delimiter, strict=True), path
+        )
         header = next(reader, None)
         if header is None:
             raise FormatError(f"{path}: empty file, expected a header row")
@@ -79,6 +82,12 @@ def read(
         row_index = 0
         for row in reader:
             lineno = reader.line_num
+            if lineno - reader.row_start > 100:  # far more lines than a quoted text spans
+                raise FormatError(
+                    f"{path}:{reader.row_start}: one row runs over {lineno - reader.row_start} "
+                    "lines: a quote left open? (a quoted field may hold line breaks, but not "
+                    "this many)"
+                )
             if not row:
                 continue
             if len(row) < len(header):
@@ -131,3 +140,27 @@ def read(
         extras=extras,
         source=path,
     )
+
+
+class _checked:
+    """A csv reader whose `csv.Error`s (e.g. a quote still open at the end of the file)
+    are `FormatError`s naming the line where the row began; `row_start` is that line."""
+
+    def __init__(self, reader, path: str):
+        self.reader, self.path, self.row_start = reader, path, 1
+
+    def __iter__(self):
+        return self
+
+    @property
+    def line_num(self) -> int:
+        return self.reader.line_num
+
+    def __next__(self):
+        self.row_start = self.reader.line_num + 1
+        try:
+            return next(self.reader)
+        except csv.Error as e:
+            raise FormatError(
+                f"{self.path}:{self.row_start}: malformed CSV ({e}): a quote left open?"
+            ) from None
