@@ -72,6 +72,14 @@ def test_negative_labels_are_refused_unless_the_config_allows_them(tmp_path):
         data_lib.load(csv_cfg)
 
 
+def test_a_huge_bad_token_is_quoted_as_a_short_excerpt(tmp_path):
+    token = "1:" + "x" * 5_000_000  # 5 MB of garbage in one token
+    path = write(tmp_path, LIBSVM.replace("1:0.1", token))
+    with pytest.raises(FormatError, match=r"f.txt:2: .*\.\.\. \(5,000,002 characters\)") as e:
+        libsvm.read(path)
+    assert len(str(e.value)) < 400
+
+
 def test_csv_quoting_errors_are_errors(tmp_path):
     """A quote left open must not swallow the following rows into one field."""
     read = dict(query_column="query", label_column="label", feature_columns=("price",))

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from rankjax.data.textio import FormatError, decoded_lines, open_binary
+from rankjax.data.textio import FormatError, decoded_lines, excerpt, open_binary
 
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
 
@@ -217,7 +217,7 @@ def _float(path: str, lineno: int, column: str, text: str) -> float:
         return float(text)
     except ValueError:
         raise FormatError(
-            f"{path}:{lineno}: column {column!r} must be a number, got {text!r}"
+            f"{path}:{lineno}: column {column!r} must be a number, got {excerpt(text)}"
         ) from None
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from rankjax.data.dataset import RankingDataset, from_groups
 from rankjax.data.libsvm import MISSING_POLICIES
-from rankjax.data.textio import FormatError, decoded_lines, open_binary
+from rankjax.data.textio import FormatError, decoded_lines, excerpt, open_binary
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MISSING = {"null", "nan", "na", "none", "inf", "+inf", "-inf", "infinity", "-infinity"}
@@ -106,7 +106,7 @@ def read(
                 hint = "; set data.missing='impute' to impute it" if is_feature else ""
                 raise FormatError(
                     f"{path}:{lineno}: column {c!r} must be a finite number within float32 range, "
-                    f"got {text!r}{hint}"
+                    f"got {excerpt(text)}{hint}"
                 )
 
             label = number(label_column, is_feature=False)

@@ -17,7 +17,7 @@ from typing import BinaryIO
 import numpy as np
 
 from rankjax.data.dataset import RankingDataset, from_groups, shard_block
-from rankjax.data.textio import FormatError, decoded_lines, open_binary
+from rankjax.data.textio import FormatError, decoded_lines, excerpt, open_binary
 
 __all__ = ["FormatError", "read", "read_group_file"]
 
@@ -34,7 +34,8 @@ def read_group_file(path: str) -> np.ndarray:
                 size = int(line)
             except ValueError:
                 raise FormatError(
-                    f"{path}:{lineno}: expected a group size (positive integer), got {line!r}"
+                    f"{path}:{lineno}: expected a group size (positive integer), "
+                    f"got {excerpt(line)}"
                 ) from None
             if size < 1:
                 raise FormatError(f"{path}:{lineno}: group size must be >= 1, got {size}")
@@ -67,9 +68,10 @@ def _parse_features(
     # inf, 1e400 and 2**63 parse as floats: refuse them before any cast to an integer.
     wrong = ~np.isfinite(idx) | (idx < 1) | (idx != np.floor(idx))
     if np.any(wrong):
-        bad = tokens[int(np.flatnonzero(wrong)[0])][:40]
+        bad = tokens[int(np.flatnonzero(wrong)[0])]
         raise FormatError(
-            f"{path}:{lineno}: expected 'index:value' with an integer index >= 1, got {bad!r}"
+            f"{path}:{lineno}: expected 'index:value' with an integer index >= 1, "
+            f"got {excerpt(bad)}"
         )
     limit = num_features or MAX_FEATURES
     if idx.max() > limit:
@@ -87,11 +89,11 @@ def _parse_features(
     too_big = np.isfinite(val) & (np.abs(val) > _FLOAT32_MAX)
     if np.any(too_big):
         bad = tokens[int(np.flatnonzero(too_big)[0])]
-        raise FormatError(f"{path}:{lineno}: value {bad!r} does not fit in float32")
+        raise FormatError(f"{path}:{lineno}: value {excerpt(bad)} does not fit in float32")
     if missing == "reject" and not np.all(np.isfinite(val)):
         bad = tokens[int(np.flatnonzero(~np.isfinite(val))[0])]
         raise FormatError(
-            f"{path}:{lineno}: missing or non-finite feature value {bad!r}; set "
+            f"{path}:{lineno}: missing or non-finite feature value {excerpt(bad)}; set "
             "data.missing='impute' to impute such values and add missing-indicator features"
         )
     return idx, np.where(np.isfinite(val), val, np.nan)
@@ -110,7 +112,7 @@ def _parse_slowly(tokens: list[str], path: str, lineno: int) -> np.ndarray:
         except ValueError:
             raise FormatError(
                 f"{path}:{lineno}: expected 'index:value' with an integer index >= 1 and a "
-                f"number, got {tok!r}"
+                f"number, got {excerpt(tok)}"
             ) from None
         out += [index, value]
     return np.asarray(out, np.float64)
@@ -313,7 +315,9 @@ class _Parser:
         except ValueError:
             label = np.nan
         if not np.isfinite(label) or abs(label) > _FLOAT32_MAX:
-            raise FormatError(f"{path}:{lineno}: expected a numeric label first, got {tokens[0]!r}")
+            raise FormatError(
+                f"{path}:{lineno}: expected a numeric label first, got {excerpt(tokens[0])}"
+            )
         if self.label_range is not None and not (
             self.label_range[0] <= label <= self.label_range[1]
         ):

@@ -12,6 +12,14 @@ class FormatError(ValueError):
     """A malformed input file; the message names the file, the line and what was expected."""
 
 
+def excerpt(text: str | bytes, limit: int = 60) -> str:
+    """`repr` of `text` cut to about `limit` characters, so an error quoting a 100 MB token
+    stays one short line."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 def open_binary(path: str) -> BinaryIO:
     """Opens `path` for reading, with a one-line error if it does not exist or is not a
     regular file (a folder, a FIFO, a device: reading one could hang or never end)."""
