@@ -25,7 +25,7 @@ from absl import logging
 
 from rankjax import checkpoint, optim, preemption, progress, provenance, sharding, tasks
 from rankjax import workdir as workdir_lib
-from rankjax.compression import sparsity
+from rankjax.compression import quantization, sparsity
 from rankjax.metric_writer import MetricWriter, flat_hparams
 
 
@@ -203,6 +203,9 @@ def train_and_evaluate(
     """
     task = tasks.get(config)
     task.validate(config)
+    # The optional sections too, before the workdir is touched.
+    quantization.from_config(config.get("quant"))
+    sparsity.from_config(config.get("sparsity"))
     lead = jax.process_index() == 0
     plain = json.loads(config.to_json_best_effort())
     with workdir_lib.claim(workdir, plain, lead, allow_config_change):

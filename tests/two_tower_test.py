@@ -57,15 +57,16 @@ def test_unknown_genre_tokens_do_not_move_the_mean():
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
-def test_retrieval_config_errors_name_the_key():
+def test_retrieval_config_errors_name_the_key(tmp_path):
     c = load_config("ml100k_two_tower", "runlocal")
     c.model.tempreature = 0.1
     with pytest.raises(ValueError, match="model.tempreature"):
-        trainer.train_and_evaluate(c, "/tmp/unused")
+        trainer.train_and_evaluate(c, str(tmp_path / "w"))
     c = load_config("ml100k_two_tower", "runlocal")
     c.data.split = "temporal"
     with pytest.raises(ValueError, match="data.split='temporal'"):
-        trainer.train_and_evaluate(c, "/tmp/unused")
+        trainer.train_and_evaluate(c, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()  # refused before anything was written
 
 
 def test_served_int8_tables_score_like_the_float_towers(shared_data, tmp_path):
@@ -96,11 +97,12 @@ def test_int8_towers_are_served_as_integers(shared_data, tmp_path):
     assert results["test_served"]["ndcg@10"] == pytest.approx(results["test"]["ndcg@10"], abs=0.02)
 
 
-def test_tower_quantization_config_errors():
+def test_tower_quantization_config_errors(tmp_path):
     c = load_config("ml100k_two_tower", "runlocal")
     c.quant = {"mode": "qat"}
     with pytest.raises(ValueError, match="quant.mode is set but quant.enabled"):
-        trainer.train_and_evaluate(c, "/tmp/unused")
+        trainer.train_and_evaluate(c, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()  # refused before anything was written
     with pytest.raises(ValueError, match="towers='int9'"):
         load_config("ml100k_two_tower", "towers=int9")
 

@@ -173,6 +173,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     best = config.ckpt.get("best_metric")
     if best and best not in config.evals[main].get("metrics", ()):
         raise ValueError(f"ckpt.best_metric={best!r} is not in evals.{main}.metrics")
+    quantizer_of(config)  # its section's errors too, before anything is written
 
 
 def quantizer_of(config: ml_collections.ConfigDict) -> quantization.Quantizer | None:
