@@ -104,6 +104,18 @@ def test_other_students_run_two_steps(teacher, tmp_path, student, model):
     assert "rmse_calibrated" in results["test"]
 
 
+@pytest.mark.parametrize("serve", ["int8", "fp8"])
+def test_the_bi_encoder_student_is_served_in_each_low_precision_form(teacher, tmp_path, serve):
+    config = load_config(
+        "homedepot_distill", f"runlocal,student=bi,teacher={teacher},serve={serve}"
+    )
+    results = trainer.train_and_evaluate(config, str(tmp_path))
+    assert config.model.name == "bi_encoder" and config.quant.serving == serve
+    served = results["test_served"]
+    assert set(served) == set(results["test"]) and all(np.isfinite(list(served.values())))
+    assert results["bytes"]["serving_bytes"] < results["bytes"]["float_bytes"]
+
+
 def test_trained_text_ranker_scores_product_texts(teacher):
     from rankjax import serving
 
