@@ -80,6 +80,19 @@ def test_a_huge_bad_token_is_quoted_as_a_short_excerpt(tmp_path):
     assert len(str(e.value)) < 400
 
 
+def test_a_giant_line_is_refused_before_it_is_read_whole(tmp_path, monkeypatch):
+    from rankjax.data import textio
+
+    monkeypatch.setattr(textio, "MAX_LINE_BYTES", 1000)  # the real bound is 64 MiB
+    monkeypatch.setattr(textio.bounded_lines, "__defaults__", (1000, True))
+    path = write(tmp_path, LIBSVM + "1 qid:3 " + " ".join(f"{i}:1" for i in range(1, 400)))
+    with pytest.raises(FormatError, match=r"f.txt:5: a line longer than"):
+        libsvm.read(path)
+    csv = write(tmp_path, CSV + "c,1," + "9" * 2000 + "\n", "f.csv")
+    with pytest.raises(FormatError, match=r"f.csv:6: a line longer than"):
+        judgments.read(csv, query_column="query", label_column="label")
+
+
 def test_csv_quoting_errors_are_errors(tmp_path):
     """A quote left open must not swallow the following rows into one field."""
     read = dict(query_column="query", label_column="label", feature_columns=("price",))

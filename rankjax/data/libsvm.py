@@ -17,7 +17,13 @@ from typing import BinaryIO
 import numpy as np
 
 from rankjax.data.dataset import RankingDataset, from_groups, shard_block
-from rankjax.data.textio import FormatError, decoded_lines, excerpt, open_binary
+from rankjax.data.textio import (
+    FormatError,
+    bounded_lines,
+    decoded_lines,
+    excerpt,
+    open_binary,
+)
 
 __all__ = ["FormatError", "read", "read_group_file"]
 
@@ -184,7 +190,7 @@ def _qid_shard_lines(f: BinaryIO, path: str, index: int, count: int) -> Iterator
         f.seek(begin - 1)
         f.readline()  # to the first line that starts at or after `begin`
     offset, current, started = f.tell(), None, False
-    for raw in f:
+    for raw in bounded_lines(f, path, numbered=False):
         here, offset = offset, offset + len(raw)
         if not _data_part(raw):
             continue
@@ -245,7 +251,11 @@ def read(
     parser = _Parser(path, num_features, label_range, missing)
     with open_binary(path) as f:
         if group_sizes is None:
-            lines = _qid_shard_lines(f, path, index, count) if count > 1 else enumerate(f, 1)
+            lines = (
+                _qid_shard_lines(f, path, index, count)
+                if count > 1
+                else enumerate(bounded_lines(f, path), 1)
+            )
             for lineno, raw in lines:
                 parser.add(lineno, raw)
             if parser.n == 0 and count == 1:
@@ -262,7 +272,7 @@ def read(
             lo, hi = int(group_sizes[:first].sum()), int(group_sizes[:last].sum())
             to_the_end = last == len(group_sizes)  # then extra lines must raise
             data_line = 0
-            for lineno, raw in enumerate(f, 1):
+            for lineno, raw in enumerate(bounded_lines(f, path), 1):
                 if not _data_part(raw):
                     continue
                 if data_line >= hi and not to_the_end:

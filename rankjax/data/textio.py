@@ -32,9 +32,44 @@ def open_binary(path: str) -> BinaryIO:
     return open(path, "rb")
 
 
+# The longest line a reader takes: a LibSVM line with MAX_FEATURES features is about 20
+# MiB. A longer one is far more likely a file that is not line data (or lost its line
+# breaks) than real data, and reading it whole would take memory many times its size.
+MAX_LINE_BYTES = 64 << 20
+
+
+def bounded_lines(
+    f: BinaryIO, path: str, limit: int = MAX_LINE_BYTES, numbered: bool = True
+) -> Iterator[bytes]:
+    """`f`'s lines, refusing one longer than `limit` bytes before reading it whole.
+
+    Args:
+      f: a binary file, read from where it stands.
+      path: its name, for errors.
+      limit: the longest line taken, in bytes.
+      numbered: whether `f` was read from its start (errors then name the line number).
+
+    Raises:
+      FormatError: naming the line.
+    """
+    lineno = 0
+    while True:
+        raw = f.readline(limit + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > limit:
+            where = f"{path}:{lineno}" if numbered else path
+            raise FormatError(
+                f"{where}: a line longer than {limit:,} bytes; a data file's lines "
+                "are far shorter (line breaks lost, or not a data file?)"
+            )
+        yield raw
+
+
 def decoded_lines(f: BinaryIO, path: str, encoding: str) -> Iterator[str]:
     """Decodes a binary file line by line, so a bad byte is reported with its line number."""
-    for lineno, raw in enumerate(f, 1):
+    for lineno, raw in enumerate(bounded_lines(f, path), 1):
         try:
             yield raw.decode(encoding)
         except UnicodeDecodeError as e:
