@@ -57,6 +57,11 @@ def test_more_bad_libsvm_lines(tmp_path, text, match):
         libsvm.read(write(tmp_path, text), label_range=(0, 4))
 
 
+def test_data_narrower_than_the_configured_width_says_so(tmp_path, caplog):
+    libsvm.read(write(tmp_path, LIBSVM), num_features=5)
+    assert "feature indices reach 2 but data.num_features=5: features 3-5" in caplog.text
+
+
 def test_negative_labels_are_refused_unless_the_config_allows_them(tmp_path):
     """Graded relevance is >= 0 by default: a negative label would make NDCG negative."""
     train = write(tmp_path, LIBSVM.replace("0 qid:1", "-1 qid:1"), "train.txt")

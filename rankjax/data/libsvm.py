@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 import numpy as np
+from absl import logging
 
 from rankjax.data.dataset import RankingDataset, from_groups, shard_block
 from rankjax.data.textio import (
@@ -365,6 +366,16 @@ class _Parser:
 
     def dataset(self, group_sizes: np.ndarray, query_ids: np.ndarray) -> RankingDataset:
         width = self.num_features or self.max_index
+        if self.num_features and self.n and self.max_index < self.num_features:
+            logging.warning(
+                "%s: feature indices reach %d but data.num_features=%d: features %d-%d are "
+                "0 on every line (narrower data than configured?)",
+                self.path,
+                self.max_index,
+                self.num_features,
+                self.max_index + 1,
+                self.num_features,
+            )
         features = np.zeros([self.n, width], np.float32)
         features[np.frombuffer(self.rows, np.int64), np.frombuffer(self.cols, np.int32)] = (
             np.frombuffer(self.vals, np.float32)
