@@ -67,7 +67,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task = "retrieval"
     c.seed = 0
     c.data = dict(
-        source="user_item", file=arg.data_file, split="leave_one_out", max_users=arg.max_users
+        source="user_item",
+        file=arg.data_file,
+        layout="auto",  # told from the lines; "pairs" (user item) or "sequences" fixes it
+        split="leave_one_out",
+        max_users=arg.max_users,
     )
     c.model = dict(
         name="sasrec",

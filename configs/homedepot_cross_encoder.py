@@ -69,6 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         text_columns=("product_title",),
         label_range=(1.0, 3.0),
         label_offset=-1.0,
+        missing="reject",  # or "impute" (feature columns only; the texts need none)
         num_folds=5,
         fold=arg.fold,
         valid_fraction=0.1,

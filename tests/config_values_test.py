@@ -80,3 +80,22 @@ def test_mistyped_override_is_one_line_with_the_closest_keys(override, want, tmp
     lines = [line for line in proc.stderr.splitlines() if line.startswith("rankjax: error:")]
     assert len(lines) == 1 and want in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("letor_lightgbm", "data.missing"),
+        ("letor_lightgbm", "data.label_range"),
+        ("letor_lightgbm", "data.num_features"),
+        ("homedepot_cross_encoder", "data.missing"),
+        ("homedepot_cross_encoder", "data.label_range"),
+        ("beauty_sequential", "data.layout"),
+    ],
+)
+def test_keys_that_error_messages_suggest_can_be_set_from_the_command_line(name, key):
+    # `--config.a.b=v` only sets keys the config already has: the ones the readers' error
+    # messages tell a user to set must be there.
+    c = load_config(name)
+    section, field = key.split(".")
+    assert field in c[section], key
