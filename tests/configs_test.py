@@ -104,8 +104,10 @@ def test_other_students_run_two_steps(teacher, tmp_path, student, model):
     assert "rmse_calibrated" in results["test"]
 
 
-@pytest.mark.parametrize("serve", ["int8", "fp8"])
-def test_the_bi_encoder_student_is_served_in_each_low_precision_form(teacher, tmp_path, serve):
+# fp8 (e4m3 weights, static scales); int8 goes through the same conversion as the
+# cross-encoders', tested there.
+@pytest.mark.parametrize("serve", ["fp8"])
+def test_the_bi_encoder_student_is_served_in_low_precision(teacher, tmp_path, serve):
     config = load_config(
         "homedepot_distill", f"runlocal,student=bi,teacher={teacher},serve={serve}"
     )
