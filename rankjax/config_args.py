@@ -82,6 +82,18 @@ def base_config(config_file: str, name: str, arg: str | None) -> ml_collections.
     return module.get_config(arg)
 
 
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config (dicts or ConfigDicts) as `{"optim.learning_rate": 1e-3, ...}`;
+    an empty section has no keys."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) or hasattr(value, "items"):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def config_dir() -> str:
     """The folder of the named configs: the installed `rankjax.configs`, or in a checkout
     that is not installed, `configs/` beside the package."""

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import jax
 from absl import logging
 
-from rankjax import files
+from rankjax import config_args, files
 
 
 class MetricWriter:
@@ -94,19 +94,12 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def flat_hparams(config: Mapping, prefix: str = "") -> dict[str, int | float | str | bool]:
+def flat_hparams(config: Mapping) -> dict[str, int | float | str | bool]:
     """A nested config as TensorBoard hyperparameters: `{"optim.learning_rate": 1e-3, ...}`,
     values that are not numbers, strings or booleans written as strings."""
-    out = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) or hasattr(value, "items"):
-            out.update(flat_hparams(value, name + "."))
-        elif isinstance(value, (int, float, str, bool)):
-            out[name] = value
-        else:
-            out[name] = str(value)
-    return out
+    scalar = (int, float, str, bool)
+    flat = config_args.flatten(config)
+    return {k: v if isinstance(v, scalar) else str(v) for k, v in flat.items()}
 
 
 def _rewrite(path: str, keep) -> None:

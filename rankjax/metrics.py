@@ -46,6 +46,7 @@ import numpy as np
 import rax
 
 # Re-exported: the metrics API in one place.
+from rankjax import trec
 from rankjax.significance import paired_test as paired_test
 from rankjax.trec import write_qrels as write_trec_qrels  # noqa: F401
 from rankjax.trec import write_run as write_trec_run  # noqa: F401
@@ -273,11 +274,6 @@ def _jit_per_list(scores, labels, where, metrics, no_relevant, gain, min_list_si
     )
 
 
-def _is_ragged(x) -> bool:
-    """Whether `x` is a sequence of 1-D lists (arrays or Python lists) of any lengths."""
-    return isinstance(x, (list, tuple)) and all(np.ndim(v) == 1 for v in x) and len(x) > 0
-
-
 def pad_lists(
     scores: Sequence[Sequence[float]], labels: Sequence[Sequence[float]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -333,7 +329,7 @@ def evaluate(
       per-list values (RMSE: the list's own RMSE), NaN where a list does not count (all
       padding, skipped, too short) — the input of `significance.paired_test`.
     """
-    if _is_ragged(scores) or _is_ragged(labels):
+    if trec.is_ragged(scores) or trec.is_ragged(labels):
         if where is not None:
             raise ValueError("ragged lists take no `where`: each list's length is its items")
         scores, labels, where = pad_lists(scores, labels)

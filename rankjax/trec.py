@@ -18,9 +18,15 @@ import numpy as np
 from rankjax import files
 
 
+def is_ragged(x: Any) -> bool:
+    """Whether `x` is ragged lists: a non-empty sequence of 1-D lists (arrays or Python
+    lists) of any lengths, rather than one padded array."""
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(np.ndim(v) == 1 for v in x)
+
+
 def _lists(values: Any, where: Any) -> list[np.ndarray]:
     """Each list's valid values, in list order."""
-    if isinstance(values, (list, tuple)) and all(np.ndim(v) == 1 for v in values):
+    if is_ragged(values):
         if where is not None:
             raise ValueError("ragged lists take no `where`: each list's length is its items")
         return [np.asarray(v, np.float64) for v in values]

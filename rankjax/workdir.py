@@ -25,9 +25,8 @@ import json
 import os
 import socket
 from collections.abc import Iterator, Mapping
-from typing import Any
 
-from rankjax import files
+from rankjax import config_args, files
 
 LOCK = ".rankjax.lock"
 # Keys that may differ between a workdir's config and a rerun that resumes it: training
@@ -62,19 +61,10 @@ class WorkdirError(RuntimeError):
     """The workdir is in use by another run, or was made by another config."""
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, Mapping):
-        out = {}
-        for k, v in tree.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def differences(old: Mapping, new: Mapping) -> list[str]:
     """`["optim.learning_rate: 0.001 -> 0.0005", ...]`: keys whose values differ (a key
     present on one side only included), `RESUMABLE` keys left out."""
-    a, b = _flat(old), _flat(new)
+    a, b = config_args.flatten(old), config_args.flatten(new)
     out = []
     for key in sorted(set(a) | set(b)):
         resumable = any(key == r or key.startswith(r + ".") for r in RESUMABLE)
