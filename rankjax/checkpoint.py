@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
+from jax.experimental import multihost_utils
 
 from rankjax import files, integrity
 
@@ -65,12 +66,50 @@ def _seal_finished(manager: ocp.CheckpointManager) -> None:
             integrity.seal(folder)
 
 
+def set_aside_unfinished(folder: str) -> None:
+    """Renames step folders of `folder` that orbax never finished (`<step>` without its
+    `_CHECKPOINT_METADATA`: made by hand, or left by a copy cut short) to
+    `<step>.unfinished`, with a warning naming each: a manager that lists such a step
+    fails to restore every step. Orbax's own interrupted saves are `*.orbax-checkpoint-tmp*`
+    folders, which it ignores.
+
+    Raises:
+      CheckpointError: `folder` exists and is not a folder.
+    """
+    if not os.path.lexists(folder):
+        return
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"{folder} is not a folder (checkpoints go there); move it away")
+    if jax.process_index() != 0:
+        return
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not name.isdigit() or not os.path.isdir(path):
+            continue
+        if os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")):
+            continue
+        aside = f"{path}.unfinished"
+        while os.path.lexists(aside):
+            aside += "_"
+        os.rename(path, aside)
+        absl_logging.warning(
+            "checkpoint folder %s was never finished (no _CHECKPOINT_METADATA); moved to %s",
+            path,
+            aside,
+        )
+
+
 def verify_step(folder: str, step: int) -> None:
     """Raises `CheckpointError` naming the file when step `step` of the manager folder
     `folder` fails its checksums."""
-    problem = integrity.verify(os.path.join(folder, str(step)))
+    path = os.path.join(folder, str(step))
+    problem = integrity.verify(path)
     if problem:
         raise CheckpointError(f"checkpoint step {step} is corrupted: {problem}")
+    if not integrity.is_sealed(path):
+        # Sealed after the next save or at the end: a run killed in between leaves the
+        # newest step without checksums. Orbax's own checks still apply.
+        absl_logging.warning("checkpoint %s has no checksums to verify; restoring it as is", path)
 
 
 class Checkpointer:
@@ -98,6 +137,10 @@ class Checkpointer:
         quiet_orbax_logs()
         self.every = every
         self.best_metric = best_metric
+        for sub in ("checkpoints", "best"):
+            set_aside_unfinished(os.path.join(os.path.abspath(workdir), sub))
+        if jax.process_count() > 1:  # every process sees the folders process 0 renamed
+            multihost_utils.sync_global_devices("rankjax_checkpoint_folders")
         self._latest = ocp.CheckpointManager(
             os.path.join(os.path.abspath(workdir), "checkpoints"),
             options=ocp.CheckpointManagerOptions(

@@ -6,6 +6,7 @@ numeric values outside their range are errors naming the key, the value and the 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,6 +59,7 @@ _OPTIONAL_TOP = {"task", "quant", "sparsity", "distill", "provenance"}
 # key path ("*" matches any key at that level) -> (type, low, high, note); None: unbounded.
 # Integers must be ints (bools are not); floats may be ints.
 _RANGES: dict[str, tuple[type, float | None, float | None, str]] = {
+    "seed": (int, 0, None, ""),
     "train.num_steps": (int, 1, None, ""),
     "train.batch_size": (int, 1, None, ""),
     "train.log_every": (int, 1, None, ""),
@@ -78,18 +80,89 @@ _RANGES: dict[str, tuple[type, float | None, float | None, str]] = {
     "data.max_users": (int, 0, None, "0: all"),
     "data.num_folds": (int, 2, None, ""),
     "data.valid_fraction": (float, 0, 1, ""),
+    "data.split_seed": (int, 0, None, ""),
+    "data.fold": (int, 0, None, ""),
+    "data.num_features": (int, 0, None, "0: the widest training line's"),
+    "data.label_offset": (float, None, None, "added to every label"),
     "data.text.max_length": (int, 0, None, "0: the checkpoint's"),
     "data.text.pad_multiple": (int, 1, None, ""),
     "data.text.pack_length": (int, 0, None, "0: padded lists"),
     "evals.*.batch_size": (int, 1, None, ""),
+    "evals.*.users_per_chunk": (int, 1, None, ""),
+    "evals.*.num_negatives": (int, 1, None, "sampled items per held-out one"),
+    "evals.*.negatives_per_positive": (int, 1, None, ""),
+    "evals.*.seed": (int, 0, None, ""),
     "evals.*.min_list_size": (int, 1, None, ""),
     "loss.temperature": (float, 0, None, ""),
+    "loss.max_label": (float, 0, None, "the label that maps to 1"),
     "loss.num_negatives": (int, 1, None, ""),
     "loss.hard_negatives": (int, 0, None, ""),
     "mesh.model": (int, 1, None, ""),
+    # Compression sections: also checked by their modules, which name the value's meaning.
+    "quant.calibration_batches": (int, 1, None, ""),
+    "sparsity.start_step": (int, 0, None, ""),
+    "sparsity.end_step": (int, 0, None, ""),
+    "sparsity.update_every": (int, 1, None, ""),
+    "sparsity.target": (float, 0, 1, "the fraction of weights pruned"),
+    "distill.temperature": (float, 0, None, ""),
+    "distill.weight": (float, 0, None, "of the teacher's term"),
+    "data.world.seed": (int, 0, None, ""),
+    "data.world.num_products": (int, 1, None, ""),
+    "data.world.num_brands": (int, 1, None, ""),
+    "data.world.num_colors": (int, 1, None, ""),
+    "data.world.num_queries": (int, 1, None, ""),
+    "data.world.num_users": (int, 1, None, ""),
+    "data.world.events_per_user": (int, 1, None, ""),
+    "data.world.title_word_dropout": (float, 0, 1, ""),
+    "data.world.classifier_noise": (float, 0, None, ""),
+    "data.world.label_noise": (float, 0, None, ""),
+    # Model attributes: a name means the same in every model family that has it.
+    "model.d_model": (int, 1, None, ""),
+    "model.dim": (int, 1, None, ""),
+    "model.embed_dim": (int, 1, None, ""),
+    "model.mlp_dim": (int, 1, None, ""),
+    "model.head_hidden": (int, 1, None, ""),
+    "model.max_len": (int, 1, None, ""),
+    "model.num_heads": (int, 1, None, ""),
+    "model.num_layers": (int, 0, None, "0: none, or a text ranker's checkpoint's"),
+    "model.num_cross": (int, 0, None, ""),
+    "model.low_rank": (int, 0, None, "0: full rank"),
+    "model.hash_buckets": (int, 0, None, "0: one row per id"),
+    "model.text_layers": (int, 0, None, ""),
+    "model.item_text_layers": (int, 0, None, ""),
+    "model.hidden_size": (int, 0, None, "0: the checkpoint's"),
+    "model.num_attention_heads": (int, 0, None, "0: the checkpoint's"),
+    "model.intermediate_size": (int, 0, None, "0: the checkpoint's"),
+    "model.dropout": (float, 0, 1, ""),
+    "model.dropout_rate": (float, 0, 1, ""),
+    "model.input_noise": (float, 0, None, "the noise's standard deviation"),
+    "model.temperature": (float, 0, None, ""),
 }
-_EXCLUSIVE_LOW = {"optim.learning_rate", "loss.temperature"}
-_EXCLUSIVE_HIGH = {"optim.momentum", "optim.b1", "optim.b2", "data.valid_fraction"}
+# Keys holding a sequence of numbers, each checked against the range.
+_LIST_RANGES: dict[str, tuple[type, float | None, float | None, str]] = {
+    "model.hidden_sizes": (int, 1, None, "layer widths"),
+    "model.deep": (int, 1, None, "layer widths"),
+    "model.hidden": (int, 1, None, "layer widths"),
+    "model.init_layers": (int, 0, None, "the checkpoint's layer indices"),
+}
+_CHOICES: dict[str, tuple[Any, ...]] = {"quant.embedding_bits": (0, 4, 8)}
+_EXCLUSIVE_LOW = {
+    "optim.learning_rate",
+    "loss.temperature",
+    "loss.max_label",
+    "model.temperature",
+    "distill.temperature",
+}
+_EXCLUSIVE_HIGH = {
+    "optim.momentum",
+    "optim.b1",
+    "optim.b2",
+    "data.valid_fraction",
+    "data.world.title_word_dropout",
+    "sparsity.target",
+    "model.dropout",
+    "model.dropout_rate",
+}
 
 
 def _values(config: Any, path: list[str], prefix: str = ""):
@@ -111,6 +184,16 @@ def check_values(config: Mapping[str, Any]) -> None:
     for pattern, (kind, low, high, note) in _RANGES.items():
         for key, value in _values(config, pattern.split(".")):
             _check_value(key, pattern, value, kind, low, high, note)
+    for pattern, (kind, low, high, note) in _LIST_RANGES.items():
+        for key, value in _values(config, pattern.split(".")):
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise ValueError(f"{key}={value!r}: expected a sequence of numbers ({note})")
+            for i, item in enumerate(value):
+                _check_value(f"{key}[{i}]", pattern, item, kind, low, high, note)
+    for pattern, choices in _CHOICES.items():
+        for key, value in _values(config, pattern.split(".")):
+            if isinstance(value, bool) or value not in choices:
+                raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
     mesh = config.get("mesh") or {}
     devices = mesh.get("num_devices", 0)
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < -1:
@@ -131,7 +214,9 @@ def _check_value(key, pattern, value, kind, low, high, note) -> None:
     hi = "" if high is None else ("<" if pattern in _EXCLUSIVE_HIGH else "<=") + f" {high}"
     want = f"{name} {' and '.join(filter(None, (lo, hi)))}".strip()
     want += f" ({note})" if note else ""
-    if not ok_type or value != value:  # NaN too
+    if not ok_type or (not is_int and not math.isfinite(value)):  # NaN and infinities too
+        if kind is float:
+            want = want.replace("a number", "a finite number", 1)
         raise ValueError(f"{key}={value!r}: expected {want}")
     too_low = low is not None and (value <= low if pattern in _EXCLUSIVE_LOW else value < low)
     too_high = high is not None and (value >= high if pattern in _EXCLUSIVE_HIGH else value > high)

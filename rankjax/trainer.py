@@ -178,6 +178,20 @@ def _place(batch: dict[str, np.ndarray], mesh, global_size: int, is_global: bool
     return sharding.put_batch(batch, mesh, global_size)
 
 
+def check(config: ml_collections.ConfigDict) -> tasks.Task:
+    """The checks a config passes before anything runs or is written: its keys, value
+    ranges and optional sections (quant, sparsity). Returns the config's task.
+
+    Raises:
+      ValueError: one line naming the first key that is unknown, missing or out of range.
+    """
+    task = tasks.get(config)
+    task.validate(config)
+    quantization.from_config(config.get("quant"))
+    sparsity.from_config(config.get("sparsity"))
+    return task
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False
 ) -> dict[str, Any]:
@@ -201,11 +215,7 @@ def train_and_evaluate(
     Raises:
       workdir.WorkdirError: another run holds `workdir`, or it was made by another config.
     """
-    task = tasks.get(config)
-    task.validate(config)
-    # The optional sections too, before the workdir is touched.
-    quantization.from_config(config.get("quant"))
-    sparsity.from_config(config.get("sparsity"))
+    task = check(config)
     lead = jax.process_index() == 0
     plain = json.loads(config.to_json_best_effort())
     with workdir_lib.claim(workdir, plain, lead, allow_config_change):

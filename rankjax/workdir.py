@@ -103,6 +103,8 @@ def check_config(workdir: str, config: Mapping, allow_config_change: bool = Fals
 
 
 def _probe_writable(workdir: str, name: str) -> None:
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(f"workdir {workdir} is a file, not a folder; name a folder")
     try:
         os.makedirs(workdir, exist_ok=True)
         probe = os.path.join(workdir, name)

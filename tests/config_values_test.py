@@ -22,7 +22,11 @@ from rankjax import config_schema, trainer
         ("ckpt.keep", 0, r"ckpt.keep=0: expected an integer >= 1 \(checkpoints kept"),
         ("data.list_size", 0, r"data.list_size=0: expected an integer >= 1$"),
         ("optim.learning_rate", 0.0, r"optim.learning_rate=0.0: expected a number > 0$"),
-        ("optim.learning_rate", float("nan"), r"optim.learning_rate=nan: expected a number"),
+        (
+            "optim.learning_rate",
+            float("nan"),
+            r"optim.learning_rate=nan: expected a finite number > 0$",
+        ),
         ("optim.b2", 1.0, r"optim.b2=1.0: expected a number >= 0 and < 1$"),
         ("evals.ranking.batch_size", 0, r"evals.ranking.batch_size=0: expected an integer"),
         ("mesh.num_devices", -2, r"mesh.num_devices=-2: expected -1 \(every device\)"),

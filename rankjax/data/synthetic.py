@@ -76,14 +76,19 @@ class WorldConfig:
 
     def __post_init__(self):
         if self.num_categories < 2 or self.num_categories % 2:
-            raise ValueError(f"num_categories must be even and >= 2, got {self.num_categories}")
+            raise ValueError(
+                f"data.world.num_categories={self.num_categories}: expected an even number >= 2"
+            )
         if not 1 <= self.min_list_size <= self.max_list_size:
             raise ValueError(
-                f"need 1 <= min_list_size <= max_list_size, got "
+                "data.world: need 1 <= min_list_size <= max_list_size, got "
                 f"{self.min_list_size}, {self.max_list_size}"
             )
         if self.num_products < self.max_list_size:
-            raise ValueError("num_products must be at least max_list_size")
+            raise ValueError(
+                f"data.world.num_products={self.num_products}: expected at least "
+                f"max_list_size={self.max_list_size}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -475,7 +475,7 @@ def _print_table(config, results, params_from: str, workdir: str, quantizer, bit
     for name, values in [
         (config.model.name, results["test"]),
         *(
-            [(_served_name(quantizer, bits, results.get("serving_form")), results["test_served"])]
+            [(served_name(quantizer, bits, results.get("serving_form")), results["test_served"])]
             if bits or quantizer
             else []
         ),
@@ -511,7 +511,7 @@ def _local(tree: Any) -> Any:
     return jax.tree_util.tree_map(gather, tree)
 
 
-def _served_name(quantizer: quantization.Quantizer | None, bits: int, form: str | None) -> str:
+def served_name(quantizer: quantization.Quantizer | None, bits: int, form: str | None) -> str:
     """E.g. `"int8 towers, int4 tables"`: the served towers' and tables' formats."""
     parts = []
     if quantizer:
