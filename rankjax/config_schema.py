@@ -5,17 +5,21 @@ numeric values outside their range are errors naming the key, the value and the 
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
 
+from rankjax import losses, metrics, models, optim
 from rankjax.baselines import BASELINES
 from rankjax.compression import distillation, quantization, sparsity
+from rankjax.data import interactions, libsvm, tokens
 from rankjax.data.pipeline import TEXT_KEYS
 from rankjax.data.sources import LIST_SOURCES
 from rankjax.data.synthetic import WorldConfig
 from rankjax.evaluators import section
+from rankjax.models import bert, dcn, layers, sequential
 
 # section -> (required keys, optional keys)
 _SECTIONS: dict[str, tuple[set[str], set[str]]] = {
@@ -145,7 +149,36 @@ _LIST_RANGES: dict[str, tuple[type, float | None, float | None, str]] = {
     "model.hidden": (int, 1, None, "layer widths"),
     "model.init_layers": (int, 0, None, "the checkpoint's layer indices"),
 }
-_CHOICES: dict[str, tuple[Any, ...]] = {"quant.embedding_bits": (0, 4, 8)}
+# key -> its valid values (strings are compared exactly).
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "quant.embedding_bits": (0, 4, 8),
+    "optim.name": optim.OPTIMIZERS,
+    "optim.schedule": optim.SCHEDULES,
+    "ckpt.best_mode": ("max", "min"),
+    "loss.lambdaweight": tuple(losses.LAMBDAWEIGHTS),
+    "evals.*.gain": tuple(metrics.GAINS),
+    "evals.*.no_relevant": metrics.NO_RELEVANT,
+    "data.missing": libsvm.MISSING_POLICIES,
+    "data.layout": interactions.LAYOUTS,
+    "data.text.encoding": tokens.ENCODINGS,
+    "model.dtype": tuple(layers.DTYPES),
+    "model.pooling": bert.POOLINGS,
+    "model.positions": sequential.POSITIONS,
+    "model.structure": dcn.STRUCTURES,
+}
+# Keys that must be True or False (a string such as "false" is truthy in Python).
+_BOOLS = (
+    "ckpt.use_best",
+    "model.pretrained",
+    "model.layer_norm",
+    "model.normalize",
+    "model.shared",
+    "quant.enabled",
+    "quant.fp8",
+    "sparsity.enabled",
+    "loss.log_q",
+    "distill.init_from_teacher",
+)
 _EXCLUSIVE_LOW = {
     "optim.learning_rate",
     "loss.temperature",
@@ -192,8 +225,17 @@ def check_values(config: Mapping[str, Any]) -> None:
                 _check_value(f"{key}[{i}]", pattern, item, kind, low, high, note)
     for pattern, choices in _CHOICES.items():
         for key, value in _values(config, pattern.split(".")):
-            if isinstance(value, bool) or value not in choices:
+            if isinstance(value, bool) or not _hashable(value) or value not in choices:
                 raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
+    for key, value in _values(config, ["data", "encoding"]):  # the file's text encoding
+        try:
+            codecs.lookup(value)
+        except (LookupError, TypeError):
+            raise ValueError(f"{key}={value!r}: expected a text encoding, e.g. 'utf-8'") from None
+    for pattern in _BOOLS:
+        for key, value in _values(config, pattern.split(".")):
+            if not isinstance(value, bool):
+                raise ValueError(f"{key}={value!r}: expected True or False")
     mesh = config.get("mesh") or {}
     devices = mesh.get("num_devices", 0)
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < -1:
@@ -204,6 +246,14 @@ def check_values(config: Mapping[str, Any]) -> None:
     folds, fold = data.get("num_folds"), data.get("fold")
     if folds and fold is not None and not (isinstance(fold, int) and 0 <= fold < folds):
         raise ValueError(f"data.fold={fold!r}: expected an integer in [0, {folds})")
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _check_value(key, pattern, value, kind, low, high, note) -> None:
@@ -242,6 +292,12 @@ def validate(config: Mapping[str, Any]) -> None:
     section.validate(config, ("ranking",), "ranking")
     _check_keys("config", config, _TOP, _OPTIONAL_TOP)
     check_values(config)
+    if config["loss"].get("name") not in losses.LOSSES:
+        raise ValueError(f"loss.name={config['loss'].get('name')!r}; valid: {list(losses.LOSSES)}")
+    if config["model"].get("name") not in models.MODELS:
+        raise ValueError(
+            f"model.name={config['model'].get('name')!r}; valid: {list(models.MODELS)}"
+        )
     for name, (required, optional) in _SECTIONS.items():
         _check_keys(name, config[name], required, optional)
     data = config["data"]

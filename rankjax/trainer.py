@@ -242,6 +242,9 @@ def _train(task, config: ml_collections.ConfigDict, workdir: str, lead: bool) ->
     rng = jax.random.PRNGKey(int(config.seed))
     rules = [tuple(r) for r in (config.get("mesh") or {}).get("rules", ())] + list(run.rules)
     state, state_shardings = init_state(run.init, tx, mesh, rules, rng, run.rng, run.loaded)
+    quantizer = quantization.from_config(config.get("quant"))
+    if quantizer is not None:
+        quantizer.check_selects(state.params)
     ckpt = checkpoint.Checkpointer(
         workdir,
         every=int(config.ckpt.every),

@@ -10,7 +10,9 @@
   with the same config, up to the keys that may change when a run is extended
   (`RESUMABLE`, e.g. `train.num_steps`); a different config is refused, naming the first
   differences, before anything in the folder is written. `allow_config_change=True`
-  (`--allow_config_change`) accepts a deliberate change;
+  (`--allow_config_change`) accepts a deliberate change. A workdir whose run stopped
+  before saving a step or a result (a data or config error) is taken over by a rerun with
+  a corrected config;
 * **no writes through links**: the write probe and every file a run writes use
   `rankjax.files`, which neither follows nor writes through a symbolic link.
 """
@@ -25,6 +27,8 @@ import json
 import os
 import socket
 from collections.abc import Iterator, Mapping
+
+from absl import logging
 
 from rankjax import config_args, files
 
@@ -74,6 +78,16 @@ def differences(old: Mapping, new: Mapping) -> list[str]:
     return out
 
 
+def holds_results(workdir: str) -> bool:
+    """Whether `workdir` holds anything a run made that depends on its config: a saved
+    step (`checkpoints/<step>`, `best/<step>`), `results.json` or a served model."""
+    for sub in ("checkpoints", "best"):
+        folder = os.path.join(workdir, sub)
+        if os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder)):
+            return True
+    return any(os.path.lexists(os.path.join(workdir, n)) for n in ("results.json", "served"))
+
+
 def check_config(workdir: str, config: Mapping, allow_config_change: bool = False) -> None:
     """Raises `WorkdirError` when `workdir/config.json` holds another config.
 
@@ -83,6 +97,11 @@ def check_config(workdir: str, config: Mapping, allow_config_change: bool = Fals
     """
     path = os.path.join(workdir, "config.json")
     if allow_config_change or not os.path.exists(path):
+        return
+    if not holds_results(workdir):
+        # A run that stopped before saving anything (a data or config error): nothing of
+        # it can be resumed or served, so a corrected config may take the workdir over.
+        logging.info("workdir %s holds no checkpoint or result; its config is replaced", workdir)
         return
     try:
         with open(path, encoding="utf-8") as f:

@@ -136,6 +136,17 @@ class Quantizer:
             self.exclude and re.search(self.exclude, path)
         )
 
+    def check_selects(self, params: Any) -> None:
+        """Raises ValueError when `layers`/`exclude` select none of the dense layers (the
+        `.../kernel` parameters) of `params`: a run that quantizes nothing must not
+        report itself as quantized."""
+        layers = sorted(p[: -len("/kernel")] for p in _paths(params) if p.endswith("/kernel"))
+        if layers and not any(self.quantizes(layer) for layer in layers):
+            raise ValueError(
+                f"quant.layers={self.layers!r} (exclude {self.exclude!r}) selects none of the "
+                f"model's dense layers, e.g. {layers[:4]}"
+            )
+
     @property
     def static(self) -> bool:
         """Whether activation ranges are calibrated once (static) rather than per call."""

@@ -257,9 +257,22 @@ class Sparsifier:
             )
 
     def _masks_like(self, params):
+        selected = 0
         for path, leaf in jax.tree_util.tree_leaves_with_path(params):
             if self.selects(path_str(path), leaf):
                 self._check_shape(path_str(path), leaf.shape)
+                selected += 1
+        if not selected:  # a run that prunes nothing must not report itself as pruned
+            matrices = [
+                path_str(p)
+                for p, x in jax.tree_util.tree_leaves_with_path(params)
+                if np.ndim(x) == 2
+            ]
+            raise ValueError(
+                f"sparsity.params={self.params!r} (exclude {self.exclude!r}, pattern "
+                f"{self.pattern!r}) selects none of the model's weight matrices, e.g. "
+                f"{matrices[:4]}"
+            )
         return jax.tree_util.tree_map_with_path(
             lambda p, x: (
                 jnp.ones(x.shape, bool) if self.selects(path_str(p), x) else jnp.ones([], bool)

@@ -26,6 +26,7 @@ Splits, as the recommendation literature names them:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -214,11 +215,14 @@ def _read_atomic_table(path: str) -> tuple[dict[str, str], list[list[str]]]:
 
 def _float(path: str, lineno: int, column: str, text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
+        value = math.nan
+    if not math.isfinite(value):  # an infinite time or rating would order or weigh nothing
         raise FormatError(
-            f"{path}:{lineno}: column {column!r} must be a number, got {excerpt(text)}"
-        ) from None
+            f"{path}:{lineno}: column {column!r} must be a finite number, got {excerpt(text)}"
+        )
+    return value
 
 
 def _side_features(

@@ -546,6 +546,9 @@ class Encoder(nn.Module):
         return x
 
 
+POOLINGS = ("cls", "mean")
+
+
 def pool(hidden: jax.Array, mask: jax.Array, pooling: str) -> jax.Array:
     """Sentence vectors `[B, H]` from token vectors `[B, T, H]`: `"mean"` over real tokens
     (sentence-transformers' default) or `"cls"` (the first token)."""
