@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from helpers import load_config
 
+from benchmarks import retrieval_topk
 from rankjax import checkpoint, trainer
 from rankjax.compression import embeddings
 from rankjax.evaluators import retrieval
@@ -134,6 +135,10 @@ def test_sasrec_learns_a_deterministic_next_item(tmp_path, loss, protocol, tower
                 assert frozen["input_scale"].shape == (), layer
             else:
                 assert frozen["qrhs"]["value"].dtype == np.int8, layer
+        # The top-K benchmark serves the run as it was evaluated, with its bytes.
+        score, label, size, metrics, _ = retrieval_topk.served_scorer(str(tmp_path / "run"))
+        assert size == results["bytes"]["serving_bytes"] and metrics == results["test_served"]
+        assert label.endswith("int8 tables") and score({"users": np.arange(3)}).shape[0] == 3
 
 
 def test_sharded_tables_train_like_one_device(tmp_path):
