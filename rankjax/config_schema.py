@@ -1,7 +1,7 @@
 """Checks an experiment config before anything runs: unknown or missing keys are errors
 that name the key and list the valid ones (a typo must never be silently ignored), and
-numeric values outside their range are errors naming the key, the value and the range
-(`check_values`, for every task)."""
+values outside their range or choices are errors naming the key, the value and what it
+takes (`check_values`, for every task)."""
 
 from __future__ import annotations
 
@@ -101,6 +101,9 @@ _RANGES: dict[str, tuple[type, float | None, float | None, str]] = {
     "loss.max_label": (float, 0, None, "the label that maps to 1"),
     "loss.num_negatives": (int, 1, None, ""),
     "loss.hard_negatives": (int, 0, None, ""),
+    "loss.retriever_top": (int, 1, None, "the retriever's ranks read"),
+    "loss.retriever_skip": (int, 0, None, "first ranks left out"),
+    "model.text_max_len": (int, 1, None, ""),
     "mesh.model": (int, 1, None, ""),
     # Compression sections: also checked by their modules, which name the value's meaning.
     "quant.calibration_batches": (int, 1, None, ""),
@@ -212,8 +215,10 @@ def _values(config: Any, path: list[str], prefix: str = ""):
 
 
 def check_values(config: Mapping[str, Any]) -> None:
-    """Raises ValueError naming the first numeric config value outside its valid range
-    (`_RANGES`), e.g. `train.batch_size=0: expected an integer >= 1`."""
+    """Raises ValueError naming the first config value outside what its key takes: a
+    number outside its range (`_RANGES`, `_LIST_RANGES`; non-finite floats never), a value
+    not among its choices (`_CHOICES`), a flag that is not a bool (`_BOOLS`), or an unknown
+    text encoding, e.g. `train.batch_size=0: expected an integer >= 1`."""
     for pattern, (kind, low, high, note) in _RANGES.items():
         for key, value in _values(config, pattern.split(".")):
             _check_value(key, pattern, value, kind, low, high, note)

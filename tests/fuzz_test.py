@@ -145,6 +145,7 @@ def _accepted_changes(name: str) -> list[tuple[str, object]]:
     return out
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
 @pytest.mark.parametrize("key, value", _accepted_changes("synthetic_listwise"))
 def test_accepted_values_train_to_sound_numbers_or_a_clear_error(key, value, tmp_path):
     """What the checks let through must run: finite metrics in range, or an error
