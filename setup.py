@@ -27,6 +27,7 @@ setuptools.setup(
         "aqtp>=0.9.0",  # fp8 (e4m3) quantization
         "flatbuffers>=24.3.25",  # jax.export serialization (rankjax.export)
         "flax>=0.12.0",
+        "grain>=0.2.8",  # the input pipeline's threads (grain.ReadOptions)
         "jax>=0.7.1",  # jax.set_mesh
         "ml-collections>=1.0.0",
         "numpy>=1.26.4",

@@ -14,7 +14,7 @@ from typing import Any
 from rankjax import losses, metrics, models, optim
 from rankjax.baselines import BASELINES
 from rankjax.compression import distillation, quantization, sparsity
-from rankjax.data import interactions, libsvm, tokens
+from rankjax.data import feed, interactions, libsvm, tokens
 from rankjax.data.pipeline import TEXT_KEYS
 from rankjax.data.sources import LIST_SOURCES
 from rankjax.data.synthetic import WorldConfig
@@ -28,7 +28,7 @@ _SECTIONS: dict[str, tuple[set[str], set[str]]] = {
         {"name", "learning_rate"},
         {"schedule", "warmup_steps", "weight_decay", "grad_clip_norm", "momentum", "b1", "b2"},
     ),
-    "train": ({"num_steps", "batch_size", "log_every", "eval_every"}, set()),
+    "train": ({"num_steps", "batch_size", "log_every", "eval_every"}, set(feed.TRAIN_KEYS)),
     "ckpt": ({"every", "keep"}, {"best_metric", "best_mode", "use_best"}),
     "mesh": ({"num_devices"}, {"model", "rules"}),
 }
@@ -68,6 +68,8 @@ _RANGES: dict[str, tuple[type, float | None, float | None, str]] = {
     "train.batch_size": (int, 1, None, ""),
     "train.log_every": (int, 1, None, ""),
     "train.eval_every": (int, 1, None, ""),
+    "train.input_threads": (int, 0, None, "0: batches built in the training loop"),
+    "train.prefetch": (int, 1, None, "batches built ahead"),
     "ckpt.every": (int, 1, None, ""),
     "ckpt.keep": (int, 1, None, "checkpoints kept; at least the latest"),
     "optim.learning_rate": (float, 0, None, ""),

@@ -26,6 +26,7 @@ from absl import logging
 from rankjax import checkpoint, optim, preemption, progress, provenance, sharding, tasks
 from rankjax import workdir as workdir_lib
 from rankjax.compression import quantization, sparsity
+from rankjax.data import feed
 from rankjax.metric_writer import MetricWriter, flat_hparams
 
 
@@ -269,10 +270,18 @@ def _train(task, config: ml_collections.ConfigDict, workdir: str, lead: bool) ->
     one_in_flight = mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
     t_last, steps_since = time.perf_counter(), 0
     steps_bar = progress.bar(num_steps, int(state.step), lead)
+    first = int(state.step)
+    host_batches = feed.batches_from(
+        run.batches,
+        first,
+        num_steps,
+        threads=int(tcfg.get("input_threads", feed.DEFAULT_THREADS)),
+        prefetch=int(tcfg.get("prefetch", feed.DEFAULT_PREFETCH)),
+    )
     try:
         with preemption.SigtermFlag() as sigterm:
-            for step in range(int(state.step), num_steps):
-                batch = _place(run.batches(step), mesh, batch_size, run.global_batches)
+            for step, host_batch in zip(range(first, num_steps), host_batches, strict=True):
+                batch = _place(host_batch, mesh, batch_size, run.global_batches)
                 state, m = train_step(state, batch)
                 if one_in_flight:
                     jax.block_until_ready(m)
@@ -328,6 +337,9 @@ def _train(task, config: ml_collections.ConfigDict, workdir: str, lead: bool) ->
         raise TrainingDiverged(f"{e}; stopping: {kept}") from None
     finally:
         steps_bar.close()
+        close = getattr(host_batches, "close", None)
+        if close is not None:  # stops the input threads of a run that ends early
+            close()
         ckpt.wait()
         writer.close()
 

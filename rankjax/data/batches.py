@@ -130,8 +130,9 @@ class TrainBatches:
                 f"lengths has shape {self.lengths.shape}, expected ({dataset.num_lists},)"
             )
         self.bucket_batches = bucket_batches
-        self._epoch = -1
-        self._perm = np.zeros([0], np.int64)
+        # (epoch, its order), replaced as one: input threads (`rankjax.data.feed`) build
+        # batches of two epochs at once around an epoch's end.
+        self._order: tuple[int, np.ndarray] = (-1, np.zeros([0], np.int64))
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([*self.key, epoch])
@@ -155,10 +156,11 @@ class TrainBatches:
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         """Returns the batch for global training step `step`."""
         epoch, index = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            self._epoch = epoch
-            self._perm = self._epoch_order(epoch)
-        lists = self._perm[index * self.batch_size : (index + 1) * self.batch_size]
+        cached_epoch, perm = self._order
+        if cached_epoch != epoch:
+            perm = self._epoch_order(epoch)
+            self._order = (epoch, perm)
+        lists = perm[index * self.batch_size : (index + 1) * self.batch_size]
         sizes = self.dataset.list_sizes[lists]
         keys = np.random.default_rng([*self.key, epoch, index, 1]).random(int(sizes.sum()))
         return pad_lists(self.dataset.select(lists), self.list_size, item_keys=keys)

@@ -48,7 +48,7 @@ from jax.sharding import Mesh
 
 from rankjax import cascade, checkpoint, config_schema, models, serving, sharding
 from rankjax.compression import forms, quantization, serve
-from rankjax.data import interactions
+from rankjax.data import feed, interactions
 from rankjax.data.sources import LOG_SOURCES, read_log
 from rankjax.evaluators import ctr, retrieval, section
 from rankjax.tasks import dcn, sequential, two_tower
@@ -112,7 +112,7 @@ _KEYS = {
         {"name", "learning_rate"},
         {"schedule", "warmup_steps", "weight_decay", "grad_clip_norm", "momentum", "b1", "b2"},
     ),
-    "train": ({"num_steps", "batch_size", "log_every", "eval_every"}, set()),
+    "train": ({"num_steps", "batch_size", "log_every", "eval_every"}, set(feed.TRAIN_KEYS)),
     "ckpt": ({"every", "keep"}, {"best_metric", "best_mode", "use_best"}),
     # Optional: served quantized embedding tables (`embedding_bits`) and, with
     # `enabled=True`, int8/int4 towers by AQT (`compression.quantization.Quantizer` keys).
