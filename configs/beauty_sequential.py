@@ -93,7 +93,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     # 40,226 users: 314 batches of 128 an epoch; 8,000 steps ~ 25 epochs (with the full
     # softmax, validation NDCG@10 peaked near 4,000 steps of a 20,000-step run, then fell).
-    c.train = dict(num_steps=8000, batch_size=128, log_every=500, eval_every=1000)
+    c.train = config_args.train_section(
+        num_steps=8000, batch_size=128, log_every=500, eval_every=1000
+    )
     metrics = ("hit@10", "ndcg@10", "mrr@10", "hit@1", "hit@5", "ndcg@5")
     if arg.protocol == "sampled":
         retrieval = dict(type="sampled_ranking", num_negatives=100, negatives="popularity", seed=0)
@@ -113,6 +115,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.max_users = arg.max_users or 500
         c.model.update(dim=8, num_layers=1, max_len=10)
         c.loss.num_negatives = 16
-        c.train = dict(num_steps=arg.steps or 2, batch_size=64, log_every=1, eval_every=2)
+        c.train = config_args.train_section(
+            num_steps=arg.steps or 2, batch_size=64, log_every=1, eval_every=2
+        )
         c.ckpt.every = 2
     return c

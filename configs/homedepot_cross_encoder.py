@@ -110,7 +110,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         grad_clip_norm=1.0,
     )
     # ~8.5k training queries: 32 lists a step, 1,200 steps is about 4.5 epochs.
-    c.train = dict(num_steps=1200, batch_size=32, log_every=100, eval_every=200)
+    c.train = config_args.train_section(
+        num_steps=1200, batch_size=32, log_every=100, eval_every=200
+    )
     c.evals = dict(
         ranking=dict(
             type="ranking",
@@ -145,7 +147,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             intermediate_size=64,
             dtype="float32",
         )
-        c.train = dict(num_steps=arg.steps or 2, batch_size=8, log_every=1, eval_every=2)
+        c.train = config_args.train_section(
+            num_steps=arg.steps or 2, batch_size=8, log_every=1, eval_every=2
+        )
         c.evals.ranking.batch_size = 16
         c.ckpt.every = 2
     return c

@@ -78,7 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         weight_decay=1e-3,
         grad_clip_norm=1.0,
     )
-    c.train = dict(num_steps=600, batch_size=16, log_every=50, eval_every=100)
+    c.train = config_args.train_section(num_steps=600, batch_size=16, log_every=50, eval_every=100)
     c.evals = dict(
         ranking=dict(
             type="ranking",
@@ -98,7 +98,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             c.model.hidden_sizes = (8,)
         else:
             c.model.update(d_model=8, num_layers=1, num_heads=2, mlp_dim=16, head_hidden=8)
-        c.train = dict(num_steps=arg.steps or 2, batch_size=8, log_every=1, eval_every=2)
+        c.train = config_args.train_section(
+            num_steps=arg.steps or 2, batch_size=8, log_every=1, eval_every=2
+        )
         c.evals.ranking.batch_size = 8
         c.ckpt.every = 2
     return c

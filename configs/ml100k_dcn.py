@@ -69,7 +69,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     # 80,808 training interactions: 78 steps of 1,024 an epoch; 1,000 steps ~ 13 epochs
     # (validation NDCG@10 peaked at 750 of 3,000 steps, then fell).
-    c.train = dict(num_steps=1000, batch_size=1024, log_every=250, eval_every=250)
+    c.train = config_args.train_section(
+        num_steps=1000, batch_size=1024, log_every=250, eval_every=250
+    )
     # A ranker's usual measure beside the top-K ones: per-user AUC over the catalog.
     c.evals.retrieval.metrics = (*c.evals.retrieval.metrics, "auc")
     # And CTR-style: each test interaction among 10 never-seen items (AUC, GAUC, log-loss).
@@ -86,6 +88,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.loss.num_negatives = 4
         if arg.hard:
             c.loss.update(hard_negatives=2, retriever_top=10)
-        c.train = dict(num_steps=arg.steps or 2, batch_size=256, log_every=1, eval_every=2)
+        c.train = config_args.train_section(
+            num_steps=arg.steps or 2, batch_size=256, log_every=1, eval_every=2
+        )
         c.ckpt.every = 2
     return c

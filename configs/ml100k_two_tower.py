@@ -85,7 +85,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         grad_clip_norm=0.0,
     )
     # 80,808 training interactions: 78 steps of 1,024 an epoch; 3,000 steps ~ 38 epochs.
-    c.train = dict(num_steps=3000, batch_size=1024, log_every=250, eval_every=250)
+    c.train = config_args.train_section(
+        num_steps=3000, batch_size=1024, log_every=250, eval_every=250
+    )
     c.evals = dict(
         retrieval=dict(
             type="full_ranking",
@@ -105,6 +107,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             c.loss.retriever_top = 10
         if arg.text:
             c.model.update(text_layers=arg.text_layers or 1, text_max_len=16)
-        c.train = dict(num_steps=arg.steps or 2, batch_size=256, log_every=1, eval_every=2)
+        c.train = config_args.train_section(
+            num_steps=arg.steps or 2, batch_size=256, log_every=1, eval_every=2
+        )
         c.ckpt.every = 2
     return c

@@ -51,7 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         weight_decay=1e-4,
         grad_clip_norm=1.0,
     )
-    c.train = dict(num_steps=1500, batch_size=64, log_every=100, eval_every=500)
+    c.train = config_args.train_section(
+        num_steps=1500, batch_size=64, log_every=100, eval_every=500
+    )
     c.evals = dict(
         ranking=dict(
             type="ranking",
@@ -79,7 +81,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.runlocal:
         c.data.world = dict(seed=0, num_queries=200, num_products=500, num_users=20)
         c.model.update(d_model=8, num_layers=1, num_heads=2, mlp_dim=16, head_hidden=8)
-        c.train = dict(num_steps=arg.steps or 2, batch_size=8, log_every=1, eval_every=2)
+        c.train = config_args.train_section(
+            num_steps=arg.steps or 2, batch_size=8, log_every=1, eval_every=2
+        )
         c.evals.ranking.batch_size = 16
         c.ckpt.every = 2
     return c

@@ -83,7 +83,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # models peaked near step 300-500 of 1,500, then fell; the two-tower's 600-step cosine
     # schedule does as well, the DCN's does not (its learning rate decays too early).
     steps, every = (600, 100) if arg.model == "two_tower" else (1500, 250)
-    c.train = dict(num_steps=arg.steps or steps, batch_size=512, log_every=100, eval_every=every)
+    c.train = config_args.train_section(
+        num_steps=arg.steps or steps, batch_size=512, log_every=100, eval_every=every
+    )
     c.evals = dict(
         retrieval=dict(
             type="full_ranking",
@@ -108,6 +110,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             c.loss.num_negatives = 4
         if arg.hard:
             c.loss.retriever_top = 10
-        c.train = dict(num_steps=arg.steps or 2, batch_size=128, log_every=1, eval_every=2)
+        c.train = config_args.train_section(
+            num_steps=arg.steps or 2, batch_size=128, log_every=1, eval_every=2
+        )
         c.ckpt.every = 2
     return c

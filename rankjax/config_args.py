@@ -82,6 +82,15 @@ def base_config(config_file: str, name: str, arg: str | None) -> ml_collections.
     return module.get_config(arg)
 
 
+def train_section(**keys: Any) -> dict[str, Any]:
+    """A config's `train` section: `keys` (num_steps, batch_size, log_every, eval_every)
+    and the input pipeline's settings (`rankjax.data.feed`), declared so that
+    `--config.train.input_threads=N` can override them."""
+    from rankjax.data import feed
+
+    return {"input_threads": feed.DEFAULT_THREADS, "prefetch": feed.DEFAULT_PREFETCH, **keys}
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """A nested config (dicts or ConfigDicts) as `{"optim.learning_rate": 1e-3, ...}`;
     an empty section has no keys."""

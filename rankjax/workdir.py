@@ -40,6 +40,8 @@ RESUMABLE = (
     "train.num_steps",
     "train.log_every",
     "train.eval_every",
+    "train.input_threads",  # how batches are built, not which
+    "train.prefetch",
     "ckpt.every",
     "ckpt.keep",
     "mesh.num_devices",
