@@ -58,12 +58,19 @@ def allowed(mask: jax.Array, segments: jax.Array | None = None) -> jax.Array:
 
 
 def probabilities(
-    q: jax.Array, k: jax.Array, mask: jax.Array, segments: jax.Array | None = None
+    q: jax.Array,
+    k: jax.Array,
+    mask: jax.Array,
+    segments: jax.Array | None = None,
+    bias: jax.Array | None = None,
 ) -> jax.Array:
     """XLA's softmax attention weights `[B, heads, T, T]` (float32) of `q, k [B, T, heads,
     D]` over real keys (`mask [B, T]`) of the query's segment (`segments [B, T]`, or
-    None: one sequence a row); a row with no allowed key weights all keys equally."""
+    None: one sequence a row), with `bias` (broadcast to `[B, heads, T, T]`) added to the
+    scaled logits; a row with no allowed key weights all keys equally."""
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
+    if bias is not None:
+        logits = logits + bias
     logits = jnp.where(allowed(mask, segments), logits, jnp.finfo(jnp.float32).min)
     return jax.nn.softmax(logits, axis=-1)
 

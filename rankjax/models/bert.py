@@ -41,6 +41,15 @@ class BertConfig:
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     hidden_act: str = "gelu"
+    # MPNet (`model_type="mpnet"`): no token types, positions counted from pad_token_id + 1
+    # over real tokens, and a relative position bias shared by every layer's attention.
+    model_type: str = "bert"
+    pad_token_id: int = 0
+    relative_attention_num_buckets: int = 32
+
+    @property
+    def mpnet(self) -> bool:
+        return self.model_type == "mpnet"
 
     @classmethod
     def from_json(cls, path: str) -> BertConfig:
@@ -58,8 +67,10 @@ class BertConfig:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-        if raw.get("model_type", "bert") != "bert":
-            raise ValueError(f"{path}: model_type {raw['model_type']!r}; expected 'bert'")
+        if raw.get("model_type", "bert") not in MODEL_TYPES:
+            raise ValueError(
+                f"{path}: model_type {raw['model_type']!r}; expected one of {list(MODEL_TYPES)}"
+            )
         if raw.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"{path}: only absolute position embeddings are supported")
         if raw.get("hidden_act", "gelu") not in _ACTIVATIONS:
@@ -83,6 +94,7 @@ class BertConfig:
         return config
 
 
+MODEL_TYPES = ("bert", "mpnet")
 # Sizes a config.json must give as positive integers.
 _SIZES = (
     "vocab_size",
@@ -92,6 +104,7 @@ _SIZES = (
     "intermediate_size",
     "max_position_embeddings",
     "type_vocab_size",
+    "relative_attention_num_buckets",
 )
 
 
@@ -318,10 +331,13 @@ class SelfAttention(nn.Module):
         train: bool,
         x_e4m3: jax.Array | None = None,
         segments: jax.Array | None = None,
+        bias: jax.Array | None = None,
     ) -> jax.Array:
         """Maps `[B, T, H]` (with `mask [B, T]`, True for real tokens) to `[B, T, H]`.
         `x_e4m3`: `x` already quantized with q, k and v's fp8 input scale (or None).
-        `segments`: `[B, T]` packed sequence ids, attention within each (or None)."""
+        `segments`: `[B, T]` packed sequence ids, attention within each (or None).
+        `bias`: `[1, heads, T, T]` added to the attention logits (MPNet's relative
+        positions; XLA's attention then), or None."""
         c = self.config
         width = c.hidden_size // c.num_attention_heads
         heads = c.num_attention_heads if self.num_heads is None else self.num_heads
@@ -361,7 +377,8 @@ class SelfAttention(nn.Module):
         def attend(q, k, v):
             if kernel != "xla":
                 return fused_attention(q, k, v, mask, kernel, segments)
-            probs = short_attention.probabilities(q, k, mask, segments).astype(self.dtype)
+            probs = short_attention.probabilities(q, k, mask, segments, bias)
+            probs = probs.astype(self.dtype)
             probs = nn.Dropout(dropout)(probs, deterministic=not train)
             return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
@@ -377,6 +394,10 @@ class SelfAttention(nn.Module):
             self.dtype,
             served_fp8,
         )
+        if bias is not None:  # the fused kernels take no logit bias
+            kernel = "xla"
+            if bias.shape[1] != heads:
+                raise ValueError(f"a relative position bias of {bias.shape[1]} heads for {heads}")
         # Served in fp8, q, k and v are always one product: left as three fp8 products of
         # one input, XLA's dot merger joins them into one product that its fp8 GEMM
         # rewrite no longer matches, a bf16 GEMM (seen on the H200 in an exported
@@ -429,11 +450,13 @@ class Layer(nn.Module):
         x_e4m3: jax.Array | None = None,
         next_scale: jax.Array | None = None,
         segments: jax.Array | None = None,
+        bias: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array | None]:
         """Maps `[B, T, H]` to `[B, T, H]`.
 
         Args:
           x, mask, train, segments: as `Encoder`'s layers take them.
+          bias: the attention logits' bias (MPNet's relative positions), or None.
           x_e4m3: `x` quantized with this layer's q, k and v input scale, or None.
           next_scale: the next layer's q, k and v input scale, or None.
 
@@ -459,7 +482,7 @@ class Layer(nn.Module):
         attention = SelfAttention(
             c, name="attention", attention=self.attention, num_heads=self.num_heads, **dense
         )
-        a = attention(x, mask, train, x_e4m3, segments)
+        a = attention(x, mask, train, x_e4m3, segments, bias)
         y = x + drop(a, deterministic=not train)
         x, h = normalize("attention_norm", y, _input_scale(seam, self, "intermediate"))
         h = x if h is None else h
@@ -518,12 +541,24 @@ class Encoder(nn.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         if positions is None:
             positions = jnp.arange(input_ids.shape[-1])[None, :]
+        bias = None
+        if c.mpnet:  # real tokens at pad_token_id + 1, + 2, ...; padding at pad_token_id
+            positions = jnp.where(mask, positions + c.pad_token_id + 1, c.pad_token_id)
+            buckets = relative_position_buckets(
+                input_ids.shape[-1], c.relative_attention_num_buckets
+            )
+            table = Embed(
+                c.relative_attention_num_buckets,
+                c.num_attention_heads,
+                name="relative_attention_bias",
+            )
+            bias = jnp.transpose(table(jnp.asarray(buckets)), (2, 0, 1))[None].astype(jnp.float32)
         embed = dict(features=c.hidden_size, bits=self.embedding_bits)
-        x = (
-            Embed(c.vocab_size, name="word_embeddings", **embed)(input_ids)
-            + Embed(c.max_position_embeddings, name="position_embeddings", **embed)(positions)
-            + Embed(c.type_vocab_size, name="token_type_embeddings", **embed)(token_type_ids)
-        )
+        x = Embed(c.vocab_size, name="word_embeddings", **embed)(input_ids) + Embed(
+            c.max_position_embeddings, name="position_embeddings", **embed
+        )(positions)
+        if not c.mpnet:
+            x = x + Embed(c.type_vocab_size, name="token_type_embeddings", **embed)(token_type_ids)
         x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="embeddings_norm")(x)
         x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=not train).astype(self.dtype)
         x_e4m3, seam = None, self.dot_general_cls
@@ -542,8 +577,23 @@ class Encoder(nn.Module):
             layer = Layer(
                 c, self.dtype, seam, self.attention, self.norm, heads, ffn, name=f"layer_{i}"
             )
-            x, x_e4m3 = layer(x, mask, train, x_e4m3, next_scale, segments)
+            x, x_e4m3 = layer(x, mask, train, x_e4m3, next_scale, segments, bias)
         return x
+
+
+def relative_position_buckets(length: int, num_buckets: int, max_distance: int = 128) -> np.ndarray:
+    """MPNet's (and T5's bidirectional) bucket of each `[query, key]` offset, `[T, T]`
+    int32: half the buckets for keys after the query, half before; within each half,
+    exact offsets below a quarter of the buckets, then logarithmic up to `max_distance`."""
+    offset = np.arange(length)[None, :] - np.arange(length)[:, None]  # key - query
+    n = -offset
+    half = num_buckets // 2
+    out = (n < 0).astype(np.int32) * half
+    n = np.abs(n)
+    exact = half // 2
+    scaled = np.log(np.maximum(n, 1) / exact) / np.log(max_distance / exact) * (half - exact)
+    large = np.minimum(exact + scaled.astype(np.int32), half - 1)
+    return (out + np.where(n < exact, n, large)).astype(np.int32)
 
 
 POOLINGS = ("cls", "mean")
@@ -577,6 +627,21 @@ _EMBEDDING_NAMES = {
     "embeddings.token_type_embeddings": ("token_type_embeddings",),
     "embeddings.LayerNorm": ("embeddings_norm",),
 }
+# MPNet's names where they differ from BERT's; no token types, one relative position bias.
+_MPNET_LAYER_NAMES = {
+    "attention.attn.q": ("attention", "query"),
+    "attention.attn.k": ("attention", "key"),
+    "attention.attn.v": ("attention", "value"),
+    "attention.attn.o": ("attention", "output"),
+    "attention.LayerNorm": ("attention_norm",),
+    "intermediate.dense": ("intermediate",),
+    "output.dense": ("ffn_output",),
+    "output.LayerNorm": ("output_norm",),
+}
+_MPNET_EMBEDDING_NAMES = {
+    **{k: v for k, v in _EMBEDDING_NAMES.items() if "token_type" not in k},
+    "encoder.relative_attention_bias": ("relative_attention_bias",),
+}
 
 
 def convert_state_dict(
@@ -591,11 +656,11 @@ def convert_state_dict(
     Raises:
       ValueError: naming the checkpoint and the missing tensors.
     """
-    tensors = {k.removeprefix("bert."): v for k, v in tensors.items()}
+    tensors = {k.removeprefix("bert.").removeprefix("mpnet."): v for k, v in tensors.items()}
     params: dict[str, Any] = {}
-    wanted = dict(_EMBEDDING_NAMES)
+    wanted = dict(_MPNET_EMBEDDING_NAMES if config.mpnet else _EMBEDDING_NAMES)
     for i in range(config.num_hidden_layers):
-        for hf, ours in _LAYER_NAMES.items():
+        for hf, ours in (_MPNET_LAYER_NAMES if config.mpnet else _LAYER_NAMES).items():
             wanted[f"encoder.layer.{i}.{hf}"] = (f"layer_{i}",) + ours
     missing = []
     for hf, path in wanted.items():
@@ -603,7 +668,7 @@ def convert_state_dict(
         for p in path[:-1]:
             node = node.setdefault(p, {})
         leaf = node.setdefault(path[-1], {})
-        if path[-1].endswith("embeddings"):
+        if path[-1].endswith(("embeddings", "attention_bias")):
             names = {"weight": "embedding"}
         elif path[-1].endswith("norm"):
             names = {"weight": "scale", "bias": "bias", "gamma": "scale", "beta": "bias"}
