@@ -42,6 +42,27 @@ def checkpoint_folder(spec: str | None) -> str:
     return spec or default_checkpoint()
 
 
+def pad_token_id(folder: str) -> int:
+    """The checkpoint's padding id (`config.json`'s `pad_token_id`; 0 without one)."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f).get("pad_token_id") or 0)
+
+
+def swap_pad(ids: np.ndarray, pad_id: int) -> np.ndarray:
+    """`ids` with `pad_id` and 0 swapped: rankjax pads with id 0 everywhere (a token's
+    mask is `ids != 0`), so a vocabulary that pads elsewhere (MPNet: `<pad>` 1, `<s>` 0)
+    has the two ids swapped in the tokenizer's output and in the embedding table alike
+    (`models.bert.convert_state_dict`)."""
+    if not pad_id:
+        return ids
+    out = ids.copy()
+    out[ids == 0], out[ids == pad_id] = pad_id, 0
+    return out
+
+
 def max_seq_length(folder: str) -> int:
     """The checkpoint's sequence limit: sentence-transformers' `max_seq_length` if the
     folder has one (256 for all-MiniLM-L6-v2), else the position table's size."""
@@ -92,6 +113,7 @@ class Tokenizer:
             self._tok.no_padding()
             self._tok.enable_truncation(max_length, strategy="longest_first")
         self.max_length = max_length
+        self.pad_id = pad_token_id(folder)
 
     @contextlib.contextmanager
     def _naming_the_file(self, what: str):
@@ -123,7 +145,7 @@ class Tokenizer:
         types = np.zeros((len(out), width), np.int32)
         mask = np.zeros((len(out), width), bool)
         for i, e in enumerate(out):
-            ids[i, : len(e.ids)] = e.ids
+            ids[i, : len(e.ids)] = swap_pad(np.asarray(e.ids), self.pad_id)
             types[i, : len(e.ids)] = e.type_ids
             mask[i, : len(e.ids)] = True
         return Encoded(ids, types, mask)

@@ -9,7 +9,8 @@ per-item array:
   query_tokens  [num_items, Tq] int32 `[CLS] query [SEP]`, the same for a list's items
   item_tokens   [num_items, Ti] int32 `[CLS] item text [SEP]` (bi-encoders)
 
-Id 0 is `[PAD]` (as in every BERT vocabulary), so a token's mask is `ids != 0`.
+Id 0 is `[PAD]` (as in every BERT vocabulary; a vocabulary that pads elsewhere has its pad
+id swapped with 0, `data.tokenizer.swap_pad`), so a token's mask is `ids != 0`.
 `trim_token_axes` cuts a batch's token axis to its longest sequence, rounded up to a
 bucket width: together with length-bucketed training batches (`batches.TrainBatches`) this
 keeps the padding a model computes on low while XLA compiles only a few shapes.

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rankjax.data.tokenizer import checkpoint_folder, default_checkpoint
+from rankjax.data.tokenizer import checkpoint_folder, default_checkpoint, swap_pad
 from rankjax.kernels import e4m3, fused_norm, short_attention
 from rankjax.models.layers import Dense, DenseParams, DotGeneralFactory, Embed, flat_tokens
 
@@ -684,6 +684,10 @@ def convert_state_dict(
         missing += [f"{hf}.{s}" for s in set(names.values()) - found]
     if missing:
         raise ValueError(f"{source}: missing BERT tensors {sorted(missing)[:6]}")
+    if config.pad_token_id:  # rankjax pads with id 0 (`data.tokenizer.swap_pad`)
+        table = params["word_embeddings"]["embedding"]
+        order = swap_pad(np.arange(len(table)), config.pad_token_id)
+        params["word_embeddings"]["embedding"] = table[order]
     return params
 
 
