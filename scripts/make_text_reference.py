@@ -1,4 +1,6 @@
-r"""Computes the reference sentence embeddings that `tests/text_test.py` compares with.
+r"""Computes the reference sentence embeddings that `tests/text_test.py` (all-MiniLM-L6-v2)
+and `tests/mpnet_test.py` (all-mpnet-base-v2, `--out=tests/data/mpnet_reference.json`)
+compare with.
 
 Run once where PyTorch and sentence-transformers are installed (not a rankjax dependency):
 
