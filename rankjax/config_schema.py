@@ -30,7 +30,7 @@ _SECTIONS: dict[str, tuple[set[str], set[str]]] = {
     ),
     "train": ({"num_steps", "batch_size", "log_every", "eval_every"}, set(feed.TRAIN_KEYS)),
     "ckpt": ({"every", "keep"}, {"best_metric", "best_mode", "use_best"}),
-    "mesh": ({"num_devices"}, {"model", "rules"}),
+    "mesh": ({"num_devices"}, {"model", "rules", "fsdp"}),
 }
 _DATA_COMMON = (
     {"source", "list_size"},
@@ -173,6 +173,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
 }
 # Keys that must be True or False (a string such as "false" is truthy in Python).
 _BOOLS = (
+    "mesh.fsdp",
     "ckpt.use_best",
     "model.pretrained",
     "model.layer_norm",

@@ -82,6 +82,7 @@ def init_state(
     rng: jax.Array,
     step_rng: jax.Array,
     *args: Any,
+    fsdp: bool = False,
 ) -> tuple[TrainState, Any]:
     """The first train state, initialised in place on `mesh` as `rules` lay it out.
 
@@ -89,6 +90,7 @@ def init_state(
       init_params: `(rng, *args) -> params`.
       tx: the optimizer (its state is laid out like the parameters it follows).
       mesh, rules: the mesh and `(regex, PartitionSpec)` rules (`sharding.tree_shardings`).
+      fsdp: also split every leaf over the `data` axis (`sharding.tree_shardings`).
       rng: initialises the parameters.
       step_rng: the state's `rng`, folded with the step number for every step's key.
       *args: passed to `init_params` as jit arguments (e.g. loaded weights), never baked
@@ -104,7 +106,7 @@ def init_state(
             step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params), rng=step_rng
         )
 
-    shardings = sharding.tree_shardings(jax.eval_shape(init, rng, *args), mesh, rules)
+    shardings = sharding.tree_shardings(jax.eval_shape(init, rng, *args), mesh, rules, fsdp)
     return jax.jit(init, out_shardings=shardings)(rng, *args), shardings
 
 
@@ -242,7 +244,20 @@ def _train(task, config: ml_collections.ConfigDict, workdir: str, lead: bool) ->
 
     rng = jax.random.PRNGKey(int(config.seed))
     rules = [tuple(r) for r in (config.get("mesh") or {}).get("rules", ())] + list(run.rules)
-    state, state_shardings = init_state(run.init, tx, mesh, rules, rng, run.rng, run.loaded)
+    fsdp = bool((config.get("mesh") or {}).get("fsdp", False))
+    state, state_shardings = init_state(
+        run.init, tx, mesh, rules, rng, run.rng, run.loaded, fsdp=fsdp
+    )
+    memory = {
+        "params_bytes_per_device": sharding.bytes_per_device(state.params),
+        "opt_state_bytes_per_device": sharding.bytes_per_device(state.opt_state),
+        "params_bytes": sum(x.nbytes for x in jax.tree_util.tree_leaves(state.params)),
+        "opt_state_bytes": sum(x.nbytes for x in jax.tree_util.tree_leaves(state.opt_state)),
+    }
+    logging.info(
+        "train state per device: parameters %.2f MB, optimizer %.2f MB (of %.2f and %.2f MB)",
+        *(memory[k] / 1e6 for k in memory),
+    )
     quantizer = quantization.from_config(config.get("quant"))
     if quantizer is not None:
         quantizer.check_selects(state.params)
@@ -368,6 +383,7 @@ def _train(task, config: ml_collections.ConfigDict, workdir: str, lead: bool) ->
         results["sparsity"] = sparsity.measured(params, sparsifier)
         logging.info("sparsity of the pruned kernels: %s", results["sparsity"])
     results.update(run.finish(params, params_from))
+    results["memory"] = memory  # parameter and optimizer bytes, per device and in all
     results["provenance"] = provenance.provenance()  # versions, device, git commit
     if lead:
         checkpoint.write_json(os.path.join(workdir, "results.json"), results)

@@ -712,6 +712,22 @@ def load_checkpoint(folder: str) -> tuple[BertConfig, dict[str, Any]]:
     return config, convert_state_dict(tensors, config, weights)
 
 
+# Megatron-style tensor parallelism over the `model` mesh axis: q, k, v and the first
+# feed-forward product split by output (heads, units), the attention output and the second
+# feed-forward product by input, so each layer's attention and feed-forward blocks need one
+# all-reduce each; the vocabulary's rows split too. Optimizer moments follow (the rules
+# match their paths as well). Used when `mesh.model > 1` (`rankjax.sharding`).
+TENSOR_PARALLEL_RULES = (
+    (r"layer_\d+/attention/(query|key|value)/kernel$", (None, "model")),
+    (r"layer_\d+/attention/(query|key|value)/bias$", ("model",)),
+    (r"layer_\d+/attention/output/kernel$", ("model", None)),
+    (r"layer_\d+/intermediate/kernel$", (None, "model")),
+    (r"layer_\d+/intermediate/bias$", ("model",)),
+    (r"layer_\d+/ffn_output/kernel$", ("model", None)),
+    (r"word_embeddings/embedding$", ("model", None)),
+)
+
+
 # ----------------------------------------------------------------------------- text rankers
 
 # Config keys shared by the text rankers (`cross_encoder`, `bi_encoder`) besides their own.

@@ -41,6 +41,7 @@ from rankjax.data import packing, tokens
 from rankjax.data.batches import ShardedTrainBatches, max_list_size
 from rankjax.data.dataset import concat
 from rankjax.evaluators import ranking, section
+from rankjax.models import bert
 from rankjax.types import Run, ScoreFn
 
 
@@ -199,6 +200,8 @@ class RankingTask:
             finish=final,
             rng=jax.random.PRNGKey(int(config.seed)),
             describe=describe,
+            # A `model` mesh axis splits the text encoder's heads and feed-forward units.
+            rules=bert.TENSOR_PARALLEL_RULES if mesh.shape.get(sharding.MODEL_AXIS, 1) > 1 else (),
         )
 
 

@@ -117,7 +117,7 @@ _KEYS = {
     # Optional: served quantized embedding tables (`embedding_bits`) and, with
     # `enabled=True`, int8/int4 towers by AQT (`compression.quantization.Quantizer` keys).
     "quant": (set(), {"enabled", *(f.name for f in dataclasses.fields(quantization.Quantizer))}),
-    "mesh": (set(), {"num_devices", "model", "rules"}),  # optional: default one device
+    "mesh": (set(), {"num_devices", "model", "rules", "fsdp"}),  # optional: default one device
 }
 OPTIONAL_SECTIONS = ("quant", "mesh")
 # Embedding tables (float, while training) are split by rows over the `model` axis.
