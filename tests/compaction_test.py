@@ -74,6 +74,28 @@ def test_compacted_cross_encoder_scores_like_the_masked_one():
     )
 
 
+def test_a_compacted_mpnet_keeps_each_layers_heads_of_the_relative_bias(tmp_path):
+    config = {"model_type": "mpnet", "vocab_size": 600, "pad_token_id": 1}
+    (tmp_path / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 40}))
+    model, params = _model_and_params(checkpoint=str(tmp_path))
+    bias = np.asarray(params["encoder"]["relative_attention_bias"]["embedding"])
+    # Heads must differ for a wrong column to show: a distinct bias per head.
+    params["encoder"]["relative_attention_bias"]["embedding"] = bias + np.arange(4) * 0.5
+    _prune(params, "encoder", "layer_0", heads=(1, 3))
+    _prune(params, "encoder", "layer_1", heads=(0,))
+    small, compacted = compaction.compact(model, params)
+    assert small.layer_sizes == ((2, 64), (3, 64))
+    enc = compacted["encoder"]
+    assert "relative_attention_bias" not in enc
+    full = params["encoder"]["relative_attention_bias"]["embedding"]
+    np.testing.assert_array_equal(enc["relative_attention_bias_0"]["embedding"], full[:, [0, 2]])
+    np.testing.assert_array_equal(enc["relative_attention_bias_1"]["embedding"], full[:, 1:])
+    x = _pairs(seed=1)
+    np.testing.assert_allclose(
+        _scores(small, compacted, x), _scores(model, params, x), rtol=1e-5, atol=1e-5
+    )
+
+
 def test_towers_pruned_apart_share_the_larger_size():
     model, params = _model_and_params("bi_encoder", shared=False)
     _prune(params, "query_encoder", "layer_0", heads=(0, 1, 2))

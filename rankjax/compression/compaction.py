@@ -118,8 +118,12 @@ def compact(model: nn.Module, params: Mapping[str, Any]) -> tuple[nn.Module, dic
     kept = plan(params, model.encoder_names(), width)
     for name, layers in kept.items():
         encoder = dict(params[name])
-        for layer, (heads, ffn) in zip(_layers(encoder), layers, strict=True):
+        shared = encoder.pop("relative_attention_bias", None)  # MPNet: [buckets, heads]
+        for i, (layer, (heads, ffn)) in enumerate(zip(_layers(encoder), layers, strict=True)):
             encoder[layer] = _cut_layer(encoder[layer], heads, ffn, width)
+            if shared is not None:  # each layer keeps its own heads' columns
+                table = np.asarray(shared["embedding"])[:, heads]
+                encoder[f"relative_attention_bias_{i}"] = {"embedding": table}
         params[name] = encoder
     sizes = tuple((len(h), len(f)) for h, f in next(iter(kept.values())))
     return model.clone(layer_sizes=sizes), params

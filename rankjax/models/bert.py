@@ -541,18 +541,20 @@ class Encoder(nn.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         if positions is None:
             positions = jnp.arange(input_ids.shape[-1])[None, :]
-        bias = None
+        buckets = None
         if c.mpnet:  # real tokens at pad_token_id + 1, + 2, ...; padding at pad_token_id
             positions = jnp.where(mask, positions + c.pad_token_id + 1, c.pad_token_id)
-            buckets = relative_position_buckets(
-                input_ids.shape[-1], c.relative_attention_num_buckets
+            buckets = jnp.asarray(
+                relative_position_buckets(input_ids.shape[-1], c.relative_attention_num_buckets)
             )
-            table = Embed(
-                c.relative_attention_num_buckets,
-                c.num_attention_heads,
-                name="relative_attention_bias",
-            )
-            bias = jnp.transpose(table(jnp.asarray(buckets)), (2, 0, 1))[None].astype(jnp.float32)
+
+        def relative_bias(name: str, heads: int) -> jax.Array | None:
+            # `[1, heads, T, T]`: MPNet's learned bias of each query-key offset's bucket.
+            if buckets is None:
+                return None
+            table = Embed(c.relative_attention_num_buckets, heads, name=name)
+            return jnp.transpose(table(buckets), (2, 0, 1))[None].astype(jnp.float32)
+
         embed = dict(features=c.hidden_size, bits=self.embedding_bits)
         x = Embed(c.vocab_size, name="word_embeddings", **embed)(input_ids) + Embed(
             c.max_position_embeddings, name="position_embeddings", **embed
@@ -566,6 +568,13 @@ class Encoder(nn.Module):
         sizes = tuple(self.layer_sizes) or ((None, None),) * depth
         if len(sizes) != depth:
             raise ValueError(f"layer_sizes has {len(sizes)} entries for {depth} layers")
+        # One bias table for every layer; layers narrowed by compaction keep their heads'
+        # columns of it as their own (`compression.compaction`).
+        shared = (
+            None
+            if self.layer_sizes
+            else relative_bias("relative_attention_bias", c.num_attention_heads)
+        )
         for i in range(depth):
             # Served in fp8, each layer's last LayerNorm also writes the next layer's
             # q, k, v input in e4m3.
@@ -577,6 +586,9 @@ class Encoder(nn.Module):
             layer = Layer(
                 c, self.dtype, seam, self.attention, self.norm, heads, ffn, name=f"layer_{i}"
             )
+            bias = shared
+            if self.layer_sizes:
+                bias = relative_bias(f"relative_attention_bias_{i}", heads or c.num_attention_heads)
             x, x_e4m3 = layer(x, mask, train, x_e4m3, next_scale, segments, bias)
         return x
 
