@@ -727,8 +727,9 @@ def load_checkpoint(folder: str) -> tuple[BertConfig, dict[str, Any]]:
 # Megatron-style tensor parallelism over the `model` mesh axis: q, k, v and the first
 # feed-forward product split by output (heads, units), the attention output and the second
 # feed-forward product by input, so each layer's attention and feed-forward blocks need one
-# all-reduce each; the vocabulary's rows split too. Optimizer moments follow (the rules
-# match their paths as well). Used when `mesh.model > 1` (`rankjax.sharding`).
+# all-reduce each. The embedding tables split by columns (hidden units): vocabularies such
+# as BERT's 30,522 rows rarely divide the axis, hidden sizes do. Optimizer moments follow
+# (the rules match their paths as well). Used when `mesh.model > 1` (`rankjax.sharding`).
 TENSOR_PARALLEL_RULES = (
     (r"layer_\d+/attention/(query|key|value)/kernel$", (None, "model")),
     (r"layer_\d+/attention/(query|key|value)/bias$", ("model",)),
@@ -736,7 +737,7 @@ TENSOR_PARALLEL_RULES = (
     (r"layer_\d+/intermediate/kernel$", (None, "model")),
     (r"layer_\d+/intermediate/bias$", ("model",)),
     (r"layer_\d+/ffn_output/kernel$", ("model", None)),
-    (r"word_embeddings/embedding$", ("model", None)),
+    (r"(word|position)_embeddings/embedding$", (None, "model")),
 )
 
 
