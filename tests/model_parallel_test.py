@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from configs_test import NEEDS_SHARED
+from configs_test import skip_without_shared
 from helpers import ROOT
 
 from rankjax import sharding
@@ -45,10 +45,7 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    if "homedepot_cross_encoder" in NEEDS_SHARED and not os.path.isdir(
-        os.path.join(os.environ.get("RANKJAX_SHARED", os.path.join(ROOT, "..", "shared")), "data")
-    ):
-        pytest.skip("needs ../shared (Home Depot data)")
+    skip_without_shared("homedepot_cross_encoder")  # Home Depot data in ../shared
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
