@@ -32,6 +32,9 @@ setuptools.setup(
         "ml-collections>=1.0.0",
         "numpy>=1.26.4",
         "optax>=0.2.4",
+        # The second quantization backend (quant.backend="qwix"); 0.1.8 is the first
+        # tested, and rankjax reads three of its internal names (compression/qwix_backend).
+        "qwix>=0.1.8",
         "orbax-checkpoint>=0.11.17",  # the first to import with jax 0.7
         "rax>=0.4.0",
         "tensorboardX>=2.6",

@@ -203,6 +203,8 @@ def train() -> list[dict]:
         "bf16 float": None,
         "bf16 int8 QAT (AQT)": quantization.Quantizer(),
         "bf16 fp8 QAT (AQT e4m3)": quantization.Quantizer(fp8=True),
+        "bf16 int8 QAT (Qwix)": quantization.Quantizer(backend="qwix"),
+        "bf16 fp8 QAT (Qwix e4m3)": quantization.Quantizer(backend="qwix", fp8=True),
     }
     rows = []
     for name, q in variants.items():

@@ -57,6 +57,18 @@ SERVED = {
         ("w8", "int8 weight-only (AQT)"),
     ]
 }
+# The same post-training quantization through Qwix (per-row dynamic activation ranges).
+SERVED.update(
+    {
+        f"{label} served": quantization.Quantizer(
+            backend="qwix", mode="ptq", exclude="^score$", **settings
+        )
+        for settings, label in [
+            (dict(fp8=True, serving="fp8"), "fp8 (Qwix, dynamic scales)"),
+            (dict(serving="int8"), "int8 (Qwix w8a8)"),
+        ]
+    }
+)
 
 
 def cross_encoder_model(shape: dict[str, int] | None = None, **attributes) -> Any:
@@ -141,7 +153,8 @@ def scoring_variants(
         q = SERVED[name]
 
         def build(phase, q=q):
-            return cross_encoder_model(shape, dtype="bfloat16", **q.model_seam(phase))
+            make = functools.partial(cross_encoder_model, shape, dtype="bfloat16")
+            return quantization.build(make, q, phase)
 
         variables = serve.convert(
             build,
@@ -355,8 +368,8 @@ def train_step_rate(
 ) -> float:
     """Pairs/s of fine-tuning the bf16 cross-encoder (MSE on graded labels, AdamW), in float
     or with `quantizer`'s training seam (QAT), over `num_devices` devices."""
-    seam = quantizer.model_seam("train") if quantizer else {}
-    model = cross_encoder_model(shape, dtype="bfloat16", **seam)
+    make = functools.partial(cross_encoder_model, shape, dtype="bfloat16")
+    model = quantization.build(make, quantizer, "train")
     tokens = pair_tokens(batch, length, 3)
     labels = np.random.default_rng(4).uniform(0, 2, size=(batch, 1)).astype(np.float32)
     where = np.ones((batch, 1), bool)

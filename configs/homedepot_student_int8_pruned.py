@@ -18,7 +18,8 @@ the faster of fp8 and bf16 on Hopper GPUs, timed at conversion), fp8 e4m3 with s
 scales after float training, or float (the compacted model in the training dtype). Heads
 and units are scored by magnitude and pruned gradually over the first third of training;
 the scoring head stays float, the embedding tables are served row-wise int4 when
-quantized. docs/results.md has measured figures.
+quantized. `backend=aqt|qwix` picks the quantization library (Qwix's fp8 takes per-row
+dynamic activation ranges). docs/results.md has measured figures.
 """
 
 import ml_collections
@@ -28,8 +29,8 @@ from rankjax.compression import quantization, sparsity
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    mine, base_arg = config_args.split_arg(arg, {"prune", "quant"})
-    own = config_args.parse_arg(mine, prune=0.5, quant="int8")
+    mine, base_arg = config_args.split_arg(arg, {"prune", "quant", "backend"})
+    own = config_args.parse_arg(mine, prune=0.5, quant="int8", backend="aqt")
     c = config_args.base_config(__file__, "homedepot_distill", base_arg)
     if c.model.name != "cross_encoder":
         raise ValueError("the pruned student is a cross-encoder (student=layers3|narrow)")
@@ -44,8 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         update_every=max(1, steps // 12),
     )
     forms = {
-        "int8": dict(weight_bits=8, activation_bits=8),
-        "fp8": quantization.PTQ_CHOICES["fp8"],
+        "int8": dict(weight_bits=8, activation_bits=8, backend=own.backend),
+        "fp8": quantization.ptq_choice("fp8", own.backend),
     }
     if own.quant in forms:
         c.quant = quantization.config_section(**forms[own.quant], exclude="score", embedding_bits=4)

@@ -10,6 +10,7 @@ so it takes features as the data files hold them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -171,6 +172,7 @@ def _load_served(workdir: str, config, transform: FeatureTransform) -> Ranker:
     if quantizer is not None:  # rebuilt in the form it was converted to
         quantizer = forms.quantizer_for(quantizer, forms.recorded(workdir, quantizer))
     variables = serve.load(workdir, sparsity.from_config(config.get("sparsity")))
-    seam = {} if quantizer is None else quantizer.model_seam("serve")
-    model, variables = serve.served_module(models.get(config.model, **seam), variables)
+    make = functools.partial(models.get, config.model)
+    model = quantization.build(make, quantizer, "serve")
+    model, variables = serve.served_module(model, variables)
     return Ranker(model, variables, transform, config)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import CONFIG_DIR, load_config
 
-from rankjax import trainer
+from rankjax import checkpoint, trainer
 from rankjax.data import shared_dir
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "[!_]*.py")))
@@ -159,3 +159,20 @@ def test_text_rankers_table_measures_packed_and_padded_serving(teacher, tmp_path
     assert 0.5 < packed["real_token_share"] <= 1 and 0.5 < padded["real_token_share"] <= 1
     assert packed["products_per_sec"] > 0 and packed["ndcg@5"] == padded["ndcg@5"]
     assert (tmp_path / "pareto.png").stat().st_size > 0
+
+
+def test_the_pruned_student_trains_and_serves_through_qwix(teacher, tmp_path):
+    arg = f"runlocal,teacher={teacher},backend=qwix"
+    config = load_config("homedepot_student_int8_pruned", arg)
+    assert config.quant.backend == "qwix"
+    results = trainer.train_and_evaluate(config, str(tmp_path))
+    assert all(v == v for v in results["test_served"].values())
+    with open(os.path.join(tmp_path, "compression.json")) as f:
+        report = json.load(f)
+    assert report["served_flops_per_item"] < 0.6 * report["dense_flops_per_item"]
+    # The compacted layers' kernels are stored as Qwix's int8 values and scales.
+    saved = checkpoint.load_tree(os.path.join(tmp_path, "served"))
+    query = saved["params"]["encoder"]["layer_0"]["attention"]["query"]["kernel"]
+    assert str(query["qvalue"].dtype) == "int8" and set(query) == {"qvalue", "scale"}
+    hidden, kept = query["qvalue"].shape
+    assert kept == hidden // 2  # half the heads cut out

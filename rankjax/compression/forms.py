@@ -12,6 +12,10 @@ the backend and on the model's widths (docs/performance.md):
   row-quantized when `embedding_bits` says so).
 * `"aqt"`: AQT's layers in the format the model was trained with (e4m3 for fp8 QAT).
 
+Under `quant.backend="qwix"` the int8 and fp8 forms are Qwix's products (integer or e4m3
+weights per output channel, activations quantized per row at each call) and there is no
+`"aqt"` form.
+
 `quant.serving="auto"` (the default) serves the fastest form the device offers: int8 on
 CPU and TPU, bf16 on GPUs without fp8, and on fp8 GPUs whichever of fp8 and bf16 scores the
 model's own evaluation batches faster, measured at conversion (fp8 wins at MiniLM width,
@@ -70,6 +74,10 @@ def candidates(quantizer: Quantizer) -> tuple[str, ...]:
 def quantizer_for(quantizer: Quantizer, form: str) -> Quantizer:
     """The quantizer that converts to and serves `form` (trained weights unchanged: the
     conversion of a QAT model to another format is post-training quantization)."""
+    if form not in FORMS:
+        raise ValueError(f"served form {form!r}; valid: {list(FORMS)}")
+    if quantizer.backend == "qwix":
+        return _qwix_quantizer_for(quantizer, form)
     if form == "aqt":
         return dataclasses.replace(quantizer, serving="aqt")
     if form == "int8":
@@ -83,9 +91,22 @@ def quantizer_for(quantizer: Quantizer, form: str) -> Quantizer:
             activation_bits=8,
             calibration="static",
         )
-    if form == "bf16":  # no layer quantized; embedding tables as configured
-        return dataclasses.replace(quantizer, serving="aqt", exclude=".*")
-    raise ValueError(f"served form {form!r}; valid: {list(FORMS)}")
+    # bf16: no layer quantized; embedding tables as configured
+    return dataclasses.replace(quantizer, serving="aqt", exclude=".*")
+
+
+def _qwix_quantizer_for(quantizer: Quantizer, form: str) -> Quantizer:
+    """Qwix's forms: its integer or e4m3 products with per-row dynamic activation ranges
+    (no calibration pass), or none (bf16)."""
+    if form == "int8":
+        return dataclasses.replace(quantizer, serving="int8", fp8=False)
+    if form == "fp8":
+        return dataclasses.replace(
+            quantizer, serving="fp8", fp8=True, weight_bits=8, activation_bits=8
+        )
+    if form == "bf16":
+        return dataclasses.replace(quantizer, serving="bf16", exclude=".*")
+    raise ValueError("served form 'aqt' is AQT's layers; quant.backend='qwix' has int8, fp8, bf16")
 
 
 def quantizes_layers(form: str) -> bool:

@@ -15,8 +15,9 @@ on a few training batches after training and freezes them with the weights.
 
 The interface the rest of rankjax sees is small: `from_config(cfg)` -> `Quantizer` or None,
 `Quantizer.dot_general_factory(phase)` for the model seam, `Quantizer.calibrate(...)`,
-`Quantizer.convert(...)` and `array_bytes(...)`. Another backend (e.g. Qwix) would
-implement the same.
+`Quantizer.convert(...)` and `array_bytes(...)`. `quant.backend="qwix"` routes the same
+interface through Qwix (`compression.qwix_backend`), which also quantizes plain Flax
+modules (`Quantizer.wrap`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from aqt.jax.v2 import aqt_dot_general
@@ -39,6 +41,7 @@ from rankjax import config_args
 from rankjax.compression import embeddings, fp8
 
 MODES = ("qat", "ptq")
+BACKENDS = ("aqt", "qwix")
 PHASES = ("train", "calibrate", "convert", "serve")
 CALIBRATIONS = ("dynamic", "static")
 SERVINGS = ("auto", "int8", "fp8", "bf16", "aqt")  # see compression.forms
@@ -65,6 +68,11 @@ class Quantizer:
     """Quantization settings and the factories that apply them.
 
     Attributes:
+      backend: `"aqt"` (AQT, `aqt.jax.v2`, through `models.layers.Dense`'s seam) or
+        `"qwix"` (Qwix, intercepting the products of any Flax module:
+        `compression.qwix_backend`). Qwix takes dynamic activation ranges only and
+        serves the forms `int8`, `fp8` (e4m3 weights and activations, per-row ranges)
+        and `bf16`.
       mode: `"qat"` or `"ptq"`.
       weight_bits: 8 or 4 (integers, symmetric, one scale per output channel).
       activation_bits: 8 or 4, or 0 to leave activations in float (weight-only).
@@ -92,6 +100,7 @@ class Quantizer:
         that build served layers take a quantizer of one form (`forms.quantizer_for`).
     """
 
+    backend: str = "aqt"
     mode: str = "qat"
     weight_bits: int = 8
     activation_bits: int = 8
@@ -105,6 +114,8 @@ class Quantizer:
     serving: str = "auto"
 
     def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"quant.backend={self.backend!r}; valid: {list(BACKENDS)}")
         if self.mode not in MODES:
             raise ValueError(f"quant.mode={self.mode!r}; valid: {list(MODES)}")
         for key in ("weight_bits", "activation_bits", "backward_bits"):
@@ -122,6 +133,17 @@ class Quantizer:
             raise ValueError(f"quant.serving={self.serving!r}; valid: {list(SERVINGS)}")
         if self.calibration_batches < 1:
             raise ValueError(f"quant.calibration_batches={self.calibration_batches}; need >= 1")
+        if self.backend == "qwix":
+            if self.calibration == "static":
+                raise ValueError(
+                    "quant.calibration='static' is AQT's; quant.backend='qwix' computes "
+                    "activation ranges per call ('dynamic')"
+                )
+            if self.serving == "aqt":
+                raise ValueError(
+                    "quant.serving='aqt' serves AQT's layers; with quant.backend='qwix' "
+                    "choose 'auto', 'int8', 'fp8' or 'bf16'"
+                )
         for key in ("layers", "exclude"):
             try:
                 re.compile(getattr(self, key))
@@ -188,6 +210,10 @@ class Quantizer:
         """
         if phase not in PHASES:
             raise ValueError(f"phase={phase!r}; valid: {list(PHASES)}")
+        if self.backend == "qwix":  # Qwix wraps the module instead (`wrap`)
+            from rankjax.compression import qwix_backend
+
+            return qwix_backend.seam
         if phase == "train" and self.mode == "ptq":
             return lambda path: None
         if self.serving == "fp8" and phase != "train":
@@ -222,6 +248,29 @@ class Quantizer:
         if phase == "serve" and self.embedding_bits:
             seam["embedding_bits"] = self.embedding_bits
         return seam
+
+    def wrap(self, module: nn.Module, phase: str) -> nn.Module:
+        """`module` quantized for `phase`, once built with `model_seam(phase)`.
+
+        Under Qwix this applies the quantization to `module`, which may be any Flax
+        module (e.g. a plain `flax.linen.Dense`). AQT quantizes through the seam the
+        module was built with, so `module` comes back unchanged; one built without a
+        seam is an error rather than a silently float model.
+
+        Raises:
+          ValueError: AQT and a module that has no `dot_general_cls` seam.
+        """
+        if self.backend == "qwix":
+            from rankjax.compression import qwix_backend
+
+            return qwix_backend.wrap(self, module, phase)
+        if not hasattr(module, "dot_general_cls"):
+            raise ValueError(
+                f"{type(module).__name__} has no dot_general_cls seam: AQT quantizes only "
+                "models built on rankjax.models.layers.Dense; quant.backend='qwix' "
+                "quantizes any Flax module"
+            )
+        return module
 
     def calibrate(self, calibrate_model, params: Any, batches) -> dict[str, Any]:
         """Collects static activation ranges over `batches` (no training).
@@ -271,6 +320,10 @@ class Quantizer:
           "aqt": {layer: {"qrhs": {"value": int8 [in, out], "scale": float}}}}`, plus the
           calibration statistics under static calibration.
         """
+        if self.backend == "qwix":
+            from rankjax.compression import qwix_backend
+
+            return qwix_backend.convert(convert_model, params, sample)
         if self.static and calibration is None:
             raise ValueError(
                 "quant.calibration='static': convert needs the ranges from calibrate(); "
@@ -325,14 +378,26 @@ def kernel_path(served_path: str) -> str | None:
     """The float kernel a leaf of a served tree stands for, or None.
 
     `params/Dense_0/kernel` -> `Dense_0/kernel`;
-    `aqt/Dense_0/quant_dot_general/qrhs/value` -> `Dense_0/kernel`.
+    `aqt/Dense_0/quant_dot_general/qrhs/value` -> `Dense_0/kernel`;
+    `params/Dense_0/kernel/qvalue` (Qwix) -> `Dense_0/kernel`.
     """
+    if served_path.startswith("params/") and served_path.endswith("/kernel/qvalue"):
+        return served_path[len("params/") : -len("/qvalue")]
     if served_path.startswith("params/") and served_path.endswith("/kernel"):
         return served_path[len("params/") :]
     prefix, suffix = f"{FROZEN_COLLECTION}/", f"/{_DG_NAME}/qrhs/value"
     if served_path.startswith(prefix) and served_path.endswith(suffix):
         return served_path[len(prefix) : -len(suffix)] + "/kernel"
     return None
+
+
+def build(make: Callable[..., nn.Module], quantizer: Quantizer | None, phase: str) -> nn.Module:
+    """The model for `phase`: `make(**seam keyword arguments)`, quantized as `quantizer`
+    says (float without one). `make` takes the seam's keyword arguments, e.g.
+    `functools.partial(models.get, config.model)`."""
+    if quantizer is None:
+        return make()
+    return quantizer.wrap(make(**quantizer.model_seam(phase)), phase)
 
 
 def config_section(**overrides) -> dict[str, Any]:
@@ -358,6 +423,17 @@ PTQ_CHOICES = {
     "int8": dict(mode="ptq", serving="int8"),
     "w8": dict(mode="ptq", activation_bits=0, serving="int8"),
 }
+
+
+def ptq_choice(key: str, backend: str = "aqt") -> dict[str, Any]:
+    """`PTQ_CHOICES[key]` for `backend`: Qwix takes the same settings with dynamic
+    activation ranges (it has no calibration pass)."""
+    if key not in PTQ_CHOICES:
+        raise ValueError(f"post-training quantization {key!r}; valid: {sorted(PTQ_CHOICES)}")
+    settings = {**PTQ_CHOICES[key], "backend": backend}
+    if backend == "qwix":
+        settings["calibration"] = "dynamic"
+    return settings
 
 
 def retrieval_section(towers: str = "", embedding_bits: int = 0) -> dict[str, Any] | None:

@@ -34,8 +34,8 @@ def build(params: Any, served: Mapping[str, Any] | None = None) -> dict[str, Any
 
     Args:
       params: trained float parameters.
-      served: the converted tree (`{"params": ..., "aqt": ...}`) or None when the model is
-        served in float.
+      served: the converted tree (`{"params": ..., "aqt": ...}`, or Qwix's kernels as
+        `params/<layer>/kernel/{qvalue, scale}`) or None when the model is served in float.
 
     Returns:
       `{"layers": [...], "float_bytes", "serving_bytes", "serving_ratio", "params",
@@ -58,7 +58,11 @@ def build(params: Any, served: Mapping[str, Any] | None = None) -> dict[str, Any
             for p, v in stored.items()
             if p.startswith((f"params/{layer}/kernel", f"{FROZEN_COLLECTION}/{layer}/"))
         }
-        values = [v for p, v in weights.items() if p.endswith(("/value", "/nm_values", "kernel"))]
+        values = [
+            v
+            for p, v in weights.items()
+            if p.endswith(("/value", "/qvalue", "/nm_values", "kernel"))
+        ]
         dtype = np.dtype(values[0].dtype) if values else np.dtype(np.float32)
         packed = any(p.endswith("/nm_values") for p in weights)  # unpacked to multiply
         served_size = np.size(values[0]) if values and not packed else k.size

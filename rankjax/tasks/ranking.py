@@ -84,7 +84,7 @@ class RankingTask:
             )
         text_cfg = config.data.get("text") or {}
         quantizer = quantization.from_config(config.get("quant"))
-        model = models.get(config.model, **_seam(quantizer, "train"))
+        model = _build(config, quantizer, "train")
         # Token axes are cut to each batch's longest sequence, or a cross-encoder's pairs
         # packed into rows (`data.text.pack_length`), one group per data-parallel device;
         # with several processes every one would need the same shapes, so they keep the
@@ -264,9 +264,9 @@ def _overlay(params, loaded, distiller):
     return models.overlay(params, loaded)
 
 
-def _seam(quantizer: quantization.Quantizer | None, phase: str) -> dict[str, Any]:
-    """Model keyword arguments for the quantization seam in `phase` (none without quant)."""
-    return {} if quantizer is None else quantizer.model_seam(phase)
+def _build(config, quantizer: quantization.Quantizer | None, phase: str):
+    """`config.model` quantized for `phase` (float without a quantizer)."""
+    return quantization.build(functools.partial(models.get, config.model), quantizer, phase)
 
 
 def _serve(config, quantizer, sparsifier, params, train_batches, evaluator, workdir):
@@ -351,7 +351,7 @@ def _convert(config, quantizer, form, *, sparsifier, params, train_batches, eval
         params = serving.cast_params({"params": jax.device_get(params)})["params"]
 
     def build(phase):
-        return models.get(config.model, **_seam(quantizer, phase))
+        return _build(config, quantizer, phase)
 
     serve_model, calibrate_model = build("serve"), build("calibrate")
     sample = models.sample_inputs(serve_model, evaluator.batches[0])

@@ -184,7 +184,13 @@ def quantizer_of(config: ml_collections.ConfigDict) -> quantization.Quantizer | 
         if extra:
             raise ValueError(f"config quant.{extra[0]} is set but quant.enabled is not true")
         return None
-    return quantization.from_config(qcfg)
+    quantizer = quantization.from_config(qcfg)
+    if quantizer.backend != "aqt":
+        raise ValueError(
+            f"quant.backend={quantizer.backend!r}: retrieval and recommendation models are "
+            "quantized through AQT (quant.backend='aqt'); Qwix serves the ranking task"
+        )
+    return quantizer
 
 
 def served(
