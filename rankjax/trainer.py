@@ -286,8 +286,11 @@ def _train(task, config: ml_collections.ConfigDict, workdir: str, lead: bool) ->
     t_last, steps_since = time.perf_counter(), 0
     steps_bar = progress.bar(num_steps, int(state.step), lead)
     first = int(state.step)
-    host_batches = feed.batches_from(
-        run.batches,
+    # Batches are built and placed on the devices by the pipeline's threads (with
+    # threads), so the loop below only dispatches steps: copying a batch to the devices
+    # costs the host about as much as building it.
+    batches_ahead = feed.batches_from(
+        lambda step: _place(run.batches(step), mesh, batch_size, run.global_batches),
         first,
         num_steps,
         threads=int(tcfg.get("input_threads", feed.DEFAULT_THREADS)),
@@ -295,8 +298,7 @@ def _train(task, config: ml_collections.ConfigDict, workdir: str, lead: bool) ->
     )
     try:
         with preemption.SigtermFlag() as sigterm:
-            for step, host_batch in zip(range(first, num_steps), host_batches, strict=True):
-                batch = _place(host_batch, mesh, batch_size, run.global_batches)
+            for step, batch in zip(range(first, num_steps), batches_ahead, strict=True):
                 state, m = train_step(state, batch)
                 if one_in_flight:
                     jax.block_until_ready(m)
@@ -352,7 +354,7 @@ def _train(task, config: ml_collections.ConfigDict, workdir: str, lead: bool) ->
         raise TrainingDiverged(f"{e}; stopping: {kept}") from None
     finally:
         steps_bar.close()
-        close = getattr(host_batches, "close", None)
+        close = getattr(batches_ahead, "close", None)
         if close is not None:  # stops the input threads of a run that ends early
             close()
         ckpt.wait()

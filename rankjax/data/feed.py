@@ -1,5 +1,7 @@
 """Training batches built ahead of the step that needs them, by the threads of a `grain`
 pipeline (the JAX ecosystem's input library), so the accelerator does not wait on the host.
+The trainer's `batches(step)` also places each batch on the devices, so the copy to the
+accelerator happens in those threads too and the training loop only dispatches steps.
 
 A task's `batches(step)` is a pure function of the step: each epoch's order is a
 permutation seeded by the run's seed and the epoch, and each batch is that order's slice
