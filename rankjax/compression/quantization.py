@@ -318,7 +318,8 @@ class Quantizer:
         Returns:
           `{"params": float parameters without the kernels of quantized layers,
           "aqt": {layer: {"qrhs": {"value": int8 [in, out], "scale": float}}}}`, plus the
-          calibration statistics under static calibration.
+          calibration statistics under static calibration. Under Qwix: `{"params": ...}`
+          with each quantized kernel as `{"qvalue", "scale"}`.
         """
         if self.backend == "qwix":
             from rankjax.compression import qwix_backend

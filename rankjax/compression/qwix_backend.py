@@ -79,7 +79,7 @@ def rules(q: Quantizer, training: bool) -> list[qwix.QuantizationRule]:
     weights, activations, grads = _qtypes(q)
     out: list[qwix.QuantizationRule] = []
     if q.exclude:
-        out.append(qwix.QtRule(module_path=f".*(?:{q.exclude}).*"))
+        out.append(qwix.QuantizationRule(module_path=f".*(?:{q.exclude}).*"))
     kwargs: dict[str, Any] = dict(
         module_path=f".*(?:{q.layers}).*", weight_qtype=weights, act_qtype=activations
     )
