@@ -70,6 +70,21 @@ def _qtypes(q: Quantizer) -> tuple[Any, Any, Any]:
     return weights, activations, grads
 
 
+def _calibration(qtype: Any) -> str:
+    """Qwix's calibration method for `qtype`: the absolute maximum, widened for integers
+    so that it maps to 127 (7 for int4), as AQT's does.
+
+    Qwix maps it to 127.5 (7.5) and leaves the rounded 128 (8) to the float-to-integer
+    conversion to saturate, which XLA does not promise: the same quantized model on one
+    and on eight CPU devices gave different scores. Widening by 127.5 / 127 keeps every
+    value within [-127, 127]; floats (e4m3) are clipped by Qwix itself.
+    """
+    if qtype is None or jnp.issubdtype(qtype, jnp.floating):
+        return "absmax"
+    top = int(jnp.iinfo(qtype).max)
+    return f"absmax,{(top + 0.5) / top!r}"
+
+
 def rules(q: Quantizer, training: bool) -> list[qwix.QuantizationRule]:
     """Qwix rules for `q`: excluded paths first (float), then the selected ones.
 
@@ -81,7 +96,11 @@ def rules(q: Quantizer, training: bool) -> list[qwix.QuantizationRule]:
     if q.exclude:
         out.append(qwix.QuantizationRule(module_path=f".*(?:{q.exclude}).*"))
     kwargs: dict[str, Any] = dict(
-        module_path=f".*(?:{q.layers}).*", weight_qtype=weights, act_qtype=activations
+        module_path=f".*(?:{q.layers}).*",
+        weight_qtype=weights,
+        act_qtype=activations,
+        weight_calibration_method=_calibration(weights),
+        act_calibration_method=_calibration(activations),
     )
     if training:
         out.append(qwix.QtRule(bwd_qtype=grads, **kwargs))
