@@ -117,8 +117,8 @@ def _has_weight(*operands: Any) -> bool:
     return any(isinstance(o, WithAux) or find_param(o) is not None for o in operands)
 
 
-class _Training(qwix.QtProvider):
-    """Qwix's quantized training, restricted to products with a learned weight."""
+class _WeightProducts:
+    """Provider methods that pass products without a learned weight to JAX unquantized."""
 
     def dot_general(self, lhs, rhs, *args, **kwargs):
         if not _has_weight(lhs, rhs):
@@ -131,7 +131,11 @@ class _Training(qwix.QtProvider):
         return super().einsum(subscripts, *operands, **kwargs)
 
 
-class _Serving(qwix.PtqProvider):
+class _Training(_WeightProducts, qwix.QtProvider):
+    """Qwix's quantized training, restricted to products with a learned weight."""
+
+
+class _Serving(_WeightProducts, qwix.PtqProvider):
     """Qwix's PTQ, restricted to products with a learned weight, reading stored kernels.
 
     A kernel stored as `{qvalue, scale}` (the served tree) is handed to the layer as the
@@ -146,18 +150,8 @@ class _Serving(qwix.PtqProvider):
             return WithAux(array, HowToQuantize(qtype=array.qtype))
         return super().nn_param(module, name, *args, **kwargs)
 
-    def dot_general(self, lhs, rhs, *args, **kwargs):
-        if not _has_weight(rhs):
-            return jax.lax.dot_general(lhs, rhs, *args, **kwargs)
-        return super().dot_general(lhs, rhs, *args, **kwargs)
-
-    def einsum(self, subscripts, *operands, **kwargs):
-        if not _has_weight(*operands):
-            return jnp.einsum(subscripts, *operands, **kwargs)
-        return super().einsum(subscripts, *operands, **kwargs)
-
     def dot(self, a, b, *args, **kwargs):
-        if not _has_weight(b):
+        if not _has_weight(a, b):
             return jnp.dot(a, b, *args, **kwargs)
         return super().dot(a, b, *args, **kwargs)
 
