@@ -157,9 +157,16 @@ class _StepMetrics:
 
     def sync(self) -> None:
         """Fetches pending metrics; raises `TrainingDiverged` naming the first bad step."""
-        fetched = jax.device_get(self.pending)
+        if not self.pending:
+            return
+        steps = [step for step, _ in self.pending]
+        names = list(self.pending[0][1])
+        # One stacked copy per metric: fetching every step's scalars one by one costs the
+        # host more than the steps of a small model.
+        stacked = jax.device_get({k: jnp.stack([m[k] for _, m in self.pending]) for k in names})
         self.pending = []
-        for step, m in fetched:
+        for i, step in enumerate(steps):
+            m = {k: stacked[k][i] for k in names}
             for name in ("loss", "grad_norm", "param_norm"):
                 if not np.isfinite(m[name]):
                     raise TrainingDiverged(f"training {name} is {m[name]} at step {step}")

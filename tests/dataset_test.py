@@ -148,6 +148,39 @@ def test_train_batches_are_a_function_of_step():
     assert len(firsts) == 9
 
 
+def test_training_batches_equal_padding_the_selected_lists():
+    # TrainBatches builds its batches on a grid of the chosen lists' slots; it must equal
+    # the reference path, `pad_lists(dataset.select(lists), ...)` with the same keys:
+    # truncation, empty lists, padding wider than the longest list, multi-column extras.
+    from rankjax.data.batches import _padded_shuffled
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        sizes = rng.integers(0 if trial % 3 else 1, 15, size=rng.integers(1, 12))
+        sizes[0] = max(sizes[0], 1)
+        n = int(sizes.sum())
+        d = from_groups(
+            rng.normal(size=(n, 3)).astype(np.float32),
+            rng.integers(0, 4, n).astype(np.float32),
+            list(sizes),
+            extras={
+                "tokens": rng.integers(0, 100, size=(n, 5)).astype(np.int32),
+                "oracle": rng.normal(size=n).astype(np.float32),
+                "names": np.array([f"p{i}" for i in range(n)], dtype=object),  # not padded
+            },
+        )
+        lists = rng.permutation(len(sizes))[: rng.integers(1, len(sizes) + 1)]
+        chosen = d.list_sizes[lists]
+        keys = rng.random(int(chosen.sum()))
+        list_size = int(rng.integers(1, 20))
+        want = pad_lists(d.select(lists), list_size, item_keys=keys)
+        got = _padded_shuffled(d, lists, chosen, keys, list_size)
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k].dtype == want[k].dtype, k
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
 def test_train_batches_need_enough_lists():
     with pytest.raises(ValueError, match="batch_size"):
         TrainBatches(dataset(), 8, 4, seed=0)

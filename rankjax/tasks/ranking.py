@@ -137,6 +137,13 @@ class RankingTask:
             f"{shards if num_shards > 1 else ''} | {splits.train.num_features} features"
         )
 
+        # The keys the training step reads: the rest (oracle grades, ids, baseline inputs)
+        # would only be copied to the devices.
+        step_keys = frozenset(
+            {"labels", "where", *models.input_keys(model), *getattr(model, "packed_inputs", ())}
+            | ({"teacher"} if distiller is not None else set())
+        )
+
         # Initial weights: pretrained or teacher weights where the config asks for them.
         sample = models.sample_inputs(model, train_batches(0))
 
@@ -195,7 +202,7 @@ class RankingTask:
             init=init,
             loaded=_initial_weights(model, distiller, teacher_params),
             loss=loss,
-            batches=lambda step: prepare(train_batches(step)),
+            batches=lambda step: _only(prepare(train_batches(step)), step_keys),
             evaluate=lambda params, split: evaluators[main, split].run(model_scores(params)),
             finish=final,
             rng=jax.random.PRNGKey(int(config.seed)),
@@ -262,6 +269,10 @@ def _overlay(params, loaded, distiller):
             params, loaded, distiller.init_layers, distiller.init_embeddings
         )[0]
     return models.overlay(params, loaded)
+
+
+def _only(batch: dict[str, Any], keys: frozenset[str]) -> dict[str, Any]:
+    return {k: v for k, v in batch.items() if k in keys}
 
 
 def _build(config, quantizer: quantization.Quantizer | None, phase: str):
