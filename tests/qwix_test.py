@@ -255,18 +255,31 @@ def test_text_encoder_quantizes_q_k_v_and_keeps_attention_float():
     assert not np.allclose(make().apply({"params": params}, tokens, where), qat, atol=1e-6)
 
 
-def test_qwix_qat_on_eight_devices_matches_one(tmp_path):
-    # Data parallelism over 8 devices computes what one device does. (With Qwix's own
-    # int8 bound, 127.5, each row's largest value rounded to 128 and its conversion to
-    # int8 came out differently in the two programs.)
-    losses, results = {}, {}
-    for n in (1, 8):
-        config = load_config("synthetic_listwise_int8", "runlocal,steps=3")
-        config.quant.backend, config.quant.serving, config.mesh.num_devices = "qwix", "int8", n
-        results[n] = trainer.train_and_evaluate(config, str(tmp_path / f"d{n}"))
-        with open(tmp_path / f"d{n}" / "metrics.jsonl") as f:
-            losses[n] = [r["loss"] for r in map(json.loads, f) if r["split"] == "train"]
-        assert results[n]["test_served"] == pytest.approx(results[n]["test"], rel=1e-6)
-    np.testing.assert_allclose(losses[8], losses[1], rtol=1e-4)
-    for name, value in results[1]["test_served"].items():
-        assert results[8]["test_served"][name] == pytest.approx(value, rel=1e-4, abs=1e-5)
+def test_qwix_qat_on_eight_devices_matches_one():
+    # Data parallelism over 8 devices computes the scores and gradients one device does,
+    # up to float rounding (fusions and the order of sums over the batch differ). With
+    # Qwix's own int8 bound, 127.5, each row's largest value rounded to 128 and its
+    # conversion to int8 came out differently in the two programs: scores 0.04 apart.
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from rankjax import sharding
+
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(16, 10, 17)), jnp.float32)
+    where = jnp.ones((16, 10), bool)
+    make = functools.partial(listwise.Model, d_model=32, num_layers=1, num_heads=2, mlp_dim=64)
+    model = quantization.build(make, qwix(), "train")
+    params = model.init(jax.random.PRNGKey(0), x, where)["params"]
+
+    @jax.jit
+    def scores_and_grads(params, x, where):
+        scores = lambda p: model.apply({"params": p}, x, where)  # noqa: E731
+        return scores(params), jax.grad(lambda p: scores(p).sum())(params)
+
+    split = NamedSharding(sharding.make_mesh(8), PartitionSpec("data"))
+    scores, grads = scores_and_grads(params, x, where)
+    x8, where8 = jax.device_put((x, where), split)
+    scores8, grads8 = scores_and_grads(params, x8, where8)
+    np.testing.assert_allclose(np.asarray(scores8), np.asarray(scores), rtol=1e-5, atol=1e-6)
+    leaves = zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads8), strict=True)
+    for a, b in leaves:
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
