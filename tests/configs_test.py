@@ -61,6 +61,9 @@ def test_config_runs_two_steps(name, tmp_path, request):
     arg = "runlocal"
     if name in NEEDS_TEACHER:
         arg += f",teacher={request.getfixturevalue('teacher')}"
+    if name == "homedepot_student_int8_pruned":
+        # Through Qwix here; AQT's compacted text rankers are tested in compaction_test.
+        arg += ",backend=qwix"
     config = load_config(name, arg)
     assert config.train.num_steps == 2
     if name == "homedepot_cross_encoder":  # the teacher fixture is this config's run
@@ -75,11 +78,18 @@ def test_config_runs_two_steps(name, tmp_path, request):
         assert all(v == v for v in results["test_served"].values())
         assert results["bytes"]["serving_bytes"] < 0.2 * results["bytes"]["float_bytes"]
     if name == "homedepot_student_int8_pruned":
-        # Half the heads and feed-forward units cut out of the served layers.
+        # Half the heads and feed-forward units cut out of the served layers, whose
+        # kernels are stored as Qwix's int8 values and scales.
         with open(os.path.join(tmp_path, "compression.json")) as f:
             report = json.load(f)
         assert report["served_flops_per_item"] < 0.6 * report["dense_flops_per_item"]
         assert all(v == v for v in results["test_served"].values())
+        assert config.quant.backend == "qwix"
+        saved = checkpoint.load_tree(os.path.join(tmp_path, "served"))
+        query = saved["params"]["encoder"]["layer_0"]["attention"]["query"]["kernel"]
+        assert str(query["qvalue"].dtype) == "int8" and set(query) == {"qvalue", "scale"}
+        hidden, kept = query["qvalue"].shape
+        assert kept == hidden // 2  # half the heads cut out
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -159,20 +169,3 @@ def test_text_rankers_table_measures_packed_and_padded_serving(teacher, tmp_path
     assert 0.5 < packed["real_token_share"] <= 1 and 0.5 < padded["real_token_share"] <= 1
     assert packed["products_per_sec"] > 0 and packed["ndcg@5"] == padded["ndcg@5"]
     assert (tmp_path / "pareto.png").stat().st_size > 0
-
-
-def test_the_pruned_student_trains_and_serves_through_qwix(teacher, tmp_path):
-    arg = f"runlocal,teacher={teacher},backend=qwix"
-    config = load_config("homedepot_student_int8_pruned", arg)
-    assert config.quant.backend == "qwix"
-    results = trainer.train_and_evaluate(config, str(tmp_path))
-    assert all(v == v for v in results["test_served"].values())
-    with open(os.path.join(tmp_path, "compression.json")) as f:
-        report = json.load(f)
-    assert report["served_flops_per_item"] < 0.6 * report["dense_flops_per_item"]
-    # The compacted layers' kernels are stored as Qwix's int8 values and scales.
-    saved = checkpoint.load_tree(os.path.join(tmp_path, "served"))
-    query = saved["params"]["encoder"]["layer_0"]["attention"]["query"]["kernel"]
-    assert str(query["qvalue"].dtype) == "int8" and set(query) == {"qvalue", "scale"}
-    hidden, kept = query["qvalue"].shape
-    assert kept == hidden // 2  # half the heads cut out
