@@ -85,10 +85,16 @@ def base_config(config_file: str, name: str, arg: str | None) -> ml_collections.
 def train_section(**keys: Any) -> dict[str, Any]:
     """A config's `train` section: `keys` (num_steps, batch_size, log_every, eval_every)
     and the input pipeline's settings (`rankjax.data.feed`), declared so that
-    `--config.train.input_threads=N` can override them."""
+    `--config.train.input_threads=N` or `--config.train.steps_per_call=N` can override
+    them."""
     from rankjax.data import feed
 
-    return {"input_threads": feed.DEFAULT_THREADS, "prefetch": feed.DEFAULT_PREFETCH, **keys}
+    return {
+        "input_threads": feed.DEFAULT_THREADS,
+        "prefetch": feed.DEFAULT_PREFETCH,
+        "steps_per_call": feed.DEFAULT_STEPS_PER_CALL,
+        **keys,
+    }
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -39,9 +39,10 @@ def make_mesh(num_devices: int = -1, model: int = 1) -> Mesh:
     return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over `data`, the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+def batch_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """Batch axis `axis` (the leading one; 1 for batches stacked step by step) split over
+    `data`, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(*[None] * axis, DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -144,7 +145,7 @@ def check_divisible(batch_size: int, mesh: Mesh) -> None:
 
 
 def put_batch(
-    batch: dict[str, np.ndarray], mesh: Mesh, global_size: int | None = None
+    batch: dict[str, np.ndarray], mesh: Mesh, global_size: int | None = None, axis: int = 0
 ) -> dict[str, jax.Array]:
     """Places a batch on the mesh, split along the batch axis.
 
@@ -153,23 +154,28 @@ def put_batch(
         data shards); all of it in a single process.
       mesh: the device mesh.
       global_size: lists in the global batch; defaults to this batch's size (one process).
+      axis: the batch axis (1 for batches stacked step by step on axis 0).
     """
-    n = next(iter(batch.values())).shape[0]
+    n = next(iter(batch.values())).shape[axis]
     global_size = global_size or n
     check_divisible(global_size, mesh)
-    sharding = batch_sharding(mesh)
+    sharding = batch_sharding(mesh, axis)
     if jax.process_count() == 1:
         return jax.device_put(batch, sharding)
     return {
-        k: jax.make_array_from_process_local_data(sharding, v, (global_size,) + v.shape[1:])
+        k: jax.make_array_from_process_local_data(
+            sharding, v, v.shape[:axis] + (global_size,) + v.shape[axis + 1 :]
+        )
         for k, v in batch.items()
     }
 
 
-def put_global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def put_global_batch(
+    batch: dict[str, np.ndarray], mesh: Mesh, axis: int = 0
+) -> dict[str, jax.Array]:
     """Places the global batch (the same on every process) on the mesh, split along the
-    batch axis; each process places only its own devices' rows."""
-    sharding = batch_sharding(mesh)
+    batch axis `axis`; each process places only its own devices' rows."""
+    sharding = batch_sharding(mesh, axis)
     return {
         k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
         for k, v in batch.items()

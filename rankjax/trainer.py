@@ -127,6 +127,42 @@ def compile_step(
     )
 
 
+def compile_steps(
+    loss_fn: Callable[[Any, dict, jax.Array], jax.Array],
+    tx: optax.GradientTransformation,
+    state_shardings: Any,
+    mesh: jax.sharding.Mesh,
+) -> Callable:
+    """Several steps in one call: `(state, batches) -> (state, metrics)`, a `lax.scan` of
+    `make_train_step` over batches stacked on a leading step axis (`[steps, batch, ...]`,
+    the batch axis split over `data`); metrics come back stacked, `[steps]` each.
+
+    Keras's `steps_per_execution`: a small model's step takes the device less time than
+    the host takes to dispatch it, so the host dispatches once for `steps` steps and
+    copies their batches in one transfer per array."""
+    step = make_train_step(loss_fn, tx)
+    return jax.jit(
+        lambda state, batches: jax.lax.scan(step, state, batches),
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh, axis=1)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def call_starts(first: int, num_steps: int, steps_per_call: int, every: Sequence[int]):
+    """Where each call of the training loop starts: `steps_per_call` steps a call, from
+    `first` and again from every multiple of `every` (log, evaluation, checkpoint), with
+    the call before such a multiple (or `num_steps`) cut short to end on it.
+
+    Returns:
+      `[calls + 1]` int64: call `i` runs steps `starts[i], ..., starts[i + 1] - 1`.
+    """
+    bounds = [np.arange((first // e + 1) * e, num_steps, e) for e in every]
+    bounds = np.unique(np.concatenate([[first, num_steps], *bounds]))
+    segments = [np.arange(a, b, steps_per_call) for a, b in zip(bounds[:-1], bounds[1:])]
+    return np.concatenate([*segments, [num_steps]]).astype(np.int64)
+
+
 def make_mesh(mesh_config: ml_collections.ConfigDict | None) -> jax.sharding.Mesh:
     """The run's mesh from `config.mesh`: `num_devices` (-1 all, 0 or unset one) as
     `(data, model)` with `model` devices on the model axis (default 1: data only).
@@ -152,21 +188,29 @@ class _StepMetrics:
         self.totals: dict[str, float] = {}
         self.count = 0
 
-    def add(self, step: int, metrics: dict) -> None:
-        self.pending.append((step, metrics))
+    def add(self, first: int, metrics: dict) -> None:
+        """Metrics of the step that completes `first` steps: scalars; or of the steps
+        that complete `first, first + 1, ...`: `[steps]` arrays (`compile_steps`)."""
+        self.pending.append((first, metrics))
 
     def sync(self) -> None:
         """Fetches pending metrics; raises `TrainingDiverged` naming the first bad step."""
         if not self.pending:
             return
-        steps = [step for step, _ in self.pending]
         names = list(self.pending[0][1])
-        # One stacked copy per metric: fetching every step's scalars one by one costs the
-        # host more than the steps of a small model.
-        stacked = jax.device_get({k: jnp.stack([m[k] for _, m in self.pending]) for k in names})
+        stacked_steps = jnp.ndim(self.pending[0][1][names[0]]) == 1
+        join = jnp.concatenate if stacked_steps else jnp.stack
+        # One copy per metric: fetching every step's scalars one by one costs the host
+        # more than the steps of a small model.
+        values = jax.device_get({k: join([m[k] for _, m in self.pending]) for k in names})
+        steps = [
+            first + i
+            for first, m in self.pending
+            for i in range(len(m[names[0]]) if stacked_steps else 1)
+        ]
         self.pending = []
         for i, step in enumerate(steps):
-            m = {k: stacked[k][i] for k in names}
+            m = {k: values[k][i] for k in names}
             for name in ("loss", "grad_norm", "param_norm"):
                 if not np.isfinite(m[name]):
                     raise TrainingDiverged(f"training {name} is {m[name]} at step {step}")
@@ -180,12 +224,19 @@ class _StepMetrics:
         return out
 
 
-def _place(batch: dict[str, np.ndarray], mesh, global_size: int, is_global: bool) -> dict:
-    """The host batch on the mesh, split over `data`: the global batch (each process
-    places its devices' rows) or this process's rows of it."""
+def _stack(batches: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Host batches stacked on a new leading step axis."""
+    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+def _place(
+    batch: dict[str, np.ndarray], mesh, global_size: int, is_global: bool, axis: int = 0
+) -> dict:
+    """The host batch on the mesh, split over `data` along `axis`: the global batch (each
+    process places its devices' rows) or this process's rows of it."""
     if is_global:
-        return sharding.put_global_batch(batch, mesh)
-    return sharding.put_batch(batch, mesh, global_size)
+        return sharding.put_global_batch(batch, mesh, axis)
+    return sharding.put_batch(batch, mesh, global_size, axis)
 
 
 def check(config: ml_collections.ConfigDict) -> tasks.Task:
@@ -281,7 +332,11 @@ def _train(task, config: ml_collections.ConfigDict, workdir: str, lead: bool) ->
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
     logging.info("model %s: %d parameters", config.model.name, n_params)
 
-    train_step = compile_step(run.loss, tx, state_shardings, mesh)
+    steps_per_call = int(tcfg.get("steps_per_call", 1))
+    if steps_per_call == 1:
+        train_step = compile_step(run.loss, tx, state_shardings, mesh)
+    else:
+        train_step = compile_steps(run.loss, tx, state_shardings, mesh)
     writer = MetricWriter(workdir, resume_step=restored)
     step_metrics = _StepMetrics()
     multi_process = jax.process_count() > 1
@@ -293,31 +348,42 @@ def _train(task, config: ml_collections.ConfigDict, workdir: str, lead: bool) ->
     t_last, steps_since = time.perf_counter(), 0
     steps_bar = progress.bar(num_steps, int(state.step), lead)
     first = int(state.step)
+    every = (int(tcfg.log_every), int(tcfg.eval_every), ckpt.every)
+    starts = call_starts(first, num_steps, steps_per_call, every)
+
+    def call_batches(i: int) -> dict:
+        """The batches of call `i`, on the devices: one step's, or its steps' stacked."""
+        steps = range(starts[i], starts[i + 1])
+        if steps_per_call == 1:
+            return _place(run.batches(steps[0]), mesh, batch_size, run.global_batches)
+        stacked = _stack([run.batches(s) for s in steps])
+        return _place(stacked, mesh, batch_size, run.global_batches, axis=1)
+
     # Batches are built and placed on the devices by the pipeline's threads (with
     # threads), so the loop below only dispatches steps: copying a batch to the devices
     # costs the host about as much as building it.
     batches_ahead = feed.batches_from(
-        lambda step: _place(run.batches(step), mesh, batch_size, run.global_batches),
-        first,
-        num_steps,
+        call_batches,
+        0,
+        len(starts) - 1,
         threads=int(tcfg.get("input_threads", feed.DEFAULT_THREADS)),
         prefetch=int(tcfg.get("prefetch", feed.DEFAULT_PREFETCH)),
     )
     try:
         with preemption.SigtermFlag() as sigterm:
-            for step, batch in zip(range(first, num_steps), batches_ahead, strict=True):
+            for step, done, batch in zip(starts[:-1], starts[1:], batches_ahead, strict=True):
+                step, done = int(step), int(done)  # done: steps completed after this call
                 state, m = train_step(state, batch)
                 if one_in_flight:
                     jax.block_until_ready(m)
-                done = step + 1  # steps completed; logs and checkpoints count this way
-                step_metrics.add(done, m)
-                steps_since += 1
-                steps_bar.update(1)
+                step_metrics.add(step + 1, m)
+                steps_since += done - step
+                steps_bar.update(done - step)
                 is_log = done % int(tcfg.log_every) == 0 or done == num_steps
                 is_eval = done % int(tcfg.eval_every) == 0 or done == num_steps
                 is_ckpt = done % ckpt.every == 0 or done == num_steps
                 boundary = is_log or is_eval or is_ckpt
-                # Processes must agree on stopping; a single process checks every step.
+                # Processes must agree on stopping; a single process checks every call.
                 stop = (
                     sigterm.anywhere()
                     if multi_process and boundary

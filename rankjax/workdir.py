@@ -42,6 +42,7 @@ RESUMABLE = (
     "train.eval_every",
     "train.input_threads",  # how batches are built, not which
     "train.prefetch",
+    "train.steps_per_call",
     "ckpt.every",
     "ckpt.keep",
     "mesh.num_devices",

@@ -93,6 +93,53 @@ def test_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, task):
     np.testing.assert_allclose(losses, straight_losses, rtol=1e-6)
 
 
+def test_call_starts_end_calls_on_every_boundary():
+    np.testing.assert_array_equal(trainer.call_starts(0, 10, 4, (5,)), [0, 4, 5, 9, 10])
+    np.testing.assert_array_equal(trainer.call_starts(3, 10, 4, (100, 6)), [3, 6, 10])
+    np.testing.assert_array_equal(trainer.call_starts(2, 5, 1, (2,)), [2, 3, 4, 5])
+    np.testing.assert_array_equal(trainer.call_starts(0, 3, 8, (1000,)), [0, 3])
+
+
+@pytest.mark.parametrize("task", sorted(TINY))
+def test_steps_per_call_matches_one_step_a_call(tmp_path, task):
+    # Calls of 4 steps cut at the boundaries (log every 3, evaluate and save every 6):
+    # steps [0, 3), [3, 6), [6, 9); the ranking runs split the batch over 8 devices.
+    def config(steps_per_call, devices):
+        c = TINY[task](steps=9)
+        c.train.update(steps_per_call=steps_per_call, log_every=3, eval_every=6)
+        c.ckpt.every = 6
+        c.mesh.num_devices = devices
+        return c
+
+    devices = 8 if task == "ranking" else 1
+    one = trainer.train_and_evaluate(config(1, devices), str(tmp_path / "one"))
+    four = trainer.train_and_evaluate(config(4, devices), str(tmp_path / "four"))
+    assert four["step"] == 9
+    assert four["test"] == pytest.approx(one["test"], rel=1e-6)
+    for split in ("train", "valid"):
+        a, b = (read_jsonl(tmp_path / name, split) for name in ("one", "four"))
+        assert [r["step"] for r in a] == [r["step"] for r in b]
+    losses = {n: [r["loss"] for r in read_jsonl(tmp_path / n, "train")] for n in ("one", "four")}
+    np.testing.assert_allclose(losses["four"], losses["one"], rtol=1e-6)
+
+
+def test_steps_per_call_resumes_exactly_and_names_a_diverged_step(tmp_path):
+    def config(steps, **optim):
+        c = tiny_config(steps=steps, **{"schedule": "constant", "warmup_steps": 0, **optim})
+        c.train.update(steps_per_call=3, log_every=4)
+        c.ckpt.update(use_best=False, every=4)
+        return c
+
+    straight = trainer.train_and_evaluate(config(8), str(tmp_path / "straight"))
+    trainer.train_and_evaluate(config(4), str(tmp_path / "resumed"))
+    resumed = trainer.train_and_evaluate(config(8), str(tmp_path / "resumed"))
+    assert resumed["test"] == straight["test"]
+    # Step 2 blows up inside the call of steps 1-3 (step 1 is a no-op at learning rate 0).
+    c = config(8, name="sgd", learning_rate=1e30, grad_clip_norm=0.0, warmup_steps=3)
+    with pytest.raises(trainer.TrainingDiverged, match=r"at step 2; .*no checkpoint"):
+        trainer.train_and_evaluate(c, str(tmp_path / "diverged"))
+
+
 @pytest.mark.parametrize("task", sorted(TINY))
 def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, task):
     # The warm-up makes step 1 a no-op (learning rate 0); step 2 blows the parameters up.

@@ -12,8 +12,12 @@ a resumed run starts the dataset at the restored step and sees the same batches 
 uninterrupted one (exact resume), with no separate iterator checkpoint to keep in step.
 
 `train.input_threads` (default 4; 0 builds each batch in the training loop) and
-`train.prefetch` (default 8 batches) set it. Threads suit this work: building a batch is
-NumPy indexing and copying, which releases the GIL; nothing is pickled to another process.
+`train.prefetch` (default 8 calls' batches) set it. Threads suit this work: building a
+batch is NumPy indexing and copying, which releases most of the GIL; nothing is pickled to
+another process. With `train.steps_per_call = k` the pipeline's items are the stacked
+batches of k steps, run by one call of the compiled program: the host's remaining work
+per step (placing a batch, dispatching a step, Python) is what bounds a small model on an
+accelerator, and k steps a call divide it by k.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from typing import Any
 
 DEFAULT_THREADS = 4
 DEFAULT_PREFETCH = 8
-TRAIN_KEYS = ("input_threads", "prefetch")  # the config.train keys that set the pipeline
+DEFAULT_STEPS_PER_CALL = 1
+# The config.train keys that set how batches reach the step (`steps_per_call`: steps run
+# by one call of the compiled program, `rankjax.trainer.compile_steps`).
+TRAIN_KEYS = ("input_threads", "prefetch", "steps_per_call")
 
 
 def batches_from(
