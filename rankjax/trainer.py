@@ -159,7 +159,9 @@ def call_starts(first: int, num_steps: int, steps_per_call: int, every: Sequence
     """
     bounds = [np.arange((first // e + 1) * e, num_steps, e) for e in every]
     bounds = np.unique(np.concatenate([[first, num_steps], *bounds]))
-    segments = [np.arange(a, b, steps_per_call) for a, b in zip(bounds[:-1], bounds[1:])]
+    segments = [
+        np.arange(a, b, steps_per_call) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
     return np.concatenate([*segments, [num_steps]]).astype(np.int64)
 
 
