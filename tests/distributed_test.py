@@ -1,6 +1,6 @@
 """Multi-process training through jax.distributed: 2 processes x 2 CPU devices on
-localhost, each reading only its shard of the data, give the results of 1 process x 4
-devices reading both shards."""
+localhost, each reading only its shard of the data (3 steps a compiled call), give the
+results of 1 process x 4 devices reading both shards (one step a call)."""
 
 import json
 import os
@@ -22,7 +22,11 @@ ARGS = [
     "--config.ckpt.every=3",
     # Fitted from every process's items: moments are summed, quantiles drawn from all.
     "--config.data.transforms=('quantile', 'standardize')",
+    "--config.train.log_every=3",
 ]
+# The two-process runs take 3 steps a call (their stacked batches placed from each
+# process's rows); the one-process runs one step a call.
+MULTI_STEP = "--config.train.steps_per_call=3"
 
 
 def launch(workdir, devices, *extra):
@@ -44,6 +48,7 @@ def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
             f"--coordinator_address=127.0.0.1:{port}",
             "--num_processes=2",
             f"--process_id={i}",
+            MULTI_STEP,
         )
         for i in range(2)
     ]
@@ -69,6 +74,7 @@ def test_retrieval_on_two_processes_matches_one_process(tmp_path):
         "--config=configs/synthetic_retrieval.py:runlocal,steps=6",
         "--config.train.eval_every=3",
         "--config.ckpt.every=3",
+        "--config.train.log_every=3",
     ]
     single = f"--workdir={tmp_path / 'single'}"
     procs = [start_training(*args, single, "--config.mesh.num_devices=4", devices=4)]
@@ -79,6 +85,7 @@ def test_retrieval_on_two_processes_matches_one_process(tmp_path):
             f"--coordinator_address=127.0.0.1:{port}",
             "--num_processes=2",
             f"--process_id={i}",
+            MULTI_STEP,
             devices=2,
         )
         for i in range(2)
