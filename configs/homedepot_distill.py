@@ -21,7 +21,11 @@ student learns from labels and teacher scores together (`distill` section,
 
 Arguments: those of `homedepot_cross_encoder.py`, plus `teacher=PATH`, `student=...`,
 `layers=024` (teacher layer digits), `kd=mse|listwise_kl|margin_mse`, `kd_weight=W`,
-`embed_init=pca|random` (narrow student).
+`embed_init=pca|random` (narrow student), `init=PATH` (a finished run that starts the
+student in the teacher's place: a teacher of another tokenizer, such as the MPNet
+cross-encoder (`checkpoint=all-mpnet-base-v2`), teaches a MiniLM student started from
+the fine-tuned MiniLM's layers; the teacher then scores the training pairs from their
+texts, tokenized its own way).
 Measured figures are in docs/results.md.
 """
 
@@ -39,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         layers="024",
         kd="mse",
         embed_init="pca",
+        init="",
     )
     # Our arguments here; the others (data_dir, fold, ...) go to the teacher's config.
     mine, base_arg = config_args.split_arg(arg, set(defaults) | {"kd_weight", "runlocal"})
@@ -61,6 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         weight=own.kd_weight,
         temperature=1.0,
         init_from_teacher=own.student == "layers3" or narrow_pca,
+        init_from=own.init,
         init_layers=layers if own.student == "layers3" else (),
         init_embeddings="pca" if narrow_pca else "",
     )

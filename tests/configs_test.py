@@ -114,6 +114,64 @@ def test_other_students_run_two_steps(teacher, tmp_path, student, model):
     assert "rmse_calibrated" in results["test"]
 
 
+def _letter_vocabulary(folder):
+    """A character-level WordPiece checkpoint folder: a tokenizer unlike MiniLM's."""
+    chars = [*"abcdefghijklmnopqrstuvwxyz0123456789"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    config = {"model_type": "bert", "vocab_size": len(vocab), "max_position_embeddings": 64}
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def test_a_teacher_with_another_tokenizer_scores_its_own_tokens(teacher, tmp_path):
+    """A teacher that reads other tokens (as MPNet teaching MiniLM) scores the student's
+    training pairs from their texts: the scores equal its own `score_texts`. The student
+    starts from another run of its own tokenizer (`init=`), never from the teacher's."""
+    from rankjax import serving
+    from rankjax.compression import distillation
+    from rankjax.data import pipeline
+    from rankjax.tasks import ranking
+
+    vocab = _letter_vocabulary(tmp_path / "letters")
+    other = str(tmp_path / "other_teacher")
+    trainer.train_and_evaluate(
+        load_config("homedepot_cross_encoder", f"runlocal,checkpoint={vocab}"), other
+    )
+    config = load_config("homedepot_distill", f"runlocal,teacher={other},init={teacher}")
+    splits = pipeline.load(config.data)
+    distiller = distillation.from_config(config.distill)
+    got, start = ranking._with_teacher(distiller, splits, config, lambda b: b, 1)
+    train = got.train
+    ranker = serving.load(other)
+    titles = train.extras["text:product_title"]
+    for i in (0, 1, train.num_lists - 1):
+        items = slice(train.list_offsets[i], train.list_offsets[i + 1])
+        want = ranker.score_texts(str(train.query_ids[i]), list(titles[items]))
+        np.testing.assert_allclose(train.extras["teacher"][items], want, rtol=1e-4, atol=1e-5)
+    # The student starts from the run named by init=, of its own vocabulary.
+    same = serving.load(teacher, "best").variables["params"]
+    table = ("encoder", "word_embeddings", "embedding")
+    np.testing.assert_array_equal(_at(start, table), _at(same, table))
+    with pytest.raises(ValueError, match="init_from to a run with the student's tokenizer"):
+        ranking._with_teacher(
+            distillation.from_config({**config.distill, "init_from": ""}),
+            splits,
+            config,
+            lambda b: b,
+            1,
+        )
+    results = trainer.train_and_evaluate(config, str(tmp_path / "student"))
+    assert results["step"] == 2 and np.isfinite(results["test"]["ndcg@5"])
+
+
+def _at(tree, path):
+    for key in path:
+        tree = tree[key]
+    return np.asarray(tree)
+
+
 # fp8 (e4m3 weights, static scales); int8 goes through the same conversion as the
 # cross-encoders', tested there.
 @pytest.mark.parametrize("serve", ["fp8"])

@@ -24,6 +24,12 @@ student cannot take the teacher's tables as they are; `distill.init_embeddings="
 starts its embedding tables from the teacher's projected onto the top principal
 directions of the teacher's word embeddings (one projection for word, position and
 token-type tables, so their sum projects consistently), the rest fresh.
+`distill.init_from` names another finished run to start from instead (e.g. a large MPNet
+teacher's targets for a student started from the fine-tuned MiniLM's layers).
+
+A teacher that reads other tokens than the student (another checkpoint's tokenizer, or
+another `max_length`) scores the training pairs from their texts tokenized its own way
+(`rankjax.tasks.ranking`), so an MPNet cross-encoder can teach a MiniLM student.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ KEYS = {
     "weight",
     "temperature",
     "init_from_teacher",
+    "init_from",
     "init_layers",
     "init_embeddings",
 }
@@ -122,6 +129,8 @@ class Distiller:
       weight: weight of the distillation loss added to the label loss.
       temperature: for `listwise_kl`.
       init_from_teacher: start the student from the teacher's matching parameters.
+      init_from: with `init_from_teacher`, the workdir of another finished run whose
+        parameters start the student in the teacher's place ("": the teacher's).
       init_layers: teacher layers that initialise student layers 0, 1, ... (default:
         the first ones).
       init_embeddings: "pca": a narrower student's embedding tables start from the
@@ -133,6 +142,7 @@ class Distiller:
     weight: float = 1.0
     temperature: float = 1.0
     init_from_teacher: bool = False
+    init_from: str = ""
     init_layers: tuple[int, ...] = ()
     init_embeddings: str = ""
 
@@ -143,6 +153,8 @@ class Distiller:
             )
         if self.init_embeddings and not self.init_from_teacher:
             raise ValueError("distill.init_embeddings needs distill.init_from_teacher=True")
+        if self.init_from and not self.init_from_teacher:
+            raise ValueError("distill.init_from needs distill.init_from_teacher=True")
         if self.loss not in LOSSES:
             raise ValueError(f"distill.loss={self.loss!r}; valid: {list(LOSSES)}")
         if self.weight < 0 or self.temperature <= 0:

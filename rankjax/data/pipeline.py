@@ -8,6 +8,7 @@ shards of the queries (`load(..., shards=...)`), and the transform is fitted on 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -58,6 +59,20 @@ def tokenized(dataset: RankingDataset, text_cfg: Mapping[str, Any]) -> RankingDa
         tuple(text_cfg["item_columns"]),
         text_cfg.get("encoding", "pairs"),
     )
+
+
+def same_tokens(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two `data.text` sections tokenize alike: the same tokenizer file (by
+    content, wherever each checkpoint lies), padding id and `max_length`."""
+
+    def identity(text_cfg: Mapping[str, Any]) -> tuple:
+        folder = checkpoint_folder(text_cfg.get("checkpoint"))
+        tokenizer = cached_tokenizer(folder, int(text_cfg.get("max_length", 0)) or None)
+        with open(tokenizer.path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        return digest, tokenizer.pad_id, tokenizer.max_length
+
+    return identity(a) == identity(b)
 
 
 def load(

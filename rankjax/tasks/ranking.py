@@ -37,7 +37,7 @@ from rankjax import (
 )
 from rankjax import data as data_lib
 from rankjax.compression import distillation, forms, quantization, report, serve, sparsity
-from rankjax.data import packing, tokens
+from rankjax.data import packing, pipeline, tokens
 from rankjax.data.batches import ShardedTrainBatches, max_list_size
 from rankjax.data.dataset import concat
 from rankjax.evaluators import ranking, section
@@ -100,9 +100,11 @@ class RankingTask:
         # Loss; the teacher's scores on the training items.
         loss_fn = losses.get(**config.loss)
         distiller = distillation.from_config(config.get("distill"))
-        teacher_params = None
+        start_params = None  # what a distilled student starts from, if not pretrained
         if distiller is not None:
-            splits, teacher_params = _with_teacher(distiller, splits, config, prepare)
+            splits, start_params = _with_teacher(
+                distiller, splits, config, prepare, mesh.shape[sharding.DATA_AXIS]
+            )
         objective = (
             distillation.label_objective(loss_fn)
             if distiller is None
@@ -200,7 +202,7 @@ class RankingTask:
         )
         return Run(
             init=init,
-            loaded=_initial_weights(model, distiller, teacher_params),
+            loaded=_initial_weights(model, distiller, start_params),
             loss=loss,
             batches=lambda step: _only(prepare(train_batches(step)), step_keys),
             evaluate=lambda params, split: evaluators[main, split].run(model_scores(params)),
@@ -219,10 +221,29 @@ def _identity(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return batch
 
 
-def _with_teacher(distiller, splits, config, prepare):
+def _with_teacher(distiller, splits, config, prepare, groups: int):
     """Loads the teacher run's best parameters and adds its scores on every training item
-    (the `teacher` extra). Returns `(splits, teacher params)`."""
+    (the `teacher` extra). A teacher that tokenizes otherwise than the student (e.g.
+    MPNet teaching MiniLM) scores the items' texts tokenized its own way.
+
+    Returns:
+      `(splits, params that start the student)`: the teacher's, or those of the
+      `distill.init_from` run.
+    """
     teacher = serving.load(distiller.teacher, "best")
+    own_text = config.data.get("text") or {}
+    teacher_text = (teacher.config.get("data") or {}).get("text") or {}
+    retokenize = bool(own_text and teacher_text) and not pipeline.same_tokens(
+        own_text, teacher_text
+    )
+    if retokenize:
+        packs = hasattr(teacher.model, "packed_inputs")
+        teacher_prepare = (
+            packing.preparer(teacher_text, packs, groups) if jax.process_count() == 1 else _identity
+        )
+        teacher_view = functools.partial(pipeline.tokenized, text_cfg=teacher_text)
+    else:
+        teacher_prepare, teacher_view = prepare, _identity
     score = compiler.jit(
         lambda v, batch: teacher.model.apply(
             v, models.inputs(teacher.model, batch), batch["where"], train=False
@@ -235,30 +256,45 @@ def _with_teacher(distiller, splits, config, prepare):
             d,
             distillation.score_items(
                 lambda b: score(teacher.variables, b),
-                d,
+                teacher_view(d),
                 batch_size=int(config.evals[section.selecting(config.evals)].batch_size),
                 list_size=list_size,
-                prepare=prepare,
+                prepare=teacher_prepare,
             ),
         )
         for d in splits.train_shards
     )
     logging.info(
-        "teacher %s (%s) scored %d training items in %.1f s",
+        "teacher %s (%s%s) scored %d training items in %.1f s",
         distiller.teacher,
         teacher.config.model.name,
+        ", its own tokens" if retokenize else "",
         sum(d.num_items for d in shards),
         time.perf_counter() - t0,
     )
     splits = dataclasses.replace(splits, train=concat(shards), train_shards=shards)
-    return splits, teacher.variables["params"]
+    if not distiller.init_from_teacher:
+        return splits, None
+    source = teacher if not distiller.init_from else serving.load(distiller.init_from, "best")
+    source_text = (source.config.get("data") or {}).get("text") or {}
+    if own_text and source_text and not pipeline.same_tokens(own_text, source_text):
+        raise ValueError(
+            f"distill.init_from_teacher: the run that starts the student "
+            f"({distiller.init_from or distiller.teacher}) tokenizes with "
+            f"{source_text.get('checkpoint') or 'the default checkpoint'}, the student with "
+            f"{own_text.get('checkpoint') or 'the default checkpoint'}: its embeddings are "
+            "of another vocabulary; set distill.init_from to a run with the student's "
+            "tokenizer"
+        )
+    return splits, source.variables["params"]
 
 
-def _initial_weights(model, distiller, teacher_params):
-    """What `init` loads over fresh parameters: the teacher's (distillation with
-    `init_from_teacher`), else the model's pretrained encoders, else None."""
+def _initial_weights(model, distiller, start_params):
+    """What `init` loads over fresh parameters: the teacher's or the `init_from` run's
+    (distillation with `init_from_teacher`), else the model's pretrained encoders, else
+    None."""
     if distiller is not None and distiller.init_from_teacher:
-        return jax.device_get(teacher_params)
+        return jax.device_get(start_params)
     pretrained = getattr(model, "pretrained_params", None)
     return pretrained() if pretrained is not None else None
 
