@@ -41,6 +41,7 @@ FREE_STRINGS = (
     "file",
     "checkpoint",
     "teacher",
+    "init_from",
     "init_embeddings",
     "exclude",
     "layers",
