@@ -1,6 +1,8 @@
 """Packed cross-encoder input: the packing itself, segment-masked attention, and the same
 scores (and gradients) as padded pairs, with XLA's attention and the Pallas kernel."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -176,6 +178,23 @@ def test_packed_batch_scores_like_the_padded_batch(attention, pooling, groups):
         jax.tree_util.tree_leaves(g_padded), jax.tree_util.tree_leaves(g_packed), strict=True
     ):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+
+
+@pytest.mark.usefixtures("float32_products")
+def test_packed_mpnet_scores_like_the_padded_batch(tmp_path):
+    # MPNet's relative position bias sees the same offsets within a packed pair, and its
+    # absolute positions restart (past the padding id) in every pair.
+    config = {"model_type": "mpnet", "vocab_size": 64, "pad_token_id": 1}
+    (tmp_path / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 40}))
+    model = cross_encoder(checkpoint=str(tmp_path))
+    assert model.bert_config.mpnet
+    batch = padded_batch([[5, 12, 0, 0], [3, 3, 3, 9], [12, 0, 0, 0]], seed=4)
+    params = model.init(jax.random.PRNGKey(1), *models.sample_inputs(model, batch))
+    packed = packing.pack_pairs(batch, row_length=24)
+    where = batch["where"]
+    padded = np.asarray(model.apply(params, models.inputs(model, batch), where))
+    got = np.asarray(model.apply(params, models.inputs(model, packed), packed["where"]))
+    np.testing.assert_allclose(got[where], padded[where], atol=2e-5)
 
 
 def test_cudnn_attention_refuses_packed_rows():
