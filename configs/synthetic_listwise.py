@@ -1,6 +1,6 @@
 r"""Quickstart: a listwise self-attention ranker on the embedded synthetic shop.
 
-Command (1 min 49 s on 2 CPU cores; 45 s on one H200):
+Command (72 s on 2 CPU cores):
 
   python -m experiments.train --config=configs/synthetic_listwise.py \
       --workdir=/tmp/rankjax/quickstart
