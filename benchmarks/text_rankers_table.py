@@ -144,13 +144,21 @@ def _peer_rows(workdir: str, cache: dict) -> list[dict]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_names(workdirs: list[str]) -> dict[str, str]:
+    """Each workdir's name in the table: its folder's name, or its last two path parts
+    where folder names repeat (e.g. `hd_mpnet/seed_0` beside `hd_minilm/seed_0`)."""
+    parts = {w: os.path.normpath(os.path.abspath(w)).split(os.sep) for w in workdirs}
+    base = [p[-1] for p in parts.values()]
+    return {w: "/".join(p[-2:]) if base.count(p[-1]) > 1 else p[-1] for w, p in parts.items()}
+
+
 def main(argv):
     workdirs = [w for w in argv[1:] if os.path.exists(os.path.join(w, "results.json"))]
     for w in set(argv[1:]) - set(workdirs):
         logging.warning("%s: no results.json (unfinished run); skipped", w)
     if not workdirs:
         raise app.UsageError("give one or more finished workdirs")
-    rows, cache = [], {}
+    rows, cache, names = [], {}, run_names(workdirs)
     # Before JAX takes the GPU: the two never share it.
     peers = _peer_rows(workdirs[0], cache) if FLAGS.peers else []
     env = timing.environment()
@@ -184,8 +192,7 @@ def main(argv):
             q = _quality(workdir, served)
             rows.append(
                 {
-                    "run": os.path.basename(os.path.normpath(workdir))
-                    + (" (served)" if served else ""),
+                    "run": names[workdir] + (" (served)" if served else ""),
                     "model": ranker.config.model.name,
                     "bytes": _bytes(workdir, served),
                     "gflops_per_product": _flops(ranker, test) / 1e9,

@@ -171,3 +171,10 @@ def test_latency_breakdown_times_each_loop():
     scorer = speed.scoring_variants(SHAPE, ("xla",), served=())[0]
     tokens = jax.device_put(speed.pair_tokens(4, 16, 2))
     assert speed.latency_breakdown(scorer.served, tokens, calls=10, block=5)["synced_p50"] > 0
+
+
+def test_text_rankers_table_names_runs_apart_when_folder_names_repeat():
+    from benchmarks import text_rankers_table
+
+    names = text_rankers_table.run_names(["/o/hd_minilm/seed_0", "/o/hd_mpnet/seed_0/", "/o/st"])
+    assert list(names.values()) == ["hd_minilm/seed_0", "hd_mpnet/seed_0", "st"]

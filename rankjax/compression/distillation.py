@@ -322,5 +322,5 @@ def init_from_teacher(
         return out
 
     params = walk(student, teacher, "")
-    logging.info("student initialised from the teacher: %d tensors copied", len(copied))
+    logging.info("student initialised from the loaded run: %d tensors copied", len(copied))
     return params, copied

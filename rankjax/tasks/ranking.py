@@ -286,6 +286,7 @@ def _with_teacher(distiller, splits, config, prepare, groups: int):
             "of another vocabulary; set distill.init_from to a run with the student's "
             "tokenizer"
         )
+    logging.info("the student starts from %s", distiller.init_from or distiller.teacher)
     return splits, source.variables["params"]
 
 

