@@ -39,7 +39,6 @@ def pad_lists(
       A batch dict: `features [n, list_size, F]`, `labels [n, list_size]`,
       `where [n, list_size]` and each numeric extra `[n, list_size, ...]`; padding is zero.
     """
-    n = dataset.num_lists
     sizes = dataset.list_sizes
     if item_keys is None:
         order = np.arange(dataset.num_items)
@@ -50,13 +49,20 @@ def pad_lists(
     where = pos[None, :] < np.minimum(sizes, list_size)[:, None]
     flat = dataset.list_offsets[:-1, None] + pos[None, :]
     index = order[np.where(where, flat, 0)] if dataset.num_items else np.zeros_like(flat)
+    return _gather(dataset, index, where)
+
+
+def _gather(dataset: RankingDataset, index: np.ndarray, where: np.ndarray) -> dict:
+    """The batch dict of `dataset`'s items at `index [lists, list_size]`: features,
+    labels, `where` and each numeric extra, zero where `where` is False."""
+    padding = ~where
 
     def take(a: np.ndarray) -> np.ndarray:
         if a.shape[0] == 0:
-            return np.zeros((n, list_size) + a.shape[1:], a.dtype)
+            return np.zeros(where.shape + a.shape[1:], a.dtype)
         out = a[index]
-        mask = where.reshape(where.shape + (1,) * (a.ndim - 1))
-        return np.where(mask, out, np.zeros((), a.dtype))
+        out[padding] = 0  # writes only the padding slots
+        return out
 
     batch = {"features": take(dataset.features), "labels": take(dataset.labels), "where": where}
     for key, value in dataset.extras.items():
@@ -190,20 +196,7 @@ def _padded_shuffled(
     order = order[:, :list_size]
     where = np.arange(list_size)[None, :] < np.minimum(sizes, list_size)[:, None]
     index = np.where(where, dataset.list_offsets[lists][:, None] + order, 0)
-    padding = ~where
-
-    def take(a: np.ndarray) -> np.ndarray:
-        if a.shape[0] == 0:
-            return np.zeros(where.shape + a.shape[1:], a.dtype)
-        out = a[index]
-        out[padding] = 0  # writes only the padding slots
-        return out
-
-    batch = {"features": take(dataset.features), "labels": take(dataset.labels), "where": where}
-    for key, value in dataset.extras.items():
-        if value.dtype.kind in "biuf":
-            batch[key] = take(value)
-    return batch
+    return _gather(dataset, index, where)
 
 
 class ShardedTrainBatches:

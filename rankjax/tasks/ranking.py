@@ -89,13 +89,7 @@ class RankingTask:
         # packed into rows (`data.text.pack_length`), one group per data-parallel device;
         # with several processes every one would need the same shapes, so they keep the
         # full width there.
-        prepare = (
-            packing.preparer(
-                text_cfg, hasattr(model, "packed_inputs"), mesh.shape[sharding.DATA_AXIS]
-            )
-            if jax.process_count() == 1
-            else _identity
-        )
+        prepare = _preparer(text_cfg, model, mesh.shape[sharding.DATA_AXIS])
 
         # Loss; the teacher's scores on the training items.
         loss_fn = losses.get(**config.loss)
@@ -221,6 +215,14 @@ def _identity(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return batch
 
 
+def _preparer(text_cfg, model, groups: int):
+    """What host batches go through before `model` (`packing.preparer`); several
+    processes keep the full token width, as each would need the same shapes."""
+    if jax.process_count() > 1:
+        return _identity
+    return packing.preparer(text_cfg, hasattr(model, "packed_inputs"), groups)
+
+
 def _with_teacher(distiller, splits, config, prepare, groups: int):
     """Loads the teacher run's best parameters and adds its scores on every training item
     (the `teacher` extra). A teacher that tokenizes otherwise than the student (e.g.
@@ -237,10 +239,7 @@ def _with_teacher(distiller, splits, config, prepare, groups: int):
         own_text, teacher_text
     )
     if retokenize:
-        packs = hasattr(teacher.model, "packed_inputs")
-        teacher_prepare = (
-            packing.preparer(teacher_text, packs, groups) if jax.process_count() == 1 else _identity
-        )
+        teacher_prepare = _preparer(teacher_text, teacher.model, groups)
         teacher_view = functools.partial(pipeline.tokenized, text_cfg=teacher_text)
     else:
         teacher_prepare, teacher_view = prepare, _identity
