@@ -4,7 +4,8 @@ r"""Runs one config over several seeds and prints mean ± std of the test metric
       --workdir=/tmp/rankjax/letor_seeds [--config.model.hidden_sizes='()']
 
 Each seed trains in WORKDIR/seed_N (an existing finished run is reused); the table compares
-the model with the random and oracle rankers of the same evaluation.
+the model (and its served form) with the baselines of the same evaluation (random, oracle,
+and those the config names), over the columns the run's own table shows.
 """
 
 import json
@@ -30,6 +31,35 @@ flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def seed_table(runs: list[dict], columns: tuple[str, ...]) -> tuple[list[str], dict]:
+    """Mean ± std (ddof 1) over seeds of the test metrics of each ranker: the model, the
+    served model, every baseline of the runs.
+
+    Args:
+      runs: each seed's `results.json` content.
+      columns: the metrics shown (`section.report_columns`).
+
+    Returns:
+      `(markdown lines, {ranker: {metric: [value per seed]}})`.
+    """
+    rows = {"model": [r["test"] for r in runs]}
+    if "test_served" in runs[0]:
+        rows["served"] = [r["test_served"] for r in runs]
+    for name in runs[0].get("baselines", {}):
+        rows[name] = [r["baselines"][name]["test"] for r in runs]
+    lines = ["| ranker | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    summary = {}
+    for ranker, results in rows.items():
+        cells = []
+        for m in columns:
+            values = np.array([r[m] for r in results])
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            cells.append(f"{values.mean():.4f} ± {std:.4f}")
+            summary.setdefault(ranker, {})[m] = values.tolist()
+        lines.append(f"| {ranker} | " + " | ".join(cells) + " |")
+    return lines, summary
+
+
 def main(argv):
     del argv
     runs = []
@@ -39,27 +69,10 @@ def main(argv):
         if FLAGS.vary_split:
             config.data.split_seed = seed
         runs.append(trainer.train_and_evaluate(config, f"{FLAGS.workdir}/seed_{seed}"))
-    rows = {
-        "model": [r["test"] for r in runs],
-        **({"served": [r["test_served"] for r in runs]} if "test_served" in runs[0] else {}),
-        "random": [r["baselines"]["random"]["test"] for r in runs],
-        "oracle": [r["baselines"]["oracle"]["test"] for r in runs],
-    }
     entry = FLAGS.config.evals[section.selecting(FLAGS.config.evals)]
-    names = list(entry.get("report", entry.metrics))
+    lines, summary = seed_table(runs, section.report_columns(entry))
     print(f"\n{FLAGS.seeds} seeds, test split, mean ± std")
-    print("| ranker | " + " | ".join(names) + " |")
-    print("|---|" + "---|" * len(names))
-    summary = {}
-    for ranker, results in rows.items():
-        cells = []
-        for m in names:
-            values = np.array([r[m] for r in results])
-            cells.append(
-                f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0:.4f}"
-            )
-            summary.setdefault(ranker, {})[m] = values.tolist()
-        print(f"| {ranker} | " + " | ".join(cells) + " |")
+    print("\n".join(lines))
     with open(f"{FLAGS.workdir}/seeds.json", "w") as f:
         json.dump(summary, f, indent=2)
 

@@ -76,6 +76,21 @@ def test_the_entry_on_valid_reports_as_the_split_and_others_by_name():
     assert section.result_key(evals, "main", "valid") == "valid"
 
 
+def test_report_columns_follow_report_then_metrics_and_add_calibrated_rmse():
+    entry = dict(type="ranking", metrics=("ndcg@5", "mrr", "rmse"), report=("ndcg@5", "rmse"))
+    assert section.report_columns(entry) == ("ndcg@5", "rmse")
+    assert section.report_columns({**entry, "calibrate_rmse": (0.0, 2.0)}) == (
+        "ndcg@5",
+        "rmse",
+        "rmse_calibrated",
+    )
+    del entry["report"]
+    assert section.report_columns(entry) == ("ndcg@5", "mrr", "rmse")
+    # The Home Depot teacher's table (and its seed table) show the calibrated RMSE.
+    hd = load_config("homedepot_cross_encoder", "runlocal").evals.ranking
+    assert section.report_columns(hd)[-1] == "rmse_calibrated"
+
+
 def test_every_recommendation_evaluator_takes_the_one_scorer_signature():
     # User 0 scores items by id, user 1 by minus id; 6 items.
     table = jnp.array([np.arange(6.0), -np.arange(6.0)])

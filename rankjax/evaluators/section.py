@@ -84,6 +84,13 @@ def splits_of(entry: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(entry.get("splits", TYPES[entry["type"]].splits))
 
 
+def report_columns(entry: Mapping[str, Any]) -> tuple[str, ...]:
+    """The metrics a result table shows for an `evals` entry: its `report` (else its
+    `metrics`), then `rmse_calibrated` where the entry computes it (`calibrate_rmse`)."""
+    columns = tuple(entry.get("report", entry.get("metrics", ())))
+    return columns + (("rmse_calibrated",) if entry.get("calibrate_rmse") else ())
+
+
 def validate(config: Mapping[str, Any], types: tuple[str, ...], task: str) -> None:
     """Checks the `evals` section of a config for a task that accepts `types`.
 

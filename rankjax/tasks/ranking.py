@@ -506,8 +506,7 @@ class _Final:
 
 def _tables(config: ml_collections.ConfigDict, results: dict[str, Any]) -> list[str]:
     """One table per `evals` entry on test (the one that runs on valid first): the model,
-    the served model, the baselines; columns `report` (else `metrics`), and
-    `rmse_calibrated` where it is computed."""
+    the served model, the baselines; columns `section.report_columns`."""
     evals, main, model = config.evals, section.selecting(config.evals), config.model.name
     out = []
     for name in sorted(evals, key=lambda n: n != main):
@@ -521,9 +520,7 @@ def _tables(config: ml_collections.ConfigDict, results: dict[str, Any]) -> list[
         if served in results:
             rows[f"{model} served (test){title}"] = results[served]
         rows.update({f"{b} (test)": r[key] for b, r in results["baselines"].items()})
-        columns = tuple(entry.get("report", entry.metrics))
-        calibrated = ("rmse_calibrated",) if entry.get("calibrate_rmse") else ()
-        out.append(_format_table(rows, columns + calibrated))
+        out.append(_format_table(rows, section.report_columns(entry)))
     return out
 
 
