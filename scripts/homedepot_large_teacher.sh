@@ -3,9 +3,10 @@
 # parameters) and MPNet-base (all-mpnet-base-v2, 109M) cross-encoders are fine-tuned over
 # SEEDS seeds (mean ± std tables); then the compressed student (3 layers, half the heads
 # and FFN units pruned, int8 QAT, served compacted: configs/homedepot_student_int8_pruned.py)
-# is distilled from each teacher's seed-0 run, both times started from the fine-tuned
-# MiniLM's layers 0, 2, 4, so only the teacher's scores differ. One table then gives
-# quality, bytes and products/s of the four models.
+# is distilled from each teacher's run of every seed, both times started from the same
+# seed's fine-tuned MiniLM layers 0, 2, 4, so only the teacher's scores differ (mean ± std
+# tables of the students too). One table then gives quality, bytes and products/s of the
+# seed-0 models.
 #
 #   [SEEDS=2] scripts/homedepot_large_teacher.sh OUT_DIR [DATA_DIR] [MINILM_DIR] [MPNET] [EXTRA_ARGS]
 #
@@ -15,8 +16,8 @@
 # config arguments for every run (`runlocal` for a quick check of the pipeline itself).
 # Rerunning continues where it stopped: finished runs are kept, an interrupted one
 # resumes from its last checkpoint, so the pipeline can run in pieces shorter than a
-# machine's time limit. Outputs: OUT_DIR/{hd_minilm,hd_mpnet}/seed_N, the students,
-# *.txt tables, table.json.
+# machine's time limit. Outputs: OUT_DIR/{hd_minilm,hd_mpnet,student_from_minilm,
+# student_from_mpnet}/seed_N, their *.txt tables, table.txt and table.json.
 set -euo pipefail
 out="${1:?usage: scripts/homedepot_large_teacher.sh OUT_DIR [DATA_DIR] [MINILM_DIR] [MPNET] [EXTRA_ARGS]}"
 data="${2:-}"
@@ -33,16 +34,24 @@ teachers() {  # name config-args
     || { echo "$1 failed: see $out/$1.log" >&2; exit 1; }
   cat "$out/$1.txt"
 }
-train() {  # workdir-name config:args; a finished run is kept
+train() {  # workdir-name config:args [flags]; a finished run is kept
   [[ -f "$out/$1/results.json" ]] && return 0
-  python -m experiments.train --config="$2" --workdir="$out/$1" >"$out/$1.log" 2>&1 \
+  mkdir -p "$(dirname "$out/$1")"
+  python -m experiments.train --config="$2" "${@:3}" --workdir="$out/$1" >"$out/$1.log" 2>&1 \
     || { echo "$1 failed: see $out/$1.log" >&2; exit 1; }
 }
 teachers hd_minilm "$small"
 teachers hd_mpnet "$base,checkpoint=$mpnet"
 student=configs/homedepot_student_int8_pruned.py
-train student_from_minilm "$student:$small,teacher=$out/hd_minilm/seed_0"
-train student_from_mpnet "$student:$small,teacher=$out/hd_mpnet/seed_0,init=$out/hd_minilm/seed_0"
+for ((k = 0; k < seeds; k++)); do
+  train student_from_minilm/seed_$k "$student:$small,teacher=$out/hd_minilm/seed_$k" --config.seed=$k
+  train student_from_mpnet/seed_$k \
+    "$student:$small,teacher=$out/hd_mpnet/seed_$k,init=$out/hd_minilm/seed_$k" --config.seed=$k
+done
+for s in student_from_minilm student_from_mpnet; do
+  runs=$(printf "$out/$s/seed_%d," $(seq 0 $((seeds - 1))))
+  python scripts/run_seeds.py --runs="${runs%,}" 2>"$out/$s.log" | tee "$out/$s.txt"
+done
 python -m benchmarks.text_rankers_table --peers=false --json="$out/table.json" \
-  "$out/hd_minilm/seed_0" "$out/hd_mpnet/seed_0" "$out/student_from_minilm" \
-  "$out/student_from_mpnet" 2>"$out/table.log" | tee "$out/table.txt"
+  "$out/hd_minilm/seed_0" "$out/hd_mpnet/seed_0" "$out/student_from_minilm/seed_0" \
+  "$out/student_from_mpnet/seed_0" 2>"$out/table.log" | tee "$out/table.txt"
