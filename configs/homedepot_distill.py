@@ -25,7 +25,10 @@ Arguments: those of `homedepot_cross_encoder.py`, plus `teacher=PATH`, `student=
 student in the teacher's place: a teacher of another tokenizer, such as the MPNet
 cross-encoder (`checkpoint=all-mpnet-base-v2`), teaches a MiniLM student started from
 the fine-tuned MiniLM's layers; the teacher then scores the training pairs from their
-texts, tokenized its own way).
+texts, tokenized its own way), `catalog=K` (default 0: for every training query the
+teacher also scores K unlabelled products of the training catalog, those most similar to
+the query by TF-IDF, and the student learns them from its scores alone; the training
+steps then read twice the lists, so as many steps see each labelled list half as often).
 Measured figures are in docs/results.md.
 """
 
@@ -44,6 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         kd="mse",
         embed_init="pca",
         init="",
+        catalog=0,
     )
     # Our arguments here; the others (data_dir, fold, ...) go to the teacher's config.
     mine, base_arg = config_args.split_arg(arg, set(defaults) | {"kd_weight", "runlocal"})
@@ -69,6 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         init_from=own.init,
         init_layers=layers if own.student == "layers3" else (),
         init_embeddings="pca" if narrow_pca else "",
+        catalog_pairs=int(own.catalog),
     )
     if own.student == "layers3":
         c.model.num_layers = len(layers)

@@ -116,6 +116,7 @@ _RANGES: dict[str, tuple[type, float | None, float | None, str]] = {
     "sparsity.target": (float, 0, 1, "the fraction of weights pruned"),
     "distill.temperature": (float, 0, None, ""),
     "distill.weight": (float, 0, None, "of the teacher's term"),
+    "distill.catalog_pairs": (int, 0, None, "unlabelled products per training query"),
     "data.world.seed": (int, 0, None, ""),
     "data.world.num_products": (int, 1, None, ""),
     "data.world.num_brands": (int, 1, None, ""),

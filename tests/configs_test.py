@@ -127,8 +127,9 @@ def _letter_vocabulary(folder):
 
 def test_a_teacher_with_another_tokenizer_scores_its_own_tokens(teacher, tmp_path):
     """A teacher that reads other tokens (as MPNet teaching MiniLM) scores the student's
-    training pairs from their texts: the scores equal its own `score_texts`. The student
-    starts from another run of its own tokenizer (`init=`), never from the teacher's."""
+    training pairs from their texts: the scores equal its own `score_texts`, on the
+    unlabelled catalog lists too (`catalog=`). The student starts from another run of its
+    own tokenizer (`init=`), never from the teacher's."""
     from rankjax import serving
     from rankjax.compression import distillation
     from rankjax.data import pipeline
@@ -139,14 +140,17 @@ def test_a_teacher_with_another_tokenizer_scores_its_own_tokens(teacher, tmp_pat
     trainer.train_and_evaluate(
         load_config("homedepot_cross_encoder", f"runlocal,checkpoint={vocab}"), other
     )
-    config = load_config("homedepot_distill", f"runlocal,teacher={other},init={teacher}")
+    config = load_config("homedepot_distill", f"runlocal,teacher={other},init={teacher},catalog=3")
     splits = pipeline.load(config.data)
     distiller = distillation.from_config(config.distill)
     got, start = ranking._with_teacher(distiller, splits, config, lambda b: b, 1)
     train = got.train
+    labelled = splits.train.num_lists
+    assert train.num_lists == 2 * labelled and (train.list_sizes[labelled:] == 3).all()
+    assert train.extras["labelled"].sum() == splits.train.num_items
     ranker = serving.load(other)
     titles = train.extras["text:product_title"]
-    for i in (0, 1, train.num_lists - 1):
+    for i in (0, 1, labelled, train.num_lists - 1):
         items = slice(train.list_offsets[i], train.list_offsets[i + 1])
         want = ranker.score_texts(str(train.query_ids[i]), list(titles[items]))
         np.testing.assert_allclose(train.extras["teacher"][items], want, rtol=1e-4, atol=1e-5)
@@ -164,6 +168,12 @@ def test_a_teacher_with_another_tokenizer_scores_its_own_tokens(teacher, tmp_pat
         )
     results = trainer.train_and_evaluate(config, str(tmp_path / "student"))
     assert results["step"] == 2 and np.isfinite(results["test"]["ndcg@5"])
+    # Baselines are fitted on the labelled lists alone: the catalog pairs' zero labels do
+    # not move the constant ranker's mean.
+    with open(os.path.join(teacher, "results.json")) as f:
+        plain = json.load(f)["baselines"]
+    for name in ("constant", "tfidf"):
+        assert results["baselines"][name]["test"] == plain[name]["test"], name
 
 
 def _at(tree, path):

@@ -133,3 +133,25 @@ def test_score_items_returns_scores_in_item_order():
     np.testing.assert_allclose(got, np.arange(7) * 10.0)
     with pytest.raises(ValueError, match="longest list"):
         distillation.score_items(lambda b: b["labels"], d, batch_size=3, list_size=2)
+
+
+@pytest.mark.parametrize("name", ["mse", "softmax"])
+def test_unlabelled_lists_leave_the_label_loss_alone_and_feed_the_teacher_term(name):
+    from rankjax import losses
+
+    label_loss = losses.get(name=name)
+    scores = jnp.array([[0.3, -1.0, 2.0], [1.0, 0.0, 0.5]])
+    labels = jnp.array([[2.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    teacher = jnp.array([[1.0, 0.0, 2.0], [3.0, 1.0, 0.0]])
+    where = jnp.ones((2, 3), bool)
+    labelled = jnp.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])  # list 2: catalog pairs
+    d = distillation.from_config({"teacher": "/t", "loss": "mse", "weight": 0.5})
+    batch = {"labels": labels, "teacher": teacher, "where": where, "labelled": labelled}
+    got = d.objective(label_loss)(scores, batch)
+    # The label loss of list 1 alone (list 2 is not counted, not even as an empty list),
+    # the teacher's term over both lists: mean of list means of squared differences.
+    alone = label_loss(scores[:1], labels[:1], where=where[:1])
+    kd = np.mean([np.mean((scores[i] - teacher[i]) ** 2) for i in range(2)])
+    assert float(got) == pytest.approx(float(alone) + 0.5 * kd, rel=1e-5)
+    with pytest.raises(ValueError, match="catalog_pairs=-1"):
+        distillation.from_config({"teacher": "/t", "catalog_pairs": -1})

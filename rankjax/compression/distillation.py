@@ -30,6 +30,13 @@ teacher's targets for a student started from the fine-tuned MiniLM's layers).
 A teacher that reads other tokens than the student (another checkpoint's tokenizer, or
 another `max_length`) scores the training pairs from their texts tokenized its own way
 (`rankjax.tasks.ranking`), so an MPNet cross-encoder can teach a MiniLM student.
+
+`distill.catalog_pairs=K` gives the teacher unlabelled pairs too: every training query
+gets one more list of K products of the training catalog, those most similar to it by
+TF-IDF (`rankjax.data.catalog`); the teacher scores them, and their items' `labelled`
+extra (0) keeps them out of the label loss:
+
+    loss = label_loss(scores, labels, where=where & labelled) + weight * distill_loss(...)
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ KEYS = {
     "init_from",
     "init_layers",
     "init_embeddings",
+    "catalog_pairs",
 }
 EMBEDDING_INITS = ("", "pca")
 
@@ -135,6 +143,8 @@ class Distiller:
         the first ones).
       init_embeddings: "pca": a narrower student's embedding tables start from the
         teacher's, projected onto their principal directions (needs `init_from_teacher`).
+      catalog_pairs: products of an unlabelled list added per training query (0: none;
+        module docstring).
     """
 
     teacher: str
@@ -145,6 +155,7 @@ class Distiller:
     init_from: str = ""
     init_layers: tuple[int, ...] = ()
     init_embeddings: str = ""
+    catalog_pairs: int = 0
 
     def __post_init__(self):
         if self.init_embeddings not in EMBEDDING_INITS:
@@ -164,15 +175,19 @@ class Distiller:
             )
         if not self.teacher:
             raise ValueError("distill.teacher must name the teacher run's workdir")
+        if self.catalog_pairs < 0:
+            raise ValueError(f"distill.catalog_pairs={self.catalog_pairs} must be >= 0")
 
     def objective(self, label_loss: Callable) -> Callable[[jax.Array, Mapping], jax.Array]:
         """`(scores, batch) -> loss`: the label loss plus the weighted distillation loss
-        against `batch["teacher"]`."""
+        against `batch["teacher"]`; items whose `labelled` extra is 0 (catalog pairs)
+        take only the latter."""
         distill = LOSSES[self.loss]
 
         def loss(scores, batch):
             where = batch["where"]
-            value = label_loss(scores, batch["labels"], where=where)
+            labelled = where & (batch["labelled"] > 0) if "labelled" in batch else where
+            value = label_loss(scores, batch["labels"], where=labelled)
             kd = distill(scores, batch["teacher"], where=where, temperature=self.temperature)
             return value + self.weight * kd
 

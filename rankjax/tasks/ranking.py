@@ -37,7 +37,7 @@ from rankjax import (
 )
 from rankjax import data as data_lib
 from rankjax.compression import distillation, forms, quantization, report, serve, sparsity
-from rankjax.data import packing, pipeline, tokens
+from rankjax.data import catalog, packing, pipeline, tokens
 from rankjax.data.batches import ShardedTrainBatches, max_list_size
 from rankjax.data.dataset import concat
 from rankjax.evaluators import ranking, section
@@ -91,7 +91,19 @@ class RankingTask:
         # full width there.
         prepare = _preparer(text_cfg, model, mesh.shape[sharding.DATA_AXIS])
 
-        # Loss; the teacher's scores on the training items.
+        # Baselines, fitted on the labelled training lists only.
+        wanted = tuple(dict.fromkeys(b for e in evals.values() for b in e.get("baselines", ())))
+        if wanted:
+            valid, test = baselines.add_baseline_scores(
+                splits.train,
+                [splits.valid, splits.test],
+                wanted,
+                tuple(text_cfg.get("item_columns", ())),
+            )
+            splits = dataclasses.replace(splits, valid=valid, test=test)
+        labelled_lists = splits.train.num_lists
+
+        # Loss; the teacher's scores on the training items (and on catalog pairs).
         loss_fn = losses.get(**config.loss)
         distiller = distillation.from_config(config.get("distill"))
         start_params = None  # what a distilled student starts from, if not pretrained
@@ -104,15 +116,6 @@ class RankingTask:
             if distiller is None
             else distiller.objective(loss_fn)
         )
-        wanted = tuple(dict.fromkeys(b for e in evals.values() for b in e.get("baselines", ())))
-        if wanted:
-            valid, test = baselines.add_baseline_scores(
-                splits.train,
-                [splits.valid, splits.test],
-                wanted,
-                tuple(text_cfg.get("item_columns", ())),
-            )
-            splits = dataclasses.replace(splits, valid=valid, test=test)
         train_batches = ShardedTrainBatches(
             splits.train_shards,
             shard_ids,
@@ -127,8 +130,10 @@ class RankingTask:
             multiple = int(text_cfg.get("pad_multiple", 16))
             logging.info("%s", packing.describe_shares(train_batches, prepare, multiple))
         shards = f" (this process's shards {list(shard_ids)} of {num_shards})"
+        unlabelled = splits.train.num_lists - labelled_lists
         describe = (
-            f"data: {config.data.source} | train {splits.train.num_lists} lists, valid "
+            f"data: {config.data.source} | train {labelled_lists} lists"
+            f"{f' + {unlabelled} unlabelled (catalog pairs)' if unlabelled else ''}, valid "
             f"{splits.valid.num_lists}, test {splits.test.num_lists}"
             f"{shards if num_shards > 1 else ''} | {splits.train.num_features} features"
         )
@@ -138,6 +143,7 @@ class RankingTask:
         step_keys = frozenset(
             {"labels", "where", *models.input_keys(model), *getattr(model, "packed_inputs", ())}
             | ({"teacher"} if distiller is not None else set())
+            | ({catalog.LABELLED} if distiller is not None and distiller.catalog_pairs else set())
         )
 
         # Initial weights: pretrained or teacher weights where the config asks for them.
@@ -248,7 +254,12 @@ def _with_teacher(distiller, splits, config, prepare, groups: int):
             v, models.inputs(teacher.model, batch), batch["where"], train=False
         )
     )
-    list_size = max_list_size(*splits.train_shards)
+    train_shards = splits.train_shards
+    if distiller.catalog_pairs:
+        train_shards = _with_catalog_lists(
+            train_shards, distiller.catalog_pairs, own_text, int(config.data.list_size)
+        )
+    list_size = max_list_size(*train_shards)
     t0 = time.perf_counter()
     shards = tuple(
         distillation.with_teacher_scores(
@@ -261,7 +272,7 @@ def _with_teacher(distiller, splits, config, prepare, groups: int):
                 prepare=teacher_prepare,
             ),
         )
-        for d in splits.train_shards
+        for d in train_shards
     )
     logging.info(
         "teacher %s (%s%s) scored %d training items in %.1f s",
@@ -287,6 +298,34 @@ def _with_teacher(distiller, splits, config, prepare, groups: int):
         )
     logging.info("the student starts from %s", distiller.init_from or distiller.teacher)
     return splits, source.variables["params"]
+
+
+def _with_catalog_lists(shards, per_query: int, text_cfg, list_size: int):
+    """Each training shard followed by its unlabelled catalog lists (`data.catalog`; a
+    shard's own products are its catalog), tokenized as the student reads them.
+
+    Raises:
+      ValueError: a model without text, or lists longer than `data.list_size`.
+    """
+    if not text_cfg:
+        raise ValueError("distill.catalog_pairs needs a text ranker (a data.text section)")
+    if per_query > list_size:
+        raise ValueError(
+            f"distill.catalog_pairs={per_query} is longer than data.list_size={list_size}"
+        )
+    t0 = time.perf_counter()
+    columns = tuple(text_cfg["item_columns"])
+    out = tuple(
+        pipeline.tokenized(catalog.with_catalog_lists(d, per_query, columns), text_cfg)
+        for d in shards
+    )
+    logging.info(
+        "catalog pairs: an unlabelled list of %d products for each of %d training queries (%.1f s)",
+        per_query,
+        sum(d.num_lists for d in shards),
+        time.perf_counter() - t0,
+    )
+    return out
 
 
 def _initial_weights(model, distiller, start_params):
