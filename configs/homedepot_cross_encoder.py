@@ -1,6 +1,7 @@
 r"""Fine-tunes the MiniLM-L6 cross-encoder on Home Depot product search (the teacher).
 
-Command (H200: about 2 min including compilation; too slow for a 2-core CPU):
+Command (H200: about 2 min including compilation; with `checkpoint=all-mpnet-base-v2`,
+5.4 min on an H100 shared with other runs; too slow for a 2-core CPU):
 
   python -m experiments.train \
       --config=configs/homedepot_cross_encoder.py:data_dir=../shared/data/homedepot \
