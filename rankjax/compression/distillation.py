@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from rankjax.data import catalog
 from rankjax.data.batches import pad_batch_count, pad_lists
 from rankjax.data.dataset import RankingDataset
 
@@ -186,7 +187,8 @@ class Distiller:
 
         def loss(scores, batch):
             where = batch["where"]
-            labelled = where & (batch["labelled"] > 0) if "labelled" in batch else where
+            marks = batch.get(catalog.LABELLED)
+            labelled = where if marks is None else where & (marks > 0)
             value = label_loss(scores, batch["labels"], where=labelled)
             kd = distill(scores, batch["teacher"], where=where, temperature=self.temperature)
             return value + self.weight * kd

@@ -12,6 +12,7 @@ and only the distillation loss reads them (`compression.distillation`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -88,26 +89,18 @@ def with_catalog_lists(
     vectorizer = baselines.TfidfVectorizer.fit([*queries, *catalog])
     picked = first_row[nearest_products(queries, catalog, own, per_query, vectorizer)]
     rows = picked.reshape(-1)  # item rows of `dataset` whose extras the new items copy
-    extras = {
-        key: value[rows] for key, value in dataset.extras.items() if key not in tokens.TOKEN_KEYS
-    }
+    plain = {k: v for k, v in dataset.extras.items() if k not in tokens.TOKEN_KEYS}
     added = from_groups(
         dataset.features[rows],
         np.zeros(len(rows), np.float32),
         [per_query] * dataset.num_lists,
         query_ids=dataset.query_ids,
         feature_names=dataset.feature_names,
-        extras={**extras, LABELLED: np.zeros(len(rows), np.float32)},
+        extras={
+            **{k: v[rows] for k, v in plain.items()},
+            LABELLED: np.zeros(len(rows), np.float32),
+        },
         source=f"{dataset.source} (catalog pairs)",
     )
-    kept = {k: v for k, v in dataset.extras.items() if k not in tokens.TOKEN_KEYS}
-    original = from_groups(
-        dataset.features,
-        dataset.labels,
-        dataset.list_sizes,
-        query_ids=dataset.query_ids,
-        feature_names=dataset.feature_names,
-        extras={**kept, LABELLED: np.ones(dataset.num_items, np.float32)},
-        source=dataset.source,
-    )
-    return concat([original, added])
+    ones = np.ones(dataset.num_items, np.float32)
+    return concat([dataclasses.replace(dataset, extras={**plain, LABELLED: ones}), added])
