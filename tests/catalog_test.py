@@ -59,6 +59,15 @@ def test_nearest_products_match_pairwise_cosines_across_chunks(monkeypatch):
     assert not any(set(g) & set(o) for g, o in zip(got, own, strict=True))
 
 
+@pytest.mark.parametrize("k", [1, 3, 7, 12])
+def test_top_k_is_the_head_of_a_stable_descending_sort(k):
+    # Scores from 4 values: most rows tie across the k-th place; -inf marks own products.
+    rng = np.random.default_rng(k)
+    scores = rng.choice([-np.inf, 0.0, 0.5, 1.0], size=(50, 12), p=[0.2, 0.5, 0.2, 0.1])
+    want = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(catalog.top_k(scores, k), want)
+
+
 def test_catalog_lists_follow_the_training_lists_unlabelled():
     d = _dataset()
     out = catalog.with_catalog_lists(d, 2, ("product_title",))

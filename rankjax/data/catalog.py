@@ -51,9 +51,29 @@ def nearest_products(
         sim = np.asarray((q[start : start + _CHUNK] @ d).todense())
         for row, mine in enumerate(own[start : start + _CHUNK]):
             sim[row, mine] = -np.inf
-        # Stable sort of -similarity: equal scores keep catalog order.
-        top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-        out[start : start + len(top)] = top
+        out[start : start + len(sim)] = top_k(sim, k)
+    return out
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the columns of the `k` highest scores, highest first, equal scores in
+    column order: the first `k` of a stable descending sort, without sorting whole rows.
+
+    Args:
+      scores: `[rows, columns]` scores (`-inf` never chosen before a finite score).
+      k: columns per row, 1 <= k <= columns.
+
+    Returns:
+      `[rows, k]` int64 column indices.
+    """
+    # The k-th highest score of each row bounds the candidates; every column tied with
+    # it stays a candidate, so the column-order tie break among them is exact.
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
+    out = np.empty((len(scores), k), np.int64)
+    for row, (values, bound) in enumerate(zip(scores, kth, strict=True)):
+        cols = np.flatnonzero(values >= bound)
+        out[row] = cols[np.lexsort((cols, -values[cols]))[:k]]
     return out
 
 
