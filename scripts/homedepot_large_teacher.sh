@@ -46,30 +46,25 @@ join() {  # waits for the launched runs; stops if one failed (its message is pri
   pids=()
   ((failed == 0)) || exit 1
 }
-teacher() {  # name config-args seed; a finished run is kept
-  python scripts/run_seeds.py --config="configs/homedepot_cross_encoder.py:$2" \
-    --first_seed="$3" --seeds=1 --workdir="$out/$1" >"$out/$1.seed_$3.log" 2>&1 \
-    || { echo "$1 seed $3 failed: see $out/$1.seed_$3.log" >&2; exit 1; }
-}
-teachers_table() {  # name config-args: the finished seeds' mean ± std
-  python scripts/run_seeds.py --config="configs/homedepot_cross_encoder.py:$2" \
-    --seeds="$seeds" --workdir="$out/$1" >"$out/$1.txt" 2>"$out/$1.log" \
-    || { echo "$1 failed: see $out/$1.log" >&2; exit 1; }
-  cat "$out/$1.txt"
-}
 train() {  # workdir-name config:args [flags]; a finished run is kept
   [[ -f "$out/$1/results.json" ]] && return 0
   mkdir -p "$(dirname "$out/$1")"
   python -m experiments.train --config="$2" "${@:3}" --workdir="$out/$1" >"$out/$1.log" 2>&1 \
     || { echo "$1 failed: see $out/$1.log" >&2; exit 1; }
 }
+seed_table() {  # name: mean ± std over the finished seed_N runs of OUT_DIR/name
+  local runs
+  runs=$(printf "$out/$1/seed_%d," $(seq 0 $((seeds - 1))))
+  python scripts/run_seeds.py --runs="${runs%,}" 2>"$out/$1.log" | tee "$out/$1.txt"
+}
+teacher=configs/homedepot_cross_encoder.py
 for ((k = 0; k < seeds; k++)); do
-  launch teacher hd_minilm "$small" $k
-  launch teacher hd_mpnet "$base,checkpoint=$mpnet" $k
+  launch train hd_minilm/seed_$k "$teacher:$small" --config.seed=$k
+  launch train hd_mpnet/seed_$k "$teacher:$base,checkpoint=$mpnet" --config.seed=$k
 done
 join
-teachers_table hd_minilm "$small"
-teachers_table hd_mpnet "$base,checkpoint=$mpnet"
+seed_table hd_minilm
+seed_table hd_mpnet
 student=configs/homedepot_student_int8_pruned.py
 for ((k = 0; k < seeds; k++)); do
   launch train student_from_minilm/seed_$k "$student:$small,teacher=$out/hd_minilm/seed_$k" \
@@ -83,10 +78,7 @@ done
 join
 students="student_from_minilm student_from_mpnet"
 ((catalog > 0)) && students="$students student_from_mpnet_catalog"
-for s in $students; do
-  runs=$(printf "$out/$s/seed_%d," $(seq 0 $((seeds - 1))))
-  python scripts/run_seeds.py --runs="${runs%,}" 2>"$out/$s.log" | tee "$out/$s.txt"
-done
+for s in $students; do seed_table "$s"; done
 runs=("$out/hd_minilm/seed_0" "$out/hd_mpnet/seed_0")
 for s in $students; do runs+=("$out/$s/seed_0"); done
 python -m benchmarks.text_rankers_table --peers=false --json="$out/table.json" "${runs[@]}" \
